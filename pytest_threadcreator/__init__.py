@@ -1,0 +1,52 @@
+"""pytest-threadcreator: isolated databases, user contexts and an atomic ThreadCreator for tests."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .concurrency import ConcurrencyReport, run_concurrently
+from .context import UserExecutionContext
+from .creator import ThreadCreator, ThreadWithMessage
+from .database import Database
+from .errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    DatabaseError,
+    InjectedFault,
+    InvalidContextError,
+    InvalidMessageError,
+    NoDatabaseError,
+    ThreadCreatorError,
+    ThreadExistsError,
+    ThreadNotFoundError,
+    ThreadOwnershipError,
+)
+from .schema import NewThread, ThreadSchema
+
+try:
+    __version__ = version("pytest-threadcreator")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "BackendUnavailableError",
+    "ConcurrencyReport",
+    "ConfigurationError",
+    "Database",
+    "DatabaseError",
+    "InjectedFault",
+    "InvalidContextError",
+    "InvalidMessageError",
+    "NewThread",
+    "NoDatabaseError",
+    "ThreadCreator",
+    "ThreadCreatorError",
+    "ThreadExistsError",
+    "ThreadNotFoundError",
+    "ThreadOwnershipError",
+    "ThreadSchema",
+    "ThreadWithMessage",
+    "UserExecutionContext",
+    "__version__",
+    "run_concurrently",
+]

@@ -1,0 +1,44 @@
+"""Which database the running test bound, for ``ThreadCreator()`` with no argument."""
+
+from __future__ import annotations
+
+import contextvars
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .database import Database
+
+__all__ = ["bind", "current_database", "unbind"]
+
+_current: contextvars.ContextVar[Database | None] = contextvars.ContextVar(
+    "threadcreator_database", default=None
+)
+# pytest-asyncio copies the context when it starts a test's task, so the ContextVar carries the
+# binding into async tests; the fallback covers code that runs in a context made earlier (a
+# session-scoped loop's tasks, threads).
+_fallback: Database | None = None
+
+
+def bind(database: Database) -> contextvars.Token[Database | None]:
+    """Bind ``database`` as the running test's database."""
+    global _fallback
+    _fallback = database
+    return _current.set(database)
+
+
+def unbind(token: contextvars.Token[Database | None] | None = None) -> None:
+    """Undo :func:`bind` at the end of the test."""
+    global _fallback
+    _fallback = None
+    if token is not None:
+        try:
+            _current.reset(token)
+        except ValueError:  # reset from another context: clearing is enough
+            _current.set(None)
+    else:
+        _current.set(None)
+
+
+def current_database() -> Database | None:
+    """The running test's database, or None outside a test that uses ``threadcreator_db``."""
+    return _current.get() or _fallback

@@ -1,0 +1,133 @@
+"""The interface every backend implements, so fixtures and tests do not care which one runs.
+
+Two levels:
+
+* :class:`Backend` — a server (or, for SQLite, a directory): start/stop it, build the schema
+  template once, create/drop databases from the template.
+* :class:`Store` — the data path of one database that ThreadCreator and the integrity checks use.
+  It is *loop-independent*: any event loop may await it (a SQLite writer thread, a PostgreSQL
+  pool on a private background loop), so a database outlives the test's event loop and per-test
+  setup costs no new connections.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from sqlalchemy.sql import Select
+
+    from ..database import Database
+    from ..schema import ThreadSchema
+
+__all__ = ["STEPS", "Backend", "FaultAction", "FaultDecider", "Store", "ThreadIdTaken"]
+
+STEPS: tuple[str, ...] = ("thread_insert", "message_insert", "commit")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FaultAction:
+    """What to do just before a step's SQL: raise, wait, or cancel the call."""
+
+    kind: Literal["fail", "delay", "cancel"]
+    step: str
+    call: int = 0
+    seconds: float = 0.0
+
+
+#: Called with a step name before that step's SQL; returns the action to take, or None.
+FaultDecider = Callable[[str], "FaultAction | None"]
+
+
+class ThreadIdTaken(Exception):
+    """Internal: the explicit thread id exists; carries the owner so the caller can decide."""
+
+    def __init__(self, owner: str | None) -> None:
+        super().__init__("thread id taken")
+        self.owner = owner
+
+
+class Store(abc.ABC):
+    """Data path of one database. Every coroutine may be awaited from any event loop."""
+
+    #: "sqlite" or "postgresql"
+    dialect_name: str
+
+    @abc.abstractmethod
+    async def create(
+        self,
+        thread_row: Mapping[str, Any],
+        message_row: Mapping[str, Any],
+        *,
+        explicit_id: bool,
+        decide: FaultDecider | None = None,
+    ) -> None:
+        """Insert both rows in one transaction (both or neither).
+
+        Raises :class:`ThreadIdTaken` when ``explicit_id`` and the thread id exists; the
+        driver's own exception for anything else (the caller classifies and retries).
+        ``decide`` is consulted before each step in :data:`STEPS`.
+        """
+
+    @abc.abstractmethod
+    async def fetch_all(self, statement: Select[Any]) -> list[dict[str, Any]]:
+        """Run a SELECT; rows keyed by result column name, values processed by SQLAlchemy types."""
+
+    @abc.abstractmethod
+    def is_transient(self, exc: BaseException) -> bool:
+        """True for contention worth a retry (SQLite busy/locked, SQLSTATE 40001/40P01)."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Empty every table of the schema (synchronous; no event loop needed)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections and threads (synchronous, idempotent)."""
+
+    def checked_out(self) -> int:
+        """Connections currently in use by calls still running (for leak detection)."""
+        return 0
+
+
+class Backend(abc.ABC):
+    """A place to make databases: a SQLite directory or a PostgreSQL server."""
+
+    #: "sqlite" or "postgresql"
+    name: str
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """One line for the report header, e.g. ``postgresql-local (/tmp/tc-xyz, PostgreSQL 15)``."""
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start or reach the server (no-op for SQLite). Raises BackendUnavailableError."""
+
+    @abc.abstractmethod
+    def prepare_template(
+        self, schema: ThreadSchema, setup: Callable[[Database], None] | None
+    ) -> None:
+        """Build the schema once into a template that ``create_database`` clones.
+
+        ``setup`` (the ``pytest_threadcreator_setup_database`` hook) runs once on the template.
+        """
+
+    @abc.abstractmethod
+    def create_database(self, label: str, *, isolation: str) -> Database:
+        """A new database cloned from the template; ``label`` ends up in its name."""
+
+    @abc.abstractmethod
+    def drop_database(self, database: Database) -> None:
+        """Close and remove a database this backend created."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Drop everything this run created and stop what it started (idempotent)."""
+
+    def leftovers(self) -> Sequence[str]:
+        """Names of databases of this run still present (for tests and diagnostics)."""
+        return ()

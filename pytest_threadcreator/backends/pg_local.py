@@ -1,0 +1,392 @@
+"""A throwaway PostgreSQL cluster from the local binaries (``initdb`` + ``pg_ctl``).
+
+* Lives in a fresh directory with a short name (``/tmp/tc-XXXXXXXX``): the server listens only
+  on a unix socket there, and socket paths must stay under 107 bytes.
+* Tuned for tests, not durability: ``fsync``, ``synchronous_commit`` and ``full_page_writes``
+  off; ``max_connections`` raised so pools of several xdist workers fit.
+* Works when pytest runs as root (CI containers): ``initdb`` refuses root, so the binaries run
+  as the ``postgres`` system user, which owns the directory.
+* Removed at exit (``atexit``; Ctrl-C takes the normal exit path). A run killed outright leaves
+  its directory behind, holding nobody's lock: the next cluster start stops and removes it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import glob
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+from ..errors import BackendUnavailableError
+
+__all__ = ["LocalCluster", "find_pg_bindir"]
+
+#: Unix socket paths longer than this fail (``sun_path`` is 108 bytes including the NUL).
+MAX_SOCKET_PATH = 107
+#: The port only names the socket file (``.s.PGSQL.<port>``); the directory is private.
+SOCKET_PORT = 5432
+ENV_BINDIR = "THREADCREATOR_PG_BINDIR"
+_MARKER = "threadcreator-cluster"
+_LOCKFILE = "owner.lock"
+_HINT = (
+    "Install the PostgreSQL server binaries (e.g. apt-get install postgresql), set "
+    f"{ENV_BINDIR} to the directory holding initdb and pg_ctl, or use an existing server with "
+    "--threadcreator-db=postgresql+asyncpg://user@host:5432/postgres"
+)
+
+
+def find_pg_bindir(explicit: str | None = None) -> str:
+    """The directory holding ``initdb`` and ``pg_ctl``.
+
+    Looked for in order: ``explicit``, ``$THREADCREATOR_PG_BINDIR``, ``PATH``,
+    ``pg_config --bindir``, then the usual package locations (newest version first).
+    Raises BackendUnavailableError listing where it looked.
+    """
+    looked: list[str] = []
+    candidates: list[str] = []
+    for given in (explicit, os.environ.get(ENV_BINDIR)):
+        if given:
+            candidates.append(given)
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        candidates.append(os.path.dirname(os.path.realpath(on_path)))
+    else:
+        looked.append("PATH (no pg_ctl)")
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        try:
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
+            )
+            candidates.append(out.stdout.strip())
+        except (OSError, subprocess.SubprocessError) as exc:
+            looked.append(f"pg_config --bindir ({exc.__class__.__name__})")
+    else:
+        looked.append("pg_config (not on PATH)")
+    patterns = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/usr/local/pgsql/bin")
+    for pattern in patterns:
+        candidates.extend(sorted(glob.glob(pattern), key=_version_key, reverse=True))
+    for directory in candidates:
+        if all(os.access(os.path.join(directory, tool), os.X_OK) for tool in ("initdb", "pg_ctl")):
+            return directory
+        looked.append(f"{directory} (no initdb/pg_ctl)")
+    looked.append(" ".join(patterns) + " (nothing found)")
+    raise BackendUnavailableError(
+        "postgresql-local: no PostgreSQL server binaries (initdb, pg_ctl) found; looked in "
+        + "; ".join(looked)
+        + ". "
+        + _HINT
+    )
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    digits = "".join(ch if ch.isdigit() else " " for ch in path).split()
+    return tuple(int(d) for d in digits)
+
+
+class LocalCluster:
+    """A private PostgreSQL server in a temp directory; :meth:`start` it, :meth:`stop` it.
+
+    After :meth:`start`: :attr:`socket_dir`, :attr:`port`, :attr:`url` (an async SQLAlchemy URL
+    for asyncpg over the unix socket), :attr:`version`, :attr:`start_seconds`.
+    """
+
+    def __init__(
+        self,
+        *,
+        bindir: str | None = None,
+        parent_dir: str | None = None,
+        max_connections: int = 200,
+        settings: Mapping[str, str] | None = None,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self._bindir_hint = bindir
+        self._parent_dir = parent_dir
+        self.max_connections = max_connections
+        self.settings = dict(settings or {})
+        self.start_timeout = start_timeout
+        self.bindir = ""
+        self.directory: Path | None = None
+        self.port = SOCKET_PORT
+        self.version = ""
+        self.start_seconds = 0.0
+        self._run_as: pwd.struct_passwd | None = None
+        self._lock: IO[bytes] | None = None
+        self._running = False
+
+    def __repr__(self) -> str:
+        return f"<LocalCluster {self.directory or '(not started)'} running={self._running}>"
+
+    # -- addresses ---------------------------------------------------------------------------
+    @property
+    def socket_dir(self) -> str:
+        """The directory holding the server's unix socket (also the cluster's directory)."""
+        if self.directory is None:
+            raise BackendUnavailableError("postgresql-local: the cluster was not started")
+        return str(self.directory)
+
+    @property
+    def data_dir(self) -> Path:
+        """The cluster's data directory."""
+        return Path(self.socket_dir) / "data"
+
+    @property
+    def log_path(self) -> Path:
+        """The server log."""
+        return Path(self.socket_dir) / "server.log"
+
+    @property
+    def url(self) -> str:
+        """``postgresql+asyncpg://postgres@/postgres?host=<socket dir>&port=<port>``."""
+        return f"postgresql+asyncpg://postgres@/postgres?host={self.socket_dir}&port={self.port}"
+
+    def describe(self) -> str:
+        """E.g. ``/tmp/tc-ab12cd34, PostgreSQL 15``."""
+        return f"{self.directory}, PostgreSQL {self.version or '?'}"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """initdb + start; raises BackendUnavailableError saying what failed and what to do."""
+        if self._running:
+            return
+        began = time.perf_counter()
+        self.bindir = find_pg_bindir(self._bindir_hint)
+        self._run_as = _system_user_for_root()
+        parent = self._parent_dir or _short_parent()
+        remove_stale_clusters(parent)
+        try:
+            self._create_directory(parent)
+            self._initdb()
+            self._configure()
+            self._pg_ctl_start()
+        except BaseException:
+            self.stop()
+            raise
+        self._running = True
+        atexit.register(self.stop)
+        self.version = (self.data_dir / "PG_VERSION").read_text().strip()
+        self.start_seconds = time.perf_counter() - began
+
+    def _create_directory(self, parent: str) -> None:
+        directory = Path(tempfile.mkdtemp(prefix="tc-", dir=parent))
+        self.directory = directory
+        socket_path = directory / f".s.PGSQL.{self.port}"
+        if len(str(socket_path).encode()) > MAX_SOCKET_PATH:
+            raise BackendUnavailableError(
+                f"postgresql-local: the socket path {socket_path} is longer than "
+                f"{MAX_SOCKET_PATH} bytes; pass a shorter parent_dir (e.g. /tmp)"
+            )
+        lock = open(directory / _LOCKFILE, "wb")
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._lock = lock
+        (directory / _MARKER).write_text(f"{os.getpid()}\n")
+        if self._run_as is not None:
+            os.chown(directory, self._run_as.pw_uid, self._run_as.pw_gid)
+
+    def _initdb(self) -> None:
+        self._run(
+            [
+                os.path.join(self.bindir, "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            what="initdb",
+        )
+
+    def _configure(self) -> None:
+        settings = {
+            "listen_addresses": "''",
+            "unix_socket_directories": f"'{self.socket_dir}'",
+            "port": str(self.port),
+            "max_connections": str(self.max_connections),
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "wal_level": "minimal",
+            "max_wal_senders": "0",
+            "shared_buffers": "64MB",
+            "log_min_messages": "warning",
+        }
+        settings.update(self.settings)
+        lines = [f"{key} = {value}" for key, value in settings.items()]
+        with open(self.data_dir / "postgresql.conf", "a", encoding="utf-8") as conf:
+            conf.write("\n# pytest-threadcreator\n" + "\n".join(lines) + "\n")
+
+    def _pg_ctl_start(self) -> None:
+        self._run(
+            [
+                os.path.join(self.bindir, "pg_ctl"),
+                "start",
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_path),
+                "-w",
+                "-t",
+                str(int(self.start_timeout)),
+                "-s",
+            ],
+            what="pg_ctl start",
+            timeout=self.start_timeout + 10,
+        )
+
+    def _run(self, argv: Sequence[str], *, what: str, timeout: float = 120.0) -> None:
+        try:
+            proc = _spawn(argv, cwd=self.socket_dir, user=self._run_as, timeout=timeout)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise BackendUnavailableError(
+                f"postgresql-local: {what} failed to run ({exc}). {_HINT}"
+            ) from None
+        if proc.returncode != 0:
+            output = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            raise BackendUnavailableError(
+                f"postgresql-local: {what} exited with {proc.returncode}: "
+                + " | ".join(output)
+                + self._log_tail()
+                + f". {_HINT}"
+            )
+
+    def _log_tail(self, lines: int = 8) -> str:
+        try:
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
+        except OSError:
+            return ""
+        return (" | server log: " + " | ".join(tail)) if tail else ""
+
+    def stop(self) -> None:
+        """Stop the server immediately and remove its directory (idempotent)."""
+        directory = self.directory
+        self._running = False
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+        if directory is None:
+            return
+        _stop_cluster(directory, self.bindir, self._run_as)
+        shutil.rmtree(directory, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+        self.directory = None
+
+
+def _short_parent() -> str:
+    """``/tmp`` when usable (short socket paths), else the system temp dir."""
+    if os.path.isdir("/tmp") and os.access("/tmp", os.W_OK | os.X_OK):
+        return "/tmp"
+    return tempfile.gettempdir()
+
+
+def _system_user_for_root() -> pwd.struct_passwd | None:
+    """The ``postgres`` user when running as root (initdb refuses root), else None."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        raise BackendUnavailableError(
+            "postgresql-local: running as root, and initdb refuses to run as root, but there is "
+            "no 'postgres' system user to run it as. Create one (useradd --system postgres) or "
+            "run pytest as a normal user"
+        ) from None
+
+
+def _spawn(
+    argv: Sequence[str], *, cwd: str, user: pwd.struct_passwd | None, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run a PostgreSQL tool (as ``user`` when given) in its own session, output captured."""
+    return subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=_clean_env(),
+        start_new_session=True,  # the server must not get the terminal's Ctrl-C
+        user=None if user is None else user.pw_uid,
+        group=None if user is None else user.pw_gid,
+        extra_groups=None if user is None else [],
+        check=False,
+    )
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment without PG* variables (PGDATA, PGPORT… would redirect the tools)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["LC_ALL"] = "C"
+    return env
+
+
+def _stop_cluster(directory: Path, bindir: str, user: pwd.struct_passwd | None) -> None:
+    data = directory / "data"
+    pid_file = data / "postmaster.pid"
+    if not pid_file.exists():
+        return
+    pg_ctl = os.path.join(bindir, "pg_ctl") if bindir else shutil.which("pg_ctl")
+    if pg_ctl:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            _spawn(
+                [pg_ctl, "stop", "-D", str(data), "-m", "immediate", "-w", "-t", "10", "-s"],
+                cwd=str(directory),
+                user=user,
+                timeout=20,
+            )
+    if pid_file.exists():  # pg_ctl could not stop it: kill the postmaster ourselves
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, signal.SIGKILL)
+
+
+def remove_stale_clusters(parent: str) -> list[str]:
+    """Stop and remove clusters under ``parent`` whose owning process is gone.
+
+    A cluster directory is ours when it holds the marker file; its owner holds an exclusive
+    ``flock`` on ``owner.lock`` for its whole life, so a lock we can take means a dead owner.
+    Returns the removed directories.
+    """
+    removed: list[str] = []
+    for path in glob.glob(os.path.join(parent, "tc-*")):
+        directory = Path(path)
+        if not (directory / _MARKER).is_file():
+            continue
+        try:
+            lock = open(directory / _LOCKFILE, "ab")
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # owner alive
+            user = None
+            if os.geteuid() == 0:
+                owner_uid = directory.stat().st_uid
+                with contextlib.suppress(KeyError):
+                    user = pwd.getpwuid(owner_uid) if owner_uid != 0 else None
+            bindir = ""
+            with contextlib.suppress(BackendUnavailableError):
+                bindir = find_pg_bindir()
+            _stop_cluster(directory, bindir, user)
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(str(directory))
+        finally:
+            lock.close()
+    return removed

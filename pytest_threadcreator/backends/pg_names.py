@@ -1,0 +1,144 @@
+"""Names of the PostgreSQL databases the plugin creates, and how to read them back.
+
+Every name is ``tc_<run>_<worker>_<suffix>`` and at most 63 bytes (PostgreSQL silently
+truncates longer identifiers, so long per-worker names would collide):
+
+* ``<run>``: the run id, lowercase letters and digits, never shortened. All xdist workers of one
+  pytest run share it; it keys the run's advisory lock (:func:`run_lock_key`), which is how a
+  later run tells a crashed run's leftovers from a live run's databases.
+* ``<worker>``: the xdist worker id (``gw0``, ``gw123``) or ``master``, never shortened.
+* ``<suffix>``: ``template`` for the worker's template, else ``<n>_<label>``: a per-worker
+  sequence number (unique) and the test's label, cut to fit and suffixed with a short hash of the
+  full label when cut, so two long labels stay tellable apart for humans.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from ..errors import ConfigurationError
+
+__all__ = [
+    "DB_PREFIX",
+    "MAX_IDENTIFIER_BYTES",
+    "ParsedName",
+    "database_name",
+    "new_run_id",
+    "parse_database_name",
+    "run_lock_key",
+    "template_name",
+]
+
+DB_PREFIX = "tc_"
+MAX_IDENTIFIER_BYTES = 63
+MAX_RUN_ID = 20
+MAX_WORKER_ID = 12
+#: Room the label must keep at the least, so the name still says which test it belongs to.
+_MIN_LABEL = 10
+_TOKEN = re.compile(r"[a-z0-9]+")
+_NAME = re.compile(r"tc_([a-z0-9]+)_([a-z0-9]+)_(template|[0-9a-z]+_[a-z0-9_]*)")
+_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+#: First half of every advisory lock key the plugin takes ("tc" + 1), second half from the run id.
+_LOCK_CLASS = 0x7463_0001
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedName:
+    """The parts of a name made by :func:`database_name` or :func:`template_name`."""
+
+    run_id: str
+    worker_id: str
+    is_template: bool
+
+
+def new_run_id() -> str:
+    """A fresh run id: 10 base36 characters, time-ordered then random (unique per run)."""
+    stamp = _base36(int(time.time()) % 36**6, 6)
+    rand = _base36(int.from_bytes(os.urandom(4), "big") % 36**4, 4)
+    return stamp + rand
+
+
+def _base36(value: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        value, digit = divmod(value, 36)
+        out.append(_BASE36[digit])
+    return "".join(reversed(out))
+
+
+def _check_token(value: str, what: str, limit: int) -> str:
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value) or len(value) > limit:
+        raise ConfigurationError(
+            f"PostgreSQL database names: the {what} {value!r} must be 1-{limit} lowercase "
+            "letters or digits (it is part of every database name and is never shortened)"
+        )
+    return value
+
+
+def normalise_worker_id(worker_id: str) -> str:
+    """``gw3`` stays ``gw3``; anything else is lowercased with non-alphanumerics removed."""
+    cleaned = re.sub(r"[^a-z0-9]", "", str(worker_id).lower())
+    return cleaned or "master"
+
+
+def template_name(run_id: str, worker_id: str) -> str:
+    """Name of the worker's template database."""
+    run = _check_token(run_id, "run id", MAX_RUN_ID)
+    worker = _check_token(worker_id, "worker id", MAX_WORKER_ID)
+    return f"{DB_PREFIX}{run}_{worker}_template"
+
+
+def database_name(run_id: str, worker_id: str, number: int, label: str) -> str:
+    """Name of the ``number``-th database of this worker, at most 63 bytes.
+
+    Unique per (run, worker, number) whatever the label; the label is reduced to lowercase
+    letters, digits and ``_`` and cut (with an 8-hex hash of the whole label) when too long.
+    """
+    run = _check_token(run_id, "run id", MAX_RUN_ID)
+    worker = _check_token(worker_id, "worker id", MAX_WORKER_ID)
+    if number < 0:
+        raise ConfigurationError(f"database number must be >= 0, got {number}")
+    head = f"{DB_PREFIX}{run}_{worker}_{_b36(number)}_"
+    room = MAX_IDENTIFIER_BYTES - len(head)
+    if room < _MIN_LABEL:  # cannot happen with the limits above; kept as a guard
+        raise ConfigurationError(f"run id and worker id leave no room for a label in {head!r}")
+    cleaned = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_") or "db"
+    if len(cleaned) > room:
+        digest = hashlib.blake2b(label.encode(), digest_size=4).hexdigest()
+        cleaned = cleaned[: room - len(digest) - 1].rstrip("_") + "_" + digest
+    name = head + cleaned
+    assert len(name.encode()) <= MAX_IDENTIFIER_BYTES
+    return name
+
+
+def _b36(value: int) -> str:
+    out = []
+    while value:
+        value, digit = divmod(value, 36)
+        out.append(_BASE36[digit])
+    return "".join(reversed(out)) or "0"
+
+
+def parse_database_name(name: str) -> ParsedName | None:
+    """The run and worker of a plugin database name, or None for any other database."""
+    match = _NAME.fullmatch(name)
+    if match is None:
+        return None
+    run, worker, rest = match.groups()
+    return ParsedName(run_id=run, worker_id=worker, is_template=rest == "template")
+
+
+def run_lock_key(run_id: str) -> tuple[int, int]:
+    """The two-int advisory lock key of a run (``pg_advisory_lock(int, int)``).
+
+    Every backend of a live run holds it in *shared* mode on its admin connection; a later run
+    may drop the run's databases only if it gets the lock in *exclusive* mode. A hash collision
+    between two run ids errs on the safe side (leftovers are kept, never a live run's dropped).
+    """
+    digest = hashlib.blake2b(run_id.encode(), digest_size=4).digest()
+    second = int.from_bytes(digest, "big", signed=True)
+    return _LOCK_CLASS, second

@@ -1,0 +1,155 @@
+"""SessionStore: the data path over a plain ``async_sessionmaker`` (the caller's own engine).
+
+Used when ThreadCreator is given an ``async_sessionmaker`` and for ``rollback`` isolation. Each
+create opens its own session and transaction (``sessionmaker.begin()``, cancellation-safe); on
+SQLite the transaction starts with ``BEGIN IMMEDIATE`` so concurrent writers queue on the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql import Select
+
+from ..errors import InjectedFault
+from ..schema import ThreadSchema
+from .base import FaultAction, FaultDecider, Store, ThreadIdTaken
+
+__all__ = ["SessionStore", "is_transient_error"]
+
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+class SessionStore(Store):
+    """Creates and reads through sessions of an ``async_sessionmaker`` on the running loop."""
+
+    dialect_name = "unknown"
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        schema: ThreadSchema,
+        *,
+        lock: asyncio.Lock | None = None,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.schema = schema
+        self._lock = lock  # rollback isolation: sessions share one connection one at a time
+        self._thread_insert = insert(schema.thread_table)
+        self._message_insert = insert(schema.message_table)
+
+    async def _immediate(self, session: AsyncSession) -> None:
+        conn = await session.connection()
+        if conn.dialect.name == "sqlite":
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            if driver is not None and not getattr(driver, "in_transaction", True):
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    async def create(
+        self,
+        thread_row: Mapping[str, Any],
+        message_row: Mapping[str, Any],
+        *,
+        explicit_id: bool,
+        decide: FaultDecider | None = None,
+    ) -> None:
+        if self._lock is not None:
+            async with self._lock:
+                await self._create(thread_row, message_row, explicit_id, decide)
+        else:
+            await self._create(thread_row, message_row, explicit_id, decide)
+
+    async def _create(
+        self,
+        thread_row: Mapping[str, Any],
+        message_row: Mapping[str, Any],
+        explicit_id: bool,
+        decide: FaultDecider | None,
+    ) -> None:
+        s = self.schema
+        try:
+            async with self.sessionmaker.begin() as session:
+                await self._immediate(session)
+                await _apply(decide, "thread_insert")
+                await session.execute(self._thread_insert, [dict(thread_row)])
+                await _apply(decide, "message_insert")
+                await session.execute(self._message_insert, [dict(message_row)])
+                await _apply(decide, "commit")
+        except IntegrityError:
+            if not explicit_id:
+                raise
+            t = s.thread_table
+            thread_id = thread_row[s.thread_id_column]
+            async with self.sessionmaker() as session:
+                owner = (
+                    await session.execute(
+                        select(t.c[s.owner_column]).where(t.c[s.thread_id_column] == thread_id)
+                    )
+                ).scalar_one_or_none()
+            if owner is None:
+                raise
+            raise ThreadIdTaken(owner) from None
+
+    async def fetch_all(self, statement: Select[Any]) -> list[dict[str, Any]]:
+        if self._lock is not None:
+            async with self._lock:
+                return await self._fetch(statement)
+        return await self._fetch(statement)
+
+    async def _fetch(self, statement: Select[Any]) -> list[dict[str, Any]]:
+        async with self.sessionmaker() as session:
+            result = await session.execute(statement)
+            return [dict(row) for row in result.mappings()]
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return is_transient_error(exc)
+
+    def reset(self) -> None:
+        raise NotImplementedError("a SessionStore does not own its database")
+
+    def close(self) -> None:
+        pass
+
+
+async def _apply(decide: FaultDecider | None, step: str) -> None:
+    if decide is None:
+        return
+    action: FaultAction | None = decide(step)
+    if action is None:
+        return
+    if action.kind == "fail":
+        raise InjectedFault(step, action.call)
+    if action.kind == "delay":
+        await asyncio.sleep(action.seconds)
+    elif action.kind == "cancel":
+        raise asyncio.CancelledError("cancelled by the fault injector")
+
+
+def is_transient_error(exc: BaseException | None) -> bool:
+    """Contention worth a retry, judged by error code: SQLite busy/locked, SQLSTATE 40001/40P01."""
+    import sqlite3
+
+    seen = 0
+    while exc is not None and seen < 6:
+        if isinstance(exc, sqlite3.OperationalError):
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None:
+                return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            text = str(exc)  # Python 3.10 has no sqlite_errorcode
+            return "database is locked" in text or "database table is locked" in text
+        for attr in ("sqlstate", "pgcode"):
+            state = getattr(exc, attr, None)
+            if isinstance(state, str):
+                return state in _TRANSIENT_SQLSTATES
+        diag = getattr(exc, "diag", None)
+        if diag is not None and isinstance(getattr(diag, "sqlstate", None), str):
+            return diag.sqlstate in _TRANSIENT_SQLSTATES
+        exc = getattr(exc, "orig", None) or exc.__cause__
+        seen += 1
+    return False

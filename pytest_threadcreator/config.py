@@ -1,0 +1,147 @@
+"""Settings: every option resolved once, with where each value came from.
+
+Precedence: marker > command line > environment > ini > default. Pytest-free: the plugin hands
+in the raw values it read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "BACKEND_NAMES",
+    "ISOLATION_MODES",
+    "Settings",
+    "backend_kind",
+    "resolve_settings",
+    "validate_db",
+    "validate_isolation",
+]
+
+BACKEND_NAMES = ("sqlite", "postgresql", "postgresql-local", "postgresql-docker")
+ISOLATION_MODES = ("clean", "fresh", "rollback")
+ENV_DB = "THREADCREATOR_DB"
+ASYNC_PG_DRIVERS = ("asyncpg", "psycopg", "psycopg_async")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved options of a run (or of one test, after its marker)."""
+
+    db: str = "sqlite"
+    db_source: str = "default"
+    isolation: str = "clean"
+    isolation_source: str = "default"
+    keep: bool = False
+    schema: str | None = None
+    report: str | None = None
+
+    def with_marker(self, db: str | None, isolation: str | None) -> Settings:
+        """These settings overridden by a ``threadcreator`` marker's arguments."""
+        out = self
+        if db is not None:
+            out = replace(
+                out, db=validate_db(db, "the threadcreator marker's db"), db_source="marker"
+            )
+        if isolation is not None:
+            out = replace(
+                out,
+                isolation=validate_isolation(isolation, "the threadcreator marker's isolation"),
+                isolation_source="marker",
+            )
+        return out
+
+    def describe(self) -> str:
+        """One line for the report header."""
+        return (
+            f"threadcreator: db={_hide(self.db)} (from {self.db_source}), "
+            f"isolation={self.isolation} (from {self.isolation_source})"
+            + (f", schema={self.schema}" if self.schema else "")
+        )
+
+
+def _hide(db: str) -> str:
+    if "://" not in db:
+        return db
+    return make_url(db).render_as_string(hide_password=True)
+
+
+def validate_db(value: str, where: str) -> str:
+    """Return ``value`` if it names a backend or an async PostgreSQL URL, else raise."""
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{where}: expected a str, got {type(value).__name__}")
+    value = value.strip()
+    if value in BACKEND_NAMES:
+        return value
+    if "://" in value:
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ConfigurationError(f"{where}: {value!r} is not a valid URL ({exc})") from None
+        if url.get_backend_name() == "postgresql" and url.get_driver_name() in ASYNC_PG_DRIVERS:
+            return value
+        raise ConfigurationError(
+            f"{where}: {_hide(value)!r} is not an async PostgreSQL URL; use "
+            "postgresql+asyncpg://user@host:port/dbname (or postgresql+psycopg://…)"
+        )
+    raise ConfigurationError(
+        f"{where}: {value!r} is not a valid database; valid values: "
+        + ", ".join(BACKEND_NAMES)
+        + ", or an async SQLAlchemy URL such as postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+    )
+
+
+def validate_isolation(value: str, where: str) -> str:
+    """Return ``value`` if it is an isolation mode, else raise."""
+    if value not in ISOLATION_MODES:
+        raise ConfigurationError(
+            f"{where}: {value!r} is not an isolation mode; valid values: "
+            + ", ".join(ISOLATION_MODES)
+        )
+    return value
+
+
+def backend_kind(db: str) -> str:
+    """``"sqlite"`` or ``"postgresql"`` for a validated ``db`` value."""
+    return "sqlite" if db == "sqlite" else "postgresql"
+
+
+def resolve_settings(
+    *,
+    cli: Mapping[str, Any],
+    ini: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve CLI > env > ini > default. Raises ConfigurationError naming the bad value."""
+    env = os.environ if env is None else env
+    db, db_source = "sqlite", "default"
+    if ini.get("db"):
+        db, db_source = validate_db(str(ini["db"]), "ini threadcreator_db"), "ini"
+    if env.get(ENV_DB):
+        db, db_source = validate_db(env[ENV_DB], f"environment {ENV_DB}"), "env"
+    if cli.get("db"):
+        db, db_source = validate_db(str(cli["db"]), "--threadcreator-db"), "command line"
+    isolation, isolation_source = "clean", "default"
+    if ini.get("isolation"):
+        isolation = validate_isolation(str(ini["isolation"]), "ini threadcreator_isolation")
+        isolation_source = "ini"
+    if cli.get("isolation"):
+        isolation = validate_isolation(str(cli["isolation"]), "--threadcreator-isolation")
+        isolation_source = "command line"
+    return Settings(
+        db=db,
+        db_source=db_source,
+        isolation=isolation,
+        isolation_source=isolation_source,
+        keep=bool(cli.get("keep")),
+        schema=str(ini["schema"]) if ini.get("schema") else None,
+        report=str(cli["report"]) if cli.get("report") else None,
+    )

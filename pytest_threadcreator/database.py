@@ -1,0 +1,248 @@
+"""Database: one isolated database of a test, with the reads tests assert on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from sqlalchemy import event, func, literal_column, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from .backends.base import Store
+from .schema import ThreadSchema
+
+__all__ = ["Database"]
+
+EngineFactory = Callable[[], AsyncEngine]
+
+
+class Database:
+    """An isolated, schema-ready database.
+
+    ThreadCreator and the integrity reads go through :attr:`store`, which any event loop may
+    await. :attr:`engine` and :attr:`sessionmaker` are for the test's own SQLAlchemy code; an
+    engine is made lazily for each running event loop (an engine cannot cross loops) and
+    disposed when the database is released.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        backend: str,
+        schema: ThreadSchema,
+        store: Store,
+        engine_factory: EngineFactory,
+        isolation: str = "clean",
+        name: str = "",
+        location: str = "",
+    ) -> None:
+        self.url = url
+        self.backend = backend
+        self.schema = schema
+        self.store = store
+        self.isolation = isolation
+        self.name = name
+        #: where the database lives, for humans (file path or server + database name)
+        self.location = location or url
+        self._engine_factory = engine_factory
+        # Each engine is tied to the event loop of its first connection; None until then.
+        self._engines: list[AsyncEngine] = []
+        self._engine_loops: dict[int, asyncio.AbstractEventLoop] = {}
+        # One guard task per engine's loop: pytest-asyncio closes a test's loop *before* sync
+        # fixtures tear down, cancelling pending tasks first; the guard then closes sessions and
+        # disposes the engine inside the loop, while it still runs.
+        self._guards: dict[int, asyncio.Task[None]] = {}
+        self._sessions: list[AsyncSession] = []
+
+    def __repr__(self) -> str:
+        return f"<Database {self.backend} {self.safe_url} isolation={self.isolation}>"
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password hidden."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    # -- SQLAlchemy access for the test's own code ---------------------------------------
+    @property
+    def engine(self) -> AsyncEngine:
+        """An AsyncEngine usable in the running event loop (one per loop, made on first use).
+
+        Outside a loop it returns an engine that binds to the loop of its first connection,
+        so a sync fixture can hand one to an async test of any loop scope.
+        """
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        for engine in self._engines:
+            bound = self._engine_loops.get(id(engine))
+            if bound is loop or bound is None:
+                return engine
+        engine = self._engine_factory()
+        self._engines.append(engine)
+        loops = self._engine_loops
+
+        guards = self._guards
+        sessions = self._sessions
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _record_loop(_dbapi: Any, _record: Any) -> None:
+            if id(engine) not in loops:
+                running = asyncio.get_running_loop()
+                loops[id(engine)] = running
+                guards[id(engine)] = running.create_task(
+                    _guard(engine, sessions), name=GUARD_TASK_NAME
+                )
+
+        return engine
+
+    @property
+    def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        """An ``async_sessionmaker`` on :attr:`engine` (``expire_on_commit=False``)."""
+        return async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A new AsyncSession of its own, closed on exit. Commit explicitly to keep changes."""
+        async with self.sessionmaker() as session:
+            yield session
+
+    def new_session(self) -> AsyncSession:
+        """A new AsyncSession, usable from any loop (callable outside one); see :meth:`close_session`."""
+        session = AsyncSession(self.engine, expire_on_commit=False)
+        self._sessions.append(session)
+        return session
+
+    def checked_out(self) -> int:
+        """Connections checked out right now, by the store and by every engine."""
+        total = self.store.checked_out()
+        for engine in self._engines:
+            checked = getattr(engine.sync_engine.pool, "checkedout", None)
+            if callable(checked):
+                total += int(checked())
+        return total
+
+    def dispose_engines(self) -> None:
+        """Close sessions and dispose engines made for the test's code (synchronous, at teardown)."""
+        engines, self._engines = self._engines, []
+        loops, self._engine_loops = self._engine_loops, {}
+        guards, self._guards = self._guards, {}
+        self._sessions = []
+        for engine in engines:
+            loop, guard = loops.get(id(engine)), guards.get(id(engine))
+            if loop is None or guard is None or guard.done() or loop.is_closed():
+                continue  # never connected, or the guard already disposed it
+            if loop.is_running():  # torn down from inside the loop: let the guard finish later
+                guard.cancel()
+                continue
+            guard.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(guard)
+
+    def close(self) -> None:
+        """Dispose engines and close the store."""
+        self.dispose_engines()
+        self.store.close()
+
+    # -- reads for assertions --------------------------------------------------------------
+    async def count_threads(self, user_id: str | None = None) -> int:
+        """Number of threads (soft-deleted included), optionally of one user."""
+        s = self.schema
+        stmt = select(func.count().label("n")).select_from(s.thread_table)
+        if user_id is not None:
+            stmt = stmt.where(s.thread_table.c[s.owner_column] == user_id)
+        rows = await self.store.fetch_all(stmt)
+        return int(rows[0]["n"])
+
+    async def count_messages(self, thread_id: str | None = None) -> int:
+        """Number of messages, optionally of one thread."""
+        s = self.schema
+        stmt = select(func.count().label("n")).select_from(s.message_table)
+        if thread_id is not None:
+            stmt = stmt.where(s.message_table.c[s.message_thread_column] == thread_id)
+        rows = await self.store.fetch_all(stmt)
+        return int(rows[0]["n"])
+
+    async def orphan_threads(self) -> list[str]:
+        """Ids of threads that have no message, in id order."""
+        s = self.schema
+        t, m = s.thread_table, s.message_table
+        tid = t.c[s.thread_id_column]
+        has_message = (
+            select(literal_column("1")).where(m.c[s.message_thread_column] == tid).exists()
+        )
+        rows = await self.store.fetch_all(select(tid.label("id")).where(~has_message).order_by(tid))
+        return [row["id"] for row in rows]
+
+    async def messages_without_thread(self) -> list[str]:
+        """Ids of messages whose thread row is missing (only possible without foreign keys)."""
+        s = self.schema
+        t, m = s.thread_table, s.message_table
+        mtid = m.c[s.message_thread_column]
+        has_thread = select(literal_column("1")).where(t.c[s.thread_id_column] == mtid).exists()
+        mid = m.c[s.message_id_column]
+        rows = await self.store.fetch_all(select(mid.label("id")).where(~has_thread).order_by(mid))
+        return [row["id"] for row in rows]
+
+    async def owner_mismatches(self) -> list[str]:
+        """Ids of threads whose metadata owner differs from the owner column."""
+        s = self.schema
+        if s.owner_metadata_column is None:
+            return []
+        t = s.thread_table
+        stmt = select(
+            t.c[s.thread_id_column].label("id"),
+            t.c[s.owner_column].label("owner"),
+            t.c[s.owner_metadata_column].label("meta"),
+        ).order_by(t.c[s.thread_id_column])
+        bad = []
+        for row in await self.store.fetch_all(stmt):
+            meta = row["meta"]
+            if not isinstance(meta, dict) or meta.get("user_id") != row["owner"]:
+                bad.append(row["id"])
+        return bad
+
+    async def check_integrity(self) -> None:
+        """Raise AssertionError naming orphan threads, messages without a thread and owner mismatches."""
+        __tracebackhide__ = True
+        orphans = await self.orphan_threads()
+        homeless = await self.messages_without_thread()
+        mismatched = await self.owner_mismatches()
+        problems = []
+        if orphans:
+            problems.append(f"{len(orphans)} thread(s) without a message: {_ids(orphans)}")
+        if homeless:
+            problems.append(f"{len(homeless)} message(s) without a thread: {_ids(homeless)}")
+        if mismatched:
+            problems.append(
+                f"{len(mismatched)} thread(s) whose metadata owner differs from "
+                f"{self.schema.owner_column}: {_ids(mismatched)}"
+            )
+        if problems:
+            raise AssertionError(
+                f"integrity check failed on {self.location}:\n  " + "\n  ".join(problems)
+            )
+
+
+def _ids(ids: list[str], limit: int = 10) -> str:
+    shown = ", ".join(ids[:limit])
+    return shown + (f", … and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+GUARD_TASK_NAME = "threadcreator-engine-guard"
+
+
+async def _guard(engine: AsyncEngine, sessions: list[AsyncSession]) -> None:
+    """Wait until cancelled, then close this engine's sessions and dispose it."""
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for session in list(sessions):
+            if session.bind is engine:
+                with contextlib.suppress(Exception):
+                    await session.close()
+        await engine.dispose()

@@ -1,0 +1,122 @@
+"""The plugin's fixtures: thin and documented; the work happens in the core modules.
+
+Every fixture here is synchronous on purpose: a sync fixture runs outside any event loop, so it
+works with whatever pytest-asyncio loop scope a test uses (the database and its store are
+loop-independent; engines bind to the loop that first uses them).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from . import _binding
+from .creator import ThreadCreator
+from .database import Database
+from .runtime import Runtime, worker_id_from_env
+from .schema import ThreadSchema
+from .users import UserContextMaker
+
+__all__ = [
+    "db_session",
+    "make_user_context",
+    "run_concurrently",
+    "thread_creator",
+    "threadcreator_db",
+    "threadcreator_schema",
+    "threadcreator_setup",
+    "user_context",
+]
+
+
+def _state(config: pytest.Config) -> Any:
+    from .plugin import state
+
+    return state(config)
+
+
+@pytest.fixture(scope="session")
+def threadcreator_schema(pytestconfig: pytest.Config) -> ThreadSchema:
+    """The ThreadSchema test databases are built from. Override this to use your own models."""
+    schema: ThreadSchema = _state(pytestconfig).schema()
+    return schema
+
+
+@pytest.fixture(scope="session")
+def threadcreator_setup(
+    pytestconfig: pytest.Config,
+    threadcreator_schema: ThreadSchema,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Runtime:
+    """Backends, templates and shared databases of this run. Override this to change how they are made."""
+    st = _state(pytestconfig)
+    if st.runtime is None:
+        hook = pytestconfig.hook.pytest_threadcreator_setup_database
+        st.runtime = Runtime(
+            schema=threadcreator_schema,
+            basetemp=tmp_path_factory.getbasetemp(),
+            worker_id=worker_id_from_env(),
+            setup_hook=lambda database: hook(database=database),
+        )
+    runtime: Runtime = st.runtime
+    return runtime
+
+
+@pytest.fixture
+def threadcreator_db(
+    request: pytest.FixtureRequest, threadcreator_setup: Runtime
+) -> Iterator[Database]:
+    """An isolated, empty, schema-ready Database for this test (backend and isolation per options/marker)."""
+    from .plugin import REPORT_KEY
+
+    settings = _state(request.config).settings_for(request.node)
+    database = threadcreator_setup.acquire(settings, request.node.nodeid)
+    token = _binding.bind(database)
+    try:
+        yield database
+    finally:
+        _binding.unbind(token)
+        reports = request.node.stash.get(REPORT_KEY, {})
+        failed = any(r.failed for r in reports.values())
+        kept = threadcreator_setup.release(database, settings, keep=failed and settings.keep)
+        if kept:
+            request.node.user_properties.append(("threadcreator_kept_database", kept))
+
+
+@pytest.fixture
+def db_session(threadcreator_db: Database) -> Iterator[AsyncSession]:
+    """An AsyncSession on threadcreator_db, closed at teardown (commit to make rows visible to others)."""
+    session = threadcreator_db.new_session()
+    yield session
+    # closed with the engine when threadcreator_db is released
+
+
+@pytest.fixture
+def thread_creator(threadcreator_db: Database) -> ThreadCreator:
+    """A ThreadCreator bound to this test's threadcreator_db."""
+    return ThreadCreator(threadcreator_db)
+
+
+@pytest.fixture
+def make_user_context() -> UserContextMaker:
+    """make_user_context(user_id=None, **fields) makes a valid context; .many(n) gives n distinct users."""
+    return UserContextMaker()
+
+
+@pytest.fixture
+def user_context(make_user_context: UserContextMaker) -> Any:
+    """A fresh, valid UserExecutionContext with a unique user_id."""
+    return make_user_context()
+
+
+@pytest.fixture
+def run_concurrently(request: pytest.FixtureRequest) -> Any:
+    """await run_concurrently(fn, items, *, max_concurrency=None, timeout=30.0) -> ConcurrencyReport."""
+    from .concurrency import run_concurrently as run
+
+    reports = _state(request.config).concurrency_reports
+    return functools.partial(run, on_report=reports.append)

@@ -1,0 +1,178 @@
+"""pytest hooks of pytest-threadcreator: options, marker, header, summary. Fixtures live in fixtures.py."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+
+from . import hookspecs
+from .config import BACKEND_NAMES, ISOLATION_MODES, Settings, resolve_settings
+from .errors import ConfigurationError
+from .fixtures import (  # noqa: F401 - registered with pytest through this module
+    db_session,
+    make_user_context,
+    run_concurrently,
+    thread_creator,
+    threadcreator_db,
+    threadcreator_schema,
+    threadcreator_setup,
+    user_context,
+)
+from .runtime import Runtime
+from .schema import ThreadSchema, default_schema, load_schema
+
+__all__ = ["PluginState", "state"]
+
+MARKER = "threadcreator(db=None, isolation=None): override the database backend and isolation mode for this test."
+
+
+def _marker_signature(
+    db: str | None = None, isolation: str | None = None
+) -> tuple[str | None, str | None]:
+    return db, isolation
+
+
+class PluginState:
+    """Everything the plugin keeps for one run: resolved settings and the runtime."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.runtime: Runtime | None = None
+        self.concurrency_reports: list[Any] = []
+        self._schema: ThreadSchema | None = None
+
+    def schema(self) -> ThreadSchema:
+        """The schema from ini ``threadcreator_schema``, or the default one."""
+        if self._schema is None:
+            spec = self.settings.schema
+            self._schema = load_schema(spec) if spec else default_schema()
+        return self._schema
+
+    def settings_for(self, item: pytest.Item) -> Settings:
+        """This run's settings with the test's ``threadcreator`` marker applied."""
+        marker = item.get_closest_marker("threadcreator")
+        if marker is None:
+            return self.settings
+        db, isolation = _marker_signature(*marker.args, **marker.kwargs)
+        return self.settings.with_marker(db, isolation)
+
+
+_STATE = pytest.StashKey[PluginState]()
+REPORT_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+def state(config: pytest.Config) -> PluginState:
+    """The plugin's state for this run."""
+    return config.stash[_STATE]
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("threadcreator", "thread creation concurrency testing")
+    group.addoption(
+        "--threadcreator-db",
+        dest="threadcreator_db",
+        default=None,
+        metavar="DB",
+        help="database for tests: " + ", ".join(BACKEND_NAMES) + " or an async SQLAlchemy URL "
+        "(postgresql+asyncpg://user@host:port/db). Precedence: marker > this option > env "
+        "THREADCREATOR_DB > ini threadcreator_db > sqlite.",
+    )
+    group.addoption(
+        "--threadcreator-isolation",
+        dest="threadcreator_isolation",
+        default=None,
+        choices=None,
+        metavar="MODE",
+        help="how tests are isolated: " + ", ".join(ISOLATION_MODES) + " (default: clean).",
+    )
+    group.addoption(
+        "--threadcreator-keep",
+        dest="threadcreator_keep",
+        action="store_true",
+        default=False,
+        help="keep the database of each failed test and name it in the report.",
+    )
+    group.addoption(
+        "--threadcreator-report",
+        dest="threadcreator_report",
+        default=None,
+        metavar="PATH",
+        help="write a JSON report of per-test setup costs and concurrency runs to PATH.",
+    )
+    parser.addini("threadcreator_db", "default database (see --threadcreator-db)", default="")
+    parser.addini(
+        "threadcreator_isolation",
+        "default isolation mode (see --threadcreator-isolation)",
+        default="",
+    )
+    parser.addini(
+        "threadcreator_schema",
+        "custom ThreadSchema as 'package.module:attribute' (default: pytest_threadcreator.models)",
+        default="",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER)
+    try:
+        settings = resolve_settings(
+            cli={
+                "db": config.getoption("threadcreator_db"),
+                "isolation": config.getoption("threadcreator_isolation"),
+                "keep": config.getoption("threadcreator_keep"),
+                "report": config.getoption("threadcreator_report"),
+            },
+            ini={
+                "db": config.getini("threadcreator_db"),
+                "isolation": config.getini("threadcreator_isolation"),
+                "schema": config.getini("threadcreator_schema"),
+            },
+        )
+    except ConfigurationError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[_STATE] = PluginState(config, settings)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    st = config.stash.get(_STATE, None)
+    if st is None:
+        return
+    for item in items:
+        marker = item.get_closest_marker("threadcreator")
+        if marker is None:
+            continue
+        try:
+            st.settings_for(item)
+        except TypeError as exc:
+            raise pytest.UsageError(
+                f"{item.nodeid}: bad @pytest.mark.threadcreator arguments ({exc}); signature: "
+                f"threadcreator{inspect.signature(_marker_signature)}"
+            ) from None
+        except ConfigurationError as exc:
+            raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    st = config.stash.get(_STATE, None)
+    return [st.settings.describe()] if st is not None else []
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report: pytest.TestReport = yield
+    item.stash.setdefault(REPORT_KEY, {})[report.when] = report
+    return report
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    st = config.stash.get(_STATE, None)
+    if st is not None and st.runtime is not None:
+        runtime, st.runtime = st.runtime, None
+        runtime.close()
