@@ -95,7 +95,7 @@ class Database:
                 running = asyncio.get_running_loop()
                 loops[id(engine)] = running
                 guards[id(engine)] = running.create_task(
-                    _guard(engine, sessions), name=GUARD_TASK_NAME
+                    self._guard(engine, sessions), name=GUARD_TASK_NAME
                 )
 
         return engine
@@ -142,6 +142,20 @@ class Database:
             guard.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 loop.run_until_complete(guard)
+
+    async def _guard(self, engine: AsyncEngine, sessions: list[AsyncSession]) -> None:
+        """Wait until cancelled, then release what the engine holds, inside its loop."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self._release_engine(engine, sessions)
+
+    async def _release_engine(self, engine: AsyncEngine, sessions: list[AsyncSession]) -> None:
+        for session in list(sessions):
+            if session.bind is engine:
+                with contextlib.suppress(Exception):
+                    await session.close()
+        await engine.dispose()
 
     def close(self) -> None:
         """Dispose engines and close the store."""
@@ -234,15 +248,3 @@ def _ids(ids: list[str], limit: int = 10) -> str:
 
 
 GUARD_TASK_NAME = "threadcreator-engine-guard"
-
-
-async def _guard(engine: AsyncEngine, sessions: list[AsyncSession]) -> None:
-    """Wait until cancelled, then close this engine's sessions and dispose it."""
-    try:
-        await asyncio.Event().wait()
-    finally:
-        for session in list(sessions):
-            if session.bind is engine:
-                with contextlib.suppress(Exception):
-                    await session.close()
-        await engine.dispose()

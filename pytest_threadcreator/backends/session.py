@@ -32,7 +32,7 @@ class SessionStore(Store):
 
     def __init__(
         self,
-        sessionmaker: async_sessionmaker[AsyncSession],
+        sessionmaker: async_sessionmaker[AsyncSession] | Any,
         schema: ThreadSchema,
         *,
         lock: asyncio.Lock | None = None,

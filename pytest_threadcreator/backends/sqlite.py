@@ -260,7 +260,7 @@ def _apply(action: FaultAction | None) -> None:
         raise _CancelRequested()
 
 
-def make_sqlite_engine(path: Path, *, pool_size: int = 5, max_overflow: int = 10) -> AsyncEngine:
+def make_sqlite_engine(path: Path | str, *, pool_size: int = 5, max_overflow: int = 10) -> AsyncEngine:
     """An aiosqlite AsyncEngine on ``path`` with a real pool and the pragmas on every connection."""
     engine = create_async_engine(
         f"sqlite+aiosqlite:///{path}",
