@@ -86,7 +86,12 @@ def validate_db(value: str, where: str) -> str:
             url = make_url(value)
         except ArgumentError as exc:
             raise ConfigurationError(f"{where}: {value!r} is not a valid URL ({exc})") from None
-        if url.get_backend_name() == "postgresql" and url.get_driver_name() in ASYNC_PG_DRIVERS:
+        explicit_driver = "+" in url.drivername
+        if (
+            url.get_backend_name() == "postgresql"
+            and explicit_driver
+            and url.get_driver_name() in ASYNC_PG_DRIVERS
+        ):
             return value
         raise ConfigurationError(
             f"{where}: {_hide(value)!r} is not an async PostgreSQL URL; use "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import pytest
@@ -151,9 +150,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         try:
             st.settings_for(item)
         except TypeError as exc:
+            reason = str(exc).replace("_marker_signature()", "threadcreator()")
             raise pytest.UsageError(
-                f"{item.nodeid}: bad @pytest.mark.threadcreator arguments ({exc}); signature: "
-                f"threadcreator{inspect.signature(_marker_signature)}"
+                f"{item.nodeid}: bad @pytest.mark.threadcreator arguments ({reason}); "
+                "signature: threadcreator(db=None, isolation=None)"
             ) from None
         except ConfigurationError as exc:
             raise pytest.UsageError(f"{item.nodeid}: {exc}") from None

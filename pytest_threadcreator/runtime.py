@@ -86,13 +86,14 @@ class Runtime:
             self.databases_created += 1
         elif isolation in ("clean", "rollback"):
             key = (settings.db, isolation)
-            database = self.shared.get(key)
-            if database is None:
-                database = backend.create_database(f"{isolation}", isolation=isolation)
+            shared = self.shared.get(key)
+            if shared is None:
+                shared = backend.create_database(f"{isolation}", isolation=isolation)
                 self.databases_created += 1
-                self.shared[key] = database
+                self.shared[key] = shared
             else:
-                database.store.reset()
+                shared.store.reset()
+            database = shared
             if isolation == "rollback":
                 from .rollback import RollbackDatabase
 

@@ -75,11 +75,10 @@ def compile_select(stmt: Select[Any], dialect: Dialect) -> CompiledSelect:
     compiled = stmt.compile(dialect=dialect)
     values = compiled.construct_params()
     order = compiled.positiontup or []
-    bind_procs = compiled._bind_processors
     params = []
     for key in order:
         value = values[key]
-        proc = bind_procs.get(key)
+        proc = compiled.binds[key].type.dialect_impl(dialect).bind_processor(dialect)
         params.append(proc(value) if proc is not None and value is not None else value)
     keys = tuple(stmt.selected_columns.keys())
     procs = tuple(

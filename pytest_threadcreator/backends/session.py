@@ -23,6 +23,7 @@ from .base import FaultAction, FaultDecider, Store, ThreadIdTaken
 __all__ = ["SessionStore", "is_transient_error"]
 
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
+_SQLITE_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary result codes)
 
 
 class SessionStore(Store):
@@ -140,7 +141,7 @@ def is_transient_error(exc: BaseException | None) -> bool:
         if isinstance(exc, sqlite3.OperationalError):
             code = getattr(exc, "sqlite_errorcode", None)
             if code is not None:
-                return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                return (code & 0xFF) in _SQLITE_BUSY_CODES
             text = str(exc)  # Python 3.10 has no sqlite_errorcode
             return "database is locked" in text or "database table is locked" in text
         for attr in ("sqlstate", "pgcode"):

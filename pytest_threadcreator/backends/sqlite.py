@@ -44,7 +44,7 @@ T = TypeVar("T")
 #: How long a connection waits for another connection's write lock before SQLITE_BUSY.
 BUSY_TIMEOUT_MS = 5_000
 
-_DIALECT = sqlite_dialect.dialect()  # type: ignore[no-untyped-call]
+_DIALECT = sqlite_dialect.dialect()
 
 
 def sqlite_pragmas(busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> tuple[str, ...]:
@@ -260,7 +260,9 @@ def _apply(action: FaultAction | None) -> None:
         raise _CancelRequested()
 
 
-def make_sqlite_engine(path: Path | str, *, pool_size: int = 5, max_overflow: int = 10) -> AsyncEngine:
+def make_sqlite_engine(
+    path: Path | str, *, pool_size: int = 5, max_overflow: int = 10
+) -> AsyncEngine:
     """An aiosqlite AsyncEngine on ``path`` with a real pool and the pragmas on every connection."""
     engine = create_async_engine(
         f"sqlite+aiosqlite:///{path}",
@@ -319,11 +321,11 @@ class SqliteBackend(Backend):
             finally:
                 database.close()
         # Fold the WAL into the main file so a plain file copy is a complete database.
-        conn = sqlite3.connect(path)
+        raw = sqlite3.connect(path)
         try:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
-            conn.close()
+            raw.close()
 
     def create_database(self, label: str, *, isolation: str) -> Database:
         if self._template is None:

@@ -1,0 +1,318 @@
+"""Plugin behaviour, exercised through pytester runs of real test files."""
+
+from __future__ import annotations
+
+import pytest
+
+INI = """
+[pytest]
+asyncio_mode = {mode}
+asyncio_default_fixture_loop_scope = function
+{extra}
+"""
+
+
+@pytest.fixture
+def ini(pytester: pytest.Pytester) -> object:
+    def write(mode: str = "strict", extra: str = "") -> None:
+        pytester.makeini(INI.format(mode=mode, extra=extra))
+
+    write()
+    return write
+
+
+def test_the_quickstart_example_passes(pytester: pytest.Pytester, ini: object) -> None:
+    pytester.copy_example("quickstart/test_ten_users.py")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+
+
+def test_every_fixture_is_documented(pytester: pytest.Pytester, ini: object) -> None:
+    result = pytester.runpytest("--fixtures")
+    out = result.stdout.str()
+    for name, doc in {
+        "threadcreator_db": "An isolated, empty, schema-ready Database",
+        "db_session": "An AsyncSession on threadcreator_db",
+        "thread_creator": "A ThreadCreator bound to this test's threadcreator_db",
+        "user_context": "A fresh, valid UserExecutionContext",
+        "make_user_context": "make_user_context(user_id=None, **fields)",
+        "run_concurrently": "await run_concurrently(fn, items",
+        "threadcreator_schema": "Override this to use your own models",
+        "threadcreator_setup": "Override this to change how they are made",
+    }.items():
+        assert f"{name} " in out or f"{name} [" in out, name
+        assert doc in out, name
+    assert (
+        "no docstring available" not in out.split("fixtures defined from pytest_threadcreator")[-1]
+    )
+
+
+def test_help_lists_the_options(pytester: pytest.Pytester, ini: object) -> None:
+    out = pytester.runpytest("--help").stdout.str()
+    for option in (
+        "--threadcreator-db=DB",
+        "--threadcreator-isolation=MODE",
+        "--threadcreator-keep",
+        "--threadcreator-report=PATH",
+        "threadcreator_schema",
+    ):
+        assert option in out
+
+
+def test_disabling_the_plugin_removes_its_fixtures(pytester: pytest.Pytester, ini: object) -> None:
+    pytester.makepyfile("def test_x(threadcreator_db):\n    pass\n")
+    result = pytester.runpytest("-p", "no:threadcreator")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'threadcreator_db' not found*"])
+
+
+SHOW_SETTINGS = """
+import pytest
+
+@pytest.mark.asyncio
+async def test_default(threadcreator_db):
+    print("SETTINGS", threadcreator_db.backend, threadcreator_db.isolation)
+
+@pytest.mark.threadcreator(isolation="fresh")
+@pytest.mark.asyncio
+async def test_marked(threadcreator_db):
+    print("MARKED", threadcreator_db.backend, threadcreator_db.isolation)
+"""
+
+
+@pytest.mark.parametrize(
+    ("ini_value", "env_value", "cli_value", "expected", "source"),
+    [
+        (None, None, None, "clean", "default"),
+        ("rollback", None, None, "rollback", "ini"),
+        ("rollback", None, "fresh", "fresh", "command line"),
+    ],
+)
+def test_isolation_precedence_marker_cli_ini_default(
+    pytester: pytest.Pytester,
+    ini: object,
+    ini_value: str | None,
+    env_value: str | None,
+    cli_value: str | None,
+    expected: str,
+    source: str,
+) -> None:
+    ini(extra=f"threadcreator_isolation = {ini_value}" if ini_value else "")  # type: ignore[operator]
+    pytester.makepyfile(SHOW_SETTINGS)
+    args = ["-s", "-p", "no:cacheprovider"]
+    if cli_value:
+        args.append(f"--threadcreator-isolation={cli_value}")
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            f"*isolation={expected} (from {source})*",
+            f"*SETTINGS sqlite {expected}",
+            "*MARKED sqlite fresh",
+        ]
+    )
+
+
+def test_db_precedence_env_over_ini_and_cli_over_env(
+    pytester: pytest.Pytester, ini: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ini(extra="threadcreator_db = postgresql-docker")  # type: ignore[operator]
+    pytester.makepyfile("def test_x():\n    pass\n")
+    monkeypatch.setenv("THREADCREATOR_DB", "sqlite")
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines(["*threadcreator: db=sqlite (from env)*"])
+    monkeypatch.setenv("THREADCREATOR_DB", "postgresql-local")
+    result = pytester.runpytest("--threadcreator-db=sqlite")
+    result.stdout.fnmatch_lines(["*threadcreator: db=sqlite (from command line)*"])
+    monkeypatch.delenv("THREADCREATOR_DB")
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines(["*threadcreator: db=postgresql-docker (from ini)*"])
+
+
+@pytest.mark.parametrize(
+    ("args", "extra", "env", "message"),
+    [
+        (
+            ["--threadcreator-db=mysql"],
+            "",
+            None,
+            "--threadcreator-db: 'mysql' is not a valid database; valid values: sqlite, postgresql, "
+            "postgresql-local, postgresql-docker, or an async SQLAlchemy URL*",
+        ),
+        (
+            ["--threadcreator-db=postgresql://u@h/db"],
+            "",
+            None,
+            "*is not an async PostgreSQL URL; use postgresql+asyncpg://*",
+        ),
+        (
+            ["--threadcreator-isolation=savepoint"],
+            "",
+            None,
+            "--threadcreator-isolation: 'savepoint' is not an isolation mode; valid values: clean, fresh, rollback",
+        ),
+        (
+            [],
+            "threadcreator_isolation = nope",
+            None,
+            "ini threadcreator_isolation: 'nope' is not an isolation mode; valid values: clean, fresh, rollback",
+        ),
+        (
+            [],
+            "threadcreator_db = oracle",
+            None,
+            "ini threadcreator_db: 'oracle' is not a valid database*",
+        ),
+        ([], "", "memory", "environment THREADCREATOR_DB: 'memory' is not a valid database*"),
+    ],
+)
+def test_bad_values_fail_at_startup_with_the_valid_ones(
+    pytester: pytest.Pytester,
+    ini: object,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    extra: str,
+    env: str | None,
+    message: str,
+) -> None:
+    ini(extra=extra)  # type: ignore[operator]
+    if env:
+        monkeypatch.setenv("THREADCREATOR_DB", env)
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        (
+            'threadcreator(isolation="savepoint")',
+            "*the threadcreator marker's isolation: 'savepoint' is not an isolation mode; valid values: clean, fresh, rollback",
+        ),
+        (
+            'threadcreator(db="mongo")',
+            "*the threadcreator marker's db: 'mongo' is not a valid database*",
+        ),
+        (
+            "threadcreator(shards=3)",
+            "*test_x: bad @pytest.mark.threadcreator arguments (threadcreator() got an unexpected keyword argument 'shards'); signature: threadcreator(db=None, isolation=None)",
+        ),
+        ('threadcreator("sqlite", "clean", "extra")', "*bad @pytest.mark.threadcreator arguments*"),
+    ],
+)
+def test_bad_marker_arguments_fail_at_startup(
+    pytester: pytest.Pytester, ini: object, marker: str, message: str
+) -> None:
+    pytester.makepyfile(f"import pytest\n\n@pytest.mark.{marker}\ndef test_x():\n    pass\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+
+
+LOOP_SCOPES = """
+import pytest
+from pytest_threadcreator import ThreadCreator
+
+@pytest.mark.asyncio(loop_scope="{scope}")
+async def test_one(thread_creator, user_context, threadcreator_db, db_session):
+    assert await threadcreator_db.count_threads() == 0
+    await thread_creator.create_thread_with_message(user_context, "one")
+    assert await threadcreator_db.count_threads() == 1
+
+@pytest.mark.asyncio(loop_scope="{scope}")
+async def test_two(user_context, threadcreator_db):
+    assert await threadcreator_db.count_threads() == 0
+    await ThreadCreator().create_thread_with_message(user_context, "two")
+    async with threadcreator_db.session() as session:
+        from sqlalchemy import func, select
+        from pytest_threadcreator.models import Thread
+        assert (await session.execute(select(func.count()).select_from(Thread))).scalar() == 1
+
+@pytest.mark.asyncio(loop_scope="{scope}")
+async def test_three(thread_creator, make_user_context, threadcreator_db):
+    assert await threadcreator_db.count_threads() == 0
+    for context in make_user_context.many(3):
+        await thread_creator.create_thread_with_message(context, "three")
+    await threadcreator_db.check_integrity()
+"""
+
+
+@pytest.mark.parametrize("isolation", ["clean", "fresh", "rollback"])
+@pytest.mark.parametrize("scope", ["function", "module", "session"])
+@pytest.mark.parametrize("mode", ["strict", "auto"])
+def test_three_async_tests_in_a_row_under_each_loop_scope_and_mode(
+    pytester: pytest.Pytester, ini: object, scope: str, mode: str, isolation: str
+) -> None:
+    ini(mode=mode)  # type: ignore[operator]
+    pytester.makepyfile(LOOP_SCOPES.format(scope=scope))
+    result = pytester.runpytest(
+        f"--threadcreator-isolation={isolation}",
+        "-W",
+        "error::pytest.PytestUnraisableExceptionWarning",
+    )
+    result.assert_outcomes(passed=3)
+
+
+EMPTY_EACH_TIME = """
+import pytest
+
+@pytest.mark.parametrize("n", range(4))
+@pytest.mark.asyncio
+async def test_writes_then_next_is_empty(n, thread_creator, user_context, threadcreator_db):
+    assert await threadcreator_db.count_threads() == 0
+    assert await threadcreator_db.count_messages() == 0
+    await thread_creator.create_thread_with_message(user_context, f"test {n}")
+    assert await threadcreator_db.count_threads() == 1
+"""
+
+
+@pytest.mark.parametrize("isolation", ["clean", "fresh", "rollback"])
+def test_every_test_starts_on_an_empty_database(
+    pytester: pytest.Pytester, ini: object, isolation: str
+) -> None:
+    pytester.makepyfile(EMPTY_EACH_TIME)
+    result = pytester.runpytest(f"--threadcreator-isolation={isolation}")
+    result.assert_outcomes(passed=4)
+
+
+def test_keep_names_the_failed_tests_database_and_leaves_it(
+    pytester: pytest.Pytester, ini: object
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_fails(thread_creator, user_context):
+            await thread_creator.create_thread_with_message(user_context, "evidence")
+            assert False, "deliberate"
+
+        @pytest.mark.asyncio
+        async def test_after(threadcreator_db):
+            assert await threadcreator_db.count_threads() == 0
+        """
+    )
+    result = pytester.runpytest(
+        "--threadcreator-keep", "-p", "no:cacheprovider", "--junitxml=out.xml"
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    text = (pytester.path / "out.xml").read_text()
+    assert 'name="threadcreator_kept_database"' in text
+    import re
+    import sqlite3
+
+    path = re.search(r'name="threadcreator_kept_database" value="([^"]+)"', text).group(1)  # type: ignore[union-attr]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM threads").fetchone() == (1,)
+
+
+def test_without_keep_nothing_is_left_behind(pytester: pytest.Pytester, ini: object) -> None:
+    pytester.makepyfile(EMPTY_EACH_TIME)
+    result = pytester.runpytest(
+        "--threadcreator-isolation=fresh", f"--basetemp={pytester.path / 'bt'}"
+    )
+    result.assert_outcomes(passed=4)
+    leftovers = list((pytester.path / "bt").rglob("*.sqlite3*"))
+    assert leftovers == []
