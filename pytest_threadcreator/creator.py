@@ -158,7 +158,9 @@ class ThreadCreator:
         """Create a thread and its first message atomically; both rows or neither."""
         ids = coerce_context(context)
         self._check_message(message, title, role, metadata)
-        store, schema, _ = self._target()
+        store, schema, database = self._target()
+        if database is not None:
+            database.loops_seen.add(asyncio.get_running_loop())
         explicit = ids.thread_id is not None
         new = NewThread(
             thread_id=ids.thread_id if explicit else new_thread_id(),  # type: ignore[arg-type]

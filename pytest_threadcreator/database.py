@@ -57,6 +57,10 @@ class Database:
         # disposes the engine inside the loop, while it still runs.
         self._guards: dict[int, asyncio.Task[None]] = {}
         self._sessions: list[AsyncSession] = []
+        #: event loops the test used this database from (for leak checks after the test)
+        self.loops_seen: set[asyncio.AbstractEventLoop] = set()
+        #: connections the test's code left checked out, found when its engines were disposed
+        self.leaked_connections = 0
 
     def __repr__(self) -> str:
         return f"<Database {self.backend} {self.safe_url} isolation={self.isolation}>"
@@ -94,6 +98,7 @@ class Database:
             if id(engine) not in loops:
                 running = asyncio.get_running_loop()
                 loops[id(engine)] = running
+                self.loops_seen.add(running)
                 guards[id(engine)] = running.create_task(
                     self._guard(engine, sessions), name=GUARD_TASK_NAME
                 )
@@ -155,7 +160,26 @@ class Database:
             if session.bind is engine:
                 with contextlib.suppress(Exception):
                     await session.close()
+        checked = getattr(engine.sync_engine.pool, "checkedout", None)
+        if callable(checked):
+            self.leaked_connections += int(checked())
         await engine.dispose()
+
+    def begin_test(self) -> None:
+        """Forget what the previous test using this (shared) database left in the per-test state."""
+        self.loops_seen = set()
+        self.leaked_connections = 0
+
+    def pending_tasks(self) -> list[asyncio.Task[Any]]:
+        """Tasks still pending in the loops this database was used from (the plugin's own excluded)."""
+        pending = []
+        for loop in list(self.loops_seen):
+            if loop.is_closed():
+                continue
+            for task in asyncio.all_tasks(loop):
+                if not task.done() and not task.get_name().startswith("threadcreator-"):
+                    pending.append(task)
+        return pending
 
     def close(self) -> None:
         """Dispose engines and close the store."""

@@ -85,6 +85,12 @@ def threadcreator_db(
         kept = threadcreator_setup.release(database, settings, keep=failed and settings.keep)
         if kept:
             request.node.user_properties.append(("threadcreator_kept_database", kept))
+        if database.leaked_connections:
+            pytest.fail(
+                f"test left {database.leaked_connections} database connection(s) checked out; "
+                "close sessions and connections (use 'async with') before the test ends",
+                pytrace=False,
+            )
 
 
 @pytest.fixture

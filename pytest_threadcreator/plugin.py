@@ -171,6 +171,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    result = yield
+    database = getattr(item, "funcargs", {}).get("threadcreator_db")
+    if database is not None:
+        leaked = database.pending_tasks()
+        if leaked:
+            names = ", ".join(sorted({_task_label(t) for t in leaked}))
+            pytest.fail(
+                f"test left {len(leaked)} asyncio task(s) running: {names}. Await or cancel "
+                "them before the test ends (run_concurrently does), or they keep writing into "
+                "the next test's database.",
+                pytrace=False,
+            )
+    return result
+
+
+def _task_label(task: Any) -> str:
+    coro = task.get_coro()
+    return getattr(coro, "__qualname__", None) or task.get_name()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     st = config.stash.get(_STATE, None)
     if st is not None and st.runtime is not None:

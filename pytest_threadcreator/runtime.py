@@ -100,6 +100,7 @@ class Runtime:
                 database = RollbackDatabase(database)
         else:  # validated earlier; kept for a readable failure if a new mode is half-added
             raise ConfigurationError(f"unknown isolation {isolation!r}")
+        database.begin_test()
         self.setup_costs.append(
             SetupCost(nodeid, backend.name, isolation, time.perf_counter() - started)
         )

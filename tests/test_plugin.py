@@ -316,3 +316,50 @@ def test_without_keep_nothing_is_left_behind(pytester: pytest.Pytester, ini: obj
     result.assert_outcomes(passed=4)
     leftovers = list((pytester.path / "bt").rglob("*.sqlite3*"))
     assert leftovers == []
+
+
+def test_leaked_tasks_are_reported_on_the_test(pytester: pytest.Pytester, ini: object) -> None:
+    pytester.makepyfile(
+        """
+        import asyncio
+        import pytest
+
+        async def forgotten(creator, context):
+            await asyncio.Event().wait()
+
+        @pytest.mark.asyncio(loop_scope="{scope}")
+        async def test_leaks(thread_creator, user_context):
+            await thread_creator.create_thread_with_message(user_context, "hi")
+            asyncio.get_running_loop().create_task(forgotten(thread_creator, user_context))
+
+        @pytest.mark.asyncio(loop_scope="{scope}")
+        async def test_clean(thread_creator, user_context):
+            await thread_creator.create_thread_with_message(user_context, "hi")
+        """.replace("{scope}", "function")
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*test left 1 asyncio task(s) running: forgotten. Await or cancel them*"]
+    )
+
+
+def test_leaked_connections_are_reported_on_the_test(pytester: pytest.Pytester, ini: object) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_leaks_a_connection(threadcreator_db):
+            connection = await threadcreator_db.engine.connect()   # never closed
+            await connection.exec_driver_sql("SELECT 1")
+
+        @pytest.mark.asyncio
+        async def test_closes_its_connection(threadcreator_db):
+            async with threadcreator_db.engine.connect() as connection:
+                await connection.exec_driver_sql("SELECT 1")
+        """
+    )
+    result = pytester.runpytest("-p", "no:warnings")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*test left 1 database connection(s) checked out*"])
