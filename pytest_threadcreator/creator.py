@@ -199,6 +199,8 @@ class ThreadCreator:
                 if store.is_transient(exc) and attempt < self.max_retries:
                     attempt += 1
                     self.retries += 1
+                    if database is not None:
+                        database.retries += 1
                     await asyncio.sleep(_backoff(attempt))
                     continue
                 raise DatabaseError(

@@ -61,6 +61,8 @@ class Database:
         self.loops_seen: set[asyncio.AbstractEventLoop] = set()
         #: connections the test's code left checked out, found when its engines were disposed
         self.leaked_connections = 0
+        #: retries ThreadCreator took on transient contention in this test
+        self.retries = 0
 
     def __repr__(self) -> str:
         return f"<Database {self.backend} {self.safe_url} isolation={self.isolation}>"
@@ -169,6 +171,34 @@ class Database:
         """Forget what the previous test using this (shared) database left in the per-test state."""
         self.loops_seen = set()
         self.leaked_connections = 0
+        self.retries = 0
+
+    def describe_state(self) -> list[str]:
+        """Lines describing the database and its rows, for a failed test's report."""
+        lines = [
+            f"backend: {self.backend} ({self.isolation} isolation)",
+            f"database: {self.location}",
+        ]
+        s = self.schema
+        try:
+            for table in (s.thread_table, s.message_table):
+                stmt = select(func.count().label("n")).select_from(table)
+                lines.append(f"rows in {table.name}: {self.store.fetch_all_sync(stmt)[0]['n']}")
+            t, m = s.thread_table, s.message_table
+            tid = t.c[s.thread_id_column]
+            has_message = (
+                select(literal_column("1")).where(m.c[s.message_thread_column] == tid).exists()
+            )
+            orphans = [
+                r["id"]
+                for r in self.store.fetch_all_sync(select(tid.label("id")).where(~has_message))
+            ]
+            lines.append(
+                f"orphan threads: {len(orphans)}" + (f" ({_ids(orphans)})" if orphans else "")
+            )
+        except Exception as exc:
+            lines.append(f"(row counts unavailable: {type(exc).__name__}: {exc})")
+        return lines
 
     def pending_tasks(self) -> list[asyncio.Task[Any]]:
         """Tasks still pending in the loops this database was used from (the plugin's own excluded)."""

@@ -125,4 +125,5 @@ def run_concurrently(request: pytest.FixtureRequest) -> Any:
     from .concurrency import run_concurrently as run
 
     reports = _state(request.config).concurrency_reports
-    return functools.partial(run, on_report=reports.append)
+    nodeid = request.node.nodeid
+    return functools.partial(run, on_report=lambda report: reports.append((nodeid, report)))

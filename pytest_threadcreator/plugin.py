@@ -19,6 +19,7 @@ from .fixtures import (  # noqa: F401 - registered with pytest through this modu
     threadcreator_setup,
     user_context,
 )
+from .reporting import report_data, summary_lines, write_report
 from .runtime import Runtime
 from .schema import ThreadSchema, default_schema, load_schema
 
@@ -40,7 +41,8 @@ class PluginState:
         self.config = config
         self.settings = settings
         self.runtime: Runtime | None = None
-        self.concurrency_reports: list[Any] = []
+        #: (test id, ConcurrencyReport) of every run_concurrently call, in order
+        self.concurrency_reports: list[tuple[str, Any]] = []
         self._schema: ThreadSchema | None = None
 
     def schema(self) -> ThreadSchema:
@@ -168,7 +170,40 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report: pytest.TestReport = yield
     item.stash.setdefault(REPORT_KEY, {})[report.when] = report
+    if report.when == "call" and report.failed:
+        database = getattr(item, "funcargs", {}).get("threadcreator_db")
+        if database is not None:
+            lines = database.describe_state()
+            runs = [
+                r for nodeid, r in state(item.config).concurrency_reports if nodeid == item.nodeid
+            ]
+            if runs:
+                lines.append(f"last concurrency run: {runs[-1].summary()}")
+                lines += [f"  still waiting: {w}" for w in runs[-1].waiting[:10]]
+            report.sections.append(("threadcreator database", "\n".join(lines)))
     return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    st = config.stash.get(_STATE, None)
+    if st is None:
+        return
+    lines = summary_lines(
+        st.runtime,
+        st.concurrency_reports,
+        retries=st.runtime.retries if st.runtime else 0,
+        verbose=config.get_verbosity() > 0,
+    )
+    if lines:
+        terminalreporter.write_sep("-", "threadcreator")
+        for line in lines:
+            terminalreporter.write_line(line)
+    if st.settings.report:
+        path = write_report(
+            st.settings.report,
+            report_data(st.runtime, st.concurrency_reports, settings=st.settings.describe()),
+        )
+        terminalreporter.write_line(f"threadcreator report written to {path}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -190,7 +225,7 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
 
 def _task_label(task: Any) -> str:
     coro = task.get_coro()
-    return getattr(coro, "__qualname__", None) or task.get_name()
+    return str(getattr(coro, "__qualname__", None) or task.get_name())
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

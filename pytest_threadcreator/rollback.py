@@ -98,6 +98,14 @@ class RollbackDatabase(Database):
                 await shared.connection.close()
         await super()._release_engine(engine, sessions)
 
+    def describe_state(self) -> list[str]:
+        return [
+            f"backend: {self.backend} (rollback isolation)",
+            f"database: {self.location}",
+            "row counts: not shown in rollback isolation (the test's rows live only in its own "
+            "uncommitted transaction); rerun with --threadcreator-isolation=clean to see them",
+        ]
+
     def close(self) -> None:
         self.dispose_engines()
 

@@ -47,6 +47,7 @@ class Runtime:
     setup_costs: list[SetupCost] = field(default_factory=list)
     databases_created: int = 0
     kept: list[str] = field(default_factory=list)
+    retries: int = 0
 
     def backend(self, db: str) -> Backend:
         """The started backend for ``db``, its template built (once)."""
@@ -109,6 +110,7 @@ class Runtime:
     def release(self, database: Database, settings: Settings, *, keep: bool) -> str | None:
         """End a test's use of ``database``; returns where it was kept, if ``keep``."""
         database.dispose_engines()
+        self.retries += database.retries
         base = getattr(database, "base", database)
         backend = self.backend(settings.db)
         if not keep:

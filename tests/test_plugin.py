@@ -344,7 +344,10 @@ def test_leaked_tasks_are_reported_on_the_test(pytester: pytest.Pytester, ini: o
     )
 
 
-def test_leaked_connections_are_reported_on_the_test(pytester: pytest.Pytester, ini: object) -> None:
+@pytest.mark.filterwarnings("ignore:The garbage collector is trying to clean up")
+def test_leaked_connections_are_reported_on_the_test(
+    pytester: pytest.Pytester, ini: object
+) -> None:
     pytester.makepyfile(
         """
         import pytest
@@ -363,3 +366,55 @@ def test_leaked_connections_are_reported_on_the_test(pytester: pytest.Pytester, 
     result = pytester.runpytest("-p", "no:warnings")
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*test left 1 database connection(s) checked out*"])
+
+
+def test_summary_report_file_and_failure_section(pytester: pytest.Pytester, ini: object) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_load(thread_creator, make_user_context, run_concurrently):
+            report = await run_concurrently(
+                lambda c: thread_creator.create_thread_with_message(c, "hi"), make_user_context.many(50)
+            )
+            assert report.succeeded == 50
+
+        @pytest.mark.asyncio
+        async def test_fails_with_state(thread_creator, make_user_context, run_concurrently):
+            await run_concurrently(
+                lambda c: thread_creator.create_thread_with_message(c, "hi"), make_user_context.many(7)
+            )
+            assert False, "deliberate"
+        """
+    )
+    result = pytester.runpytest("--threadcreator-report=out/report.json", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*- threadcreator database -*",
+            "backend: sqlite (clean isolation)",
+            "database: *.sqlite3",
+            "rows in threads: 7",
+            "rows in messages: 7",
+            "orphan threads: 0",
+            "last concurrency run: 7 calls: 7 succeeded, 0 failed*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*- threadcreator -*",
+            "2 test database(s) handed out, 1 created; setup mean * ms, max * ms",
+            "2 concurrency run(s): 57 calls, 0 failed; best * ops/s, worst p99 * ms",
+            "threadcreator report written to out/report.json",
+        ]
+    )
+    import json
+
+    data = json.loads((pytester.path / "out" / "report.json").read_text())
+    assert [run["calls"] for run in data["concurrency_runs"]] == [50, 7]
+    assert [s["test"].split("::")[-1] for s in data["setup"]] == [
+        "test_load",
+        "test_fails_with_state",
+    ]
+    assert data["databases_created"] == 1

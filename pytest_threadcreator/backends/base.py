@@ -13,7 +13,9 @@ Two levels:
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -75,6 +77,24 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def fetch_all(self, statement: Select[Any]) -> list[dict[str, Any]]:
         """Run a SELECT; rows keyed by result column name, values processed by SQLAlchemy types."""
+
+    def fetch_all_sync(self, statement: Select[Any]) -> list[dict[str, Any]]:
+        """:meth:`fetch_all`, blocking, from code outside any event loop (failure reports)."""
+        result: list[list[dict[str, Any]]] = []
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                result.append(asyncio.run(self.fetch_all(statement)))
+            except BaseException as exc:  # handed back to the caller's thread
+                errors.append(exc)
+
+        worker = threading.Thread(target=run, name="threadcreator-sync-read")
+        worker.start()
+        worker.join()
+        if errors:
+            raise errors[0]
+        return result[0]
 
     @abc.abstractmethod
     def is_transient(self, exc: BaseException) -> bool:

@@ -1,0 +1,97 @@
+"""What the plugin tells the user: the terminal summary and the JSON report."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .concurrency import ConcurrencyReport
+from .runtime import Runtime
+
+__all__ = ["report_data", "summary_lines", "write_report"]
+
+
+def _run_data(nodeid: str, report: ConcurrencyReport[Any]) -> dict[str, Any]:
+    lat = report.latency_ms
+    return {
+        "test": nodeid,
+        "calls": len(report.results),
+        "succeeded": report.succeeded,
+        "failed": report.failed,
+        "timed_out": report.timed_out,
+        "elapsed_s": report.elapsed_s,
+        "throughput": report.throughput,
+        "latency_ms": {"p50": lat.p50, "p95": lat.p95, "p99": lat.p99, "max": lat.max},
+        "errors": sorted({type(e).__name__ for e in report.errors}),
+    }
+
+
+def report_data(
+    runtime: Runtime | None,
+    runs: Sequence[tuple[str, ConcurrencyReport[Any]]],
+    *,
+    settings: str,
+) -> dict[str, Any]:
+    """Everything ``--threadcreator-report`` writes, as plain JSON-able data."""
+    costs = runtime.setup_costs if runtime is not None else []
+    return {
+        "settings": settings,
+        "backends": [b.describe() for b in runtime.backends.values()] if runtime else [],
+        "databases_created": runtime.databases_created if runtime else 0,
+        "setup": [
+            {
+                "test": c.nodeid,
+                "backend": c.backend,
+                "isolation": c.isolation,
+                "ms": round(c.seconds * 1000, 3),
+            }
+            for c in costs
+        ],
+        "concurrency_runs": [_run_data(nodeid, r) for nodeid, r in runs],
+        "kept_databases": list(runtime.kept) if runtime else [],
+    }
+
+
+def write_report(path: str, data: dict[str, Any]) -> Path:
+    """Write the JSON report; returns the path written."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return target
+
+
+def summary_lines(
+    runtime: Runtime | None,
+    runs: Sequence[tuple[str, ConcurrencyReport[Any]]],
+    *,
+    retries: int,
+    verbose: bool,
+) -> list[str]:
+    """Lines for the terminal summary (empty when no test used the plugin)."""
+    if runtime is None or not runtime.setup_costs:
+        return []
+    ms = [c.seconds * 1000 for c in runtime.setup_costs]
+    lines = [
+        f"{len(ms)} test database(s) handed out, {runtime.databases_created} created; "
+        f"setup mean {statistics.fmean(ms):.2f} ms, max {max(ms):.2f} ms"
+    ]
+    if runs:
+        ops = sum(len(r.results) for _, r in runs)
+        failed = sum(r.failed for _, r in runs)
+        best = max(r.throughput for _, r in runs)
+        p99 = max(r.latency_ms.p99 for _, r in runs)
+        lines.append(
+            f"{len(runs)} concurrency run(s): {ops} calls, {failed} failed; "
+            f"best {best:,.0f} ops/s, worst p99 {p99:.1f} ms"
+        )
+        if verbose:
+            lines += [f"  {nodeid}: {r.summary()}" for nodeid, r in runs]
+    if retries:
+        lines.append(f"{retries} retries on transient contention")
+    if runtime.kept:
+        lines.append("kept databases of failed tests:")
+        lines += [f"  {location}" for location in runtime.kept]
+    return lines
