@@ -221,8 +221,10 @@ class LocalCluster:
             "fsync": "off",
             "synchronous_commit": "off",
             "full_page_writes": "off",
-            "wal_level": "minimal",
-            "max_wal_senders": "0",
+            # New WAL segments are not zero-filled: CREATE DATABASE … TEMPLATE (WAL_LOG strategy)
+            # writes the whole template to WAL, and a fresh cluster has no segments to recycle.
+            # (wal_level=minimal looks cheaper but made each clone 5x slower: 75 ms against 14.)
+            "wal_init_zero": "off",
             "shared_buffers": "64MB",
             "log_min_messages": "warning",
         }
