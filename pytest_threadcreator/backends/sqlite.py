@@ -18,7 +18,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -63,8 +63,9 @@ class _CancelRequested(Exception):
 class _Writer:
     """A thread owning one sqlite3 connection; jobs run in FIFO order, one at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
         self._jobs: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Any] | None] = (
             queue.SimpleQueue()
         )
@@ -80,7 +81,7 @@ class _Writer:
 
     def _run(self) -> None:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        for pragma in sqlite_pragmas():
+        for pragma in sqlite_pragmas(self._busy_timeout_ms):
             conn.execute(pragma)
         self._conn = conn
         try:
@@ -159,10 +160,17 @@ class SqliteStore(Store):
 
     dialect_name = "sqlite"
 
-    def __init__(self, path: Path, schema: ThreadSchema) -> None:
+    def __init__(
+        self,
+        path: Path,
+        schema: ThreadSchema,
+        *,
+        seed: Sequence[tuple[str, Sequence[Sequence[Any]]]] = (),
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+    ) -> None:
         self.path = path
         self.schema = schema
-        self._writer = _Writer(path)
+        self._writer = _Writer(path, busy_timeout_ms)
         self._thread_insert = compile_insert(schema.thread_table, _DIALECT)
         self._message_insert = compile_insert(schema.message_table, _DIALECT)
         t = schema.thread_table
@@ -171,6 +179,12 @@ class SqliteStore(Store):
         )
         tables = [tbl.name for tbl in reversed(schema.metadata.sorted_tables)]
         self._reset_sql = [f'DELETE FROM "{name}"' for name in tables]
+        # Rows the setup hook put into the template: a reset puts them back.
+        self._seed = [
+            (f'INSERT INTO "{name}" VALUES ({", ".join("?" * len(rows[0]))})', rows)
+            for name, rows in seed
+            if rows
+        ]
 
     async def create(
         self,
@@ -232,12 +246,14 @@ class SqliteStore(Store):
         return is_transient_error(exc)
 
     def reset(self) -> None:
-        statements = self._reset_sql
+        statements, seed = self._reset_sql, self._seed
 
         def wipe(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             for sql in statements:
                 conn.execute(sql)
+            for sql, rows in seed:
+                conn.executemany(sql, rows)
             conn.execute("COMMIT")
 
         self._writer.call(wipe)
@@ -261,14 +277,14 @@ def _apply(action: FaultAction | None) -> None:
 
 
 def make_sqlite_engine(
-    path: Path | str, *, pool_size: int = 5, max_overflow: int = 10
+    path: Path | str, *, pool_size: int = 5, max_overflow: int = 10, pool_timeout: float = 30
 ) -> AsyncEngine:
     """An aiosqlite AsyncEngine on ``path`` with a real pool and the pragmas on every connection."""
     engine = create_async_engine(
         f"sqlite+aiosqlite:///{path}",
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_timeout=30,
+        pool_timeout=pool_timeout,
         connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
     )
 
@@ -287,9 +303,13 @@ class SqliteBackend(Backend):
 
     name = "sqlite"
 
-    def __init__(self, directory: Path, *, worker_id: str = "master") -> None:
+    def __init__(
+        self, directory: Path, *, worker_id: str = "master", busy_timeout_ms: int = BUSY_TIMEOUT_MS
+    ) -> None:
         self.directory = directory
         self.worker_id = worker_id
+        self.busy_timeout_ms = busy_timeout_ms
+        self._seed: list[tuple[str, list[tuple[Any, ...]]]] = []
         self._template: Path | None = None
         self._schema: ThreadSchema | None = None
         self._created: list[Path] = []
@@ -324,6 +344,10 @@ class SqliteBackend(Backend):
         raw = sqlite3.connect(path)
         try:
             raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._seed = [
+                (table.name, raw.execute(f'SELECT * FROM "{table.name}"').fetchall())
+                for table in schema.metadata.sorted_tables
+            ]
         finally:
             raw.close()
 
@@ -342,7 +366,9 @@ class SqliteBackend(Backend):
             url=f"sqlite+aiosqlite:///{path}",
             backend="sqlite",
             schema=self._schema,
-            store=SqliteStore(path, self._schema),
+            store=SqliteStore(
+                path, self._schema, seed=self._seed, busy_timeout_ms=self.busy_timeout_ms
+            ),
             engine_factory=lambda: make_sqlite_engine(path),
             isolation=isolation,
             name=path.name,

@@ -1,0 +1,241 @@
+"""The embedded SQLite backend: right by construction (see RELIABILITY rows 1-5, 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import func, select, text
+from sqlalchemy.pool import StaticPool
+
+from pytest_threadcreator import DatabaseError, ThreadCreator, UserExecutionContext
+from pytest_threadcreator.backends.sqlite import SqliteBackend, make_sqlite_engine
+from pytest_threadcreator.database import Database
+from pytest_threadcreator.ids import new_thread_id
+from pytest_threadcreator.models import Message, Thread
+from pytest_threadcreator.rollback import RollbackDatabase
+from pytest_threadcreator.schema import default_schema
+
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[SqliteBackend]:
+    """A SQLite backend outside the plugin's own runtime, with a short busy timeout."""
+    b = SqliteBackend(tmp_path / "dbs", busy_timeout_ms=50)
+    b.start()
+    b.prepare_template(default_schema(), None)
+    yield b
+    b.stop()
+
+
+def _context(n: int = 0) -> UserExecutionContext:
+    return UserExecutionContext(user_id=f"sqlite_user_{n}")
+
+
+@pytest.mark.asyncio
+async def test_the_default_database_is_a_wal_file_with_a_real_pool(
+    threadcreator_db: Database,
+) -> None:
+    assert threadcreator_db.backend == "sqlite"
+    assert Path(threadcreator_db.location).is_file()
+    assert ":memory:" not in threadcreator_db.url
+    pool = threadcreator_db.engine.sync_engine.pool
+    assert not isinstance(pool, StaticPool)
+    assert pool.size() >= 5  # type: ignore[attr-defined]
+    async with threadcreator_db.engine.connect() as conn:
+        assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
+        assert (await conn.exec_driver_sql("PRAGMA synchronous")).scalar() == 0
+
+
+@pytest.mark.asyncio
+async def test_foreign_keys_are_enforced_on_every_pooled_connection(
+    threadcreator_db: Database,
+) -> None:
+    engine = threadcreator_db.engine
+    connections = [await engine.connect() for _ in range(4)]  # four distinct pool checkouts
+    try:
+        for conn in connections:
+            assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
+            with pytest.raises(sa_exc.IntegrityError, match="FOREIGN KEY"):
+                await conn.execute(
+                    Message.__table__.insert().values(  # type: ignore[attr-defined]
+                        id="msg_x",
+                        thread_id="thread_missing",
+                        role="user",
+                        content=[],
+                        created_at=1,
+                    )
+                )
+            await conn.rollback()
+    finally:
+        for conn in connections:
+            await conn.close()
+
+
+@pytest.mark.asyncio
+async def test_pool_exhaustion_is_a_clear_error_within_its_timeout(
+    threadcreator_db: Database,
+) -> None:
+    engine = make_sqlite_engine(
+        threadcreator_db.location, pool_size=1, max_overflow=0, pool_timeout=0.2
+    )
+    try:
+        held = await engine.connect()
+        with pytest.raises(
+            sa_exc.TimeoutError, match="QueuePool limit of size 1 overflow 0 reached"
+        ):
+            await asyncio.wait_for(engine.connect(), timeout=10)
+        await held.close()
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.asyncio
+async def test_one_session_shared_by_twenty_tasks_is_detected(threadcreator_db: Database) -> None:
+    async with threadcreator_db.session() as session:
+
+        async def use(i: int) -> Any:
+            return (await session.execute(select(func.count()).select_from(Thread))).scalar()
+
+        outcomes = await asyncio.gather(*(use(i) for i in range(20)), return_exceptions=True)
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    assert errors, "concurrent use of one AsyncSession must surface, not be swallowed"
+    assert all(
+        isinstance(e, (sa_exc.InvalidRequestError, sa_exc.IllegalStateChangeError)) for e in errors
+    )
+
+
+@pytest.mark.asyncio
+async def test_thread_creator_never_shares_a_session_under_gather(
+    thread_creator: ThreadCreator, make_user_context: Any, threadcreator_db: Database
+) -> None:
+    outcomes = await asyncio.gather(
+        *(thread_creator.create_thread_with_message(c, "x") for c in make_user_context.many(200)),
+        return_exceptions=True,
+    )
+    assert [o for o in outcomes if isinstance(o, BaseException)] == []
+    await threadcreator_db.check_integrity()
+
+
+@pytest.mark.asyncio
+async def test_cancellation_is_prompt_while_a_writer_waits_for_the_lock(
+    thread_creator: ThreadCreator, user_context: UserExecutionContext, threadcreator_db: Database
+) -> None:
+    holder = sqlite3.connect(threadcreator_db.location, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process-like writer holds the lock
+    context = user_context.with_thread(new_thread_id())
+    try:
+        with pytest.raises(TimeoutError):
+            # Returns while the lock is still held: cancellation did not wait for SQLite.
+            await asyncio.wait_for(
+                thread_creator.create_thread_with_message(context, "hello"), timeout=0.2
+            )
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    threads = await threadcreator_db.count_threads()
+    messages = await threadcreator_db.count_messages()
+    assert threads == messages <= 1  # the cancelled call may have committed: all or nothing
+
+
+@pytest.mark.asyncio
+async def test_busy_is_retried_then_reported_with_its_cause(backend: SqliteBackend) -> None:
+    database = backend.create_database("busy", isolation="clean")
+    creator = ThreadCreator(database, max_retries=2)
+    holder = sqlite3.connect(database.location, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(DatabaseError) as caught:
+            await creator.create_thread_with_message(_context(), "hello")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert creator.retries == 2
+    assert "still contended after 2 retries" in str(caught.value)
+    assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+    assert "database is locked" in str(caught.value.__cause__)
+    assert await database.count_threads() == 0
+    database.close()
+
+
+@pytest.mark.asyncio
+async def test_busy_is_retried_until_the_lock_is_released(backend: SqliteBackend) -> None:
+    database = backend.create_database("busy2", isolation="clean")
+    database.begin_test()
+    creator = ThreadCreator(database, max_retries=50)
+    holder = sqlite3.connect(database.location, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    create = asyncio.create_task(creator.create_thread_with_message(_context(), "hello"))
+    while database.retries == 0:  # wait until the first attempt was refused
+        await asyncio.sleep(0.001)
+    holder.execute("ROLLBACK")
+    holder.close()
+    result = await create
+    assert creator.retries >= 1
+    assert await database.count_threads() == 1
+    assert [t.id for t in await creator.list_threads("sqlite_user_0")] == [result.thread.id]
+    database.close()
+
+
+@pytest.mark.asyncio
+async def test_rollback_isolation_really_rolls_back(backend: SqliteBackend) -> None:
+    base = backend.create_database("rb", isolation="rollback")
+    view = RollbackDatabase(base)
+    creator = ThreadCreator(view)
+    await creator.create_thread_with_message(_context(), "hello")
+    async with view.session() as session:
+        session.add(
+            Thread(
+                id=new_thread_id(), user_id="u_seen", created_at=1, metadata_={"user_id": "u_seen"}
+            )
+        )
+        await session.commit()  # releases a savepoint only
+    assert await view.count_threads() == 2
+    async with view.session() as session:  # later sessions see the test's writes
+        assert (await session.execute(select(func.count()).select_from(Thread))).scalar() == 2
+    assert await base.count_threads() == 0  # uncommitted for everybody else
+    await _release(view)
+    assert await base.count_threads() == 0
+    base.close()
+
+
+async def _release(view: RollbackDatabase) -> None:
+    """Roll the view back from inside the running loop (what the guard does at loop close)."""
+    for engine in list(view._engines):
+        await view._release_engine(engine, [])
+
+
+def test_seed_rows_from_the_setup_hook_survive_every_reset(tmp_path: Path) -> None:
+    backend = SqliteBackend(tmp_path)
+    backend.start()
+
+    def seed(database: Database) -> None:
+        with sqlite3.connect(database.location) as conn:
+            conn.execute(
+                "INSERT INTO threads (id, object, user_id, status, created_at, metadata_) "
+                "VALUES ('thread_seed', 'thread', 'seed_user', 'active', 1, '{\"user_id\": \"seed_user\"}')"
+            )
+
+    backend.prepare_template(default_schema(), seed)
+    database = backend.create_database("seeded", isolation="clean")
+    try:
+        rows = database.store.fetch_all_sync(select(Thread.__table__.c.id))  # type: ignore[attr-defined]
+        assert [r["id"] for r in rows] == ["thread_seed"]
+        database.store.reset()
+        rows = database.store.fetch_all_sync(select(Thread.__table__.c.id))  # type: ignore[attr-defined]
+        assert [r["id"] for r in rows] == ["thread_seed"]
+    finally:
+        database.close()
+        backend.stop()
+    assert list(tmp_path.glob("*.sqlite3*")) == []
+
+
+@pytest.mark.asyncio
+async def test_engines_from_a_sync_fixture_work_in_any_loop(threadcreator_db: Database) -> None:
+    async with threadcreator_db.engine.connect() as conn:
+        assert (await conn.execute(text("SELECT 1"))).scalar() == 1
