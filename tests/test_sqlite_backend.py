@@ -22,7 +22,6 @@ from pytest_threadcreator.rollback import RollbackDatabase
 from pytest_threadcreator.schema import default_schema
 
 
-
 @pytest.fixture
 def backend(tmp_path: Path) -> Iterator[SqliteBackend]:
     """A SQLite backend outside the plugin's own runtime, with a short busy timeout."""
