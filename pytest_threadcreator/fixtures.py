@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,11 +21,16 @@ from .runtime import Runtime, worker_id_from_env
 from .schema import ThreadSchema
 from .users import UserContextMaker
 
+if TYPE_CHECKING:
+    from .factories import MessageFactory, ThreadFactory
+
 __all__ = [
     "db_session",
     "make_user_context",
+    "message_factory",
     "run_concurrently",
     "thread_creator",
+    "thread_factory",
     "threadcreator_db",
     "threadcreator_schema",
     "threadcreator_setup",
@@ -127,3 +132,19 @@ def run_concurrently(request: pytest.FixtureRequest) -> Any:
     reports = _state(request.config).concurrency_reports
     nodeid = request.node.nodeid
     return functools.partial(run, on_report=lambda report: reports.append((nodeid, report)))
+
+
+@pytest.fixture
+def thread_factory(threadcreator_db: Database) -> type[ThreadFactory]:
+    """ThreadFactory on threadcreator_db: build() writes nothing; await create()/create_batch(n) commit threads with their first message."""
+    from .factories import ThreadFactory  # imported lazily: factory_boy is slow to import
+
+    return ThreadFactory.bind(threadcreator_db)
+
+
+@pytest.fixture
+def message_factory(threadcreator_db: Database) -> type[MessageFactory]:
+    """MessageFactory on threadcreator_db: await create(thread=… or thread_id=…) adds a message; with neither it starts a new thread."""
+    from .factories import MessageFactory
+
+    return MessageFactory.bind(threadcreator_db)

@@ -12,8 +12,10 @@ from .errors import ConfigurationError
 from .fixtures import (  # noqa: F401 - registered with pytest through this module
     db_session,
     make_user_context,
+    message_factory,
     run_concurrently,
     thread_creator,
+    thread_factory,
     threadcreator_db,
     threadcreator_schema,
     threadcreator_setup,

@@ -15,7 +15,7 @@ from sqlalchemy import Table, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import Select
 
-__all__ = ["CompiledInsert", "CompiledSelect", "compile_insert", "compile_select"]
+__all__ = ["CompiledInsert", "CompiledSelect", "RowInsert", "compile_insert", "compile_select"]
 
 Processor = Callable[[Any], Any] | None
 
@@ -27,14 +27,66 @@ class CompiledInsert:
     sql: str
     columns: tuple[str, ...]
     processors: tuple[Processor, ...]
+    defaults: tuple[Callable[[], Any] | None, ...] = ()
 
     def params(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
-        """Positional parameters for ``row`` (keys are column names; missing ones are NULL)."""
+        """Positional parameters for ``row`` (keys are column names).
+
+        A column the row leaves out takes its Python-side default (``Column(default=…)``).
+        """
         out = []
-        for name, proc in zip(self.columns, self.processors, strict=True):
-            value = row.get(name)
+        defaults = self.defaults or (None,) * len(self.columns)
+        for name, proc, default in zip(self.columns, self.processors, defaults, strict=True):
+            if name in row:
+                value = row[name]
+            else:
+                value = default() if default is not None else None
             out.append(proc(value) if proc is not None and value is not None else value)
         return tuple(out)
+
+
+class RowInsert:
+    """Compiled INSERTs of one table, one per shape of row, as SQLAlchemy would issue them.
+
+    The statement names the row's columns plus those with a Python-side default; columns the
+    row leaves out that have only a server default are left to the server.
+    """
+
+    def __init__(self, table: Table, dialect: Dialect) -> None:
+        self.table = table
+        self.dialect = dialect
+        self._plans: dict[tuple[str, ...], CompiledInsert] = {}
+
+    def plan(self, row: Mapping[str, Any]) -> CompiledInsert:
+        """The compiled statement for rows with ``row``'s keys (cached)."""
+        key = tuple(row)
+        plan = self._plans.get(key)
+        if plan is None:
+            unknown = [k for k in key if k not in self.table.c]
+            if unknown:
+                raise KeyError(
+                    f"row for table {self.table.name!r} has unknown column(s) {unknown}; "
+                    f"its columns are {', '.join(self.table.c.keys())}"
+                )
+            names = [
+                c.name for c in self.table.c if c.name in row or _python_default(c) is not None
+            ]
+            plan = compile_insert(self.table, self.dialect, names)
+            self._plans[key] = plan
+        return plan
+
+
+def _python_default(column: Any) -> Callable[[], Any] | None:
+    default = column.default
+    if default is None or getattr(default, "is_sequence", False):
+        return None
+    if getattr(default, "is_scalar", False):
+        value = default.arg
+        return lambda: value
+    if getattr(default, "is_callable", False):
+        fn = default.arg
+        return lambda: fn(None)  # SQLAlchemy wraps callables to take an execution context
+    return None
 
 
 def compile_insert(
@@ -44,7 +96,8 @@ def compile_insert(
     names = tuple(columns if columns is not None else [c.name for c in table.c])
     sql = str(insert(table).compile(dialect=dialect, column_keys=list(names)))
     procs = tuple(table.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names)
-    return CompiledInsert(sql=sql, columns=names, processors=procs)
+    defaults = tuple(_python_default(table.c[n]) for n in names)
+    return CompiledInsert(sql=sql, columns=names, processors=procs, defaults=defaults)
 
 
 @dataclass(frozen=True, slots=True)

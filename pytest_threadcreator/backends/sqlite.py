@@ -30,7 +30,7 @@ from sqlalchemy.sql import Select
 
 from ..database import Database
 from ..errors import InjectedFault
-from ._compile import compile_insert, compile_select
+from ._compile import RowInsert, compile_select
 from .base import Backend, FaultAction, FaultDecider, Store, ThreadIdTaken
 from .session import is_transient_error
 
@@ -171,8 +171,8 @@ class SqliteStore(Store):
         self.path = path
         self.schema = schema
         self._writer = _Writer(path, busy_timeout_ms)
-        self._thread_insert = compile_insert(schema.thread_table, _DIALECT)
-        self._message_insert = compile_insert(schema.message_table, _DIALECT)
+        self._thread_insert = RowInsert(schema.thread_table, _DIALECT)
+        self._message_insert = RowInsert(schema.message_table, _DIALECT)
         t = schema.thread_table
         self._owner_sql = (
             f'SELECT "{schema.owner_column}" FROM "{t.name}" WHERE "{schema.thread_id_column}" = ?'
@@ -194,11 +194,12 @@ class SqliteStore(Store):
         explicit_id: bool,
         decide: FaultDecider | None = None,
     ) -> None:
-        t_sql, m_sql = self._thread_insert.sql, self._message_insert.sql
-        t_params = self._thread_insert.params(thread_row)
-        m_params = self._message_insert.params(message_row)
+        t_plan = self._thread_insert.plan(thread_row)
+        m_plan = self._message_insert.plan(message_row)
+        t_sql, m_sql = t_plan.sql, m_plan.sql
+        t_params, m_params = t_plan.params(thread_row), m_plan.params(message_row)
         owner_sql = self._owner_sql
-        thread_id = t_params[self._thread_insert.columns.index(self.schema.thread_id_column)]
+        thread_id = thread_row[self.schema.thread_id_column]
 
         def transaction(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
