@@ -21,6 +21,7 @@ from .errors import (
     ThreadNotFoundError,
     ThreadOwnershipError,
 )
+from .faults import FaultInjector
 from .schema import NewThread, ThreadSchema
 
 try:
@@ -34,6 +35,7 @@ __all__ = [
     "ConfigurationError",
     "Database",
     "DatabaseError",
+    "FaultInjector",
     "InjectedFault",
     "InvalidContextError",
     "InvalidMessageError",

@@ -177,6 +177,8 @@ class ThreadCreator:
         thread_row = schema.thread_row(new)
         message_row = schema.message_row(new)
         decide = self.fault_decider
+        if decide is None and database is not None:
+            decide = database.fault_decider  # the test's fault_injector, if it uses one
         attempt = 0
         while True:
             try:

@@ -11,7 +11,7 @@ from sqlalchemy import event, func, literal_column, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from .backends.base import Store
+from .backends.base import FaultDecider, Store
 from .schema import ThreadSchema
 
 __all__ = ["Database"]
@@ -63,6 +63,8 @@ class Database:
         self.leaked_connections = 0
         #: retries ThreadCreator took on transient contention in this test
         self.retries = 0
+        #: set by the fault_injector fixture; every ThreadCreator on this database consults it
+        self.fault_decider: FaultDecider | None = None
 
     def __repr__(self) -> str:
         return f"<Database {self.backend} {self.safe_url} isolation={self.isolation}>"
@@ -172,6 +174,7 @@ class Database:
         self.loops_seen = set()
         self.leaked_connections = 0
         self.retries = 0
+        self.fault_decider = None
 
     def describe_state(self) -> list[str]:
         """Lines describing the database and its rows, for a failed test's report."""

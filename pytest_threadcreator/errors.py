@@ -55,7 +55,7 @@ class NoDatabaseError(ThreadCreatorError):
     """``ThreadCreator()`` was used without a database and no test database is bound."""
 
 
-class ConfigurationError(ThreadCreatorError):
+class ConfigurationError(ThreadCreatorError, ValueError):
     """A setting, schema or hook does not fit."""
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from . import _binding
 from .creator import ThreadCreator
 from .database import Database
+from .faults import FaultInjector
 from .runtime import Runtime, worker_id_from_env
 from .schema import ThreadSchema
 from .users import UserContextMaker
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "db_session",
+    "fault_injector",
     "make_user_context",
     "message_factory",
     "run_concurrently",
@@ -148,3 +150,15 @@ def message_factory(threadcreator_db: Database) -> type[MessageFactory]:
     from .factories import MessageFactory
 
     return MessageFactory.bind(threadcreator_db)
+
+
+@pytest.fixture
+def fault_injector(threadcreator_db: Database) -> Iterator[FaultInjector]:
+    """Make ThreadCreator fail, delay or cancel at a step (thread_insert, message_insert, commit), for this test only."""
+    injector = FaultInjector()
+    threadcreator_db.fault_decider = injector.decide
+    try:
+        yield injector
+    finally:
+        injector.clear()
+        threadcreator_db.fault_decider = None

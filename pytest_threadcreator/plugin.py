@@ -11,6 +11,7 @@ from .config import BACKEND_NAMES, ISOLATION_MODES, Settings, resolve_settings
 from .errors import ConfigurationError
 from .fixtures import (  # noqa: F401 - registered with pytest through this module
     db_session,
+    fault_injector,
     make_user_context,
     message_factory,
     run_concurrently,

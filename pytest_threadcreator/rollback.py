@@ -54,6 +54,7 @@ class RollbackDatabase(Database):
         )
         self.base = base
         self._shared: dict[asyncio.AbstractEventLoop, _Shared] = {}
+        self._opening: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         owner = self
 
         class _SharedBindSession(Session):
@@ -81,11 +82,18 @@ class RollbackDatabase(Database):
     async def _shared_for_loop(self) -> _Shared:
         loop = asyncio.get_running_loop()
         shared = self._shared.get(loop)
-        if shared is None:
-            connection = await self.engine.connect()
-            transaction = await connection.begin()
-            shared = _Shared(connection=connection, transaction=transaction, lock=asyncio.Lock())
-            self._shared[loop] = shared
+        if shared is not None:
+            return shared
+        # Concurrent first uses must not each check out a connection: the pool holds one.
+        async with self._opening.setdefault(loop, asyncio.Lock()):
+            shared = self._shared.get(loop)
+            if shared is None:
+                connection = await self.engine.connect()
+                transaction = await connection.begin()
+                shared = _Shared(
+                    connection=connection, transaction=transaction, lock=asyncio.Lock()
+                )
+                self._shared[loop] = shared
         return shared
 
     async def _release_engine(self, engine: AsyncEngine, sessions: list[AsyncSession]) -> None:

@@ -39,6 +39,7 @@ def test_every_fixture_is_documented(pytester: pytest.Pytester, ini: object) -> 
         "run_concurrently": "await run_concurrently(fn, items",
         "threadcreator_schema": "Override this to use your own models",
         "threadcreator_setup": "Override this to change how they are made",
+        "fault_injector": "Make ThreadCreator fail, delay or cancel at a step",
         "thread_factory": "ThreadFactory on threadcreator_db: build() writes nothing",
         "message_factory": "MessageFactory on threadcreator_db: await create(thread=",
     }.items():

@@ -238,3 +238,18 @@ def test_seed_rows_from_the_setup_hook_survive_every_reset(tmp_path: Path) -> No
 async def test_engines_from_a_sync_fixture_work_in_any_loop(threadcreator_db: Database) -> None:
     async with threadcreator_db.engine.connect() as conn:
         assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+
+
+@pytest.mark.threadcreator(isolation="rollback")
+@pytest.mark.asyncio
+async def test_rollback_isolation_takes_concurrent_calls_one_at_a_time(
+    thread_creator: ThreadCreator, make_user_context: Any, threadcreator_db: Database
+) -> None:
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(thread_creator.create_thread_with_message(c, "x") for c in make_user_context.many(20))
+        ),
+        timeout=20,
+    )
+    assert len({r.thread.id for r in results}) == 20
+    assert await threadcreator_db.count_threads() == 20
