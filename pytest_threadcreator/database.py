@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from sqlalchemy import event, func, literal_column, select
@@ -277,6 +277,50 @@ class Database:
                 bad.append(row["id"])
         return bad
 
+    async def assert_user_isolation(self, contexts: Iterable[Any]) -> None:
+        """Assert each context's user sees exactly their own live threads through ThreadCreator's reads.
+
+        For every user: ``list_threads`` returns only threads owned by that user, and exactly the
+        set the table holds for them; another user's ``get_thread`` on one of them is refused.
+        """
+        __tracebackhide__ = True
+        from .creator import ThreadCreator
+        from .errors import ThreadOwnershipError
+
+        s = self.schema
+        t = s.thread_table
+        creator = ThreadCreator(self)
+        users = list(dict.fromkeys(getattr(c, "user_id", c) for c in contexts))
+        problems = []
+        for index, user in enumerate(users):
+            listed = await creator.list_threads(user)
+            listed_ids = [s.thread_from_row(row) if isinstance(row, dict) else row for row in listed]
+            ids = {_attr(x, s.attr_name(t, s.thread_id_column)) for x in listed_ids}
+            owners = {_attr(x, s.attr_name(t, s.owner_column)) for x in listed_ids}
+            stmt = select(t.c[s.thread_id_column].label("id")).where(t.c[s.owner_column] == user)
+            if s.deleted_at_column is not None:
+                stmt = stmt.where(t.c[s.deleted_at_column].is_(None))
+            stored = {row["id"] for row in await self.store.fetch_all(stmt)}
+            if owners - {user}:
+                problems.append(f"{user}: list_threads returned threads of other users")
+            if ids != stored:
+                problems.append(
+                    f"{user}: list_threads returned {len(ids)} thread(s), the table holds "
+                    f"{len(stored)} (missing: {_ids(sorted(stored - ids))}; extra: "
+                    f"{_ids(sorted(ids - stored))})"
+                )
+            if ids and len(users) > 1:
+                other = users[(index + 1) % len(users)]
+                probe = sorted(ids)[0]
+                try:
+                    await creator.get_thread(probe, user_id=other)
+                except ThreadOwnershipError:
+                    pass
+                else:
+                    problems.append(f"{other} could read {user}'s thread {probe}")
+        if problems:
+            raise AssertionError("user isolation violated:\n  " + "\n  ".join(problems))
+
     async def check_integrity(self) -> None:
         """Raise AssertionError naming orphan threads, messages without a thread and owner mismatches."""
         __tracebackhide__ = True
@@ -297,6 +341,10 @@ class Database:
             raise AssertionError(
                 f"integrity check failed on {self.location}:\n  " + "\n  ".join(problems)
             )
+
+
+def _attr(obj: Any, name: str) -> Any:
+    return obj[name] if isinstance(obj, dict) else getattr(obj, name)
 
 
 def _ids(ids: list[str], limit: int = 10) -> str:

@@ -401,3 +401,26 @@ def test_constructor_arguments_are_checked(kwargs: dict[str, Any], error: str) -
     with pytest.raises((TypeError, ValueError)) as caught:
         ThreadCreator(**kwargs)
     assert error in str(caught.value)
+
+
+async def test_user_isolation_holds_and_its_check_can_fail(
+    thread_creator: ThreadCreator,
+    make_user_context: Any,
+    threadcreator_db: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    users = make_user_context.many(5)
+    await asyncio.gather(
+        *(thread_creator.create_thread_with_message(u, f"hi {i}") for u in users for i in range(3))
+    )
+    await threadcreator_db.assert_user_isolation(users)
+
+    # A read that forgets the owner filter (the classic leak) must be caught.
+    original = ThreadCreator.list_threads
+
+    async def leaky_list_threads(self: ThreadCreator, user_id: str) -> list[Any]:
+        return [t for u in users for t in await original(self, u.user_id)]
+
+    monkeypatch.setattr(ThreadCreator, "list_threads", leaky_list_threads)
+    with pytest.raises(AssertionError, match="list_threads returned threads of other users"):
+        await threadcreator_db.assert_user_isolation(users)
