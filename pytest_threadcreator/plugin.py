@@ -144,6 +144,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_STATE] = PluginState(config, settings)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    st = session.config.stash.get(_STATE, None)
+    if st is None or not st.settings.schema:
+        return
+    try:  # after conftest files are loaded, so a schema module beside them imports
+        st.schema()
+    except ConfigurationError as exc:
+        raise pytest.UsageError(f"ConfigurationError: {exc}") from None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     st = config.stash.get(_STATE, None)
     if st is None:
