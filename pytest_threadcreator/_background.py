@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from .errors import ThreadCreatorError
 
-__all__ = ["BackgroundLoop", "BackgroundLoopClosed"]
+__all__ = ["BackgroundLoop", "BackgroundLoopClosed", "BackgroundLoopError"]
 
 T = TypeVar("T")
 
@@ -27,7 +27,11 @@ T = TypeVar("T")
 CANCEL_CLEANUP_TIMEOUT = 10.0
 
 
-class BackgroundLoopClosed(ThreadCreatorError):
+class BackgroundLoopError(ThreadCreatorError):
+    """A :class:`BackgroundLoop` was used in a way that cannot work."""
+
+
+class BackgroundLoopClosed(BackgroundLoopError):
     """Work was handed to a :class:`BackgroundLoop` after :meth:`BackgroundLoop.close`."""
 
 
@@ -103,7 +107,7 @@ class BackgroundLoop:
         """
         if self.in_loop_thread():
             coro.close()
-            raise BackgroundLoopClosed(
+            raise BackgroundLoopError(
                 f"{self.name}: run() was called from the background loop's own thread; "
                 "await submit() (or the coroutine itself) there instead"
             )
@@ -141,6 +145,8 @@ class BackgroundLoop:
 
         def relay(task: asyncio.Task[T]) -> None:
             # On the background loop: hand the outcome to the caller's loop.
+            if not task.cancelled():
+                task.exception()  # retrieved here, even if the caller's loop is gone
             outbox.post(_copy_outcome, task, finished)
 
         def start() -> None:

@@ -5,7 +5,7 @@ The logic behind the ``run_concurrently`` fixture. This module never imports pyt
 All calls start together behind a barrier, optionally limited to ``max_concurrency`` at a time
 (slots are handed out in input order), and the whole run is bounded by ``timeout``. The result
 is a :class:`ConcurrencyReport` with every call's value or exception in input order, counts,
-throughput and latency percentiles.
+throughput, latency percentiles and each call's start and end for a timeline.
 """
 
 from __future__ import annotations
@@ -19,14 +19,18 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast, overload
+from typing import Any, Generic, Literal, TypeVar, cast, overload
 
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on Python 3.10 only
     from exceptiongroup import BaseExceptionGroup, ExceptionGroup
 
-__all__ = ["ConcurrencyReport", "LatencyStats", "run_concurrently"]
+__all__ = ["ConcurrencyReport", "LatencyStats", "Outcome", "run_concurrently"]
 
 T = TypeVar("T")
+
+#: How one call ended: it returned, it raised, or the run's timeout stopped it (or it never
+#: got a slot before the timeout).
+Outcome = Literal["ok", "error", "timeout"]
 
 # Latency and elapsed time are read from this clock; tests replace it with a fake one.
 # The timeout itself always runs on the event loop's clock.
@@ -103,6 +107,13 @@ class ConcurrencyReport(Generic[T]):
     :class:`TimeoutError` as their result. ``waiting`` describes the calls that were still
     pending when the timeout expired. ``elapsed_s`` runs from the barrier's release to the end of
     the last call; ``throughput`` is ``succeeded / elapsed_s`` (``0.0`` when nothing elapsed).
+
+    For timelines, ``timings`` holds each call's ``(start, end)`` in seconds after the barrier's
+    release, in input order: the start is when the call got its slot, the end when it returned,
+    raised or was stopped by the timeout; ``None`` for a call that never started (it was still
+    waiting for a slot when the timeout expired). ``outcomes`` says how each call ended, also in
+    input order: ``"ok"``, ``"error"`` or ``"timeout"``. Both are empty for a report built
+    without them.
     """
 
     results: list[T | BaseException]
@@ -114,6 +125,8 @@ class ConcurrencyReport(Generic[T]):
     latency_ms: LatencyStats
     timed_out: int = 0
     waiting: list[str] = field(default_factory=list)
+    timings: list[tuple[float, float] | None] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
 
     @property
     def values(self) -> list[T]:
@@ -240,6 +253,7 @@ class _Run(Generic[T]):
         count = len(items)
         self._results: list[Any] = [_PENDING] * count
         self._failed = [False] * count
+        self._timed_out = [False] * count
         self._starts: list[float | None] = [None] * count
         self._ends: list[float | None] = [None] * count
         self._slots = _FifoSlots(max_concurrency) if max_concurrency is not None else None
@@ -335,6 +349,7 @@ class _Run(Generic[T]):
             waiting.append(f"call {index} (item {item}): {state}")
             self._results[index] = TimeoutError(message)
             self._failed[index] = True
+            self._timed_out[index] = True
         return waiting
 
     async def run(self) -> ConcurrencyReport[T]:
@@ -356,8 +371,10 @@ class _Run(Generic[T]):
 
         try:
             await self._all_waiting  # every task exists and waits at the barrier
-            self._released_at = self._clock()
             self._barrier.set()
+            # Read after set(): waking 10,000 waiters takes milliseconds that belong to the
+            # runner, not to the calls. No call runs before this task awaits.
+            self._released_at = self._clock()
             if deadline is not None:
                 timer = loop.call_at(deadline, on_deadline)
             await self._finished
@@ -389,6 +406,15 @@ class _Run(Generic[T]):
             for start, end in zip(self._starts, self._ends, strict=True)
             if start is not None and end is not None
         ]
+        released = self._released_at
+        timings: list[tuple[float, float] | None] = [
+            (start - released, end - released) if start is not None and end is not None else None
+            for start, end in zip(self._starts, self._ends, strict=True)
+        ]
+        outcomes: list[Outcome] = [
+            "timeout" if timed_out_call else "error" if failed else "ok"
+            for failed, timed_out_call in zip(self._failed, self._timed_out, strict=True)
+        ]
         return ConcurrencyReport(
             results=list(self._results),
             succeeded=succeeded,
@@ -399,6 +425,8 @@ class _Run(Generic[T]):
             latency_ms=LatencyStats.from_samples(samples),
             timed_out=timed_out,
             waiting=waiting,
+            timings=timings,
+            outcomes=outcomes,
         )
 
 

@@ -228,6 +228,11 @@ class ThreadCreator:
             raise InvalidMessageError(
                 "message is empty or blank; pass the text of the first message"
             )
+        if "\x00" in message:
+            raise InvalidMessageError(
+                "message contains a NUL character (\\x00), which PostgreSQL text cannot store; "
+                "remove it (the plugin refuses it on every backend so tests behave alike)"
+            )
         if len(message) > self.max_message_chars:
             raise InvalidMessageError(
                 f"message has {len(message):,} characters, over the limit of "
@@ -238,6 +243,11 @@ class ThreadCreator:
             if not isinstance(title, str):
                 raise InvalidMessageError(
                     f"title must be a str or None, got {type(title).__name__}"
+                )
+            if "\x00" in title:
+                raise InvalidMessageError(
+                    "title contains a NUL character (\\x00), which PostgreSQL text cannot "
+                    "store; remove it"
                 )
             if len(title) > MAX_TITLE_CHARS:
                 raise InvalidMessageError(

@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .backends.base import FaultDecider, Store
+from .queries import QueryCounter
 from .schema import ThreadSchema
 
 __all__ = ["Database"]
@@ -57,6 +58,7 @@ class Database:
         # disposes the engine inside the loop, while it still runs.
         self._guards: dict[int, asyncio.Task[None]] = {}
         self._sessions: list[AsyncSession] = []
+        self._counters: list[QueryCounter] = []
         #: event loops the test used this database from (for leak checks after the test)
         self.loops_seen: set[asyncio.AbstractEventLoop] = set()
         #: connections the test's code left checked out, found when its engines were disposed
@@ -97,6 +99,15 @@ class Database:
         guards = self._guards
         sessions = self._sessions
 
+        counters = self._counters
+
+        @event.listens_for(engine.sync_engine, "before_cursor_execute")
+        def _count(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if counters:
+                label = f"engine connection {id(conn.connection.dbapi_connection) % 100_000:05d}"
+                for counter in counters:
+                    counter.record(label, statement)
+
         @event.listens_for(engine.sync_engine, "connect")
         def _record_loop(_dbapi: Any, _record: Any) -> None:
             if id(engine) not in loops:
@@ -125,6 +136,28 @@ class Database:
         session = AsyncSession(self.engine, expire_on_commit=False)
         self._sessions.append(session)
         return session
+
+    @contextlib.asynccontextmanager
+    async def count_queries(self) -> AsyncIterator[QueryCounter]:
+        """Count the SQL statements run inside the block (ThreadCreator's and the test's own).
+
+        ``async with threadcreator_db.count_queries() as queries: ...`` then
+        ``queries.assert_max(n)``; ``queries.total``, ``queries.per_connection``.
+        """
+        counter = QueryCounter()
+        self._counters.append(counter)
+        if len(self._counters) == 1:
+            await self.store.watch_statements(self._record_store_statement)
+        try:
+            yield counter
+        finally:
+            self._counters.remove(counter)
+            if not self._counters:
+                await self.store.watch_statements(None)
+
+    def _record_store_statement(self, label: str, sql: str) -> None:
+        for counter in list(self._counters):
+            counter.record(label, sql)
 
     def checked_out(self) -> int:
         """Connections checked out right now, by the store and by every engine."""
@@ -294,7 +327,9 @@ class Database:
         problems = []
         for index, user in enumerate(users):
             listed = await creator.list_threads(user)
-            listed_ids = [s.thread_from_row(row) if isinstance(row, dict) else row for row in listed]
+            listed_ids = [
+                s.thread_from_row(row) if isinstance(row, dict) else row for row in listed
+            ]
             ids = {_attr(x, s.attr_name(t, s.thread_id_column)) for x in listed_ids}
             owners = {_attr(x, s.attr_name(t, s.owner_column)) for x in listed_ids}
             stmt = select(t.c[s.thread_id_column].label("id")).where(t.c[s.owner_column] == user)

@@ -108,7 +108,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="threadcreator_report",
         default=None,
         metavar="PATH",
-        help="write a JSON report of per-test setup costs and concurrency runs to PATH.",
+        help="write a report of per-test setup costs and concurrency runs to PATH: JSON, or "
+        "a self-contained HTML page with latency histograms and timelines if PATH ends in .html.",
     )
     parser.addini("threadcreator_db", "default database (see --threadcreator-db)", default="")
     parser.addini(

@@ -1,4 +1,4 @@
-"""What the plugin tells the user: the terminal summary and the JSON report."""
+"""What the plugin tells the user: the terminal summary and the JSON or HTML report."""
 
 from __future__ import annotations
 
@@ -9,24 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from .concurrency import ConcurrencyReport
+from .html_report import render_html, run_data
 from .runtime import Runtime
 
 __all__ = ["report_data", "summary_lines", "write_report"]
-
-
-def _run_data(nodeid: str, report: ConcurrencyReport[Any]) -> dict[str, Any]:
-    lat = report.latency_ms
-    return {
-        "test": nodeid,
-        "calls": len(report.results),
-        "succeeded": report.succeeded,
-        "failed": report.failed,
-        "timed_out": report.timed_out,
-        "elapsed_s": report.elapsed_s,
-        "throughput": report.throughput,
-        "latency_ms": {"p50": lat.p50, "p95": lat.p95, "p99": lat.p99, "max": lat.max},
-        "errors": sorted({type(e).__name__ for e in report.errors}),
-    }
 
 
 def report_data(
@@ -50,16 +36,19 @@ def report_data(
             }
             for c in costs
         ],
-        "concurrency_runs": [_run_data(nodeid, r) for nodeid, r in runs],
+        "concurrency_runs": [run_data(nodeid, r) for nodeid, r in runs],
         "kept_databases": list(runtime.kept) if runtime else [],
     }
 
 
 def write_report(path: str, data: dict[str, Any]) -> Path:
-    """Write the JSON report; returns the path written."""
+    """Write the report, an HTML page if ``path`` ends in .html or .htm, else JSON; return it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    if target.suffix.lower() in (".html", ".htm"):
+        target.write_text(render_html(data), encoding="utf-8")
+    else:
+        target.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return target
 
 

@@ -507,6 +507,120 @@ async def test_latency_runs_from_each_calls_start_to_its_end(fake_clock: FakeClo
     assert report.throughput == 0.4
 
 
+# --- per-call timings and outcomes for timelines ----------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_timings_are_offsets_from_the_barrier_release_in_input_order(
+    fake_clock: FakeClock,
+) -> None:
+    # One at a time on a clock that reads 100 s at the release: call i takes durations[i] s.
+    fake_clock.now = 100.0
+    durations = [2.0, 0.5, 1.0, 4.0]
+
+    async def fn(item: int) -> int:
+        fake_clock.now += durations[item]
+        if item == 2:
+            raise ValueError("a failure still has a start and an end")
+        return item
+
+    report = await run_concurrently(fn, len(durations), max_concurrency=1)
+
+    assert report.timings == [(0.0, 2.0), (2.0, 2.5), (2.5, 3.5), (3.5, 7.5)]
+    assert report.outcomes == ["ok", "ok", "error", "ok"]
+    assert report.elapsed_s == 7.5
+
+
+@pytest.mark.asyncio
+async def test_timings_of_overlapping_calls_follow_their_own_start_and_end(
+    fake_clock: FakeClock,
+) -> None:
+    # Every call starts at fake time 0; each ends after the one before it advanced the clock.
+    durations = [3.0, 1.0, 2.0]
+    gates = [asyncio.Event() for _ in durations]
+    entered = 0
+
+    async def fn(item: int) -> int:
+        nonlocal entered
+        entered += 1
+        if entered == len(durations):
+            gates[0].set()
+        await gates[item].wait()
+        fake_clock.now += durations[item]
+        if item + 1 < len(gates):
+            gates[item + 1].set()
+        return item
+
+    report = await run_concurrently(fn, len(durations), timeout=HANG_GUARD_S)
+
+    assert report.timings == [(0.0, 3.0), (0.0, 4.0), (0.0, 6.0)]
+    assert report.outcomes == ["ok", "ok", "ok"]
+
+
+@pytest.mark.asyncio
+async def test_timed_out_calls_end_when_stopped_and_unstarted_calls_have_no_timing(
+    fake_clock: FakeClock,
+) -> None:
+    # Two slots: even items advance the clock by 1 s and return, odd items never finish.
+    never = asyncio.Event()
+
+    async def fn(item: int) -> int:
+        if item % 2:
+            await never.wait()
+        fake_clock.now += 1
+        return item
+
+    report = await asyncio.wait_for(
+        run_concurrently(fn, 6, max_concurrency=2, timeout=0.05), HANG_GUARD_S
+    )
+
+    assert report.outcomes == ["ok", "timeout", "ok", "timeout", "timeout", "timeout"]
+    # 0 runs 0→1; 1 starts at 1; 2 runs 1→2; 3 starts at 2; 1 and 3 are stopped at 2;
+    # 4 and 5 were still waiting for a slot.
+    assert report.timings == [(0.0, 1.0), (1.0, 2.0), (1.0, 2.0), (2.0, 2.0), None, None]
+
+
+@pytest.mark.asyncio
+async def test_a_timeout_error_raised_by_a_call_is_an_error_not_a_timeout() -> None:
+    async def fn(item: int) -> int:
+        if item == 0:
+            raise TimeoutError("the call's own deadline")
+        if item == 1:
+            raise asyncio.CancelledError("the call gave up on its own")
+        return item
+
+    report = await run_concurrently(fn, 3)
+
+    assert report.outcomes == ["error", "error", "ok"]
+    assert report.timed_out == 0
+    assert all(timing is not None for timing in report.timings)
+
+
+@pytest.mark.asyncio
+async def test_no_items_give_no_timings() -> None:
+    report = await run_concurrently(_noop, [])
+
+    assert (report.timings, report.outcomes) == ([], [])
+
+
+@pytest.mark.asyncio
+async def test_ten_thousand_calls_each_have_a_timing_and_an_outcome() -> None:
+    async def fn(item: int) -> int:
+        if item % 1000 == 0:
+            raise ValueError(item)
+        return item
+
+    report = await run_concurrently(fn, 10_000, max_concurrency=100)
+
+    assert len(report.timings) == len(report.outcomes) == 10_000
+    assert report.outcomes.count("error") == 10
+    assert report.outcomes[1000] == "error" and report.outcomes[1001] == "ok"
+    for timing in report.timings:
+        assert timing is not None
+        start, end = timing
+        assert 0.0 <= start <= end <= report.elapsed_s
+
+
 # --- scale and reporting hook -----------------------------------------------------------------
 
 

@@ -419,8 +419,35 @@ def test_summary_report_file_and_failure_section(pytester: pytest.Pytester, ini:
 
     data = json.loads((pytester.path / "out" / "report.json").read_text())
     assert [run["calls"] for run in data["concurrency_runs"]] == [50, 7]
+    assert [len(run["timings"]) for run in data["concurrency_runs"]] == [50, 7]
+    assert data["concurrency_runs"][0]["outcomes"] == ["ok"] * 50
     assert [s["test"].split("::")[-1] for s in data["setup"]] == [
         "test_load",
         "test_fails_with_state",
     ]
     assert data["databases_created"] == 1
+
+
+def test_an_html_report_path_writes_a_self_contained_page(
+    pytester: pytest.Pytester, ini: object
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_load(thread_creator, make_user_context, run_concurrently):
+            report = await run_concurrently(
+                lambda c: thread_creator.create_thread_with_message(c, "hi"), make_user_context.many(20)
+            )
+            assert report.succeeded == 20
+        """
+    )
+    result = pytester.runpytest("--threadcreator-report=out/report.html", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["threadcreator report written to out/report.html"])
+    page = (pytester.path / "out" / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    assert "test_an_html_report_path_writes_a_self_contained_page.py::test_load" in page
+    assert "timeline: calls, sorted by start" in page
+    assert "http://" not in page and "https://" not in page

@@ -40,6 +40,9 @@ class FaultAction:
     seconds: float = 0.0
 
 
+#: Called with a connection label and the SQL text of each statement a store runs.
+StatementCallback = Callable[[str, str], None]
+
 #: Called with a step name before that step's SQL; returns the action to take, or None.
 FaultDecider = Callable[[str], "FaultAction | None"]
 
@@ -111,6 +114,10 @@ class Store(abc.ABC):
     def checked_out(self) -> int:
         """Connections currently in use by calls still running (for leak detection)."""
         return 0
+
+    @abc.abstractmethod
+    async def watch_statements(self, callback: StatementCallback | None) -> None:
+        """Call ``callback(connection_label, sql)`` for every statement from now on (None: stop)."""
 
 
 class Backend(abc.ABC):

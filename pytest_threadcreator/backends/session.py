@@ -18,7 +18,7 @@ from sqlalchemy.sql import Select
 
 from ..errors import InjectedFault
 from ..schema import ThreadSchema
-from .base import FaultAction, FaultDecider, Store, ThreadIdTaken
+from .base import FaultAction, FaultDecider, StatementCallback, Store, ThreadIdTaken
 
 __all__ = ["SessionStore", "is_transient_error"]
 
@@ -110,6 +110,10 @@ class SessionStore(Store):
 
     def is_transient(self, exc: BaseException) -> bool:
         return is_transient_error(exc)
+
+    async def watch_statements(self, callback: StatementCallback | None) -> None:
+        # Statements go through the caller's engine, which the Database's engine events see.
+        return None
 
     def reset(self) -> None:
         raise NotImplementedError("a SessionStore does not own its database")

@@ -31,7 +31,7 @@ from sqlalchemy.sql import Select
 from ..database import Database
 from ..errors import InjectedFault
 from ._compile import RowInsert, compile_select
-from .base import Backend, FaultAction, FaultDecider, Store, ThreadIdTaken
+from .base import Backend, FaultAction, FaultDecider, StatementCallback, Store, ThreadIdTaken
 from .session import is_transient_error
 
 if TYPE_CHECKING:
@@ -261,6 +261,11 @@ class SqliteStore(Store):
 
     def checked_out(self) -> int:
         return max(self._writer.busy, 0)
+
+    async def watch_statements(self, callback: StatementCallback | None) -> None:
+        label = f"store {self.path.name}"
+        trace = None if callback is None else (lambda sql: callback(label, sql))
+        await self._writer.run(lambda conn: conn.set_trace_callback(trace))
 
     def close(self) -> None:
         self._writer.close()

@@ -1,0 +1,1402 @@
+"""PostgreSQL backend: per-test databases cloned from a template, on any reachable server.
+
+Where the server comes from (:func:`make_postgres_backend`):
+
+* ``url``    — an async SQLAlchemy URL (``postgresql+asyncpg://…`` or ``postgresql+psycopg://…``);
+* ``local``  — a throwaway cluster from the local binaries (:mod:`.pg_local`);
+* ``docker`` — a testcontainers PostgreSQL;
+* ``auto``   — the first of those that works (``--threadcreator-db=postgresql``).
+
+How it behaves on a shared server:
+
+* It only creates, and only ever drops, databases named ``tc_<run>_<worker>_…``
+  (:mod:`.pg_names`), at most 63 bytes each.
+* Every backend holds a *shared* advisory lock keyed by its run id on its admin connection for
+  its whole life. At start it lists the ``tc_`` databases of other runs and drops a run's
+  databases only after taking that run's lock *exclusively*, i.e. only when no process of that
+  run is alive (a crashed or killed run). Databases of a live run are never touched.
+* The template is created, filled (``create_all`` and the setup hook) and then closed to
+  connections (``ALLOW_CONNECTIONS false``): a session left on a template makes
+  ``CREATE DATABASE … TEMPLATE`` wait and fail.
+
+The data path (:class:`PgStore`) runs on asyncpg pools that live on one private background
+event loop per backend, so a database outlives the test's event loop. ThreadCreator's create is
+one statement, one round trip (a data-modifying CTE), unless the fault injector needs to step
+through an explicit transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import importlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from sqlalchemy import Table
+from sqlalchemy.dialects.postgresql import asyncpg as sa_asyncpg
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+from sqlalchemy.sql import Select
+
+from .._background import BackgroundLoop
+from ..database import Database
+from ..errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    DatabaseError,
+    InjectedFault,
+    ThreadCreatorError,
+)
+from .base import Backend, FaultDecider, StatementCallback, Store, ThreadIdTaken
+from .pg_names import (
+    DB_PREFIX,
+    database_name,
+    normalise_worker_id,
+    parse_database_name,
+    run_lock_key,
+    template_name,
+)
+
+if TYPE_CHECKING:
+    from ..schema import ThreadSchema
+    from .pg_local import LocalCluster
+
+__all__ = [
+    "ENV_POSTGRES_URL",
+    "PgStore",
+    "PoolPlan",
+    "PostgresBackend",
+    "is_pg_transient",
+    "make_postgres_backend",
+    "plan_pools",
+]
+
+T = TypeVar("T")
+Processor = Callable[[Any], Any] | None
+
+ENV_POSTGRES_URL = "THREADCREATOR_POSTGRES_URL"
+ENV_WORKER_COUNT = "PYTEST_XDIST_WORKER_COUNT"
+#: Connections of the server kept free for humans, monitoring and other tools.
+SERVER_HEADROOM = 5
+DEFAULT_STORE_POOL = 10
+DEFAULT_ENGINE_POOL = 5
+DEFAULT_ENGINE_OVERFLOW = 10
+#: How long a create waits for a free store connection before failing with DatabaseError.
+ACQUIRE_TIMEOUT = 30.0
+#: How long admin work (CREATE/DROP DATABASE, the setup connection) may take.
+ADMIN_TIMEOUT = 60.0
+DOCKER_IMAGE = "postgres:16-alpine"
+_INSTALL_ASYNCPG = "pip install 'pytest-threadcreator[postgresql]'"
+_INSTALL_DOCKER = "pip install 'pytest-threadcreator[docker]'"
+_USE_INSTEAD = (
+    "use --threadcreator-db=postgresql-local (local PostgreSQL binaries) or a server URL such as "
+    "--threadcreator-db=postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
+
+_DIALECT = sa_asyncpg.dialect()  # type: ignore[no-untyped-call]
+_PREPARER = _DIALECT.identifier_preparer
+
+
+def _asyncpg() -> Any:
+    """The asyncpg module, or BackendUnavailableError saying how to install it."""
+    try:
+        return importlib.import_module("asyncpg")
+    except ImportError:
+        raise BackendUnavailableError(
+            f"the PostgreSQL backend needs the asyncpg driver: {_INSTALL_ASYNCPG}"
+        ) from None
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+# ---------------------------------------------------------------------------------------------
+# SQL compiled once per schema, values converted by the column types' bind processors
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _InsertPlan:
+    """How a row (keys are column names) becomes one INSERT's positional parameters."""
+
+    table: Table
+    #: every column the INSERT names, in table order
+    columns: tuple[str, ...]
+    #: SQL text for a column computed server-side (a SQL or sequence default), else None
+    inline: tuple[str | None, ...]
+    processors: tuple[Processor, ...]
+    #: Python-side defaults of columns the row builder leaves out
+    defaults: Mapping[str, Callable[[], Any]]
+
+    def params(self, row: Mapping[str, Any], skip: str | None = None) -> list[Any]:
+        """Parameters in column order; ``skip`` names a column filled by SQL instead."""
+        out: list[Any] = []
+        for name, inline, proc in zip(self.columns, self.inline, self.processors, strict=True):
+            if inline is not None or name == skip:
+                continue
+            value = row[name] if name in row else self.defaults[name]()
+            out.append(proc(value) if proc is not None else value)
+        return out
+
+    def render(self, first: int, replace: Mapping[str, str] | None = None) -> tuple[str, int]:
+        """``INSERT INTO t (cols) VALUES ($first, …)`` and the next free parameter number."""
+        replace = replace or {}
+        names, values = [], []
+        n = first
+        for name, inline in zip(self.columns, self.inline, strict=True):
+            names.append(_PREPARER.quote(name))
+            if name in replace:
+                values.append(replace[name])
+            elif inline is not None:
+                values.append(inline)
+            else:
+                values.append(f"${n}")
+                n += 1
+        table = _PREPARER.format_table(self.table)
+        return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(values)})", n
+
+
+def _constant(value: Any) -> Callable[[], Any]:
+    return lambda: value
+
+
+def _called(fn: Callable[[Any], Any]) -> Callable[[], Any]:
+    return lambda: fn(None)
+
+
+def _insert_plan(table: Table, keys: Sequence[str]) -> _InsertPlan:
+    unknown = [k for k in keys if k not in table.c]
+    if unknown:
+        raise ConfigurationError(
+            f"the row builder for table {table.name!r} returned key(s) {', '.join(unknown)} that "
+            f"are not columns; its columns are {', '.join(table.c.keys())}"
+        )
+    columns: list[str] = []
+    inline: list[str | None] = []
+    defaults: dict[str, Callable[[], Any]] = {}
+    for column in table.c:
+        name = column.name
+        default: Any = column.default
+        if name in keys:
+            inline.append(None)
+        elif default is None:
+            continue  # left to the server (server_default, identity, NULL)
+        elif default.is_scalar:
+            inline.append(None)
+            defaults[name] = _constant(default.arg)
+        elif default.is_callable:
+            # SQLAlchemy wraps zero-argument callables to take an execution context.
+            inline.append(None)
+            defaults[name] = _called(default.arg)
+        elif default.is_sequence:
+            inline.append(f"nextval('{_PREPARER.format_sequence(default)}')")
+        elif default.is_clause_element:
+            inline.append(
+                str(default.arg.compile(dialect=_DIALECT, compile_kwargs={"literal_binds": True}))
+            )
+        else:
+            continue
+        columns.append(name)
+    processors = tuple(
+        table.c[name].type.dialect_impl(_DIALECT).bind_processor(_DIALECT) for name in columns
+    )
+    return _InsertPlan(table, tuple(columns), tuple(inline), processors, defaults)
+
+
+@dataclass(frozen=True, slots=True)
+class _CreateSql:
+    """The statements of one schema's create."""
+
+    #: one statement, both rows: ``WITH t AS (INSERT thread RETURNING id) INSERT message``
+    combined: str
+    thread: str
+    message: str
+    owner: str
+    thread_plan: _InsertPlan
+    message_plan: _InsertPlan
+    message_thread_column: str
+
+
+_CREATE_CACHE: dict[tuple[int, tuple[str, ...], tuple[str, ...]], tuple[object, _CreateSql]] = {}
+
+
+def _create_sql(
+    schema: ThreadSchema, thread_row: Mapping[str, Any], message_row: Mapping[str, Any]
+) -> _CreateSql:
+    """The compiled create for this schema and these row keys (cached)."""
+    key = (id(schema), tuple(thread_row), tuple(message_row))
+    hit = _CREATE_CACHE.get(key)
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    sql = _compile_create(schema, key[1], key[2])
+    _CREATE_CACHE[key] = (schema, sql)  # a race only compiles twice
+    return sql
+
+
+def _compile_create(
+    schema: ThreadSchema, thread_keys: tuple[str, ...], message_keys: tuple[str, ...]
+) -> _CreateSql:
+    t_plan = _insert_plan(schema.thread_table, thread_keys)
+    m_plan = _insert_plan(schema.message_table, message_keys)
+    tid = _PREPARER.quote(schema.thread_id_column)
+    mtid = schema.message_thread_column
+    if mtid not in m_plan.columns:
+        raise ConfigurationError(
+            f"the message row builder must set {schema.message_table.name}.{mtid} "
+            "(the message's thread id)"
+        )
+    thread_sql, n = t_plan.render(1)
+    # The message takes its thread id from the thread insert: one statement, one round trip,
+    # atomic on its own (no explicit transaction needed).
+    message_in_cte, _ = m_plan.render(n, replace={mtid: f"(SELECT {tid} FROM t)"})
+    combined = f"WITH t AS ({thread_sql} RETURNING {tid}) {message_in_cte}"
+    message_sql, _ = m_plan.render(1)
+    owner = (
+        f"SELECT {_PREPARER.quote(schema.owner_column)} FROM "
+        f"{_PREPARER.format_table(schema.thread_table)} WHERE {tid} = $1"
+    )
+    return _CreateSql(combined, thread_sql, message_sql, owner, t_plan, m_plan, mtid)
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledSelect:
+    sql: str
+    params: tuple[Any, ...]
+    keys: tuple[str, ...]
+    processors: tuple[Processor, ...]
+
+    def rows(self, records: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        keys, procs = self.keys, self.processors
+        if not any(p is not None for p in procs):
+            return [dict(zip(keys, record, strict=True)) for record in records]
+        return [
+            {
+                k: (p(v) if p is not None and v is not None else v)
+                for k, p, v in zip(keys, procs, record, strict=True)
+            }
+            for record in records
+        ]
+
+
+def _compile_select(statement: Select[Any]) -> _CompiledSelect:
+    """Positional ``$n`` parameters (never literal values), processed like SQLAlchemy would."""
+    compiled = statement.compile(dialect=_DIALECT)
+    expanded = compiled.construct_expanded_state()  # IN (…) lists become $n, $n+1, …
+    params: list[Any] = []
+    for name, value in zip(expanded.positiontup or (), expanded.positional_parameters, strict=True):
+        proc = expanded.processors.get(name)
+        if proc is None and name in compiled.binds:
+            proc = compiled.binds[name].type.dialect_impl(_DIALECT).bind_processor(_DIALECT)
+        params.append(proc(value) if proc is not None else value)
+    keys = tuple(statement.selected_columns.keys())
+    procs: list[Processor] = []
+    for column in statement.selected_columns:
+        try:
+            procs.append(column.type.dialect_impl(_DIALECT).result_processor(_DIALECT, None))
+        except Exception:  # some need the driver's type code; asyncpg's value is fine
+            procs.append(None)
+    return _CompiledSelect(expanded.statement, tuple(params), keys, tuple(procs))
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+
+def is_pg_transient(exc: BaseException | None) -> bool:
+    """True for SQLSTATE 40001 (serialization failure) or 40P01 (deadlock), judged by code.
+
+    Walks the exception, its ``orig`` (SQLAlchemy's DBAPIError) and ``__cause__`` chain and
+    reads ``sqlstate`` (asyncpg, psycopg 3), ``pgcode`` (psycopg 2) or ``diag.sqlstate``.
+    """
+    pending: list[BaseException] = [exc] if exc is not None else []
+    seen: set[int] = set()
+    while pending and len(seen) < 16:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for state in (
+            getattr(current, "sqlstate", None),
+            getattr(current, "pgcode", None),
+            getattr(getattr(current, "diag", None), "sqlstate", None),
+        ):
+            if isinstance(state, str) and state in _TRANSIENT_SQLSTATES:
+                return True
+        for nxt in (getattr(current, "orig", None), current.__cause__):
+            if isinstance(nxt, BaseException):
+                pending.append(nxt)
+    return False
+
+
+async def _apply_fault(decide: FaultDecider, step: str) -> None:
+    action = decide(step)
+    if action is None:
+        return
+    if action.kind == "fail":
+        raise InjectedFault(step, action.call)
+    if action.kind == "delay":
+        await asyncio.sleep(action.seconds)
+    elif action.kind == "cancel":
+        raise asyncio.CancelledError("cancelled by the fault injector")
+
+
+# ---------------------------------------------------------------------------------------------
+# The data path of one database
+# ---------------------------------------------------------------------------------------------
+
+
+async def _init_connection(conn: Any) -> None:
+    """JSON codecs as SQLAlchemy's asyncpg dialect sets them: str in (already serialised by the
+    column type's bind processor), Python objects out."""
+
+    def decode_json(data: bytes) -> Any:
+        return json.loads(data.decode())
+
+    def encode_jsonb(text: str) -> bytes:
+        return b"\x01" + text.encode()
+
+    def decode_jsonb(data: bytes) -> Any:
+        return json.loads(data[1:].decode())
+
+    await conn.set_type_codec(
+        "json", encoder=str.encode, decoder=decode_json, schema="pg_catalog", format="binary"
+    )
+    await conn.set_type_codec(
+        "jsonb", encoder=encode_jsonb, decoder=decode_jsonb, schema="pg_catalog", format="binary"
+    )
+
+
+async def _keep_session(conn: Any) -> None:
+    """Pool reset hook: nothing beyond asyncpg's own rollback of an open transaction.
+
+    The store never changes session state (no SET, LISTEN or advisory locks), so asyncpg's
+    default reset query would only add a round trip to every create.
+    """
+
+
+class PgStore(Store):
+    """ThreadCreator's data path on one PostgreSQL database (an asyncpg pool).
+
+    The pool lives on the backend's :class:`BackgroundLoop` and is made on first use; any event
+    loop may await the coroutines. :meth:`create` without a fault decider is a single
+    statement (both rows or neither, one round trip); with one it is an explicit transaction
+    that consults the decider before each step.
+    """
+
+    dialect_name = "postgresql"
+
+    def __init__(
+        self,
+        *,
+        schema: ThreadSchema,
+        connect_kwargs: Mapping[str, Any],
+        background: BackgroundLoop,
+        max_size: int = DEFAULT_STORE_POOL,
+        min_size: int = 1,
+        acquire_timeout: float = ACQUIRE_TIMEOUT,
+        name: str = "",
+    ) -> None:
+        if max_size < 1:
+            raise ConfigurationError(f"PgStore max_size must be >= 1, got {max_size}")
+        self.schema = schema
+        self.connect_kwargs = dict(connect_kwargs)
+        self.background = background
+        self.max_size = max_size
+        self.min_size = min(min_size, max_size)
+        self.acquire_timeout = acquire_timeout
+        self.name = name or str(self.connect_kwargs.get("database", ""))
+        self._pool: Any = None
+        self._pool_task: asyncio.Task[Any] | None = None
+        self._checked_out = 0
+        self._closed = False
+        self._pk_constraint: str | None = None
+        self._reset_sql = _reset_sql(schema)
+        self._watcher: StatementCallback | None = None
+        #: server pid -> (watcher, the query logger attached to that connection for it)
+        self._loggers: dict[int, tuple[StatementCallback, Callable[[Any], None]]] = {}
+
+    def __repr__(self) -> str:
+        return f"<PgStore {self.name} checked_out={self._checked_out}>"
+
+    # -- pool ------------------------------------------------------------------------------
+    async def _get_pool(self) -> Any:
+        """The pool (on the background loop), made by a task of its own on first use.
+
+        The task belongs to no caller: a caller cancelled while the pool is being made does
+        not cancel it for the others.
+        """
+        if self._pool is not None:
+            return self._pool
+        if self._closed:
+            raise DatabaseError(
+                f"the PostgreSQL database {self.name} was released; request threadcreator_db "
+                "in this test to get a live one"
+            )
+        task = self._pool_task
+        if task is None:
+            task = self._pool_task = asyncio.get_running_loop().create_task(self._make_pool())
+        try:
+            return await asyncio.shield(task)
+        except Exception:
+            if task.done() and self._pool_task is task:
+                self._pool_task = None  # failed: the next call tries again
+            raise
+
+    async def _make_pool(self) -> Any:
+        pool = await _asyncpg().create_pool(
+            min_size=self.min_size,
+            max_size=self.max_size,
+            init=_init_connection,
+            reset=_keep_session,
+            max_inactive_connection_lifetime=60.0,
+            server_settings={"application_name": "pytest-threadcreator"},
+            **self.connect_kwargs,
+        )
+        self._pool = pool
+        return pool
+
+    async def _acquire(self) -> tuple[Any, Any]:
+        pool = await self._get_pool()
+        try:
+            conn = await pool.acquire(timeout=self.acquire_timeout)
+        except asyncio.TimeoutError:
+            raise DatabaseError(
+                f"no free connection to {self.name} within {self.acquire_timeout:.0f} s: all "
+                f"{self.max_size} store connections stayed busy. Lower the concurrency, or look "
+                "for tasks a test leaked that still hold connections"
+            ) from None
+        self._checked_out += 1
+        if self._watcher is not None or self._loggers:
+            self._sync_logger(conn)
+        return pool, conn
+
+    def _sync_logger(self, conn: Any) -> None:
+        """Attach the current statement watcher to ``conn`` (or detach an old one)."""
+        pid = int(conn.get_server_pid())
+        watcher, current = self._watcher, self._loggers.get(pid)
+        if current is not None and current[0] is watcher:
+            return
+        if current is not None:
+            conn.remove_query_logger(current[1])
+            del self._loggers[pid]
+        if watcher is not None:
+            label = f"store {self.name} (pid {pid})"
+
+            def log(record: Any) -> None:
+                watcher(label, record.query)
+
+            conn.add_query_logger(log)
+            self._loggers[pid] = (watcher, log)
+
+    async def _release(self, pool: Any, conn: Any) -> None:
+        self._checked_out -= 1
+        await pool.release(conn)
+
+    def checked_out(self) -> int:
+        """Store connections acquired by calls still running."""
+        return self._checked_out
+
+    async def watch_statements(self, callback: StatementCallback | None) -> None:
+        """Report every statement the store's connections run from now on (None: stop).
+
+        Uses asyncpg's query loggers, attached to a connection when it is next acquired; the
+        callback runs on the background loop's thread, before the call that ran it returns.
+        """
+        self._watcher = callback
+
+    # -- Store API ---------------------------------------------------------------------------
+    async def create(
+        self,
+        thread_row: Mapping[str, Any],
+        message_row: Mapping[str, Any],
+        *,
+        explicit_id: bool,
+        decide: FaultDecider | None = None,
+    ) -> None:
+        """Insert both rows atomically (see the class docstring)."""
+        sql = _create_sql(self.schema, thread_row, message_row)
+        thread_params = sql.thread_plan.params(thread_row)
+        if decide is None:
+            params = thread_params + sql.message_plan.params(
+                message_row, skip=sql.message_thread_column
+            )
+            job = self._create_fast(sql, params, thread_row, explicit_id)
+        else:
+            job = self._create_stepwise(
+                sql,
+                thread_params,
+                sql.message_plan.params(message_row),
+                thread_row,
+                explicit_id,
+                decide,
+            )
+        await self.background.submit(job)
+
+    async def _create_fast(
+        self, sql: _CreateSql, params: list[Any], thread_row: Mapping[str, Any], explicit: bool
+    ) -> None:
+        pool, conn = await self._acquire()
+        try:
+            try:
+                await conn.execute(sql.combined, *params)
+            except Exception as exc:
+                await self._raise_if_taken(conn, exc, sql, thread_row, explicit)
+                raise
+        finally:
+            await self._release(pool, conn)
+
+    async def _create_stepwise(
+        self,
+        sql: _CreateSql,
+        thread_params: list[Any],
+        message_params: list[Any],
+        thread_row: Mapping[str, Any],
+        explicit: bool,
+        decide: FaultDecider,
+    ) -> None:
+        pool, conn = await self._acquire()
+        try:
+            try:
+                async with conn.transaction():
+                    await _apply_fault(decide, "thread_insert")
+                    await conn.execute(sql.thread, *thread_params)
+                    await _apply_fault(decide, "message_insert")
+                    await conn.execute(sql.message, *message_params)
+                    await _apply_fault(decide, "commit")
+            except Exception as exc:
+                await self._raise_if_taken(conn, exc, sql, thread_row, explicit)
+                raise
+        finally:
+            await self._release(pool, conn)
+
+    async def _raise_if_taken(
+        self,
+        conn: Any,
+        exc: Exception,
+        sql: _CreateSql,
+        thread_row: Mapping[str, Any],
+        explicit: bool,
+    ) -> None:
+        """Raise ThreadIdTaken when ``exc`` is a duplicate of the thread table's primary key."""
+        if not explicit or getattr(exc, "sqlstate", None) != "23505":
+            return
+        table = self.schema.thread_table
+        if getattr(exc, "table_name", None) != table.name:
+            return
+        if table.schema is not None and getattr(exc, "schema_name", None) != table.schema:
+            return
+        if getattr(exc, "constraint_name", None) != await self._primary_key_name(conn):
+            return
+        owner = await conn.fetchval(sql.owner, thread_row[self.schema.thread_id_column])
+        if owner is not None:  # gone again already: let the original error speak
+            raise ThreadIdTaken(owner) from None
+
+    async def _primary_key_name(self, conn: Any) -> str | None:
+        if self._pk_constraint is None:
+            self._pk_constraint = await conn.fetchval(
+                "SELECT conname FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p'",
+                _PREPARER.format_table(self.schema.thread_table),
+            )
+        return self._pk_constraint
+
+    async def fetch_all(self, statement: Select[Any]) -> list[dict[str, Any]]:
+        """Run a SELECT; rows keyed by result column name, values as SQLAlchemy returns them."""
+        compiled = _compile_select(statement)
+        records = await self.background.submit(self._fetch(compiled))
+        return compiled.rows(records)
+
+    def fetch_all_sync(self, statement: Select[Any]) -> list[dict[str, Any]]:
+        """Like :meth:`fetch_all`, blocking, for use outside an event loop."""
+        compiled = _compile_select(statement)
+        return compiled.rows(self.background.run(self._fetch(compiled)))
+
+    async def _fetch(self, compiled: _CompiledSelect) -> list[Any]:
+        pool, conn = await self._acquire()
+        try:
+            return list(await conn.fetch(compiled.sql, *compiled.params))
+        finally:
+            await self._release(pool, conn)
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """SQLSTATE 40001/40P01 anywhere in the chain (asyncpg, SQLAlchemy or psycopg errors)."""
+        return is_pg_transient(exc)
+
+    def reset(self) -> None:
+        """Empty every table of the schema in one round trip (see :func:`_reset_sql`)."""
+        self.background.run(self._reset(), timeout=ADMIN_TIMEOUT)
+
+    async def _reset(self) -> None:
+        pool, conn = await self._acquire()
+        try:
+            await conn.execute(self._reset_sql)
+        finally:
+            await self._release(pool, conn)
+
+    def close(self) -> None:
+        """Close the pool (waits up to 5 s for connections in use, then terminates them)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.background.closed or (self._pool is None and self._pool_task is None):
+            return
+        if self.background.in_loop_thread():
+            if self._pool is not None:
+                self._pool.terminate()
+            return
+        self.background.run(self._close())
+
+    async def _close(self) -> None:
+        task, self._pool_task = self._pool_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait((task,))
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 5.0)
+            except (asyncio.TimeoutError, Exception):  # terminate whatever is left
+                pool.terminate()
+
+
+#: From this many rows on, TRUNCATE (≈4 ms whatever the size) beats DELETE (≈0.1 ms + 4 µs/row).
+RESET_TRUNCATE_ROWS = 500
+
+
+def _reset_sql(schema: ThreadSchema) -> str:
+    """One simple-protocol query that empties every table of the schema.
+
+    Small tables (the usual case) get DELETEs, children first: ≈0.2 ms and no ACCESS EXCLUSIVE
+    lock, so a session a test leaked does not block it. From :data:`RESET_TRUNCATE_ROWS` rows on
+    it TRUNCATEs instead. Identity sequences are not restarted either way. It runs as one
+    implicit transaction (nothing stays open) with a lock timeout, so it cannot hang.
+    """
+    tables = [_PREPARER.format_table(t) for t in reversed(schema.metadata.sorted_tables)]
+    if not tables:
+        return "SELECT 1"
+    limit = RESET_TRUNCATE_ROWS
+    counted = " + ".join(
+        f"(SELECT count(*) FROM (SELECT 1 FROM {name} LIMIT {limit}) AS s)" for name in tables
+    )
+    deletes = " ".join(f"DELETE FROM {name};" for name in tables)
+    return (
+        "SET LOCAL lock_timeout = '10s'; DO $threadcreator$ BEGIN "
+        f"IF {counted} >= {limit} THEN TRUNCATE {', '.join(tables)} CASCADE; "
+        f"ELSE {deletes} END IF; END $threadcreator$;"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Pool sizes within the server's max_connections
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    """Connection budget of one worker; see :func:`plan_pools`."""
+
+    max_connections: int
+    workers: int
+    per_worker: int
+    store_max: int
+    engine_pool_size: int
+    engine_max_overflow: int
+
+
+def plan_pools(
+    max_connections: int,
+    *,
+    reserved: int = 3,
+    workers: int = 1,
+    requested: int | None = None,
+) -> PoolPlan:
+    """Split the server's connections so that every xdist worker's pools fit.
+
+    The rule: ``usable = max_connections - superuser_reserved_connections - 5`` (headroom for
+    psql and monitoring); each of the ``workers`` gets ``usable // workers``; one of those is
+    the admin connection; the rest is shared by at most two live databases (the worker's
+    ``clean`` database and a ``fresh`` one), and within a database half goes to the store pool
+    (ThreadCreator, integrity reads; default 10, or ``requested``) and the remainder to the
+    engine for the test's own code (``pool_size`` default 5, or ``requested``, plus overflow up
+    to 10). Raises ConfigurationError when a database would get fewer than 2 connections.
+    Another run sharing the server is not counted: give each CI job its own server or lower -n.
+    """
+    workers = max(1, workers)
+    usable = max_connections - reserved - SERVER_HEADROOM
+    per_worker = usable // workers
+    per_database = (per_worker - 1) // 2
+    if per_database < 2:
+        raise ConfigurationError(
+            f"PostgreSQL max_connections={max_connections} is too low for {workers} workers "
+            f"(each would get {max(per_worker, 0)} connections). Raise max_connections on the "
+            "server, run fewer xdist workers (-n), or use --threadcreator-db=postgresql-local "
+            "(its cluster allows 200)"
+        )
+    store_max = max(1, min(requested or DEFAULT_STORE_POOL, per_database // 2))
+    engine_total = per_database - store_max
+    engine_pool = max(1, min(requested or DEFAULT_ENGINE_POOL, engine_total))
+    overflow = max(0, min(DEFAULT_ENGINE_OVERFLOW, engine_total - engine_pool))
+    return PoolPlan(max_connections, workers, per_worker, store_max, engine_pool, overflow)
+
+
+def _worker_count() -> int:
+    try:
+        return max(1, int(os.environ.get(ENV_WORKER_COUNT, "1")))
+    except ValueError:
+        return 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Server addresses
+# ---------------------------------------------------------------------------------------------
+
+
+def _async_url(value: str, where: str) -> URL:
+    """``value`` as an async SQLAlchemy URL (bare ``postgresql://`` means asyncpg)."""
+    try:
+        url = make_url(value)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"{where}: {value!r} is not a valid URL ({exc})") from None
+    if url.get_backend_name() != "postgresql":
+        raise ConfigurationError(f"{where}: {_safe(url)} is not a PostgreSQL URL")
+    driver = url.get_driver_name()
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+asyncpg")
+    elif driver not in ("asyncpg", "psycopg", "psycopg_async"):
+        raise ConfigurationError(
+            f"{where}: {_safe(url)} uses the {driver} driver, which is not async; use "
+            "postgresql+asyncpg://… or postgresql+psycopg://…"
+        )
+    return url
+
+
+def _safe(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def _connect_kwargs(url: URL) -> dict[str, Any]:
+    """asyncpg.connect() arguments for the server (and database) of ``url``."""
+    query = {k: (v[-1] if isinstance(v, tuple) else v) for k, v in url.query.items()}
+    port: Any = url.port or query.get("port")
+    kwargs: dict[str, Any] = {
+        "host": url.host or query.get("host"),
+        "port": int(port) if port else None,
+        "user": url.username,
+        "password": url.password,
+        "database": url.database,
+    }
+    ssl = query.get("ssl") or query.get("sslmode")
+    if ssl:
+        kwargs["ssl"] = ssl
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _address(kwargs: Mapping[str, Any]) -> str:
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 5432)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Docker (testcontainers)
+# ---------------------------------------------------------------------------------------------
+
+
+class DockerServer:
+    """A testcontainers PostgreSQL, tuned for tests; :meth:`start` returns its asyncpg URL."""
+
+    def __init__(self, image: str = DOCKER_IMAGE) -> None:
+        self.image = image
+        self._container: Any = None
+
+    def start(self) -> str:
+        """Start the container; BackendUnavailableError (one line) when Docker cannot."""
+        try:
+            module = importlib.import_module("testcontainers.community.postgres")
+        except ImportError:
+            try:
+                module = importlib.import_module("testcontainers.postgres")
+            except ImportError:
+                raise BackendUnavailableError(
+                    "postgresql-docker: testcontainers is not installed; "
+                    f"{_INSTALL_DOCKER}, or {_USE_INSTEAD}"
+                ) from None
+        reason = docker_unreachable_reason()
+        if reason is not None:
+            raise BackendUnavailableError(
+                "postgresql-docker: tried to start a PostgreSQL container with testcontainers, "
+                f"but Docker is not reachable ({reason}); {_USE_INSTEAD}"
+            )
+        container = module.PostgresContainer(self.image, driver="asyncpg").with_command(
+            "postgres -c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=200"
+        )
+        try:
+            container.start()
+        except Exception as exc:  # any Docker failure becomes one readable line
+            with contextlib.suppress(Exception):
+                container.stop()
+            raise BackendUnavailableError(
+                f"postgresql-docker: the {self.image} container did not start "
+                f"({_short_reason(exc)}); {_USE_INSTEAD}"
+            ) from None
+        self._container = container
+        return str(container.get_connection_url())
+
+    def stop(self) -> None:
+        """Stop and remove the container (idempotent)."""
+        container, self._container = self._container, None
+        if container is not None:
+            with contextlib.suppress(Exception):
+                container.stop()
+
+
+def docker_unreachable_reason() -> str | None:
+    """None when a Docker daemon answers a ping, else a short reason."""
+    try:
+        docker = importlib.import_module("docker")
+    except ImportError:
+        return f"the docker package is not installed: {_INSTALL_DOCKER}"
+    try:
+        client = docker.from_env(timeout=5)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as exc:  # turned into one line
+        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        return f"no Docker daemon at {where}: {_short_reason(exc)}"
+    return None
+
+
+def _short_reason(exc: BaseException) -> str:
+    """The innermost cause's message, one line, no traceback."""
+    inner: BaseException = exc
+    for _ in range(10):
+        nxt = inner.__cause__ or inner.__context__
+        if nxt is None:
+            break
+        inner = nxt
+    for arg in getattr(inner, "args", ()):
+        # requests/urllib3 nest the OSError inside their own exceptions' args
+        if isinstance(arg, BaseException):
+            inner = arg
+    if isinstance(inner, OSError) and inner.strerror:
+        return inner.strerror
+    text = str(inner).strip().splitlines()
+    return (text[0] if text else type(inner).__name__)[:160]
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend
+# ---------------------------------------------------------------------------------------------
+
+Mode = Literal["url", "local", "docker", "auto"]
+
+
+class PostgresBackend(Backend):
+    """Databases on a PostgreSQL server: per test ``CREATE DATABASE … TEMPLATE``.
+
+    ``mode``: ``"url"`` (``url`` required), ``"local"``, ``"docker"`` or ``"auto"`` (the
+    environment's URL, then local binaries, then Docker). Build it with
+    :func:`make_postgres_backend`; then :meth:`start`, :meth:`prepare_template`,
+    :meth:`create_database`/:meth:`drop_database`, :meth:`stop`.
+    """
+
+    name = "postgresql"
+
+    def __init__(
+        self,
+        mode: Mode,
+        *,
+        run_id: str,
+        worker_id: str = "master",
+        url: str | None = None,
+        pool_size: int | None = None,
+        workers: int | None = None,
+        bindir: str | None = None,
+        docker_image: str = DOCKER_IMAGE,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        if mode == "url" and not url:
+            raise ConfigurationError("PostgresBackend(mode='url') needs a url")
+        self.mode: Mode = mode
+        self.run_id = run_id
+        self.worker_id = normalise_worker_id(worker_id)
+        self.template = template_name(run_id, self.worker_id)  # validates both ids
+        self.pool_size = pool_size
+        self.workers = workers if workers is not None else _worker_count()
+        self._given_url = url
+        self._bindir = bindir
+        self._docker_image = docker_image
+        self._environ = environ if environ is not None else os.environ
+        #: which source was used ("url", "local", "docker") once started
+        self.source = ""
+        self.version = ""
+        self.plan: PoolPlan | None = None
+        self.cluster: LocalCluster | None = None
+        self.container: DockerServer | None = None
+        #: databases of dead runs dropped at start
+        self.removed_leftovers: list[str] = []
+        #: seconds spent in each phase, for the report
+        self.timings: dict[str, float] = {}
+        self._url: URL | None = None
+        self._connect: dict[str, Any] = {}
+        self._background = BackgroundLoop(f"threadcreator-pg-{self.worker_id}")
+        self._admin: Any = None
+        self._admin_lock: asyncio.Lock | None = None
+        self._schema: ThreadSchema | None = None
+        self._template_ready = False
+        self._databases: dict[str, Database] = {}
+        self._counter = 0
+        self._started = False
+        self._stopped = False
+        self._state_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<PostgresBackend {self.mode} run={self.run_id} worker={self.worker_id}>"
+
+    # -- description -------------------------------------------------------------------------
+    def describe(self) -> str:
+        """E.g. ``postgresql-local (/tmp/tc-ab12cd34, PostgreSQL 15.20)``."""
+        label = {"url": "postgresql", "local": "postgresql-local", "docker": "postgresql-docker"}
+        name = label.get(self.source, "postgresql")
+        where = self.cluster.socket_dir if self.cluster is not None else self.address
+        return f"{name} ({where}, PostgreSQL {self.version or '?'})"
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the server (the socket directory for a local cluster)."""
+        return _address(self._connect) if self._connect else "(not started)"
+
+    @property
+    def url(self) -> str:
+        """The server URL the engines use (password included; use :attr:`safe_url` to show)."""
+        if self._url is None:
+            raise BackendUnavailableError("the PostgreSQL backend was not started")
+        return self._url.render_as_string(hide_password=False)
+
+    @property
+    def safe_url(self) -> str:
+        """The server URL with the password hidden."""
+        return _safe(self._url) if self._url is not None else "(not started)"
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Reach or start the server, take the run's lock, remove dead runs' databases."""
+        if self._started:
+            return
+        if self._stopped:
+            raise BackendUnavailableError("this PostgreSQL backend was stopped; make a new one")
+        _asyncpg()
+        began = time.perf_counter()
+        try:
+            self._start_server()
+            self.timings["server_start_s"] = time.perf_counter() - began
+            self._background.run(self._open_admin(), timeout=ADMIN_TIMEOUT)
+        except BaseException:
+            self._shutdown(strict=False)
+            raise
+        self._started = True
+        atexit.register(self._stop_at_exit)
+        self.timings["start_s"] = time.perf_counter() - began
+
+    def _start_server(self) -> None:
+        if self.mode == "url":
+            assert self._given_url is not None
+            self._use_url(_async_url(self._given_url, "the PostgreSQL URL"), "url")
+        elif self.mode == "local":
+            self._start_local()
+        elif self.mode == "docker":
+            self._start_docker()
+        else:
+            self._start_auto()
+
+    def _use_url(self, url: URL, source: str) -> None:
+        self._url = url
+        self._connect = _connect_kwargs(url)
+        self.source = source
+
+    def _start_local(self) -> None:
+        from .pg_local import LocalCluster  # POSIX-only (pwd, fcntl): imported when needed
+
+        cluster = LocalCluster(bindir=self._bindir)
+        cluster.start()
+        self.cluster = cluster
+        self._use_url(make_url(cluster.url), "local")
+
+    def _start_docker(self) -> None:
+        container = DockerServer(self._docker_image)
+        url = container.start()
+        self.container = container
+        self._use_url(_async_url(url, "the container's URL"), "docker")
+
+    def _start_auto(self) -> None:
+        tried: list[str] = []
+        env_url = self._environ.get(ENV_POSTGRES_URL)
+        if env_url:
+            try:
+                self._use_url(_async_url(env_url, ENV_POSTGRES_URL), "url")
+                self._background.run(self._probe(), timeout=ADMIN_TIMEOUT)
+                return
+            except ThreadCreatorError as exc:
+                tried.append(f"{ENV_POSTGRES_URL} ({exc})")
+            except Exception as exc:  # reported below
+                tried.append(f"{ENV_POSTGRES_URL} ({_short_reason(exc)})")
+        else:
+            tried.append(f"{ENV_POSTGRES_URL} (not set)")
+        self._url, self._connect = None, {}
+        try:
+            self._start_local()
+            return
+        except BackendUnavailableError as exc:
+            tried.append(f"local binaries ({str(exc).removeprefix('postgresql-local: ')})")
+        try:
+            self._start_docker()
+            return
+        except BackendUnavailableError as exc:
+            tried.append(f"Docker ({str(exc).removeprefix('postgresql-docker: ')})")
+        raise BackendUnavailableError(
+            "postgresql: no PostgreSQL server could be used. Tried: "
+            + "; ".join(tried)
+            + f". Set {ENV_POSTGRES_URL}=postgresql+asyncpg://user@host:5432/postgres, install "
+            "the PostgreSQL server binaries, or start Docker"
+        )
+
+    async def _probe(self) -> None:
+        conn = await self._connect_to("postgres")
+        await conn.close()
+
+    async def _connect_to(self, database: str) -> Any:
+        asyncpg = _asyncpg()
+        kwargs = dict(self._connect, database=database)
+        try:
+            return await asyncpg.connect(
+                timeout=10, server_settings={"application_name": "pytest-threadcreator"}, **kwargs
+            )
+        except asyncpg.InvalidCatalogNameError:
+            raise
+        except Exception as exc:  # becomes one readable line
+            raise BackendUnavailableError(
+                f"cannot connect to PostgreSQL at {_address(kwargs)} as "
+                f"{kwargs.get('user', '(default user)')}: {type(exc).__name__}: "
+                f"{_short_reason(exc)}. Check that the server runs and the URL (user, password, "
+                "host, port) is right"
+            ) from None
+
+    async def _open_admin(self) -> None:
+        """Admin connection to the maintenance database; the run's lock; dead runs' cleanup."""
+        asyncpg = _asyncpg()
+        self._admin_lock = asyncio.Lock()
+        try:
+            conn = await self._connect_to("postgres")
+        except asyncpg.InvalidCatalogNameError:
+            # No "postgres" database: fall back to the URL's own (locks are per database, so
+            # every run against this server then has to use the same one).
+            conn = await self._connect_to(str(self._connect.get("database") or "template1"))
+        self._admin = conn
+        row = await conn.fetchrow(
+            "SELECT current_setting('server_version') AS version, "
+            "current_setting('max_connections')::int AS max_connections, "
+            "current_setting('superuser_reserved_connections')::int AS reserved, "
+            "(SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user) AS can"
+        )
+        self.version = str(row["version"]).split()[0]
+        if not row["can"]:
+            raise BackendUnavailableError(
+                f"PostgreSQL at {self.address}: role {self._connect.get('user')!r} may not "
+                "create databases; grant it (ALTER ROLE … CREATEDB) or use another user"
+            )
+        self.plan = plan_pools(
+            int(row["max_connections"]),
+            reserved=int(row["reserved"]),
+            workers=self.workers,
+            requested=self.pool_size,
+        )
+        await conn.execute("SELECT pg_advisory_lock_shared($1, $2)", *run_lock_key(self.run_id))
+        self.removed_leftovers = await self._remove_dead_runs(conn)
+
+    async def _remove_dead_runs(self, conn: Any) -> list[str]:
+        """Drop the databases of runs whose advisory lock nobody holds (their processes died)."""
+        rows = await conn.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY datname",
+            DB_PREFIX.replace("_", "\\_") + "%",
+        )
+        by_run: dict[str, list[str]] = {}
+        for row in rows:
+            parsed = parse_database_name(row["datname"])
+            if parsed is not None and parsed.run_id != self.run_id:
+                by_run.setdefault(parsed.run_id, []).append(row["datname"])
+        removed: list[str] = []
+        for run_id, names in by_run.items():
+            key = run_lock_key(run_id)
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", *key):
+                continue  # a process of that run is alive
+            try:
+                for name in names:
+                    with contextlib.suppress(Exception):
+                        await conn.execute(f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)")
+                        removed.append(name)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1, $2)", *key)
+        return removed
+
+    # -- admin helpers ---------------------------------------------------------------------
+    def _admin_run(self, make: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+        """Run ``make(admin_connection)`` on the background loop, one admin job at a time."""
+        if not self._started:
+            raise BackendUnavailableError("start() the PostgreSQL backend first")
+
+        async def job() -> T:
+            assert self._admin_lock is not None
+            async with self._admin_lock:
+                if self._admin is None or self._admin.is_closed():
+                    await self._reopen_admin()
+                return await make(self._admin)
+
+        return self._background.run(job(), timeout=ADMIN_TIMEOUT)
+
+    async def _reopen_admin(self) -> None:
+        conn = await self._connect_to("postgres")
+        await conn.execute("SELECT pg_advisory_lock_shared($1, $2)", *run_lock_key(self.run_id))
+        self._admin = conn
+
+    # -- template ------------------------------------------------------------------------------
+    def prepare_template(
+        self, schema: ThreadSchema, setup: Callable[[Database], None] | None
+    ) -> None:
+        """Create the worker's template, ``create_all`` into it, run ``setup``, close it."""
+        began = time.perf_counter()
+        tpl = _quote(self.template)
+
+        async def create(conn: Any) -> None:
+            await conn.execute(f"DROP DATABASE IF EXISTS {tpl} WITH (FORCE)")
+            await conn.execute(f"CREATE DATABASE {tpl}")
+
+        self._template_ready = False
+        self._admin_run(create)
+        self._schema = schema
+        self._background.run(self._create_all(schema), timeout=ADMIN_TIMEOUT)
+        if setup is not None:
+            database = self._open(self.template, label="template", isolation="template")
+            try:
+                setup(database)
+            finally:
+                database.close()
+
+        async def seal(conn: Any) -> None:
+            # No session may stay on a template (CREATE DATABASE … TEMPLATE would wait and
+            # fail), and none may come back later.
+            await conn.execute(f"ALTER DATABASE {tpl} ALLOW_CONNECTIONS false")
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                self.template,
+            )
+
+        self._admin_run(seal)
+        self._template_ready = True
+        self.timings["template_s"] = time.perf_counter() - began
+
+    async def _create_all(self, schema: ThreadSchema) -> None:
+        assert self._url is not None
+        url = self._url.set(drivername="postgresql+asyncpg", database=self.template)
+        engine = create_async_engine(url, poolclass=NullPool)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(schema.metadata.create_all)
+        finally:
+            await engine.dispose()
+
+    # -- databases -----------------------------------------------------------------------------
+    def create_database(self, label: str, *, isolation: str) -> Database:
+        """``CREATE DATABASE tc_<run>_<worker>_<n>_<label> TEMPLATE <template>``."""
+        if not self._template_ready:
+            raise ConfigurationError("prepare_template() must run before create_database()")
+        with self._state_lock:
+            self._counter += 1
+            name = database_name(self.run_id, self.worker_id, self._counter, label)
+        tpl = _quote(self.template)
+
+        async def create(conn: Any) -> None:
+            await conn.execute(f"CREATE DATABASE {_quote(name)} TEMPLATE {tpl}")
+
+        self._admin_run(create)
+        database = self._open(name, label=label, isolation=isolation)
+        self._databases[name] = database
+        return database
+
+    def _open(self, name: str, *, label: str, isolation: str) -> Database:
+        assert self._url is not None and self._schema is not None and self.plan is not None
+        url = self._url.set(database=name)
+        plan = self.plan
+        store = PgStore(
+            schema=self._schema,
+            connect_kwargs=dict(self._connect, database=name),
+            background=self._background,
+            max_size=plan.store_max,
+            name=name,
+        )
+
+        def engine_factory() -> AsyncEngine:
+            return create_async_engine(
+                url, pool_size=plan.engine_pool_size, max_overflow=plan.engine_max_overflow
+            )
+
+        return Database(
+            url=url.render_as_string(hide_password=False),
+            backend="postgresql",
+            schema=self._schema,
+            store=store,
+            engine_factory=engine_factory,
+            isolation=isolation,
+            name=name,
+            location=f"{self.address}/{name}",
+        )
+
+    def drop_database(self, database: Database) -> None:
+        """Close the database's pools and ``DROP DATABASE … WITH (FORCE)``."""
+        database.close()
+        self._databases.pop(database.name, None)
+        name = _quote(database.name)
+
+        async def drop(conn: Any) -> None:
+            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+        self._admin_run(drop)
+
+    def keep_database(self, database: Database) -> str:
+        """Keep a database after the run (``--threadcreator-keep``); returns its final name.
+
+        It is renamed ``tk_…`` so that no later run's cleanup takes it for a leftover; its
+        ``name``, ``url`` and ``location`` are updated. Drop it by hand when done.
+        """
+        database.close()
+        self._databases.pop(database.name, None)
+        kept = "tk_" + database.name.removeprefix(DB_PREFIX)
+        old, new = _quote(database.name), _quote(kept)
+
+        async def rename(conn: Any) -> None:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database.name,
+            )
+            await conn.execute(f"ALTER DATABASE {old} RENAME TO {new}")
+
+        self._admin_run(rename)
+        database.location = database.location.removesuffix(database.name) + kept
+        database.url = make_url(database.url).set(database=kept).render_as_string(False)
+        database.name = kept
+        return kept
+
+    def leftovers(self) -> list[str]:
+        """Databases of this run and worker still on the server."""
+        if not self._started or self._stopped:
+            return []
+        prefix = f"{DB_PREFIX}{self.run_id}_{self.worker_id}_".replace("_", "\\_")
+
+        async def names(conn: Any) -> list[str]:
+            rows = await conn.fetch(
+                "SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY datname",
+                prefix + "%",
+            )
+            return [row["datname"] for row in rows]
+
+        return self._admin_run(names)
+
+    # -- stop ------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Drop this run's databases and template, release the lock, stop what we started.
+
+        Idempotent. Raises DatabaseError after finishing all the cleanup it could do when
+        something failed on the way.
+        """
+        self._shutdown(strict=True)
+
+    def _stop_at_exit(self) -> None:
+        with contextlib.suppress(Exception):
+            self._shutdown(strict=False)
+
+    def _shutdown(self, *, strict: bool) -> None:
+        with self._state_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        with contextlib.suppress(Exception):
+            atexit.unregister(self._stop_at_exit)
+        problems: list[str] = []
+        databases = list(self._databases.values())
+        self._databases.clear()
+        for database in databases:
+            try:
+                database.close()
+            except Exception as exc:  # collected and reported
+                problems.append(f"closing {database.name}: {_short_reason(exc)}")
+        names = [d.name for d in databases] + [self.template]
+        if self._admin is not None and not self._background.closed:
+
+            async def drop_all() -> None:
+                assert self._admin_lock is not None
+                async with self._admin_lock:
+                    for name in names:
+                        try:
+                            await self._admin.execute(
+                                f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)"
+                            )
+                        except Exception as exc:  # collected and reported
+                            problems.append(f"dropping {name}: {_short_reason(exc)}")
+                    await self._admin.close(timeout=5)  # releases the run's advisory lock
+
+            try:
+                self._background.run(drop_all(), timeout=ADMIN_TIMEOUT)
+            except Exception as exc:  # collected and reported
+                problems.append(f"dropping databases: {_short_reason(exc)}")
+                with contextlib.suppress(Exception):
+                    self._admin.terminate()
+        self._admin = None
+        self._background.close()
+        if self.cluster is not None:
+            self.cluster.stop()
+        if self.container is not None:
+            self.container.stop()
+        if problems and strict:
+            raise DatabaseError(
+                "stopping the PostgreSQL backend left work undone: " + "; ".join(problems)
+            )
+
+
+def make_postgres_backend(
+    value: str, *, worker_id: str, run_id: str, pool_size: int | None = None
+) -> PostgresBackend:
+    """The backend for a ``--threadcreator-db`` value (not started yet).
+
+    ``"postgresql"`` (auto: ``$THREADCREATOR_POSTGRES_URL``, else local binaries, else Docker),
+    ``"postgresql-local"``, ``"postgresql-docker"``, or an async SQLAlchemy URL.
+    """
+    _asyncpg()
+    modes: dict[str, Mode] = {
+        "postgresql": "auto",
+        "postgresql-local": "local",
+        "postgresql-docker": "docker",
+    }
+    common: dict[str, Any] = {"run_id": run_id, "worker_id": worker_id, "pool_size": pool_size}
+    value = value.strip()
+    if value in modes:
+        return PostgresBackend(modes[value], **common)
+    if "://" in value:
+        _async_url(value, "--threadcreator-db")
+        return PostgresBackend("url", url=value, **common)
+    raise ConfigurationError(
+        f"{value!r} is not a PostgreSQL backend; valid values: postgresql, postgresql-local, "
+        "postgresql-docker, or an async URL such as postgresql+asyncpg://user@host:5432/postgres"
+    )

@@ -1,0 +1,998 @@
+"""The PostgreSQL backend, its store, names, local cluster and background loop, on real servers.
+
+Runs against the server at ``$THREADCREATOR_POSTGRES_URL`` (default
+``postgresql+asyncpg://postgres@127.0.0.1:5432/postgres``; skipped when none answers) and against
+throwaway clusters from the local binaries (skipped when there are none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import random
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from pytest_threadcreator._background import (
+    BackgroundLoop,
+    BackgroundLoopClosed,
+    BackgroundLoopError,
+)
+from pytest_threadcreator.backends import pg_local
+from pytest_threadcreator.backends.base import FaultAction, ThreadIdTaken
+from pytest_threadcreator.backends.pg_local import LocalCluster, remove_stale_clusters
+from pytest_threadcreator.backends.pg_names import (
+    MAX_IDENTIFIER_BYTES,
+    database_name,
+    new_run_id,
+    parse_database_name,
+    run_lock_key,
+    template_name,
+)
+from pytest_threadcreator.backends.postgresql import (
+    PgStore,
+    PostgresBackend,
+    _async_url,
+    _connect_kwargs,
+    docker_unreachable_reason,
+    is_pg_transient,
+    make_postgres_backend,
+    plan_pools,
+)
+from pytest_threadcreator.database import Database
+from pytest_threadcreator.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    InjectedFault,
+)
+from pytest_threadcreator.ids import new_message_id, new_thread_id
+from pytest_threadcreator.schema import NewThread, default_schema
+
+SERVER_URL = os.environ.get(
+    "THREADCREATOR_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+SCHEMA = default_schema()
+T = SCHEMA.thread_table
+M = SCHEMA.message_table
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _server_kwargs(database: str = "postgres") -> dict[str, Any]:
+    return dict(_connect_kwargs(_async_url(SERVER_URL, "test")), database=database)
+
+
+async def _fetch(sql: str, *args: Any, database: str = "postgres") -> list[Any]:
+    conn = await asyncpg.connect(**_server_kwargs(database))
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+def _sync_fetch(sql: str, *args: Any, database: str = "postgres") -> list[Any]:
+    return asyncio.run(_fetch(sql, *args, database=database))
+
+
+def _databases_like(prefix: str) -> list[str]:
+    pattern = prefix.replace("_", "\\_") + "%"
+    rows = _sync_fetch("SELECT datname FROM pg_database WHERE datname LIKE $1", pattern)
+    return sorted(row["datname"] for row in rows)
+
+
+def _rows(
+    user_id: str = "user_a", thread_id: str | None = None, **overrides: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    new = NewThread(
+        thread_id=thread_id or new_thread_id(),
+        message_id=new_message_id(),
+        user_id=user_id,
+        run_id="run_test",
+        message="hello",
+        title="a title",
+        role="user",
+        metadata={"source": "test"},
+        created_at=int(time.time()),
+        context=None,
+    )
+    thread, message = SCHEMA.thread_row(new), SCHEMA.message_row(new)
+    message.update(overrides)
+    return thread, message
+
+
+async def _idle_in_transaction(database: str) -> int:
+    rows = await _fetch(
+        "SELECT count(*) AS n FROM pg_stat_activity "
+        "WHERE datname = $1 AND state LIKE 'idle in transaction%'",
+        database,
+    )
+    return int(rows[0]["n"])
+
+
+def _server_available() -> str | None:
+    try:
+        asyncio.run(_fetch("SELECT 1"))
+    except Exception as exc:
+        return f"no PostgreSQL server at {SERVER_URL}: {exc}"
+    return None
+
+
+def _local_binaries() -> str | None:
+    try:
+        pg_local.find_pg_bindir()
+    except BackendUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+needs_server = pytest.mark.skipif(_server_available() is not None, reason=str(_server_available()))
+needs_binaries = pytest.mark.skipif(_local_binaries() is not None, reason=str(_local_binaries()))
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[PostgresBackend]:
+    """A started backend on the shared server with the default schema's template."""
+    if (reason := _server_available()) is not None:
+        pytest.skip(reason)
+    backend = PostgresBackend("url", url=SERVER_URL, run_id=new_run_id(), worker_id="gw7")
+    backend.start()
+    backend.prepare_template(SCHEMA, None)
+    yield backend
+    backend.stop()
+    assert _databases_like(f"tc_{backend.run_id}_") == []
+
+
+@pytest.fixture
+def db(backend: PostgresBackend, request: pytest.FixtureRequest) -> Iterator[Database]:
+    database = backend.create_database(request.node.name, isolation="fresh")
+    yield database
+    backend.drop_database(database)
+
+
+# -- names -----------------------------------------------------------------------------------
+
+
+def test_database_names_fit_63_bytes_and_keep_run_and_worker_whole() -> None:
+    run = "a1b2c3d4"
+    long_label = "test_" + "x" * 300 + "[param-ü-" + "y" * 50 + "]"
+    for worker in ("master", "gw0", "gw123"):
+        for number in (1, 35, 36, 10_000):
+            name = database_name(run, worker, number, long_label)
+            assert len(name.encode()) <= MAX_IDENTIFIER_BYTES
+            assert name.startswith(f"tc_{run}_{worker}_")
+            parsed = parse_database_name(name)
+            assert parsed is not None
+            assert (parsed.run_id, parsed.worker_id, parsed.is_template) == (run, worker, False)
+    longest_run = "r" * 20
+    name = database_name(longest_run, "gw123456789", 99_999, long_label)
+    assert len(name.encode()) <= MAX_IDENTIFIER_BYTES
+    assert name.startswith(f"tc_{longest_run}_gw123456789_")
+
+
+def test_three_workers_get_three_distinct_names_for_one_long_label() -> None:
+    label = "test_a_parametrised_case_with_a_very_long_name_" * 4
+    names = {database_name("deadbeef", f"gw{i}", 1, label) for i in range(3)}
+    assert len(names) == 3
+    assert all(len(n) <= MAX_IDENTIFIER_BYTES for n in names)
+
+
+def test_long_labels_that_share_a_prefix_stay_apart() -> None:
+    common = "x" * 100
+    first = database_name("deadbeef", "gw1", 1, common + "first")
+    second = database_name("deadbeef", "gw1", 1, common + "second")
+    assert first != second  # the hash of the whole label differs
+    assert database_name("deadbeef", "gw1", 1, "same") != database_name(
+        "deadbeef", "gw1", 2, "same"
+    )
+
+
+def test_template_names_and_foreign_names_parse() -> None:
+    parsed = parse_database_name(template_name("deadbeef", "gw2"))
+    assert parsed is not None and parsed.is_template and parsed.worker_id == "gw2"
+    for foreign in ("postgres", "tc_", "tc_x", "tcx_a_b_1_c", "tc_A_b_1_c", "tk_dead_gw0_1_x"):
+        assert parse_database_name(foreign) is None
+
+
+def test_bad_run_ids_are_refused_with_a_readable_error() -> None:
+    with pytest.raises(ConfigurationError, match="run id 'Run-1' must be 1-20 lowercase"):
+        database_name("Run-1", "gw0", 1, "x")
+    with pytest.raises(ConfigurationError, match="never shortened"):
+        template_name("r" * 21, "gw0")
+
+
+def test_new_run_ids_are_valid_and_distinct() -> None:
+    ids = {new_run_id() for _ in range(200)}
+    assert len(ids) == 200
+    for run in ids:
+        template_name(run, "master")
+
+
+def test_run_lock_keys_are_int4_pairs() -> None:
+    for run in ("a", "deadbeef", "z" * 20):
+        first, second = run_lock_key(run)
+        assert -(2**31) <= first < 2**31 and -(2**31) <= second < 2**31
+    assert run_lock_key("a") != run_lock_key("b")
+
+
+# -- pool plan -------------------------------------------------------------------------------
+
+
+def test_pool_plan_fits_max_connections() -> None:
+    one = plan_pools(100, workers=1)
+    assert (one.store_max, one.engine_pool_size, one.engine_max_overflow) == (10, 5, 10)
+    for workers in (1, 2, 3, 4, 8):
+        plan = plan_pools(100, workers=workers)
+        per_database = plan.store_max + plan.engine_pool_size + plan.engine_max_overflow
+        assert workers * (1 + 2 * per_database) <= 100 - 3 - 5
+    assert plan_pools(100, workers=1, requested=4).store_max == 4
+
+
+def test_pool_plan_refuses_too_many_workers() -> None:
+    with pytest.raises(ConfigurationError, match="max_connections=100 is too low for 40 workers"):
+        plan_pools(100, workers=40)
+
+
+# -- URLs and errors without a server ----------------------------------------------------------
+
+
+def test_urls_are_normalised_to_async_drivers() -> None:
+    assert _async_url("postgresql://u@h/db", "x").drivername == "postgresql+asyncpg"
+    assert _async_url("postgresql+psycopg://u@h/db", "x").drivername == "postgresql+psycopg"
+    with pytest.raises(ConfigurationError, match="psycopg2 driver, which is not async"):
+        _async_url("postgresql+psycopg2://u:secret@h/db", "x")
+    with pytest.raises(ConfigurationError) as info:
+        make_postgres_backend("mysql", worker_id="gw0", run_id="abc", pool_size=None)
+    assert "postgresql-local" in str(info.value)
+    kwargs = _connect_kwargs(_async_url("postgresql+asyncpg://u:pw@/db?host=/tmp/x&port=5433", "x"))
+    assert kwargs == {
+        "host": "/tmp/x",
+        "port": 5433,
+        "user": "u",
+        "password": "pw",
+        "database": "db",
+    }
+
+
+def test_missing_asyncpg_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "asyncpg", None)
+    with pytest.raises(BackendUnavailableError) as info:
+        make_postgres_backend("postgresql", worker_id="gw0", run_id="abc", pool_size=None)
+    assert str(info.value) == (
+        "the PostgreSQL backend needs the asyncpg driver: "
+        "pip install 'pytest-threadcreator[postgresql]'"
+    )
+
+
+def test_docker_unavailable_is_one_readable_line() -> None:
+    if docker_unreachable_reason() is None:
+        pytest.skip("a Docker daemon answers here")
+    backend = make_postgres_backend(
+        "postgresql-docker", worker_id="gw0", run_id="abc", pool_size=None
+    )
+    with pytest.raises(BackendUnavailableError) as info:
+        backend.start()
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert message.startswith(
+        "postgresql-docker: tried to start a PostgreSQL container with testcontainers, but "
+        "Docker is not reachable (no Docker daemon at "
+    )
+    assert message.endswith(
+        "use --threadcreator-db=postgresql-local (local PostgreSQL binaries) or a server URL "
+        "such as --threadcreator-db=postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+    )
+    assert len(message) < 400
+
+
+def test_docker_without_testcontainers_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "testcontainers.community.postgres", None)
+    monkeypatch.setitem(sys.modules, "testcontainers.postgres", None)
+    backend = make_postgres_backend(
+        "postgresql-docker", worker_id="gw0", run_id="abc", pool_size=None
+    )
+    with pytest.raises(BackendUnavailableError) as info:
+        backend.start()
+    assert str(info.value).startswith(
+        "postgresql-docker: testcontainers is not installed; "
+        "pip install 'pytest-threadcreator[docker]', or use --threadcreator-db=postgresql-local"
+    )
+
+
+def test_auto_mode_names_everything_it_tried(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_binaries(explicit: str | None = None) -> str:
+        raise BackendUnavailableError("postgresql-local: no PostgreSQL server binaries found")
+
+    monkeypatch.setattr(pg_local, "find_pg_bindir", no_binaries)
+    monkeypatch.setitem(sys.modules, "testcontainers.community.postgres", None)
+    monkeypatch.setitem(sys.modules, "testcontainers.postgres", None)
+    backend = PostgresBackend("auto", run_id="abc", environ={})
+    with pytest.raises(BackendUnavailableError) as info:
+        backend.start()
+    message = str(info.value)
+    assert message.startswith(
+        "postgresql: no PostgreSQL server could be used. Tried: "
+        "THREADCREATOR_POSTGRES_URL (not set); "
+        "local binaries (no PostgreSQL server binaries found); "
+        "Docker (testcontainers is not installed;"
+    )
+    assert "Set THREADCREATOR_POSTGRES_URL=postgresql+asyncpg://" in message
+
+
+@needs_server
+def test_auto_mode_prefers_the_environment_url() -> None:
+    backend = PostgresBackend(
+        "auto", run_id=new_run_id(), environ={"THREADCREATOR_POSTGRES_URL": SERVER_URL}
+    )
+    backend.start()
+    try:
+        assert backend.source == "url" and backend.cluster is None
+        assert backend.describe().startswith("postgresql (")
+    finally:
+        backend.stop()
+
+
+# -- background loop ---------------------------------------------------------------------------
+
+
+def test_background_loop_runs_from_sync_code_and_other_loops() -> None:
+    bg = BackgroundLoop("test-bg")
+    try:
+
+        async def where() -> int | None:
+            await asyncio.sleep(0)
+            return threading.get_ident()
+
+        background_thread = bg.run(where())
+        assert background_thread != threading.get_ident()
+
+        async def caller() -> list[int | None]:
+            return list(await asyncio.gather(*(bg.submit(where()) for _ in range(50))))
+
+        assert set(asyncio.run(caller())) == {background_thread}
+        assert set(asyncio.run(caller())) == {background_thread}  # a second caller loop
+    finally:
+        bg.close()
+    bg.close()  # idempotent
+    assert bg.closed
+    with pytest.raises(BackgroundLoopClosed):
+        bg.run(asyncio.sleep(0))
+
+
+def test_background_loop_refuses_run_from_its_own_thread() -> None:
+    bg = BackgroundLoop("test-bg")
+    try:
+
+        async def nested() -> str:
+            with pytest.raises(BackgroundLoopError, match="own thread"):
+                bg.run(asyncio.sleep(0))
+            return "ok"
+
+        assert bg.run(nested()) == "ok"
+    finally:
+        bg.close()
+
+
+def test_cancelling_a_submit_cancels_the_background_task_and_waits_for_its_cleanup() -> None:
+    bg = BackgroundLoop("test-bg")
+    events: list[str] = []
+    started = threading.Event()
+
+    async def work() -> None:
+        try:
+            started.set()
+            await asyncio.Event().wait()  # until cancelled
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            await asyncio.sleep(0.01)  # cleanup that itself awaits (like a ROLLBACK)
+            events.append("cleaned up")
+            raise
+
+    async def caller() -> None:
+        task = asyncio.ensure_future(bg.submit(work()))
+        while not started.is_set():
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        events.append("caller saw CancelledError")
+
+    try:
+        asyncio.run(caller())
+    finally:
+        bg.close()
+    assert events == ["cancelled", "cleaned up", "caller saw CancelledError"]
+
+
+# -- backend lifecycle on the shared server ----------------------------------------------------
+
+
+@needs_server
+def test_clone_has_the_schema_and_no_session_stays_on_the_template(
+    backend: PostgresBackend, db: Database
+) -> None:
+    assert db.backend == "postgresql"
+    assert db.name.startswith(f"tc_{backend.run_id}_gw7_") and len(db.name) <= 63
+    assert db.location == f"{backend.address}/{db.name}"
+    tables = _sync_fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", database=db.name
+    )
+    assert [row["tablename"] for row in tables] == ["messages", "threads"]
+    template = _sync_fetch(
+        "SELECT datallowconn, (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = d.datname)"
+        " AS sessions FROM pg_database d WHERE datname = $1",
+        backend.template,
+    )
+    assert template[0]["datallowconn"] is False and template[0]["sessions"] == 0
+    assert db.name in backend.leftovers()
+
+
+@needs_server
+@pytest.mark.asyncio
+async def test_user_engine_and_store_see_the_same_rows(db: Database) -> None:
+    thread, message = _rows()
+    await db.store.create(thread, message, explicit_id=False)
+    async with db.session() as session:
+        count = (await session.execute(text("SELECT count(*) FROM threads"))).scalar_one()
+    assert count == 1
+    assert await db.count_threads() == 1 and await db.count_messages() == 1
+    await db.check_integrity()
+    db.dispose_engines()
+
+
+@needs_server
+def test_setup_hook_rows_reach_every_clone() -> None:
+    backend = PostgresBackend("url", url=SERVER_URL, run_id=new_run_id(), worker_id="gw8")
+    backend.start()
+    try:
+
+        def setup(template: Database) -> None:
+            thread, message = _rows("seed_user", thread_id="thread_seed")
+            asyncio.run(template.store.create(thread, message, explicit_id=True))
+
+        backend.prepare_template(SCHEMA, setup)
+        first = backend.create_database("one", isolation="fresh")
+        second = backend.create_database("two", isolation="fresh")
+        for database in (first, second):
+            rows = _sync_fetch("SELECT id, user_id FROM threads", database=database.name)
+            assert [(r["id"], r["user_id"]) for r in rows] == [("thread_seed", "seed_user")]
+        backend.drop_database(first)
+        assert backend.leftovers() == sorted([second.name, backend.template])
+    finally:
+        backend.stop()
+        backend.stop()  # idempotent
+    assert _databases_like(f"tc_{backend.run_id}_") == []
+
+
+@needs_server
+def test_reset_empties_the_tables_and_leaves_no_transaction_open(db: Database) -> None:
+    async def fill(n: int) -> None:
+        await asyncio.gather(*(db.store.create(*_rows(), explicit_id=False) for _ in range(n)))
+
+    for rows in (3, 600):  # both sides of the DELETE / TRUNCATE switch
+        asyncio.run(fill(rows))
+        assert asyncio.run(db.count_threads()) == rows
+        db.store.reset()
+        assert asyncio.run(db.count_threads()) == 0
+        assert asyncio.run(db.count_messages()) == 0
+        assert asyncio.run(_idle_in_transaction(db.name)) == 0
+    assert db.checked_out() == 0
+
+
+@needs_server
+def test_keep_database_renames_it_out_of_the_cleanup(backend: PostgresBackend) -> None:
+    database = backend.create_database("kept one", isolation="fresh")
+    old = database.name
+    kept = backend.keep_database(database)
+    try:
+        assert kept == database.name == "tk_" + old.removeprefix("tc_")
+        assert database.location.endswith("/" + kept)
+        assert _databases_like(kept) == [kept] and _databases_like(old) == []
+        assert parse_database_name(kept) is None
+    finally:
+        _sync_fetch(f'DROP DATABASE IF EXISTS "{kept}" WITH (FORCE)')
+
+
+@needs_server
+def test_psycopg_url_serves_user_engines_while_the_store_uses_asyncpg() -> None:
+    url = SERVER_URL.replace("+asyncpg", "+psycopg")
+    backend = make_postgres_backend(url, worker_id="gw9", run_id=new_run_id(), pool_size=3)
+    backend.start()
+    try:
+        backend.prepare_template(SCHEMA, None)
+        database = backend.create_database("psycopg", isolation="clean")
+
+        async def check() -> tuple[str, int]:
+            await database.store.create(*_rows(), explicit_id=False)
+            async with database.session() as session:
+                count = (await session.execute(text("SELECT count(*) FROM messages"))).scalar_one()
+            return database.engine.dialect.driver, count
+
+        assert asyncio.run(check()) == ("psycopg", 1)
+        assert isinstance(database.store, PgStore) and database.store.max_size == 3
+        database.dispose_engines()
+    finally:
+        backend.stop()
+
+
+# -- leftovers of other runs -------------------------------------------------------------------
+
+
+@needs_server
+def test_a_dead_runs_databases_go_and_a_live_runs_stay() -> None:
+    dead, live = new_run_id(), new_run_id()
+    foreign = f"tcx_{dead}_not_ours"
+    dead_names = [template_name(dead, "gw0"), database_name(dead, "gw0", 1, "left behind")]
+    live_names = [template_name(live, "gw1"), database_name(live, "gw1", 1, "still running")]
+
+    present: list[str] = []
+
+    async def scenario() -> list[str]:
+        admin = await asyncpg.connect(**_server_kwargs())
+        holder = await asyncpg.connect(**_server_kwargs())
+        try:
+            for name in [*dead_names, *live_names, foreign]:
+                await admin.execute(f'CREATE DATABASE "{name}"')
+            # The live run's process holds its lock, as a running backend does.
+            await holder.execute("SELECT pg_advisory_lock_shared($1, $2)", *run_lock_key(live))
+            newcomer = PostgresBackend("url", url=SERVER_URL, run_id=new_run_id())
+            await asyncio.to_thread(newcomer.start)
+            removed = newcomer.removed_leftovers
+            rows = await admin.fetch("SELECT datname FROM pg_database")
+            present.extend(row["datname"] for row in rows)
+            await asyncio.to_thread(newcomer.stop)
+            return removed
+        finally:
+            await holder.close()
+            for name in [*dead_names, *live_names, foreign]:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.close()
+
+    removed = asyncio.run(scenario())
+    # Under xdist another worker's backend may start meanwhile and be the one that removes the
+    # dead run's databases; what matters is that they are gone and the others are not.
+    assert set(removed) <= set(dead_names) | {n for n in removed if live not in n}
+    assert not any(live in n or n == foreign for n in removed)
+    assert all(name not in present for name in dead_names)
+    assert all(name in present for name in [*live_names, foreign])
+
+
+# -- the store: create, explicit ids, failures -------------------------------------------------
+
+
+@needs_server
+@pytest.mark.asyncio
+async def test_fast_path_writes_both_rows_with_json_as_python_objects(db: Database) -> None:
+    thread, message = _rows()
+    await db.store.create(thread, message, explicit_id=False)
+    threads = await db.store.fetch_all(select(T).where(T.c.id == thread["id"]))
+    messages = await db.store.fetch_all(select(M).where(M.c.thread_id == thread["id"]))
+    assert threads == [thread]
+    assert messages == [message]
+    assert messages[0]["content"][0]["text"]["value"] == "hello"
+    # A plain connection of our own sees the committed rows (JSON as text).
+    raw = await _fetch(
+        "SELECT t.id, t.metadata_::text AS meta, m.id AS mid FROM threads t JOIN messages m "
+        "ON m.thread_id = t.id",
+        database=db.name,
+    )
+    assert [(r["id"], r["mid"]) for r in raw] == [(thread["id"], message["id"])]
+    assert '"source": "test"' in raw[0]["meta"]
+
+
+@needs_server
+@pytest.mark.asyncio
+async def test_fetch_all_binds_user_strings_and_lists_as_parameters(db: Database) -> None:
+    nasty = "O'Brien'); DROP TABLE threads; --"
+    thread, message = _rows()
+    thread["title"] = nasty
+    await db.store.create(thread, message, explicit_id=False)
+    stmt = select(T.c.id.label("tid"), T.c.title).where(
+        T.c.title == nasty,
+        T.c.id.in_([thread["id"], "other"]),
+        T.c.metadata_["source"].as_string() == "test",
+    )
+    assert await db.store.fetch_all(stmt) == [{"tid": thread["id"], "title": nasty}]
+    assert db.store.fetch_all_sync(stmt) == [{"tid": thread["id"], "title": nasty}]
+
+
+@needs_server
+@pytest.mark.asyncio
+@pytest.mark.parametrize("stepwise", [False, True], ids=["fast", "stepwise"])
+async def test_explicit_duplicate_id_reports_the_owner(db: Database, stepwise: bool) -> None:
+    decide = (lambda step: None) if stepwise else None
+    thread, message = _rows("owner_1", thread_id="thread_fixed")
+    await db.store.create(thread, message, explicit_id=True, decide=decide)
+    with pytest.raises(ThreadIdTaken) as info:
+        await db.store.create(
+            *_rows("someone_else", thread_id="thread_fixed"), explicit_id=True, decide=decide
+        )
+    assert info.value.owner == "owner_1"
+    # Without explicit_id the driver's error propagates unchanged.
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await db.store.create(
+            *_rows("x", thread_id="thread_fixed"), explicit_id=False, decide=decide
+        )
+    assert await db.count_threads() == 1 and await db.count_messages() == 1
+    assert db.checked_out() == 0
+
+
+@needs_server
+@pytest.mark.asyncio
+@pytest.mark.parametrize("stepwise", [False, True], ids=["fast", "stepwise"])
+async def test_a_failing_message_insert_leaves_neither_row(db: Database, stepwise: bool) -> None:
+    decide = (lambda step: None) if stepwise else None
+    thread, message = _rows(role=None)  # messages.role is NOT NULL
+    with pytest.raises(asyncpg.NotNullViolationError):
+        await db.store.create(thread, message, explicit_id=False, decide=decide)
+    assert await db.count_threads() == 0 and await db.count_messages() == 0
+    assert db.checked_out() == 0
+
+
+@needs_server
+@pytest.mark.asyncio
+@pytest.mark.parametrize("step", ["thread_insert", "message_insert", "commit"])
+async def test_an_injected_fault_at_any_step_leaves_nothing(db: Database, step: str) -> None:
+    seen: list[str] = []
+
+    def fail_at(current: str) -> FaultAction | None:
+        seen.append(current)
+        return FaultAction("fail", current, call=7) if current == step else None
+
+    with pytest.raises(InjectedFault) as info:
+        await db.store.create(*_rows(), explicit_id=False, decide=fail_at)
+    assert (info.value.step, info.value.call) == (step, 7)
+    assert seen[-1] == step
+    assert await db.count_threads() == 0 and await db.count_messages() == 0
+
+    def cancel_at(current: str) -> FaultAction | None:
+        return FaultAction("cancel", current) if current == step else None
+
+    with pytest.raises(asyncio.CancelledError):
+        await db.store.create(*_rows(), explicit_id=False, decide=cancel_at)
+    assert await db.count_threads() == 0 and await db.count_messages() == 0
+    assert db.checked_out() == 0
+    assert await _idle_in_transaction(db.name) == 0
+
+
+@needs_server
+@pytest.mark.asyncio
+async def test_injected_delays_still_commit(db: Database) -> None:
+    def delay(step: str) -> FaultAction:
+        return FaultAction("delay", step, seconds=0.001)
+
+    thread, message = _rows()
+    await db.store.create(thread, message, explicit_id=False, decide=delay)
+    assert await db.count_threads() == 1 and await db.count_messages() == 1
+
+
+@needs_server
+@pytest.mark.asyncio
+async def test_200_randomly_cancelled_creates_are_all_or_nothing(db: Database) -> None:
+    rng = random.Random(20240611)
+    rows = [_rows(f"user_{i % 17}") for i in range(200)]
+
+    def decider_for(i: int) -> Any:
+        if i % 2 == 0:
+            return None  # fast path: one statement
+        pause = rng.choice(["thread_insert", "message_insert", "commit"])
+        return lambda step: FaultAction("delay", step, seconds=0.002) if step == pause else None
+
+    async def create(i: int) -> None:
+        thread, message = rows[i]
+        await db.store.create(thread, message, explicit_id=False, decide=decider_for(i))
+
+    # A first, uncancelled batch grows the pool and tells how long such a batch takes here.
+    began = time.perf_counter()
+    await asyncio.gather(*(db.store.create(*_rows("warm"), explicit_id=False) for _ in range(200)))
+    batch_seconds = time.perf_counter() - began
+    tasks = [asyncio.ensure_future(create(i)) for i in range(200)]
+    # Cancel each call at a random moment across the batch's lifetime: before it starts, while
+    # its statement or transaction runs, or after it finished (then cancel() is a no-op). The
+    # invariants below hold whatever the timing; the timing only spreads the cancellation points.
+    loop = asyncio.get_running_loop()
+    for task in tasks:
+        loop.call_later(rng.uniform(0, 1.2 * batch_seconds), task.cancel)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    cancelled = sum(isinstance(r, asyncio.CancelledError) for r in results)
+    assert cancelled > 0
+    assert all(r is None or isinstance(r, asyncio.CancelledError) for r in results), results
+
+    thread_ids = {r["id"] for r in await db.store.fetch_all(select(T.c.id))}
+    message_threads = [r["thread_id"] for r in await db.store.fetch_all(select(M.c.thread_id))]
+    assert len(message_threads) == len(set(message_threads)) == len(thread_ids)
+    assert set(message_threads) == thread_ids
+    for (thread, _), result in zip(rows, results, strict=True):
+        if result is None:
+            assert thread["id"] in thread_ids  # completed calls committed
+    committed_anyway = sum(
+        isinstance(r, asyncio.CancelledError) and t["id"] in thread_ids
+        for (t, _), r in zip(rows, results, strict=True)
+    )
+    print(
+        f"cancelled {cancelled}/200, of which committed {committed_anyway}; rows {len(thread_ids)}"
+    )
+    assert db.checked_out() == 0
+    assert await _idle_in_transaction(db.name) == 0
+    await db.check_integrity()
+
+
+# -- transient errors ----------------------------------------------------------------------------
+
+
+async def _serialization_conflict(
+    first: Any, second: Any, begin: str, run: Any, tag: str
+) -> BaseException:
+    """Two SERIALIZABLE transactions each read the set the other writes; one must fail."""
+    for conn in (first, second):
+        await run(conn, begin)
+    for conn in (first, second):
+        await run(conn, f"SELECT count(*) FROM threads WHERE user_id = '{tag}'")
+    failures: list[BaseException] = []
+    for i, conn in enumerate((first, second)):
+        try:
+            await run(
+                conn,
+                "INSERT INTO threads (id, object, user_id, status, created_at, metadata_) "
+                f"VALUES ('thread_{tag}_{i}', 'thread', '{tag}', 'active', 0, '{{}}')",
+            )
+            await run(conn, "COMMIT")
+        except Exception as exc:
+            failures.append(exc)
+            await run(conn, "ROLLBACK")
+    assert len(failures) == 1, failures
+    return failures[0]
+
+
+@needs_server
+@pytest.mark.asyncio
+async def test_serialization_failures_are_transient_on_asyncpg_and_sqlalchemy(db: Database) -> None:
+    kwargs = _server_kwargs(db.name)
+    first, second = await asyncpg.connect(**kwargs), await asyncpg.connect(**kwargs)
+    try:
+
+        async def run(conn: Any, sql: str) -> None:
+            await conn.execute(sql)
+
+        exc = await _serialization_conflict(
+            first, second, "BEGIN ISOLATION LEVEL SERIALIZABLE", run, "tag0"
+        )
+    finally:
+        await first.close()
+        await second.close()
+    assert isinstance(exc, asyncpg.SerializationError) and exc.sqlstate == "40001"
+    assert db.store.is_transient(exc)
+
+    engine = create_async_engine(db.url)
+    try:
+        conns = [await engine.connect() for _ in range(2)]
+
+        async def run_sa(conn: Any, sql: str) -> None:
+            await conn.exec_driver_sql(sql)
+
+        wrapped = await _serialization_conflict(
+            conns[0], conns[1], "BEGIN ISOLATION LEVEL SERIALIZABLE", run_sa, "tag1"
+        )
+        for conn in conns:
+            await conn.close()
+    finally:
+        await engine.dispose()
+    assert isinstance(wrapped, DBAPIError) and wrapped.orig.sqlstate == "40001"  # type: ignore[union-attr]
+    assert db.store.is_transient(wrapped)
+    assert not db.store.is_transient(ValueError("40001"))
+
+
+@needs_server
+@pytest.mark.asyncio
+async def test_serialization_failures_are_transient_on_psycopg(db: Database) -> None:
+    psycopg = pytest.importorskip("psycopg")
+    url = _async_url(SERVER_URL, "test")
+    conninfo = f"host={url.host} port={url.port or 5432} user={url.username} dbname={db.name}" + (
+        f" password={url.password}" if url.password else ""
+    )
+    first = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+    second = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+    try:
+
+        async def run(conn: Any, sql: str) -> None:
+            await conn.execute(sql)
+
+        exc = await _serialization_conflict(
+            first, second, "BEGIN ISOLATION LEVEL SERIALIZABLE", run, "tag2"
+        )
+    finally:
+        await first.close()
+        await second.close()
+    assert isinstance(exc, psycopg.errors.SerializationFailure)
+    assert isinstance(exc, psycopg.OperationalError)
+    assert db.store.is_transient(exc)
+
+    engine = create_async_engine(db.url.replace("+asyncpg", "+psycopg"))
+    try:
+        conns = [await engine.connect() for _ in range(2)]
+
+        async def run_sa(conn: Any, sql: str) -> None:
+            await conn.exec_driver_sql(sql)
+
+        wrapped = await _serialization_conflict(
+            conns[0], conns[1], "BEGIN ISOLATION LEVEL SERIALIZABLE", run_sa, "tag3"
+        )
+        for conn in conns:
+            await conn.close()
+    finally:
+        await engine.dispose()
+    assert isinstance(wrapped, DBAPIError) and type(wrapped).__name__ == "OperationalError"
+    assert wrapped.orig.sqlstate == "40001"  # type: ignore[union-attr]
+    assert is_pg_transient(wrapped)
+
+
+def test_is_transient_reads_codes_not_classes() -> None:
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    class Wrapper(Exception):
+        def __init__(self, orig: BaseException) -> None:
+            super().__init__("wrapped")
+            self.orig = orig
+
+    assert is_pg_transient(Deadlock())
+    assert is_pg_transient(Wrapper(Deadlock()))
+    try:
+        raise RuntimeError("outer") from Deadlock()
+    except RuntimeError as exc:
+        assert is_pg_transient(exc)
+    unique = Exception()
+    unique.sqlstate = "23505"  # type: ignore[attr-defined]
+    assert not is_pg_transient(unique)
+
+
+# -- local cluster ---------------------------------------------------------------------------
+
+
+@needs_binaries
+def test_local_cluster_starts_as_root_with_a_short_socket_path() -> None:
+    cluster = LocalCluster()
+    cluster.start()
+    directory = Path(cluster.socket_dir)
+    try:
+        socket = directory / f".s.PGSQL.{cluster.port}"
+        assert socket.exists() and len(str(socket).encode()) < 107
+        if os.geteuid() == 0:  # initdb refuses root: the cluster belongs to postgres
+            assert directory.stat().st_uid != 0
+
+        async def settings() -> list[Any]:
+            conn = await asyncpg.connect(
+                host=cluster.socket_dir, port=cluster.port, user="postgres", database="postgres"
+            )
+            try:
+                return [
+                    await conn.fetchval(f"SHOW {name}") for name in ("fsync", "max_connections")
+                ]
+            finally:
+                await conn.close()
+
+        assert asyncio.run(settings()) == ["off", "200"]
+        assert cluster.url.startswith(f"postgresql+asyncpg://postgres@/postgres?host={directory}")
+    finally:
+        cluster.stop()
+    cluster.stop()  # idempotent
+    assert not directory.exists()
+
+
+@needs_binaries
+def test_a_cluster_whose_owner_died_is_removed_by_the_next_start() -> None:
+    cluster = LocalCluster()
+    cluster.start()
+    directory = Path(cluster.socket_dir)
+    pid = int((directory / "data" / "postmaster.pid").read_text().split()[0])
+    # Simulate a killed owner: its lock goes away, the directory and server stay.
+    assert cluster._lock is not None
+    cluster._lock.close()
+    cluster._lock = None
+    cluster.directory = None  # forget it, as a dead process would
+    removed = remove_stale_clusters(str(directory.parent))
+    assert str(directory) in removed
+    assert not directory.exists()
+    with pytest.raises(ProcessLookupError):
+        for _ in range(100):  # pg_ctl stop -w has returned; the postmaster is gone or exiting
+            os.kill(pid, 0)
+            time.sleep(0.05)
+
+
+@needs_binaries
+def test_live_clusters_are_left_alone(tmp_path: Path) -> None:
+    cluster = LocalCluster()
+    cluster.start()
+    try:
+        assert str(cluster.directory) not in remove_stale_clusters(
+            str(Path(cluster.socket_dir).parent)
+        )
+        assert Path(cluster.socket_dir).exists()
+    finally:
+        cluster.stop()
+    # Directories without the marker are never touched.
+    stranger = tmp_path / "tc-stranger"
+    stranger.mkdir()
+    (stranger / "owner.lock").touch()
+    assert remove_stale_clusters(str(tmp_path)) == [] and stranger.exists()
+    with open(stranger / "owner.lock", "rb") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@needs_binaries
+def test_postgresql_local_backend_end_to_end() -> None:
+    backend = make_postgres_backend(
+        "postgresql-local", worker_id="gw0", run_id=new_run_id(), pool_size=None
+    )
+    backend.start()
+    directory = backend.cluster.socket_dir if backend.cluster else ""
+    try:
+        assert backend.source == "local"
+        assert backend.describe().startswith(f"postgresql-local ({directory}, PostgreSQL ")
+        assert backend.plan is not None and backend.plan.max_connections == 200
+        backend.prepare_template(SCHEMA, None)
+        database = backend.create_database("local", isolation="fresh")
+
+        async def roundtrip() -> int:
+            await database.store.create(*_rows(), explicit_id=False)
+            async with database.session() as session:
+                return int(
+                    (await session.execute(text("SELECT count(*) FROM threads"))).scalar_one()
+                )
+
+        assert asyncio.run(roundtrip()) == 1
+        database.dispose_engines()
+        backend.drop_database(database)
+    finally:
+        backend.stop()
+    assert directory and not Path(directory).exists()
+
+
+@needs_server
+@pytest.mark.asyncio
+async def test_watch_statements_reports_each_statement_the_store_runs(db: Database) -> None:
+    seen: list[tuple[str, str]] = []
+    await db.store.create(*_rows(), explicit_id=False)  # before watching: not reported
+    await db.store.watch_statements(lambda label, sql: seen.append((label, sql)))
+    await db.store.create(*_rows(), explicit_id=False)
+    assert [sql.split()[0] for _, sql in seen] == ["WITH"]  # one statement, both rows
+    assert seen[0][0].startswith(f"store {db.name} (pid ")
+    seen.clear()
+    await db.store.create(*_rows(), explicit_id=False, decide=lambda step: None)
+    assert [sql.split()[0].rstrip(";") for _, sql in seen] == [
+        "BEGIN",
+        "INSERT",
+        "INSERT",
+        "COMMIT",
+    ]
+    await db.store.watch_statements(None)
+    seen.clear()
+    await db.store.create(*_rows(), explicit_id=False)
+    assert seen == []
+
+
+@needs_binaries
+def test_a_cluster_that_fails_to_start_says_why_and_leaves_nothing() -> None:
+    cluster = LocalCluster(settings={"shared_buffers": "999TB"})
+    with pytest.raises(BackendUnavailableError) as info:
+        cluster.start()
+    message = str(info.value)
+    assert message.startswith("postgresql-local: pg_ctl start exited with 1: ")
+    assert "server log: " in message and 'invalid value for parameter "shared_buffers"' in message
+    assert message.endswith("--threadcreator-db=postgresql+asyncpg://user@host:5432/postgres")
+    match = re.search(r"(/\S+/tc-[^/\s]+)/data/postgresql\.conf", message)
+    assert match is not None and not Path(match.group(1)).exists()
