@@ -73,13 +73,35 @@ def threadcreator_setup(
     return runtime
 
 
+def _runtime_for(request: pytest.FixtureRequest, runtime: Runtime, schema: ThreadSchema) -> Runtime:
+    """``runtime``, or one of its own for a schema that a nearer conftest overrides (made once)."""
+    if schema is runtime.schema:
+        return runtime
+    st = _state(request.config)
+    other: Runtime | None = st.schema_runtimes.get(id(schema))
+    if other is None:
+        hook = request.config.hook.pytest_threadcreator_setup_database
+        factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+        other = Runtime(
+            schema=schema,
+            basetemp=factory.mktemp(f"threadcreator-{schema.name}"),
+            worker_id=runtime.worker_id,
+            setup_hook=lambda database: hook(database=database),
+        )
+        st.schema_runtimes[id(schema)] = other
+    return other
+
+
 @pytest.fixture
 def threadcreator_db(
-    request: pytest.FixtureRequest, threadcreator_setup: Runtime
+    request: pytest.FixtureRequest,
+    threadcreator_setup: Runtime,
+    threadcreator_schema: ThreadSchema,
 ) -> Iterator[Database]:
     """An isolated, empty, schema-ready Database for this test (backend and isolation per options/marker)."""
     from .plugin import REPORT_KEY
 
+    threadcreator_setup = _runtime_for(request, threadcreator_setup, threadcreator_schema)
     settings = _state(request.config).settings_for(request.node)
     database = threadcreator_setup.acquire(settings, request.node.nodeid)
     token = _binding.bind(database)

@@ -47,6 +47,8 @@ class PluginState:
         #: (test id, ConcurrencyReport) of every run_concurrently call, in order
         self.concurrency_reports: list[tuple[str, Any]] = []
         self._schema: ThreadSchema | None = None
+        #: runtimes of schemas that a conftest's threadcreator_schema override brings, by id
+        self.schema_runtimes: dict[int, Runtime] = {}
 
     def schema(self) -> ThreadSchema:
         """The schema from ini ``threadcreator_schema``, or the default one."""
@@ -244,6 +246,11 @@ def _task_label(task: Any) -> str:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     st = config.stash.get(_STATE, None)
-    if st is not None and st.runtime is not None:
+    if st is None:
+        return
+    others, st.schema_runtimes = list(st.schema_runtimes.values()), {}
+    for other in others:
+        other.close()
+    if st.runtime is not None:
         runtime, st.runtime = st.runtime, None
         runtime.close()

@@ -7,6 +7,7 @@ The default schema is :mod:`pytest_threadcreator.models`; other teams describe t
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -232,11 +233,30 @@ def load_schema(spec: str) -> ThreadSchema:
             raise ConfigurationError(
                 f"threadcreator_schema = {spec!r}: {module_name!r} has no attribute {attribute!r}"
             ) from None
-    if callable(obj) and not isinstance(obj, ThreadSchema):
+    if callable(obj) and not isinstance(obj, (ThreadSchema, type)):
+        try:
+            inspect.signature(obj).bind()
+        except TypeError:
+            raise ConfigurationError(
+                f"threadcreator_schema = {spec!r} names {_describe(obj)}, which needs "
+                "arguments, not a ThreadSchema (name the ThreadSchema itself, or a function "
+                "without parameters that returns one)"
+            ) from None
+        except ValueError:  # no signature to check (a builtin): call it and see
+            pass
         obj = obj()
     if not isinstance(obj, ThreadSchema):
         raise ConfigurationError(
-            f"threadcreator_schema = {spec!r} names a {type(obj).__name__}, not a ThreadSchema "
+            f"threadcreator_schema = {spec!r} names {_describe(obj)}, not a ThreadSchema "
             "(build one with ThreadSchema.from_models(ThreadModel, MessageModel))"
         )
     return obj
+
+
+def _describe(obj: Any) -> str:
+    """``a dict``, ``the class Conversation``, ``the function conversation_row``."""
+    if isinstance(obj, type):
+        return f"the class {obj.__name__}"
+    if inspect.isroutine(obj):
+        return f"the function {getattr(obj, '__name__', repr(obj))}"
+    return f"a {type(obj).__name__}"

@@ -2,6 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sqlite3
+
 # pytester's in-process runs unload modules they imported; asyncpg's C extension must not be
 # imported twice in one process, so load it once here, before any inner run.
-import asyncpg  # noqa: F401
+import asyncpg
+import sqlalchemy.dialects.postgresql.asyncpg  # noqa: F401 - re-imports re-register functions
+from sqlalchemy.engine import make_url
+
+import pytest_threadcreator.backends.postgresql  # noqa: F401
+from pytest_threadcreator.config import backend_kind
+
+#: The backend this run of the suite exercises (THREADCREATOR_DB picks it, as for users).
+BACKEND = backend_kind(os.environ.get("THREADCREATOR_DB", "").strip() or "sqlite")
+
+
+def count_threads_in_kept_database(location: str, url: str | None = None) -> int:
+    """Rows in ``threads`` of a database kept by --threadcreator-keep; drops it if on a server."""
+    if BACKEND == "sqlite":
+        with sqlite3.connect(location) as conn:
+            return int(conn.execute("SELECT count(*) FROM threads").fetchone()[0])
+    server = make_url(url or os.environ["THREADCREATOR_DB"])
+    name = location.rsplit("/", 1)[-1]
+
+    async def count_and_drop() -> int:
+        conn = await asyncpg.connect(
+            host=server.host, port=server.port, user=server.username, database=name
+        )
+        try:
+            n = await conn.fetchval("SELECT count(*) FROM threads")
+        finally:
+            await conn.close()
+        admin = await asyncpg.connect(
+            host=server.host, port=server.port, user=server.username, database="postgres"
+        )
+        try:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+        return int(n)
+
+    return asyncio.run(count_and_drop())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from .conftest import BACKEND, count_threads_in_kept_database
+
 INI = """
 [pytest]
 asyncio_mode = {mode}
@@ -110,8 +112,8 @@ def test_isolation_precedence_marker_cli_ini_default(
     result.stdout.fnmatch_lines(
         [
             f"*isolation={expected} (from {source})*",
-            f"*SETTINGS sqlite {expected}",
-            "*MARKED sqlite fresh",
+            f"*SETTINGS {BACKEND} {expected}",
+            f"*MARKED {BACKEND} fresh",
         ]
     )
 
@@ -304,11 +306,11 @@ def test_keep_names_the_failed_tests_database_and_leaves_it(
     text = (pytester.path / "out.xml").read_text()
     assert 'name="threadcreator_kept_database"' in text
     import re
-    import sqlite3
 
-    path = re.search(r'name="threadcreator_kept_database" value="([^"]+)"', text).group(1)  # type: ignore[union-attr]
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT count(*) FROM threads").fetchone() == (1,)
+    found = re.search(r'name="threadcreator_kept_database" value="([^"]+)"', text)
+    assert found is not None
+    result.stdout.fnmatch_lines(["kept databases of failed tests:", f"  {found.group(1)}"])
+    assert count_threads_in_kept_database(found.group(1)) == 1
 
 
 def test_without_keep_nothing_is_left_behind(pytester: pytest.Pytester, ini: object) -> None:
@@ -399,8 +401,8 @@ def test_summary_report_file_and_failure_section(pytester: pytest.Pytester, ini:
     result.stdout.fnmatch_lines(
         [
             "*- threadcreator database -*",
-            "backend: sqlite (clean isolation)",
-            "database: *.sqlite3",
+            f"backend: {BACKEND} (clean isolation)",
+            "database: *.sqlite3" if BACKEND == "sqlite" else "database: *:*/tc_*",
             "rows in threads: 7",
             "rows in messages: 7",
             "orphan threads: 0",

@@ -545,10 +545,11 @@ def test_a_dead_runs_databases_go_and_a_live_runs_stay() -> None:
         admin = await asyncpg.connect(**_server_kwargs())
         holder = await asyncpg.connect(**_server_kwargs())
         try:
+            # The live run's process holds its lock, as a running backend does, from before its
+            # databases exist (another run's cleanup may start at any moment on a shared server).
+            await holder.execute("SELECT pg_advisory_lock_shared($1, $2)", *run_lock_key(live))
             for name in [*dead_names, *live_names, foreign]:
                 await admin.execute(f'CREATE DATABASE "{name}"')
-            # The live run's process holds its lock, as a running backend does.
-            await holder.execute("SELECT pg_advisory_lock_shared($1, $2)", *run_lock_key(live))
             newcomer = PostgresBackend("url", url=SERVER_URL, run_id=new_run_id())
             await asyncio.to_thread(newcomer.start)
             removed = newcomer.removed_leftovers

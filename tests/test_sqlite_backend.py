@@ -21,6 +21,9 @@ from pytest_threadcreator.models import Message, Thread
 from pytest_threadcreator.rollback import RollbackDatabase
 from pytest_threadcreator.schema import default_schema
 
+# Every test here is about the SQLite backend, whatever backend the suite runs on.
+pytestmark = pytest.mark.threadcreator(db="sqlite")
+
 
 @pytest.fixture
 def backend(tmp_path: Path) -> Iterator[SqliteBackend]:

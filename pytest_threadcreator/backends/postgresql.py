@@ -407,6 +407,7 @@ class PgStore(Store):
         min_size: int = 1,
         acquire_timeout: float = ACQUIRE_TIMEOUT,
         name: str = "",
+        seeded: Sequence[str] = (),
     ) -> None:
         if max_size < 1:
             raise ConfigurationError(f"PgStore max_size must be >= 1, got {max_size}")
@@ -422,7 +423,7 @@ class PgStore(Store):
         self._checked_out = 0
         self._closed = False
         self._pk_constraint: str | None = None
-        self._reset_sql = _reset_sql(schema)
+        self._reset_sql = _reset_sql(schema, seeded)
         self._watcher: StatementCallback | None = None
         #: server pid -> (watcher, the query logger attached to that connection for it)
         self._loggers: dict[int, tuple[StatementCallback, Callable[[Any], None]]] = {}
@@ -674,8 +675,11 @@ class PgStore(Store):
 RESET_TRUNCATE_ROWS = 500
 
 
-def _reset_sql(schema: ThreadSchema) -> str:
+def _reset_sql(schema: ThreadSchema, seeded: Sequence[str] = ()) -> str:
     """One simple-protocol query that empties every table of the schema.
+
+    Tables named in ``seeded`` got rows from the setup hook; their copies in the
+    ``threadcreator_seed`` schema (cloned with the template) are put back, parents first.
 
     Small tables (the usual case) get DELETEs, children first: ≈0.2 ms and no ACCESS EXCLUSIVE
     lock, so a session a test leaked does not block it. From :data:`RESET_TRUNCATE_ROWS` rows on
@@ -690,11 +694,20 @@ def _reset_sql(schema: ThreadSchema) -> str:
         f"(SELECT count(*) FROM (SELECT 1 FROM {name} LIMIT {limit}) AS s)" for name in tables
     )
     deletes = " ".join(f"DELETE FROM {name};" for name in tables)
+    restore = " ".join(
+        f"INSERT INTO {_PREPARER.format_table(t)} SELECT * FROM {SEED_SCHEMA}.{_quote(t.name)};"
+        for t in schema.metadata.sorted_tables
+        if t.name in seeded
+    )
     return (
         "SET LOCAL lock_timeout = '10s'; DO $threadcreator$ BEGIN "
         f"IF {counted} >= {limit} THEN TRUNCATE {', '.join(tables)} CASCADE; "
-        f"ELSE {deletes} END IF; END $threadcreator$;"
+        f"ELSE {deletes} END IF; {restore} END $threadcreator$;"
     )
+
+
+#: Schema in the template that keeps a copy of the rows the setup hook seeded.
+SEED_SCHEMA = "threadcreator_seed"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -956,6 +969,7 @@ class PostgresBackend(Backend):
         self._admin_lock: asyncio.Lock | None = None
         self._schema: ThreadSchema | None = None
         self._template_ready = False
+        self._seeded: list[str] = []
         self._databases: dict[str, Database] = {}
         self._counter = 0
         self._started = False
@@ -1192,6 +1206,7 @@ class PostgresBackend(Backend):
                 setup(database)
             finally:
                 database.close()
+            self._seeded = self._background.run(self._copy_seed(schema), timeout=ADMIN_TIMEOUT)
 
         async def seal(conn: Any) -> None:
             # No session may stay on a template (CREATE DATABASE … TEMPLATE would wait and
@@ -1206,6 +1221,27 @@ class PostgresBackend(Backend):
         self._admin_run(seal)
         self._template_ready = True
         self.timings["template_s"] = time.perf_counter() - began
+
+    async def _copy_seed(self, schema: ThreadSchema) -> list[str]:
+        """Copy the rows the setup hook left in the schema's tables; returns those tables."""
+        conn = await self._connect_to(self.template)
+        try:
+            seeded = []
+            for table in schema.metadata.sorted_tables:
+                name = _PREPARER.format_table(table)
+                if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {name})"):
+                    seeded.append(table.name)
+            if seeded:
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SEED_SCHEMA}")
+                for table in schema.metadata.sorted_tables:
+                    if table.name in seeded:
+                        await conn.execute(
+                            f"CREATE TABLE {SEED_SCHEMA}.{_quote(table.name)} AS TABLE "
+                            f"{_PREPARER.format_table(table)}"
+                        )
+            return seeded
+        finally:
+            await conn.close()
 
     async def _create_all(self, schema: ThreadSchema) -> None:
         assert self._url is not None
@@ -1245,6 +1281,7 @@ class PostgresBackend(Backend):
             background=self._background,
             max_size=plan.store_max,
             name=name,
+            seeded=self._seeded,
         )
 
         def engine_factory() -> AsyncEngine:
