@@ -48,13 +48,21 @@ class Runtime:
     databases_created: int = 0
     kept: list[str] = field(default_factory=list)
     retries: int = 0
+    unavailable: dict[str, BackendUnavailableError] = field(default_factory=dict)
 
     def backend(self, db: str) -> Backend:
         """The started backend for ``db``, its template built (once)."""
         backend = self.backends.get(db)
         if backend is None:
-            backend = self._make_backend(db)
-            backend.start()
+            failed = self.unavailable.get(db)
+            if failed is not None:  # tried already this run: do not wait for it again
+                raise failed
+            try:
+                backend = self._make_backend(db)
+                backend.start()
+            except BackendUnavailableError as exc:
+                self.unavailable[db] = exc
+                raise
             try:
                 backend.prepare_template(self.schema, self.setup_hook)
             except BaseException:

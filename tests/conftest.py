@@ -24,6 +24,8 @@ def count_threads_in_kept_database(location: str, url: str | None = None) -> int
     if BACKEND == "sqlite":
         with sqlite3.connect(location) as conn:
             return int(conn.execute("SELECT count(*) FROM threads").fetchone()[0])
+    if " (cluster kept; start it with: " in location:
+        return _count_in_kept_cluster(location)
     server = make_url(url or os.environ["THREADCREATOR_DB"])
     name = location.rsplit("/", 1)[-1]
 
@@ -45,3 +47,32 @@ def count_threads_in_kept_database(location: str, url: str | None = None) -> int
         return int(n)
 
     return asyncio.run(count_and_drop())
+
+
+def _count_in_kept_cluster(location: str) -> int:
+    """Start a kept local cluster, count, then stop and remove it."""
+    import shutil
+    import subprocess
+
+    address, _, rest = location.partition(" (cluster kept; start it with: ")
+    command = rest.rstrip(")")
+    subprocess.run([*command.split(), "-w", "-s"], check=True)
+    socket_dir, _, dbname = address.rpartition("/")
+    data_dir = command.split(" -D ", 1)[1].split()[0]
+    stop = command.replace(" start", " stop -m immediate -w -s")
+    try:
+
+        async def count() -> int:
+            host, _, port = socket_dir.rpartition(":")
+            conn = await asyncpg.connect(
+                host=host, port=int(port), user="postgres", database=dbname
+            )
+            try:
+                return int(await conn.fetchval("SELECT count(*) FROM threads"))
+            finally:
+                await conn.close()
+
+        return asyncio.run(count())
+    finally:
+        subprocess.run(stop.split(), check=False)
+        shutil.rmtree(os.path.dirname(data_dir), ignore_errors=True)

@@ -453,3 +453,53 @@ def test_an_html_report_path_writes_a_self_contained_page(
     assert "test_an_html_report_path_writes_a_self_contained_page.py::test_load" in page
     assert "timeline: calls, sorted by start" in page
     assert "http://" not in page and "https://" not in page
+
+
+def test_an_unavailable_backend_stops_the_run_in_one_line(
+    pytester: pytest.Pytester, ini: object
+) -> None:
+    from pytest_threadcreator.backends.postgresql import docker_unreachable_reason
+
+    if docker_unreachable_reason() is None:
+        pytest.skip("a Docker engine answers here; this test is about the path without one")
+    pytester.makepyfile(EMPTY_EACH_TIME)
+    result = pytester.runpytest("--threadcreator-db=postgresql-docker")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(
+        [
+            "*BackendUnavailableError: postgresql-docker: tried to start a PostgreSQL container "
+            "with testcontainers, but Docker is not reachable (*); use "
+            "--threadcreator-db=postgresql-local (local PostgreSQL binaries) or a server URL*"
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
+    result.assert_outcomes()  # stopped before any test ran
+
+
+def test_a_marker_asking_for_an_unavailable_backend_fails_only_its_test(
+    pytester: pytest.Pytester, ini: object
+) -> None:
+    from pytest_threadcreator.backends.postgresql import docker_unreachable_reason
+
+    if docker_unreachable_reason() is None:
+        pytest.skip("a Docker engine answers here; this test is about the path without one")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.threadcreator(db="postgresql-docker")
+        def test_docker(threadcreator_db):
+            pass
+
+        @pytest.mark.threadcreator(db="postgresql-docker")
+        def test_docker_again(threadcreator_db):
+            pass
+
+        @pytest.mark.threadcreator(db="sqlite")
+        def test_sqlite(threadcreator_db):
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, errors=2)
+    result.stdout.fnmatch_lines(["*BackendUnavailableError: postgresql-docker: tried to start*"])

@@ -279,8 +279,18 @@ class LocalCluster:
             return ""
         return (" | server log: " + " | ".join(tail)) if tail else ""
 
-    def stop(self) -> None:
-        """Stop the server immediately and remove its directory (idempotent)."""
+    def start_command(self) -> str:
+        """The shell command that starts this cluster again (for a kept cluster)."""
+        pg_ctl = os.path.join(self.bindir, "pg_ctl") if self.bindir else "pg_ctl"
+        command = f"{pg_ctl} -D {self.data_dir} start"
+        return f"runuser -u {self._run_as.pw_name} -- {command}" if self._run_as else command
+
+    def stop(self, *, keep_data: bool = False) -> None:
+        """Stop the server immediately and remove its directory (idempotent).
+
+        ``keep_data`` keeps the directory (for ``--threadcreator-keep``) and unmarks it, so no
+        later run's cleanup takes it for the leftover of a crashed run.
+        """
         directory = self.directory
         self._running = False
         with contextlib.suppress(Exception):
@@ -288,7 +298,10 @@ class LocalCluster:
         if directory is None:
             return
         _stop_cluster(directory, self.bindir, self._run_as)
-        shutil.rmtree(directory, ignore_errors=True)
+        if keep_data:
+            (directory / _MARKER).unlink(missing_ok=True)
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
         if self._lock is not None:
             self._lock.close()
             self._lock = None

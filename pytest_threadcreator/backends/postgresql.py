@@ -970,6 +970,7 @@ class PostgresBackend(Backend):
         self._schema: ThreadSchema | None = None
         self._template_ready = False
         self._seeded: list[str] = []
+        self._keep_cluster = False
         self._databases: dict[str, Database] = {}
         self._counter = 0
         self._started = False
@@ -1332,6 +1333,10 @@ class PostgresBackend(Backend):
 
         self._admin_run(rename)
         database.location = database.location.removesuffix(database.name) + kept
+        if self.cluster is not None:
+            # A throwaway cluster would vanish at exit: keep its files and say how to start it.
+            self._keep_cluster = True
+            database.location += f" (cluster kept; start it with: {self.cluster.start_command()})"
         database.url = make_url(database.url).set(database=kept).render_as_string(False)
         database.name = kept
         return kept
@@ -1403,7 +1408,7 @@ class PostgresBackend(Backend):
         self._admin = None
         self._background.close()
         if self.cluster is not None:
-            self.cluster.stop()
+            self.cluster.stop(keep_data=self._keep_cluster)
         if self.container is not None:
             self.container.stop()
         if problems and strict:
