@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar, cast, overload
 
+from . import shake
+
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on Python 3.10 only
     from exceptiongroup import BaseExceptionGroup, ExceptionGroup
 
@@ -257,6 +259,8 @@ class _Run(Generic[T]):
         self._starts: list[float | None] = [None] * count
         self._ends: list[float | None] = [None] * count
         self._slots = _FifoSlots(max_concurrency) if max_concurrency is not None else None
+        self._shaker = shake.active()
+        self._shake_run = self._shaker.next_run() if self._shaker is not None else 0
         self._barrier = asyncio.Event()
         self._arrived = 0
         self._remaining = count
@@ -279,6 +283,11 @@ class _Run(Generic[T]):
             if self._arrived == len(self._items) and not self._all_waiting.done():
                 self._all_waiting.set_result(None)
             await self._barrier.wait()
+            if self._shaker is not None:  # shake mode: a seeded start offset for this call
+                shake.call_key.set(f"run{self._shake_run}/call{index}")
+                delay = self._shaker.start_delay(self._shake_run, index)
+                if delay:
+                    await asyncio.sleep(delay)
             if self._slots is not None:
                 await self._slots.acquire()
             try:

@@ -24,6 +24,8 @@ __all__ = [
     "resolve_settings",
     "validate_db",
     "validate_isolation",
+    "validate_seed",
+    "validate_shake",
 ]
 
 BACKEND_NAMES = ("sqlite", "postgresql", "postgresql-local", "postgresql-docker")
@@ -43,10 +45,18 @@ class Settings:
     keep: bool = False
     schema: str | None = None
     report: str | None = None
+    #: repetitions of each database test under seeded schedule perturbations (0: off)
+    shake: int = 0
+    #: replay one schedule: every database test runs once under this seed
+    seed: int | None = None
 
-    def with_marker(self, db: str | None, isolation: str | None) -> Settings:
+    def with_marker(
+        self, db: str | None, isolation: str | None, shake: int | None = None
+    ) -> Settings:
         """These settings overridden by a ``threadcreator`` marker's arguments."""
         out = self
+        if shake is not None:
+            out = replace(out, shake=validate_shake(shake, "the threadcreator marker's shake"))
         if db is not None:
             out = replace(
                 out, db=validate_db(db, "the threadcreator marker's db"), db_source="marker"
@@ -65,6 +75,8 @@ class Settings:
             f"threadcreator: db={_hide(self.db)} (from {self.db_source}), "
             f"isolation={self.isolation} (from {self.isolation_source})"
             + (f", schema={self.schema}" if self.schema else "")
+            + (f", shake={self.shake}" if self.shake else "")
+            + (f", seed={self.seed}" if self.seed is not None else "")
         )
 
 
@@ -104,6 +116,33 @@ def validate_db(value: str, where: str) -> str:
     )
 
 
+def validate_shake(value: object, where: str) -> int:
+    """Return ``value`` as a repetition count (>= 0), else raise."""
+    try:
+        count = int(str(value))
+    except ValueError:
+        count = -1
+    if isinstance(value, bool) or count < 0:
+        raise ConfigurationError(
+            f"{where}: {value!r} is not a number of repetitions; pass an int >= 0 "
+            "(0 turns shake mode off)"
+        )
+    return count
+
+
+def validate_seed(value: object, where: str) -> int:
+    """Return ``value`` as a seed (an int >= 0), else raise."""
+    try:
+        seed = int(str(value))
+    except ValueError:
+        seed = -1
+    if seed < 0:
+        raise ConfigurationError(
+            f"{where}: {value!r} is not a seed; pass the int >= 0 a shake failure printed"
+        )
+    return seed
+
+
 def validate_isolation(value: str, where: str) -> str:
     """Return ``value`` if it is an isolation mode, else raise."""
     if value not in ISOLATION_MODES:
@@ -141,7 +180,17 @@ def resolve_settings(
     if cli.get("isolation"):
         isolation = validate_isolation(str(cli["isolation"]), "--threadcreator-isolation")
         isolation_source = "command line"
+    shake = 0
+    if ini.get("shake"):
+        shake = validate_shake(ini["shake"], "ini threadcreator_shake")
+    if cli.get("shake") is not None:
+        shake = validate_shake(cli["shake"], "--threadcreator-shake")
+    seed = (
+        validate_seed(cli["seed"], "--threadcreator-seed") if cli.get("seed") is not None else None
+    )
     return Settings(
+        shake=shake,
+        seed=seed,
         db=db,
         db_source=db_source,
         isolation=isolation,

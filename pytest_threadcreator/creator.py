@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from . import _binding
+from . import _binding, shake
 from .backends.base import FaultDecider, Store, ThreadIdTaken
 from .context import coerce_context, validate_id
 from .database import Database
@@ -179,6 +179,12 @@ class ThreadCreator:
         decide = self.fault_decider
         if decide is None and database is not None:
             decide = database.fault_decider  # the test's fault_injector, if it uses one
+        shaker = shake.active()
+        if shaker is not None:  # shake mode: seeded pauses before the write and inside it
+            creation, pause = shaker.write_delay()
+            if pause:
+                await asyncio.sleep(pause)
+            decide = shaker.step_decider(creation, decide)
         attempt = 0
         while True:
             try:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import shlex
+from typing import Any, cast
 
 import pytest
 
-from . import hookspecs
+from . import hookspecs, shake
 from .config import BACKEND_NAMES, ISOLATION_MODES, Settings, resolve_settings
 from .errors import ConfigurationError
+from .faults import FaultInjector
 from .fixtures import (  # noqa: F401 - registered with pytest through this module
     db_session,
     fault_injector,
@@ -25,16 +27,20 @@ from .fixtures import (  # noqa: F401 - registered with pytest through this modu
 from .reporting import report_data, summary_lines, write_report
 from .runtime import Runtime
 from .schema import ThreadSchema, default_schema, load_schema
+from .shake import repetition_seeds
 
 __all__ = ["PluginState", "state"]
 
-MARKER = "threadcreator(db=None, isolation=None): override the database backend and isolation mode for this test."
+MARKER = (
+    "threadcreator(db=None, isolation=None, shake=None): override the database backend, "
+    "isolation mode and shake repetitions for this test."
+)
 
 
 def _marker_signature(
-    db: str | None = None, isolation: str | None = None
-) -> tuple[str | None, str | None]:
-    return db, isolation
+    db: str | None = None, isolation: str | None = None, shake: int | None = None
+) -> tuple[str | None, str | None, int | None]:
+    return db, isolation, shake
 
 
 class PluginState:
@@ -44,6 +50,8 @@ class PluginState:
         self.config = config
         self.settings = settings
         self.runtime: Runtime | None = None
+        #: (test id, repetitions run, seed that failed or None) of every shaken test
+        self.shaken: list[tuple[str, int, int | None]] = []
         #: (test id, ConcurrencyReport) of every run_concurrently call, in order
         self.concurrency_reports: list[tuple[str, Any]] = []
         self._schema: ThreadSchema | None = None
@@ -62,8 +70,8 @@ class PluginState:
         marker = item.get_closest_marker("threadcreator")
         if marker is None:
             return self.settings
-        db, isolation = _marker_signature(*marker.args, **marker.kwargs)
-        return self.settings.with_marker(db, isolation)
+        db, isolation, shake_count = _marker_signature(*marker.args, **marker.kwargs)
+        return self.settings.with_marker(db, isolation, shake_count)
 
 
 _STATE = pytest.StashKey[PluginState]()
@@ -113,7 +121,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write a report of per-test setup costs and concurrency runs to PATH: JSON, or "
         "a self-contained HTML page with latency histograms and timelines if PATH ends in .html.",
     )
+    group.addoption(
+        "--threadcreator-shake",
+        dest="threadcreator_shake",
+        default=None,
+        metavar="N",
+        help="run each test that uses the database N times, each under its own seeded "
+        "perturbation of the schedule; a failure prints the seed that replays it.",
+    )
+    group.addoption(
+        "--threadcreator-seed",
+        dest="threadcreator_seed",
+        default=None,
+        metavar="SEED",
+        help="replay one shake schedule: run each database test once under SEED.",
+    )
     parser.addini("threadcreator_db", "default database (see --threadcreator-db)", default="")
+    parser.addini("threadcreator_shake", "default for --threadcreator-shake", default="")
     parser.addini(
         "threadcreator_isolation",
         "default isolation mode (see --threadcreator-isolation)",
@@ -135,11 +159,14 @@ def pytest_configure(config: pytest.Config) -> None:
                 "isolation": config.getoption("threadcreator_isolation"),
                 "keep": config.getoption("threadcreator_keep"),
                 "report": config.getoption("threadcreator_report"),
+                "shake": config.getoption("threadcreator_shake"),
+                "seed": config.getoption("threadcreator_seed"),
             },
             ini={
                 "db": config.getini("threadcreator_db"),
                 "isolation": config.getini("threadcreator_isolation"),
                 "schema": config.getini("threadcreator_schema"),
+                "shake": config.getini("threadcreator_shake"),
             },
         )
     except ConfigurationError as exc:
@@ -171,7 +198,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             reason = str(exc).replace("_marker_signature()", "threadcreator()")
             raise pytest.UsageError(
                 f"{item.nodeid}: bad @pytest.mark.threadcreator arguments ({reason}); "
-                "signature: threadcreator(db=None, isolation=None)"
+                "signature: threadcreator(db=None, isolation=None, shake=None)"
             ) from None
         except ConfigurationError as exc:
             raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
@@ -207,6 +234,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     lines = summary_lines(
         st.runtime,
         st.concurrency_reports,
+        shaken=st.shaken,
         retries=st.runtime.retries if st.runtime else 0,
         verbose=config.get_verbosity() > 0,
     )
@@ -220,6 +248,61 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             report_data(st.runtime, st.concurrency_reports, settings=st.settings.describe()),
         )
         terminalreporter.write_line(f"threadcreator report written to {path}")
+
+
+_SHAKING = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Shake mode: run the test body once per seed, each time on an emptied database."""
+    __tracebackhide__ = True
+    if pyfuncitem.stash.get(_SHAKING, False):
+        return None  # a repetition of ours: let pytest (and pytest-asyncio) run the body
+    st = pyfuncitem.config.stash.get(_STATE, None)
+    database = getattr(pyfuncitem, "funcargs", {}).get("threadcreator_db")
+    if st is None or database is None:
+        return None
+    settings = st.settings_for(pyfuncitem)
+    if settings.seed is not None:
+        seeds = [settings.seed]
+    elif settings.shake:
+        seeds = repetition_seeds(pyfuncitem.nodeid, settings.shake)
+    else:
+        return None
+    if database.isolation == "rollback":
+        pytest.fail(
+            "shake mode needs clean or fresh isolation (each repetition starts on an emptied "
+            "database); this test runs in rollback isolation",
+            pytrace=False,
+        )
+    injector = cast("FaultInjector | None", pyfuncitem.funcargs.get("fault_injector"))
+    pyfuncitem.stash[_SHAKING] = True
+    try:
+        for number, seed in enumerate(seeds, 1):
+            if number > 1:  # each repetition is an isolated run of its own
+                database.store.reset()
+                if injector is not None:
+                    injector.clear()
+                    injector.reset_counts()
+            with shake.activate(shake.Shaker(seed)):
+                try:
+                    pyfuncitem.ihook.pytest_pyfunc_call(pyfuncitem=pyfuncitem)
+                except (Exception, pytest.fail.Exception) as exc:
+                    st.shaken.append((pyfuncitem.nodeid, number, seed))
+                    raise AssertionError(
+                        f"shake: repetition {number} of {len(seeds)} failed under seed {seed}; "
+                        "replay exactly that schedule with:\n"
+                        f"  pytest {shlex.quote(pyfuncitem.nodeid)} --threadcreator-seed={seed}"
+                        f"\n{type(exc).__name__}: {exc}"
+                    ) from exc
+    finally:
+        pyfuncitem.stash[_SHAKING] = False
+    st.shaken.append((pyfuncitem.nodeid, len(seeds), None))
+    pyfuncitem.user_properties.append(
+        ("threadcreator_shake", f"{len(seeds)} repetition(s) passed, seeds {seeds[0]}…")
+    )
+    return True
 
 
 @pytest.hookimpl(wrapper=True)

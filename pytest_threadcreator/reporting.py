@@ -58,6 +58,7 @@ def summary_lines(
     *,
     retries: int,
     verbose: bool,
+    shaken: Sequence[tuple[str, int, int | None]] = (),
 ) -> list[str]:
     """Lines for the terminal summary (empty when no test used the plugin)."""
     if runtime is None or not runtime.setup_costs:
@@ -78,6 +79,17 @@ def summary_lines(
         )
         if verbose:
             lines += [f"  {nodeid}: {r.summary()}" for nodeid, r in runs]
+    if shaken:
+        seeds_failed = [(nodeid, seed) for nodeid, _, seed in shaken if seed is not None]
+        lines.append(
+            f"shake: {len(shaken)} test(s), {sum(n for _, n, _ in shaken)} repetition(s), "
+            f"{len(seeds_failed)} failed"
+        )
+        lines += [f"  {nodeid}: failed under seed {seed}" for nodeid, seed in seeds_failed]
+        if verbose:
+            lines += [
+                f"  {nodeid}: {n} repetition(s) passed" for nodeid, n, s in shaken if s is None
+            ]
     if retries:
         lines.append(f"{retries} retries on transient contention")
     if runtime.kept:

@@ -202,9 +202,16 @@ def test_bad_values_fail_at_startup_with_the_valid_ones(
         ),
         (
             "threadcreator(shards=3)",
-            "*test_x: bad @pytest.mark.threadcreator arguments (threadcreator() got an unexpected keyword argument 'shards'); signature: threadcreator(db=None, isolation=None)",
+            "*test_x: bad @pytest.mark.threadcreator arguments (threadcreator() got an unexpected keyword argument 'shards'); signature: threadcreator(db=None, isolation=None, shake=None)",
         ),
-        ('threadcreator("sqlite", "clean", "extra")', "*bad @pytest.mark.threadcreator arguments*"),
+        (
+            'threadcreator("sqlite", "clean", 3, "extra")',
+            "*bad @pytest.mark.threadcreator arguments*",
+        ),
+        (
+            "threadcreator(shake=-1)",
+            "*the threadcreator marker's shake: -1 is not a number of repetitions; pass an int >= 0*",
+        ),
     ],
 )
 def test_bad_marker_arguments_fail_at_startup(

@@ -1,0 +1,176 @@
+"""Race hunting: shake mode finds a planted race, and its printed seed replays it."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from pytest_threadcreator.shake import Shaker, repetition_seeds
+
+INI = """
+[pytest]
+asyncio_default_fixture_loop_scope = function
+"""
+
+PLANTED_RACE = """
+import asyncio
+import pytest
+
+@pytest.mark.asyncio
+async def test_welcome_thread_is_created_once(thread_creator, make_user_context, run_concurrently):
+    user = make_user_context()
+
+    async def ensure_welcome(click):
+        if click == 1:
+            await asyncio.sleep(0.005)  # the second click arrives 5 ms later
+        if not await thread_creator.list_threads(user.user_id):  # check ...
+            await thread_creator.create_thread_with_message(user, "Welcome!")  # ... then insert
+
+    report = await run_concurrently(ensure_welcome, 2)
+    report.raise_errors()
+    assert len(await thread_creator.list_threads(user.user_id)) == 1
+"""
+
+
+def test_shake_finds_the_planted_race_and_its_seed_replays_it(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(test_race=PLANTED_RACE)
+    result = pytester.runpytest("--threadcreator-shake=50", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    found = re.search(
+        r"shake: repetition (\d+) of 50 failed under seed (\d+); replay exactly that schedule "
+        r"with:\n.*\n?.*pytest (test_race.py::test_welcome_thread_is_created_once) "
+        r"--threadcreator-seed=(\d+)",
+        out,
+    )
+    assert found is not None, out
+    assert found.group(2) == found.group(4)
+    result.stdout.fnmatch_lines(
+        [
+            "shake: 1 test(s), * repetition(s), 1 failed",
+            f"  test_race.py::test_welcome_thread_is_created_once: failed under seed {found.group(2)}",
+        ]
+    )
+    for _ in range(3):  # the printed command fails again, every time
+        replay = pytester.runpytest(found.group(3), f"--threadcreator-seed={found.group(2)}")
+        replay.assert_outcomes(failed=1)
+        replay.stdout.fnmatch_lines(["*assert 2 == 1*"])
+
+
+def test_a_correct_test_passes_every_repetition_on_an_emptied_database(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.threadcreator(shake=20)
+        @pytest.mark.asyncio
+        async def test_each_repetition_is_isolated(thread_creator, make_user_context,
+                                                   run_concurrently, threadcreator_db, fault_injector):
+            assert await threadcreator_db.count_threads() == 0
+            fault_injector.fail("commit", times=1)
+            report = await run_concurrently(
+                lambda c: thread_creator.create_thread_with_message(c, "hi"), make_user_context.many(5)
+            )
+            assert report.failed == 1 and report.succeeded == 4
+            assert fault_injector.fired("commit") == 1
+            await threadcreator_db.check_integrity()
+
+        def test_not_using_the_database():
+            pass
+        """
+    )
+    result = pytester.runpytest("-v", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "shake: 1 test(s), 20 repetition(s), 0 failed",
+            "  *::test_each_repetition_is_isolated: 20 repetition(s) passed",
+        ]
+    )
+
+
+def test_the_same_seed_gives_the_same_perturbations() -> None:
+    def decisions(seed: int) -> list[tuple[str, float]]:
+        shaker = Shaker(seed)
+        for run in range(3):
+            for call in range(20):
+                shaker.start_delay(run, call)
+        for _ in range(20):
+            creation, _pause = shaker.write_delay()
+            decide = shaker.step_decider(creation, None)
+            decide("message_insert")
+            decide("commit")
+        return shaker.trace
+
+    first, again, other = decisions(42), decisions(42), decisions(43)
+    assert first == again
+    assert first != other
+    assert len(first) > 10  # a seed perturbs plenty of decision points
+    assert repetition_seeds("t.py::x", 5) == repetition_seeds("t.py::x", 5)
+    assert len(set(repetition_seeds("t.py::x", 50))) == 50
+
+
+def test_the_same_seed_replays_the_same_trace_through_the_plugin(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        """
+        import json, pathlib
+        import pytest
+        from pytest_threadcreator import shake
+
+        @pytest.mark.asyncio
+        async def test_trace(thread_creator, make_user_context, run_concurrently):
+            await run_concurrently(
+                lambda c: thread_creator.create_thread_with_message(c, "hi"), make_user_context.many(30)
+            )
+            trace = sorted(shake.active().trace)
+            pathlib.Path("trace.json").write_text(json.dumps(trace))
+        """
+    )
+    traces = []
+    for _ in range(2):
+        pytester.runpytest("--threadcreator-seed=777").assert_outcomes(passed=1)
+        traces.append((pytester.path / "trace.json").read_text())
+    assert traces[0] == traces[1]
+    assert traces[0] != "[]"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--threadcreator-shake=many"],
+            "--threadcreator-shake: 'many' is not a number of repetitions",
+        ),
+        (["--threadcreator-seed=-4"], "--threadcreator-seed: '-4' is not a seed"),
+    ],
+)
+def test_bad_shake_values_fail_at_startup(
+    pytester: pytest.Pytester, args: list[str], message: str
+) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}*"])
+
+
+def test_shake_refuses_rollback_isolation_in_one_line(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.threadcreator(isolation="rollback", shake=3)
+        def test_x(threadcreator_db):
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*shake mode needs clean or fresh isolation*"])
