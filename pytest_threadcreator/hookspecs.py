@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import pytest
-
 if TYPE_CHECKING:
     from .database import Database
-
-hookspec = pytest.hookspec if hasattr(pytest, "hookspec") else None  # pragma: no cover
 
 
 def pytest_threadcreator_setup_database(database: Database) -> None:
