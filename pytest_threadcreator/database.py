@@ -59,6 +59,7 @@ class Database:
         self._guards: dict[int, asyncio.Task[None]] = {}
         self._sessions: list[AsyncSession] = []
         self._counters: list[QueryCounter] = []
+        self._closers: list[Callable[[], None]] = []
         #: event loops the test used this database from (for leak checks after the test)
         self.loops_seen: set[asyncio.AbstractEventLoop] = set()
         #: connections the test's code left checked out, found when its engines were disposed
@@ -247,9 +248,16 @@ class Database:
                     pending.append(task)
         return pending
 
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Run ``closer`` when this database is closed (synchronously, no event loop)."""
+        self._closers.append(closer)
+
     def close(self) -> None:
-        """Dispose engines and close the store."""
+        """Dispose engines, run the closers and close the store."""
         self.dispose_engines()
+        closers, self._closers = self._closers, []
+        for closer in closers:
+            closer()
         self.store.close()
 
     # -- reads for assertions --------------------------------------------------------------

@@ -207,9 +207,11 @@ async def test_rollback_isolation_really_rolls_back(backend: SqliteBackend) -> N
 
 
 async def _release(view: RollbackDatabase) -> None:
-    """Roll the view back from inside the running loop (what the guard does at loop close)."""
-    for engine in list(view._engines):
-        await view._release_engine(engine, [])
+    """Roll the view back from inside the running loop (what its guard does at loop close)."""
+    guards = [shared.guard for shared in view._shared.values()]
+    for guard in guards:
+        guard.cancel()
+    await asyncio.gather(*guards, return_exceptions=True)
 
 
 def test_seed_rows_from_the_setup_hook_survive_every_reset(tmp_path: Path) -> None:
