@@ -58,9 +58,11 @@ class RowInsert:
         self._plans: dict[tuple[str, ...], CompiledInsert] = {}
 
     def plan(self, row: Mapping[str, Any]) -> CompiledInsert:
-        """The compiled statement for rows with ``row``'s keys (cached)."""
+        """The compiled statement for rows with ``row``'s keys (cached for the process)."""
         key = tuple(row)
         plan = self._plans.get(key)
+        if plan is None:
+            plan = _PLANS.get((self.table, self.dialect.name, key))
         if plan is None:
             unknown = [k for k in key if k not in self.table.c]
             if unknown:
@@ -72,8 +74,13 @@ class RowInsert:
                 c.name for c in self.table.c if c.name in row or _python_default(c) is not None
             ]
             plan = compile_insert(self.table, self.dialect, names)
-            self._plans[key] = plan
+            _PLANS[(self.table, self.dialect.name, key)] = plan
+        self._plans[key] = plan
         return plan
+
+
+# Compiled INSERTs by (table, dialect name, row keys): a database per test compiles nothing.
+_PLANS: dict[tuple[Table, str, tuple[str, ...]], CompiledInsert] = {}
 
 
 def _python_default(column: Any) -> Callable[[], Any] | None:
