@@ -1,0 +1,494 @@
+"""Throughput: ThreadCreator against the raw driver doing the same two inserts per transaction.
+
+Run: ``.venv/bin/python benchmarks/throughput.py [--creates N] [--repeats R]
+[--backends sqlite,postgresql] [--pg-url URL]``; or import :func:`measure_sqlite` /
+:func:`measure_postgres` (``benchmarks/run.py`` does).
+
+Everything runs in this process, without pytest. Each measurement gets a fresh database cloned
+from the backend's template (the plugin's own ``create_database``), warms up with one untimed
+batch, then times ``creates`` creates, either as sequential awaits or as ``asyncio.gather`` in
+batches. Variants are interleaved (and the order reversed every other repeat) so drift on a
+noisy machine hits ours and the raw driver alike.
+
+Raw baselines, written the way a careful hand-written loop would be:
+
+* aiosqlite: one connection (WAL, ``synchronous=OFF``, ``foreign_keys=ON``, busy timeout);
+  ``BEGIN IMMEDIATE; INSERT thread; INSERT message; COMMIT`` = 4 awaits per transaction, as a
+  sequential loop and as concurrent tasks sharing the connection (an ``asyncio.Lock`` keeps
+  their transactions from interleaving on it, which would otherwise fail).
+* asyncpg: a pool of 10; ``BEGIN; INSERT; INSERT; COMMIT`` per transaction, sequential and as
+  concurrent tasks.
+
+The raw rows carry the same columns and JSON as ThreadCreator's default schema (checked: one row
+of each side is read back and compared, ids and times masked), and the same time-ordered ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pytest_threadcreator import ThreadCreator, UserExecutionContext
+from pytest_threadcreator.backends.sqlite import SqliteBackend
+from pytest_threadcreator.ids import new_message_id, new_thread_id
+from pytest_threadcreator.schema import default_schema
+
+__all__ = [
+    "VARIANTS",
+    "BenchmarkError",
+    "ThroughputResult",
+    "measure_postgres",
+    "measure_sqlite",
+]
+
+MESSAGE = "Hello from the throughput benchmark"
+TITLE = "Benchmark thread"
+DEFAULT_CREATES = 5_000
+DEFAULT_BATCH = 200
+PG_POOL_SIZE = 10
+
+Side = Literal["ours", "raw"]
+Mode = Literal["sequential", "concurrent"]
+#: (variant name, side, mode); interleaved ours/raw so both see the same machine state.
+VARIANTS: tuple[tuple[str, Side, Mode], ...] = (
+    ("ours-sequential", "ours", "sequential"),
+    ("raw-sequential", "raw", "sequential"),
+    ("ours-concurrent", "ours", "concurrent"),
+    ("raw-concurrent", "raw", "concurrent"),
+)
+
+Call = Callable[[UserExecutionContext], Awaitable[object]]
+Log = Callable[[str], None]
+
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=OFF",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=5000",
+)
+THREAD_COLUMNS = ("id", "object", "user_id", "title", "status", "created_at", "metadata_")
+MESSAGE_COLUMNS = (
+    "id",
+    "object",
+    "thread_id",
+    "role",
+    "content",
+    "created_at",
+    "assistant_id",
+    "run_id",
+    "file_ids",
+    "metadata_",
+)
+JSON_COLUMNS = frozenset({"metadata_", "content", "file_ids"})
+#: Values that differ per row by design; masked before ours and raw rows are compared.
+MASKED = frozenset({"id", "user_id", "thread_id", "run_id", "created_at"})
+
+
+class BenchmarkError(Exception):
+    """The benchmark itself found something wrong (a count or row shape that does not match)."""
+
+
+@dataclass
+class ThroughputResult:
+    """Creates per second of every variant, one value per repeat."""
+
+    backend: str
+    creates: int
+    batch: int
+    rates: dict[str, list[float]] = field(default_factory=dict)
+    #: why the backend could not be measured (None: it was)
+    reason: str | None = None
+
+    def median(self, variant: str) -> float:
+        """Median creates/s of ``variant``."""
+        values = sorted(self.rates[variant])
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+    def best_raw(self) -> tuple[str, float]:
+        """The better raw variant and its median creates/s."""
+        return max(
+            ((name, self.median(name)) for name, side, _ in VARIANTS if side == "raw"),
+            key=lambda item: item[1],
+        )
+
+
+def _contexts(n: int) -> list[UserExecutionContext]:
+    return [UserExecutionContext(user_id=f"bench_user_{i:06d}") for i in range(n)]
+
+
+async def _drive(
+    call: Call, contexts: Sequence[UserExecutionContext], mode: Mode, batch: int
+) -> float:
+    """One untimed warm-up batch, then the timed creates; returns the seconds they took."""
+    await _run_mode(call, contexts[:batch], mode, batch)
+    started = time.perf_counter()
+    await _run_mode(call, contexts[batch:], mode, batch)
+    return time.perf_counter() - started
+
+
+async def _run_mode(
+    call: Call, contexts: Sequence[UserExecutionContext], mode: Mode, batch: int
+) -> None:
+    if mode == "sequential":
+        for context in contexts:
+            await call(context)
+    else:
+        for i in range(0, len(contexts), batch):
+            await asyncio.gather(*(call(c) for c in contexts[i : i + batch]))
+
+
+def raw_rows(context: UserExecutionContext) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """Thread and message parameters, in THREAD_COLUMNS / MESSAGE_COLUMNS order, JSON as text."""
+    now = int(time.time())
+    thread_id, message_id = new_thread_id(), new_message_id()
+    meta = {"user_id": context.user_id, "title": TITLE, "status": "active", "created_at": now}
+    thread = (
+        thread_id,
+        "thread",
+        context.user_id,
+        TITLE,
+        "active",
+        now,
+        json.dumps(meta),
+    )
+    content = [{"type": "text", "text": {"value": MESSAGE, "annotations": []}}]
+    message = (
+        message_id,
+        "thread.message",
+        thread_id,
+        "user",
+        json.dumps(content),
+        now,
+        None,
+        context.run_id,
+        json.dumps([]),
+        json.dumps({"initial_message": True}),
+    )
+    return thread, message
+
+
+def _insert_sql(table: str, columns: Sequence[str], style: Literal["qmark", "dollar"]) -> str:
+    marks = (
+        ", ".join("?" for _ in columns)
+        if style == "qmark"
+        else ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    )
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+
+
+def _shape(thread: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
+    """A row pair with per-row values masked and JSON parsed, for comparing ours with raw."""
+
+    def norm(row: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in row.items():
+            if key in JSON_COLUMNS and isinstance(value, str):
+                value = json.loads(value)
+            if key == "metadata_" and isinstance(value, dict):
+                value = {k: ("<masked>" if k in MASKED else v) for k, v in value.items()}
+            out[key] = "<masked>" if key in MASKED and value is not None else value
+        return out
+
+    return {"thread": norm(thread), "message": norm(message)}
+
+
+def _compare_shapes(backend: str, shapes: dict[str, dict[str, Any]]) -> None:
+    ours, raw = shapes.get("ours"), shapes.get("raw")
+    if ours is not None and raw is not None and ours != raw:
+        raise BenchmarkError(
+            f"{backend}: the raw baseline does not write what ThreadCreator writes; "
+            f"ThreadCreator: {ours!r}; raw: {raw!r}"
+        )
+
+
+# -------------------------------------------------------------------------------------------
+# SQLite
+# -------------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _raw_aiosqlite(path: Path, mode: Mode) -> AsyncIterator[Call]:
+    import aiosqlite
+
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            await conn.execute(pragma)
+        thread_sql = _insert_sql("threads", THREAD_COLUMNS, "qmark")
+        message_sql = _insert_sql("messages", MESSAGE_COLUMNS, "qmark")
+
+        async def transaction(context: UserExecutionContext) -> None:
+            thread, message = raw_rows(context)
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                await conn.execute(thread_sql, thread)
+                await conn.execute(message_sql, message)
+                await conn.execute("COMMIT")
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+
+        if mode == "sequential":
+            yield transaction
+        else:
+            lock = asyncio.Lock()
+
+            async def shared(context: UserExecutionContext) -> None:
+                async with lock:
+                    await transaction(context)
+
+            yield shared
+    finally:
+        await conn.close()
+
+
+def _sqlite_readback(path: Path) -> tuple[int, int, dict[str, Any]]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        threads = conn.execute("SELECT count(*) FROM threads").fetchone()[0]
+        messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        thread = conn.execute(
+            f"SELECT {', '.join(THREAD_COLUMNS)}, deleted_at FROM threads ORDER BY id LIMIT 1"
+        ).fetchone()
+        message = conn.execute(
+            f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE thread_id = ?",
+            (thread["id"],),
+        ).fetchone()
+        return int(threads), int(messages), _shape(dict(thread), dict(message))
+    finally:
+        conn.close()
+
+
+def measure_sqlite(
+    creates: int = DEFAULT_CREATES,
+    repeats: int = 3,
+    batch: int = DEFAULT_BATCH,
+    log: Log | None = None,
+) -> ThroughputResult:
+    """ThreadCreator on the plugin's SQLite backend against raw aiosqlite."""
+    result = ThroughputResult("sqlite", creates, batch, {name: [] for name, _, _ in VARIANTS})
+    contexts = _contexts(creates + batch)
+    shapes: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="tc-bench-tp-") as tmp:
+        backend = SqliteBackend(Path(tmp), worker_id="bench")
+        backend.start()
+        backend.prepare_template(default_schema(), None)
+        try:
+            for rep in range(repeats):
+                order = VARIANTS if rep % 2 == 0 else tuple(reversed(VARIANTS))
+                for name, side, mode in order:
+                    database = backend.create_database(name, isolation="clean")
+                    path = Path(database.location)
+                    try:
+                        if side == "ours":
+                            creator = ThreadCreator(database)
+
+                            async def ours(
+                                c: UserExecutionContext, cr: ThreadCreator = creator
+                            ) -> object:
+                                return await cr.create_thread_with_message(c, MESSAGE, TITLE)
+
+                            elapsed = asyncio.run(_drive(ours, contexts, mode, batch))
+                        else:
+                            database.close()  # the raw loop brings its own connection
+                            elapsed = asyncio.run(_sqlite_raw_run(path, contexts, mode, batch))
+                        threads, messages, shape = _sqlite_readback(path)
+                    finally:
+                        backend.drop_database(database)
+                    _check_counts("sqlite", name, threads, messages, len(contexts))
+                    shapes.setdefault(side, shape)
+                    result.rates[name].append(creates / elapsed)
+                    if log is not None:
+                        log(f"throughput sqlite {name}: {creates / elapsed:,.0f}/s")
+                _compare_shapes("sqlite", shapes)
+        finally:
+            backend.stop()
+    return result
+
+
+async def _sqlite_raw_run(
+    path: Path, contexts: Sequence[UserExecutionContext], mode: Mode, batch: int
+) -> float:
+    async with _raw_aiosqlite(path, mode) as call:
+        return await _drive(call, contexts, mode, batch)
+
+
+def _check_counts(backend: str, variant: str, threads: int, messages: int, expected: int) -> None:
+    if threads != expected or messages != expected:
+        raise BenchmarkError(
+            f"{backend} {variant}: expected {expected} threads and messages, found "
+            f"{threads} threads and {messages} messages"
+        )
+
+
+# -------------------------------------------------------------------------------------------
+# PostgreSQL
+# -------------------------------------------------------------------------------------------
+
+
+def _asyncpg() -> Any:
+    """The asyncpg module (untyped; imported only for the PostgreSQL figures)."""
+    return importlib.import_module("asyncpg")
+
+
+async def _pg_readback(connect: dict[str, Any]) -> tuple[int, int, dict[str, Any]]:
+    conn = await _asyncpg().connect(**connect)
+    try:
+        threads = await conn.fetchval("SELECT count(*) FROM threads")
+        messages = await conn.fetchval("SELECT count(*) FROM messages")
+        thread = await conn.fetchrow(
+            f"SELECT {', '.join(THREAD_COLUMNS)}, deleted_at FROM threads ORDER BY id LIMIT 1"
+        )
+        message = await conn.fetchrow(
+            f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE thread_id = $1",
+            thread["id"],
+        )
+        return int(threads), int(messages), _shape(dict(thread), dict(message))
+    finally:
+        await conn.close()
+
+
+async def _pg_raw_run(
+    connect: dict[str, Any], contexts: Sequence[UserExecutionContext], mode: Mode, batch: int
+) -> float:
+    pool = await _asyncpg().create_pool(min_size=PG_POOL_SIZE, max_size=PG_POOL_SIZE, **connect)
+    thread_sql = _insert_sql("threads", THREAD_COLUMNS, "dollar")
+    message_sql = _insert_sql("messages", MESSAGE_COLUMNS, "dollar")
+
+    async def transaction(context: UserExecutionContext) -> None:
+        thread, message = raw_rows(context)
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(thread_sql, *thread)
+            await conn.execute(message_sql, *message)
+
+    try:
+        return await _drive(transaction, contexts, mode, batch)
+    finally:
+        await pool.close()
+
+
+def _pg_connect_kwargs(url: str, database: str) -> dict[str, Any]:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {
+        "host": parsed.host,
+        "port": parsed.port,
+        "user": parsed.username,
+        "password": parsed.password,
+        "database": database,
+    }
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def measure_postgres(
+    url: str,
+    creates: int = DEFAULT_CREATES,
+    repeats: int = 3,
+    batch: int = DEFAULT_BATCH,
+    log: Log | None = None,
+) -> ThroughputResult:
+    """ThreadCreator on the plugin's PostgreSQL backend (by URL) against raw asyncpg.
+
+    Returns a result with ``reason`` set when the plugin's PostgreSQL backend cannot be built or
+    started (not there yet, no driver, server unreachable).
+    """
+    result = ThroughputResult("postgresql", creates, batch, {name: [] for name, _, _ in VARIANTS})
+    try:
+        from pytest_threadcreator.backends.pg_names import new_run_id
+        from pytest_threadcreator.backends.postgresql import make_postgres_backend
+
+        backend = make_postgres_backend(url, worker_id="bench", run_id=new_run_id())
+        backend.start()
+    except Exception as exc:
+        result.reason = f"{type(exc).__name__}: {exc}"
+        return result
+    contexts = _contexts(creates + batch)
+    shapes: dict[str, dict[str, Any]] = {}
+    try:
+        backend.prepare_template(default_schema(), None)
+        for rep in range(repeats):
+            order = VARIANTS if rep % 2 == 0 else tuple(reversed(VARIANTS))
+            for name, side, mode in order:
+                database = backend.create_database(name.replace("-", "_"), isolation="clean")
+                connect = _pg_connect_kwargs(backend.url, database.name)
+                try:
+                    if side == "ours":
+                        creator = ThreadCreator(database)
+
+                        async def ours(
+                            c: UserExecutionContext, cr: ThreadCreator = creator
+                        ) -> object:
+                            return await cr.create_thread_with_message(c, MESSAGE, TITLE)
+
+                        elapsed = asyncio.run(_drive(ours, contexts, mode, batch))
+                    else:
+                        database.close()
+                        elapsed = asyncio.run(_pg_raw_run(connect, contexts, mode, batch))
+                    threads, messages, shape = asyncio.run(_pg_readback(connect))
+                finally:
+                    backend.drop_database(database)
+                _check_counts("postgresql", name, threads, messages, len(contexts))
+                shapes.setdefault(side, shape)
+                result.rates[name].append(creates / elapsed)
+                if log is not None:
+                    log(f"throughput postgresql {name}: {creates / elapsed:,.0f}/s")
+            _compare_shapes("postgresql", shapes)
+    finally:
+        backend.stop()
+    return result
+
+
+def _print(result: ThroughputResult) -> None:
+    if result.reason is not None:
+        print(f"{result.backend}: not available: {result.reason}")
+        return
+    raw_name, raw_rate = result.best_raw()
+    print(f"{result.backend}: {result.creates} creates per measurement, batch {result.batch}")
+    for name, _, _ in VARIANTS:
+        rate = result.median(name)
+        print(f"  {name:16} {rate:10,.0f}/s  ({rate / raw_rate:.2f}× best raw, {raw_name})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--creates", type=int, default=DEFAULT_CREATES)
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get(
+            "THREADCREATOR_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    args = parser.parse_args(argv)
+    backends = {b.strip() for b in args.backends.split(",") if b.strip()}
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    if "sqlite" in backends:
+        _print(measure_sqlite(args.creates, args.repeats, args.batch, log))
+    if "postgresql" in backends:
+        _print(measure_postgres(args.pg_url, args.creates, args.repeats, args.batch, log))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
