@@ -480,7 +480,13 @@ def _histogram(calls: Sequence[_Call], latency: Mapping[str, Any]) -> str:
         body.append(
             f'<line x1="{_px(x)}" x2="{_px(x)}" y1="{_px(top)}" y2="{_px(top + height)}" '
             f'stroke="#333" stroke-dasharray="3 3"><title>{name} {_ms(value)}</title></line>'
-            f'<text x="{_px(x + 2)}" y="{_px(top + 10 + 11 * row)}">{name}</text>'
+            # Near the right edge the label goes left of its line, so the svg does not clip it.
+            + (
+                f'<text x="{_px(x - 2)}" y="{_px(top + 10 + 11 * row)}" '
+                f'text-anchor="end">{name}</text>'
+                if x > left + width - 30
+                else f'<text x="{_px(x + 2)}" y="{_px(top + 10 + 11 * row)}">{name}</text>'
+            )
         )
     body += _x_axis(left, top + height, width, [(f, _ms(scale.at(f))) for f in (0, 0.5, 1)])
     return _svg(left + width + 30, top + height + 30, "latency histogram", body)
