@@ -22,6 +22,7 @@ from .faults import FaultInjector
 from .runtime import Runtime, worker_id_from_env
 from .schema import ThreadSchema
 from .users import UserContextMaker
+from .xdist_support import worker_run
 
 if TYPE_CHECKING:
     from .factories import MessageFactory, ThreadFactory
@@ -69,6 +70,7 @@ def threadcreator_setup(
             basetemp=tmp_path_factory.getbasetemp(),
             worker_id=worker_id_from_env(),
             setup_hook=lambda database: hook(database=database),
+            xdist=worker_run(pytestconfig, tmp_path_factory),
         )
     runtime: Runtime = st.runtime
     return runtime
@@ -81,14 +83,8 @@ def _runtime_for(request: pytest.FixtureRequest, runtime: Runtime, schema: Threa
     st = _state(request.config)
     other: Runtime | None = st.schema_runtimes.get(id(schema))
     if other is None:
-        hook = request.config.hook.pytest_threadcreator_setup_database
         factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
-        other = Runtime(
-            schema=schema,
-            basetemp=factory.mktemp(f"threadcreator-{schema.name}"),
-            worker_id=runtime.worker_id,
-            setup_hook=lambda database: hook(database=database),
-        )
+        other = runtime.for_schema(schema, factory.mktemp(f"threadcreator-{schema.name}"))
         st.schema_runtimes[id(schema)] = other
     return other
 

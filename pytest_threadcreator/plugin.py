@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from . import hookspecs, shake
+from . import hookspecs, shake, xdist_support
 from .config import BACKEND_NAMES, ISOLATION_MODES, Settings, resolve_settings
 from .errors import ConfigurationError
 from .faults import FaultInjector
@@ -172,6 +172,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConfigurationError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[_STATE] = PluginState(config, settings)
+    xdist_support.register(config)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

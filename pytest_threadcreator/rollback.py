@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -218,8 +219,16 @@ def _make_rollback_engine(base: Database, drivers: list[Any]) -> AsyncEngine:
 
 def _stop_drivers(drivers: list[Any]) -> None:
     """Close the rollback engine's connections without an event loop (aiosqlite can)."""
-    for driver in drivers:
-        stop = getattr(driver, "stop", None)  # aiosqlite.Connection.stop(): no loop needed
-        if callable(stop):
-            with contextlib.suppress(Exception):
-                stop()
+
+    def stop_all() -> None:
+        for driver in drivers:
+            stop = getattr(driver, "stop", None)  # aiosqlite.Connection.stop()
+            if callable(stop):
+                with contextlib.suppress(Exception):
+                    stop()
+
+    # From a thread with no event loop: stop() then answers no future, so a loop that closes
+    # before the driver's thread is done cannot turn the answer into an error in that thread.
+    worker = threading.Thread(target=stop_all, name="threadcreator-rollback-close")
+    worker.start()
+    worker.join()

@@ -3,14 +3,21 @@
 Pytest-free; the plugin creates one Runtime per run and the fixtures ask it for databases.
 Per-test setup is the hot path: in ``clean`` isolation a test reuses the worker's database,
 emptied at setup (no new file, server database or connection).
+
+Under pytest-xdist each worker has a Runtime of its own and an :class:`XdistRun` from the
+controller: one run id for all workers, the run's shared temp dir and the servers the controller
+started. The schema template is then built once per run and shared (a file in the shared dir on
+SQLite, one template database on PostgreSQL), so the setup hook runs once per run.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +27,20 @@ from .database import Database
 from .errors import BackendUnavailableError, ConfigurationError
 from .schema import ThreadSchema
 
-__all__ = ["Runtime", "SetupCost"]
+__all__ = ["Runtime", "SetupCost", "XdistRun"]
+
+
+@dataclass(frozen=True)
+class XdistRun:
+    """What the pytest-xdist workers of one run share; each worker's Runtime gets one."""
+
+    #: the run id every worker uses (lowercase letters and digits)
+    run_id: str
+    #: a directory all workers of the run see (the shared SQLite templates live there)
+    shared_dir: Path
+    #: ``--threadcreator-db`` value -> ``LocalCluster.handoff()`` of a cluster the controller
+    #: started for the run (``postgresql-local``): the workers use it instead of their own
+    servers: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -49,6 +69,29 @@ class Runtime:
     kept: list[str] = field(default_factory=list)
     retries: int = 0
     unavailable: dict[str, BackendUnavailableError] = field(default_factory=dict)
+    #: set in an xdist worker: its run id wins over ``run_id``
+    xdist: XdistRun | None = None
+
+    def __post_init__(self) -> None:
+        if self.xdist is not None:
+            self.run_id = self.xdist.run_id
+
+    def for_schema(self, schema: ThreadSchema, basetemp: Path) -> Runtime:
+        """A Runtime of this run and worker for another schema (a conftest's override).
+
+        Its run id is derived from this one and the schema, the same in every worker, so the
+        workers share its template too, while its database names never meet this runtime's.
+        """
+        run_id = self.run_id[:10] + "x" + schema_key(schema)[1:]
+        xdist = None if self.xdist is None else dataclasses.replace(self.xdist, run_id=run_id)
+        return Runtime(
+            schema=schema,
+            basetemp=basetemp,
+            worker_id=self.worker_id,
+            run_id=run_id,
+            setup_hook=self.setup_hook,
+            xdist=xdist,
+        )
 
     def backend(self, db: str) -> Backend:
         """The started backend for ``db``, its template built (once)."""
@@ -72,10 +115,16 @@ class Runtime:
         return backend
 
     def _make_backend(self, db: str) -> Backend:
+        key = schema_key(self.schema)
         if backend_kind(db) == "sqlite":
             from .backends.sqlite import SqliteBackend
 
-            return SqliteBackend(self.basetemp / "threadcreator", worker_id=self.worker_id)
+            return SqliteBackend(
+                self.basetemp / "threadcreator",
+                worker_id=self.worker_id,
+                template_dir=self.xdist.shared_dir if self.xdist is not None else None,
+                template_key=key,
+            )
         try:
             from .backends.postgresql import make_postgres_backend
         except ImportError as exc:
@@ -83,7 +132,13 @@ class Runtime:
                 f"--threadcreator-db={db} needs the PostgreSQL driver: "
                 f"pip install 'pytest-threadcreator[postgresql]' ({exc})"
             ) from None
-        return make_postgres_backend(db, worker_id=self.worker_id, run_id=self.run_id)
+        return make_postgres_backend(
+            db,
+            worker_id=self.worker_id,
+            run_id=self.run_id,
+            template_key=key,
+            shared_cluster=self.xdist.servers.get(db) if self.xdist is not None else None,
+        )
 
     def acquire(self, settings: Settings, nodeid: str) -> Database:
         """An empty database for one test, per its settings."""
@@ -154,6 +209,16 @@ class Runtime:
 def _label(nodeid: str) -> str:
     name = nodeid.rsplit("::", 1)[-1]
     return "".join(ch if ch.isalnum() else "_" for ch in name)[:40] or "test"
+
+
+def schema_key(schema: ThreadSchema) -> str:
+    """``s`` and 8 hex digits naming the schema's template: the same in every worker, different
+    for schemas with other names, tables or columns."""
+    parts = [schema.name]
+    for table in schema.metadata.sorted_tables:
+        parts.append(table.fullname)
+        parts.extend(f"{c.name}:{type(c.type).__name__}" for c in table.columns)
+    return "s" + hashlib.blake2b("\0".join(parts).encode(), digest_size=4).hexdigest()
 
 
 def worker_id_from_env() -> str:

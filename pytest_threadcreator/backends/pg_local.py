@@ -8,6 +8,11 @@
   as the ``postgres`` system user, which owns the directory.
 * Removed at exit (``atexit``; Ctrl-C takes the normal exit path). A run killed outright leaves
   its directory behind, holding nobody's lock: the next cluster start stops and removes it.
+* Shared by the processes of one run (pytest-xdist): the controller calls
+  :meth:`LocalCluster.start_in_background` (the directory and address exist at once, ``initdb``
+  and the server start overlap the workers' own start-up) and hands :meth:`LocalCluster.handoff`
+  to each worker; a worker's :meth:`LocalCluster.attach` waits, on a file lock the starter holds
+  until it is done, for the server to be up, and never stops it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,6 +44,10 @@ SOCKET_PORT = 5432
 ENV_BINDIR = "THREADCREATOR_PG_BINDIR"
 _MARKER = "threadcreator-cluster"
 _LOCKFILE = "owner.lock"
+#: Held exclusively by the process starting the server until it is up (or failed to start).
+_READY_LOCK = "ready.lock"
+#: Why a background start failed, for the processes waiting on the ready lock.
+_START_ERROR = "start-error"
 _HINT = (
     "Install the PostgreSQL server binaries (e.g. apt-get install postgresql), set "
     f"{ENV_BINDIR} to the directory holding initdb and pg_ctl, or use an existing server with "
@@ -129,6 +139,10 @@ class LocalCluster:
         self._run_as: pwd.struct_passwd | None = None
         self._lock: IO[bytes] | None = None
         self._running = False
+        #: True for a cluster another process started and owns (see :meth:`attach`)
+        self.attached = False
+        self._starter: threading.Thread | None = None
+        self._start_error: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"<LocalCluster {self.directory or '(not started)'} running={self._running}>"
@@ -166,22 +180,118 @@ class LocalCluster:
         if self._running:
             return
         began = time.perf_counter()
+        try:
+            self._prepare()
+            self._boot()
+        except BaseException:
+            self.stop()
+            raise
+        self._started(began)
+        atexit.register(self.stop)
+
+    def start_in_background(self) -> None:
+        """Make the directory now, then initdb and start the server on a thread.
+
+        :attr:`url` and :meth:`handoff` are usable on return; other processes :meth:`attach`
+        and wait for the server, this one calls :meth:`wait_started`. Raises
+        BackendUnavailableError at once when no binaries are found.
+        """
+        if self._running or self._starter is not None:
+            return
+        began = time.perf_counter()
+        try:
+            self._prepare()
+            ready = open(self.data_dir.parent / _READY_LOCK, "wb")
+        except BaseException:
+            self.stop()
+            raise
+        fcntl.flock(ready.fileno(), fcntl.LOCK_EX)  # ours alone: nobody else has it yet
+        atexit.register(self.stop)
+
+        def boot() -> None:
+            try:
+                self._boot()
+                self._started(began)
+            except BaseException as exc:  # handed to wait_started() and to the workers
+                self._start_error = exc
+                with contextlib.suppress(OSError):
+                    (self.data_dir.parent / _START_ERROR).write_text(str(exc))
+            finally:
+                ready.close()  # releases the lock: the waiting workers go on
+
+        self._starter = threading.Thread(target=boot, name="threadcreator-pg-start", daemon=True)
+        self._starter.start()
+
+    def wait_started(self) -> None:
+        """Block until a background start is done; raise what made it fail."""
+        if self._starter is not None:
+            self._starter.join()
+        if self._start_error is not None:
+            raise self._start_error
+
+    def handoff(self) -> dict[str, str]:
+        """What :meth:`attach` needs in another process (plain strings: it crosses processes)."""
+        return {
+            "directory": self.socket_dir,
+            "port": str(self.port),
+            "bindir": self.bindir,
+            "user": self._run_as.pw_name if self._run_as is not None else "",
+        }
+
+    @classmethod
+    def attach(cls, handoff: Mapping[str, str]) -> LocalCluster:
+        """The cluster another process of this run started (``handoff`` from it), once it is up.
+
+        Waits while that process still starts it; raises BackendUnavailableError when the start
+        failed. :meth:`stop` on the result does nothing: the owner stops the cluster.
+        """
+        cluster = cls(bindir=handoff.get("bindir") or None)
+        cluster.directory = Path(handoff["directory"])
+        cluster.port = int(handoff.get("port") or SOCKET_PORT)
+        cluster.bindir = handoff.get("bindir", "")
+        user = handoff.get("user")
+        if user:
+            with contextlib.suppress(KeyError):
+                cluster._run_as = pwd.getpwnam(user)
+        cluster.attached = True
+        try:
+            with open(cluster.directory / _READY_LOCK, "rb") as ready:
+                fcntl.flock(ready.fileno(), fcntl.LOCK_SH)  # blocks until the starter is done
+        except OSError as exc:
+            raise BackendUnavailableError(
+                f"postgresql-local: the run's cluster in {cluster.directory} is gone ({exc}); "
+                "did the pytest-xdist controller stop early?"
+            ) from None
+        with contextlib.suppress(FileNotFoundError):
+            reason = (cluster.directory / _START_ERROR).read_text().strip()
+            raise BackendUnavailableError(reason or "postgresql-local: the cluster did not start")
+        try:
+            cluster.version = (cluster.data_dir / "PG_VERSION").read_text().strip()
+        except OSError as exc:
+            raise BackendUnavailableError(
+                f"postgresql-local: the run's cluster in {cluster.directory} is not usable "
+                f"({exc}). {_FAILED_HINT}"
+            ) from None
+        cluster._running = True
+        return cluster
+
+    def _prepare(self) -> None:
+        """Find the binaries and make the cluster's directory (quick; no server yet)."""
         self.bindir = find_pg_bindir(self._bindir_hint)
         self._run_as = _system_user_for_root()
         parent = self._parent_dir or _short_parent()
         remove_stale_clusters(parent)
-        try:
-            self._create_directory(parent)
-            self._initdb()
-            self._configure()
-            self._pg_ctl_start()
-        except BaseException:
-            self.stop()
-            raise
-        self._running = True
-        atexit.register(self.stop)
+        self._create_directory(parent)
+
+    def _boot(self) -> None:
+        self._initdb()
+        self._configure()
+        self._pg_ctl_start()
+
+    def _started(self, began: float) -> None:
         self.version = (self.data_dir / "PG_VERSION").read_text().strip()
         self.start_seconds = time.perf_counter() - began
+        self._running = True
 
     def _create_directory(self, parent: str) -> None:
         directory = Path(tempfile.mkdtemp(prefix="tc-", dir=parent))
@@ -291,6 +401,13 @@ class LocalCluster:
         ``keep_data`` keeps the directory (for ``--threadcreator-keep``) and unmarks it, so no
         later run's cleanup takes it for the leftover of a crashed run.
         """
+        if self.attached:  # another process owns it
+            self._running = False
+            self.directory = None
+            return
+        starter, self._starter = self._starter, None
+        if starter is not None:
+            starter.join()
         directory = self.directory
         self._running = False
         with contextlib.suppress(Exception):

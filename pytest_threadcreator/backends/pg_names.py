@@ -6,8 +6,10 @@ truncates longer identifiers, so long per-worker names would collide):
 * ``<run>``: the run id, lowercase letters and digits, never shortened. All xdist workers of one
   pytest run share it; it keys the run's advisory lock (:func:`run_lock_key`), which is how a
   later run tells a crashed run's leftovers from a live run's databases.
-* ``<worker>``: the xdist worker id (``gw0``, ``gw123``) or ``master``, never shortened.
-* ``<suffix>``: ``template`` for the worker's template, else ``<n>_<label>``: a per-worker
+* ``<worker>``: the xdist worker id (``gw0``, ``gw123``) or ``master``, never shortened. A
+  template that all workers of the run share carries a scope token there instead (``s`` and a
+  hash of the schema, see :func:`template_name`).
+* ``<suffix>``: ``template`` for a template, else ``<n>_<label>``: a per-worker
   sequence number (unique) and the test's label, cut to fit and suffixed with a short hash of the
   full label when cut, so two long labels stay tellable apart for humans.
 """
@@ -30,6 +32,7 @@ __all__ = [
     "new_run_id",
     "parse_database_name",
     "run_lock_key",
+    "template_lock_key",
     "template_name",
 ]
 
@@ -44,6 +47,8 @@ _NAME = re.compile(r"tc_([a-z0-9]+)_([a-z0-9]+)_(template|[0-9a-z]+_[a-z0-9_]*)"
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 #: First half of every advisory lock key the plugin takes ("tc" + 1), second half from the run id.
 _LOCK_CLASS = 0x7463_0001
+#: First half of the lock that serialises the build of one template ("tc" + 2).
+_TEMPLATE_LOCK_CLASS = 0x7463_0002
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +90,12 @@ def normalise_worker_id(worker_id: str) -> str:
     return cleaned or "master"
 
 
-def template_name(run_id: str, worker_id: str) -> str:
-    """Name of the worker's template database."""
+def template_name(run_id: str, scope: str) -> str:
+    """Name of a template database: ``scope`` is the worker id for a worker's own template, or
+    the token that the workers of a run sharing one template agree on."""
     run = _check_token(run_id, "run id", MAX_RUN_ID)
-    worker = _check_token(worker_id, "worker id", MAX_WORKER_ID)
-    return f"{DB_PREFIX}{run}_{worker}_template"
+    token = _check_token(scope, "worker id", MAX_WORKER_ID)
+    return f"{DB_PREFIX}{run}_{token}_template"
 
 
 def database_name(run_id: str, worker_id: str, number: int, label: str) -> str:
@@ -142,3 +148,13 @@ def run_lock_key(run_id: str) -> tuple[int, int]:
     digest = hashlib.blake2b(run_id.encode(), digest_size=4).digest()
     second = int.from_bytes(digest, "big", signed=True)
     return _LOCK_CLASS, second
+
+
+def template_lock_key(template: str) -> tuple[int, int]:
+    """The advisory lock key that serialises building the template named ``template``.
+
+    Whoever holds it builds the template (or finds it built by another worker of the run and
+    reuses it); the others wait for it.
+    """
+    digest = hashlib.blake2b(template.encode(), digest_size=4).digest()
+    return _TEMPLATE_LOCK_CLASS, int.from_bytes(digest, "big", signed=True)

@@ -18,6 +18,14 @@ How it behaves on a shared server:
 * The template is created, filled (``create_all`` and the setup hook) and then closed to
   connections (``ALLOW_CONNECTIONS false``): a session left on a template makes
   ``CREATE DATABASE … TEMPLATE`` wait and fail.
+* With a ``template_key`` the template is the run's, not the worker's: all xdist workers of a run
+  (one run id) use one template, built by the first under an advisory lock while the others wait,
+  then reused (a finished template is sealed and carries a comment listing its seeded tables).
+  At stop a backend drops its own databases, releases its shared run lock and, if it then gets
+  the run's lock exclusively, it is the run's last: it drops the template (and anything else of
+  the run left on the server). Under xdist the controller holds the run's lock too
+  (:class:`RunLock`), so a worker that finishes early never drops the template that a late
+  worker still needs; the controller drops it once all workers are done.
 
 The data path (:class:`PgStore`) runs on asyncpg pools that live on one private background
 event loop per backend, so a database outlives the test's event loop. ThreadCreator's create is
@@ -63,6 +71,7 @@ from .pg_names import (
     normalise_worker_id,
     parse_database_name,
     run_lock_key,
+    template_lock_key,
     template_name,
 )
 
@@ -75,6 +84,7 @@ __all__ = [
     "PgStore",
     "PoolPlan",
     "PostgresBackend",
+    "RunLock",
     "is_pg_transient",
     "make_postgres_backend",
     "plan_pools",
@@ -94,6 +104,11 @@ DEFAULT_ENGINE_OVERFLOW = 10
 ACQUIRE_TIMEOUT = 30.0
 #: How long admin work (CREATE/DROP DATABASE, the setup connection) may take.
 ADMIN_TIMEOUT = 60.0
+#: How long a worker waits for another worker of its run to build the shared template (the
+#: setup hook may run migrations).
+TEMPLATE_WAIT_TIMEOUT = 600.0
+#: Comment on a finished shared template; the JSON after it lists the tables the hook seeded.
+_TEMPLATE_NOTE = "pytest-threadcreator template; seeded tables: "
 DOCKER_IMAGE = "postgres:16-alpine"
 _INSTALL_ASYNCPG = "pip install 'pytest-threadcreator[postgresql]'"
 _INSTALL_DOCKER = "pip install 'pytest-threadcreator[docker]'"
@@ -909,6 +924,111 @@ def _short_reason(exc: BaseException) -> str:
     return (text[0] if text else type(inner).__name__)[:160]
 
 
+def _finished_template_seed(row: Any) -> list[str] | None:
+    """The seeded tables of a finished shared template (its ``pg_database`` row), else None."""
+    if row is None or row["datallowconn"] or not row["note"]:
+        return None
+    note = str(row["note"])
+    if not note.startswith(_TEMPLATE_NOTE):
+        return None
+    try:
+        seeded = json.loads(note[len(_TEMPLATE_NOTE) :])
+    except ValueError:
+        return None
+    return [str(name) for name in seeded] if isinstance(seeded, list) else None
+
+
+async def _drop_run_if_last(conn: Any, run_id: str) -> list[str]:
+    """Drop what is left of ``run_id`` on the server if nobody else of the run is alive.
+
+    ``conn`` holds the run's lock in shared mode and gives it up here; getting the lock
+    exclusively then means every other holder (the run's other backends, the xdist controller)
+    is gone, so nothing of the run is in use. Returns the problems met.
+    """
+    key = run_lock_key(run_id)
+    await conn.execute("SELECT pg_advisory_unlock_shared($1, $2)", *key)
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", *key):
+        return []  # another holder is alive: the last one drops it
+    problems: list[str] = []
+    try:
+        rows = await conn.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY datname",
+            f"{DB_PREFIX}{run_id}_".replace("_", "\\_") + "%",
+        )
+        for row in rows:
+            name = row["datname"]
+            parsed = parse_database_name(name)
+            if parsed is None or parsed.run_id != run_id:
+                continue
+            try:
+                await conn.execute(f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)")
+            except Exception as exc:  # collected and reported
+                problems.append(f"dropping {name}: {_short_reason(exc)}")
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1, $2)", *key)
+    return problems
+
+
+class RunLock:
+    """A run's lock on a server, held in shared mode from outside its backends.
+
+    The pytest-xdist controller holds one for the whole run: while it does, no worker's backend
+    is the run's last, so the shared template outlives workers that finish early.
+    :meth:`release` then drops whatever the run left on the server.
+    """
+
+    def __init__(self, url: str, run_id: str) -> None:
+        self._connect = _connect_kwargs(_async_url(url, "the PostgreSQL URL"))
+        self.run_id = run_id
+        template_name(run_id, "master")  # validates the run id
+        self._background = BackgroundLoop("threadcreator-pg-run-lock")
+        self._conn: Any = None
+
+    def acquire(self) -> None:
+        """Connect and take the run's lock in shared mode; BackendUnavailableError if unreachable."""
+
+        async def take() -> None:
+            asyncpg = _asyncpg()
+            try:
+                conn = await asyncpg.connect(
+                    timeout=10,
+                    server_settings={"application_name": "pytest-threadcreator"},
+                    **dict(self._connect, database="postgres"),
+                )
+            except Exception as exc:  # becomes one readable line
+                raise BackendUnavailableError(
+                    f"cannot connect to PostgreSQL at {_address(self._connect)}: "
+                    f"{_short_reason(exc)}"
+                ) from None
+            await conn.execute("SELECT pg_advisory_lock_shared($1, $2)", *run_lock_key(self.run_id))
+            self._conn = conn
+
+        try:
+            self._background.run(take(), timeout=ADMIN_TIMEOUT)
+        except BaseException:
+            self._background.close()
+            raise
+
+    def release(self) -> list[str]:
+        """Give the lock up, drop the run's leftovers if nobody else holds it; the problems met."""
+        conn, self._conn = self._conn, None
+        if conn is None or self._background.closed:
+            return []
+
+        async def finish() -> list[str]:
+            try:
+                return await _drop_run_if_last(conn, self.run_id)
+            finally:
+                await conn.close(timeout=5)
+
+        try:
+            return self._background.run(finish(), timeout=ADMIN_TIMEOUT)
+        except Exception as exc:  # reported to the caller
+            return [f"releasing the run's lock: {_short_reason(exc)}"]
+        finally:
+            self._background.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # The backend
 # ---------------------------------------------------------------------------------------------
@@ -939,13 +1059,20 @@ class PostgresBackend(Backend):
         bindir: str | None = None,
         docker_image: str = DOCKER_IMAGE,
         environ: Mapping[str, str] | None = None,
+        template_key: str | None = None,
+        shared_cluster: Mapping[str, str] | None = None,
     ) -> None:
         if mode == "url" and not url:
             raise ConfigurationError("PostgresBackend(mode='url') needs a url")
         self.mode: Mode = mode
         self.run_id = run_id
         self.worker_id = normalise_worker_id(worker_id)
-        self.template = template_name(run_id, self.worker_id)  # validates both ids
+        template_name(run_id, self.worker_id)  # validates both ids
+        #: with a key, one template per run and schema, shared by the run's workers
+        self.shared_template = template_key is not None
+        self.template = template_name(run_id, template_key or self.worker_id)
+        #: LocalCluster.handoff() of a cluster another process of the run started (xdist)
+        self._shared_cluster = dict(shared_cluster) if shared_cluster is not None else None
         self.pool_size = pool_size
         self.workers = workers if workers is not None else _worker_count()
         self._given_url = url
@@ -1026,7 +1153,9 @@ class PostgresBackend(Backend):
         self.timings["start_s"] = time.perf_counter() - began
 
     def _start_server(self) -> None:
-        if self.mode == "url":
+        if self._shared_cluster is not None:
+            self._attach_local(self._shared_cluster)
+        elif self.mode == "url":
             assert self._given_url is not None
             self._use_url(_async_url(self._given_url, "the PostgreSQL URL"), "url")
         elif self.mode == "local":
@@ -1046,6 +1175,13 @@ class PostgresBackend(Backend):
 
         cluster = LocalCluster(bindir=self._bindir)
         cluster.start()
+        self.cluster = cluster
+        self._use_url(make_url(cluster.url), "local")
+
+    def _attach_local(self, handoff: Mapping[str, str]) -> None:
+        from .pg_local import LocalCluster
+
+        cluster = LocalCluster.attach(handoff)  # waits while the controller still starts it
         self.cluster = cluster
         self._use_url(make_url(cluster.url), "local")
 
@@ -1155,7 +1291,13 @@ class PostgresBackend(Backend):
         for run_id, names in by_run.items():
             key = run_lock_key(run_id)
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", *key):
-                continue  # a process of that run is alive
+                # Held shared by a live run, or exclusively by another backend cleaning that
+                # run up right now (xdist workers start together). A shared request waits only
+                # for the latter: then try again, so that the run is gone when start() returns.
+                await conn.execute("SELECT pg_advisory_lock_shared($1, $2)", *key)
+                await conn.execute("SELECT pg_advisory_unlock_shared($1, $2)", *key)
+                if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", *key):
+                    continue  # a process of that run is alive
             try:
                 for name in names:
                     with contextlib.suppress(Exception):
@@ -1166,7 +1308,9 @@ class PostgresBackend(Backend):
         return removed
 
     # -- admin helpers ---------------------------------------------------------------------
-    def _admin_run(self, make: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    def _admin_run(
+        self, make: Callable[[Any], Coroutine[Any, Any, T]], *, timeout: float = ADMIN_TIMEOUT
+    ) -> T:
         """Run ``make(admin_connection)`` on the background loop, one admin job at a time."""
         if not self._started:
             raise BackendUnavailableError("start() the PostgreSQL backend first")
@@ -1178,7 +1322,7 @@ class PostgresBackend(Backend):
                     await self._reopen_admin()
                 return await make(self._admin)
 
-        return self._background.run(job(), timeout=ADMIN_TIMEOUT)
+        return self._background.run(job(), timeout=timeout)
 
     async def _reopen_admin(self) -> None:
         conn = await self._connect_to("postgres")
@@ -1189,7 +1333,47 @@ class PostgresBackend(Backend):
     def prepare_template(
         self, schema: ThreadSchema, setup: Callable[[Database], None] | None
     ) -> None:
-        """Create the worker's template, ``create_all`` into it, run ``setup``, close it."""
+        """Build the template (``create_all``, ``setup``, sealed), or reuse the run's one.
+
+        A shared template (``template_key``) is built by whichever worker of the run takes its
+        build lock first; the others wait on the lock and then find it finished.
+        """
+        self._template_ready = False
+        self._schema = schema
+        if not self.shared_template:
+            self._build_template(schema, setup)
+            self._template_ready = True
+            return
+        began = time.perf_counter()
+        key = template_lock_key(self.template)
+
+        async def claim(conn: Any) -> Any:
+            await conn.execute("SELECT pg_advisory_lock($1, $2)", *key)
+            return await conn.fetchrow(
+                "SELECT datallowconn, shobj_description(oid, 'pg_database') AS note "
+                "FROM pg_database WHERE datname = $1",
+                self.template,
+            )
+
+        async def release(conn: Any) -> None:
+            await conn.execute("SELECT pg_advisory_unlock($1, $2)", *key)
+
+        row = self._admin_run(claim, timeout=TEMPLATE_WAIT_TIMEOUT)
+        try:
+            seeded = _finished_template_seed(row)
+            if seeded is None:  # not there, or left half-built by a worker that died
+                self._build_template(schema, setup)
+            else:
+                self._seeded = seeded
+                self.timings["template_wait_s"] = time.perf_counter() - began
+        finally:
+            self._admin_run(release)
+        self._template_ready = True
+
+    def _build_template(
+        self, schema: ThreadSchema, setup: Callable[[Database], None] | None
+    ) -> None:
+        """Create the template, ``create_all`` into it, run ``setup``, close it."""
         began = time.perf_counter()
         tpl = _quote(self.template)
 
@@ -1197,9 +1381,7 @@ class PostgresBackend(Backend):
             await conn.execute(f"DROP DATABASE IF EXISTS {tpl} WITH (FORCE)")
             await conn.execute(f"CREATE DATABASE {tpl}")
 
-        self._template_ready = False
         self._admin_run(create)
-        self._schema = schema
         self._background.run(self._create_all(schema), timeout=ADMIN_TIMEOUT)
         if setup is not None:
             database = self._open(self.template, label="template", isolation="template")
@@ -1209,7 +1391,11 @@ class PostgresBackend(Backend):
                 database.close()
             self._seeded = self._background.run(self._copy_seed(schema), timeout=ADMIN_TIMEOUT)
 
+        note = (_TEMPLATE_NOTE + json.dumps(self._seeded)).replace("'", "''")
+
         async def seal(conn: Any) -> None:
+            # The note says "finished" to the other workers of the run, and what was seeded.
+            await conn.execute(f"COMMENT ON DATABASE {tpl} IS '{note}'")
             # No session may stay on a template (CREATE DATABASE … TEMPLATE would wait and
             # fail), and none may come back later.
             await conn.execute(f"ALTER DATABASE {tpl} ALLOW_CONNECTIONS false")
@@ -1220,7 +1406,6 @@ class PostgresBackend(Backend):
             )
 
         self._admin_run(seal)
-        self._template_ready = True
         self.timings["template_s"] = time.perf_counter() - began
 
     async def _copy_seed(self, schema: ThreadSchema) -> list[str]:
@@ -1384,7 +1569,11 @@ class PostgresBackend(Backend):
                 database.close()
             except Exception as exc:  # collected and reported
                 problems.append(f"closing {database.name}: {_short_reason(exc)}")
-        names = [d.name for d in databases] + [self.template]
+        names = [d.name for d in databases]
+        if not self.shared_template:
+            names.append(self.template)
+        # a shared cluster (xdist) goes with everything in it once the controller stops it
+        attached = self.cluster is not None and self.cluster.attached
         if self._admin is not None and not self._background.closed:
 
             async def drop_all() -> None:
@@ -1397,6 +1586,8 @@ class PostgresBackend(Backend):
                             )
                         except Exception as exc:  # collected and reported
                             problems.append(f"dropping {name}: {_short_reason(exc)}")
+                    if self.shared_template and not attached:
+                        problems.extend(await _drop_run_if_last(self._admin, self.run_id))
                     await self._admin.close(timeout=5)  # releases the run's advisory lock
 
             try:
@@ -1408,6 +1599,7 @@ class PostgresBackend(Backend):
         self._admin = None
         self._background.close()
         if self.cluster is not None:
+            # an attached cluster (xdist) is the controller's to stop; its stop() does nothing
             self.cluster.stop(keep_data=self._keep_cluster)
         if self.container is not None:
             self.container.stop()
@@ -1418,12 +1610,20 @@ class PostgresBackend(Backend):
 
 
 def make_postgres_backend(
-    value: str, *, worker_id: str, run_id: str, pool_size: int | None = None
+    value: str,
+    *,
+    worker_id: str,
+    run_id: str,
+    pool_size: int | None = None,
+    template_key: str | None = None,
+    shared_cluster: Mapping[str, str] | None = None,
 ) -> PostgresBackend:
     """The backend for a ``--threadcreator-db`` value (not started yet).
 
     ``"postgresql"`` (auto: ``$THREADCREATOR_POSTGRES_URL``, else local binaries, else Docker),
     ``"postgresql-local"``, ``"postgresql-docker"``, or an async SQLAlchemy URL.
+    ``template_key``: share one template per run (see the module docstring);
+    ``shared_cluster``: use the local cluster another process of the run started.
     """
     _asyncpg()
     modes: dict[str, Mode] = {
@@ -1431,7 +1631,13 @@ def make_postgres_backend(
         "postgresql-local": "local",
         "postgresql-docker": "docker",
     }
-    common: dict[str, Any] = {"run_id": run_id, "worker_id": worker_id, "pool_size": pool_size}
+    common: dict[str, Any] = {
+        "run_id": run_id,
+        "worker_id": worker_id,
+        "pool_size": pool_size,
+        "template_key": template_key,
+        "shared_cluster": shared_cluster,
+    }
     value = value.strip()
     if value in modes:
         return PostgresBackend(modes[value], **common)

@@ -7,18 +7,24 @@ Correct by construction (see the project's reliability notes):
 * ThreadCreator's writes run as one ``BEGIN IMMEDIATE … COMMIT`` function on a dedicated writer
   thread with its own connection: writers queue in-process instead of racing for the lock, and a
   create costs one hop between the event loop and the thread instead of ~10.
+
+Under pytest-xdist the template is the run's (``template_dir``, in the run's shared temp dir): the
+first worker builds it under an exclusive ``flock`` and moves it into place whole; the others wait
+on the lock and copy it. No worker removes it (one that finishes early would make a late one
+build it again): the directory belongs to the xdist controller, which removes it at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -60,49 +66,91 @@ class _CancelRequested(Exception):
     """Raised on the writer thread when the fault injector asks to cancel the call."""
 
 
+class _WriterThread:
+    """A daemon thread running submitted jobs in FIFO order; reused from database to database."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Any, _Writer] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="threadcreator-sqlite", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], Any], waiter: Any, writer: _Writer) -> None:
+        self._jobs.put((fn, waiter, writer))
+
+    def _run(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            fn, waiter, writer = item
+            if isinstance(waiter, asyncio.Future) and waiter.cancelled():
+                writer._finished += 1  # cancelled before it started: nothing to do
+                continue
+            try:
+                result: Any = fn()
+            except BaseException as exc:
+                writer._deliver(waiter, None, exc)
+            else:
+                writer._deliver(waiter, result, None)
+
+
+# Idle writer threads, so that a ``fresh`` database per test costs no thread start and join.
+_IDLE: list[_WriterThread] = []
+_IDLE_LOCK = threading.Lock()
+_MAX_IDLE = 4
+
+
+def _take_thread() -> _WriterThread:
+    with _IDLE_LOCK:
+        if _IDLE:
+            return _IDLE.pop()
+    return _WriterThread()
+
+
+def _give_back(thread: _WriterThread) -> None:
+    with _IDLE_LOCK:
+        if len(_IDLE) < _MAX_IDLE:
+            _IDLE.append(thread)
+            return
+    thread._jobs.put(None)
+
+
 class _Writer:
-    """A thread owning one sqlite3 connection; jobs run in FIFO order, one at a time."""
+    """One sqlite3 connection, used only by jobs on a writer thread, one at a time, in FIFO order."""
 
     def __init__(self, path: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self._path = path
         self._busy_timeout_ms = busy_timeout_ms
-        self._jobs: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Any] | None] = (
-            queue.SimpleQueue()
-        )
-        self._thread = threading.Thread(
-            target=self._run, name=f"threadcreator-sqlite:{path.name}", daemon=True
-        )
         self._conn: sqlite3.Connection | None = None
         self._closed = False
         # Two counters, each written by one side only, so no lock is needed.
         self._submitted = 0
         self._finished = 0
-        self._thread.start()
+        self._thread = _take_thread()
+        self._submitted += 1
+        self._thread.submit(self._open, None, self)  # opens while the caller goes on
 
-    def _run(self) -> None:
+    def _open(self) -> None:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         for pragma in sqlite_pragmas(self._busy_timeout_ms):
             conn.execute(pragma)
         self._conn = conn
-        try:
-            while True:
-                item = self._jobs.get()
-                if item is None:
-                    return
-                fn, waiter = item
-                if isinstance(waiter, asyncio.Future) and waiter.cancelled():
-                    self._finished += 1  # cancelled before it started: nothing to do
-                    continue
-                try:
-                    result: Any = fn(conn)
-                except BaseException as exc:
-                    if conn.in_transaction:
-                        conn.rollback()
-                    self._deliver(waiter, None, exc)
-                else:
-                    self._deliver(waiter, result, None)
-        finally:
-            conn.close()
+
+    def _job(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[], T]:
+        def job() -> T:
+            conn = self._conn
+            if conn is None:
+                raise RuntimeError(f"the SQLite connection to {self._path} could not be opened")
+            try:
+                return fn(conn)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+
+        return job
 
     @property
     def busy(self) -> int:
@@ -111,16 +159,17 @@ class _Writer:
 
     def _deliver(self, waiter: Any, result: Any, exc: BaseException | None) -> None:
         self._finished += 1
+        if waiter is None:
+            return
         if isinstance(waiter, asyncio.Future):
             try:
                 waiter.get_loop().call_soon_threadsafe(_settle, waiter, result, exc)
             except RuntimeError:  # the waiter's loop is closed: nobody is listening
                 pass
+        elif exc is not None:
+            waiter.set_exception(exc)
         else:
-            if exc is not None:
-                waiter.set_exception(exc)
-            else:
-                waiter.set_result(result)
+            waiter.set_result(result)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on the writer thread and await its result from any event loop."""
@@ -128,22 +177,31 @@ class _Writer:
             raise RuntimeError("the database was released; request threadcreator_db in this test")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._submitted += 1
-        self._jobs.put((fn, fut))
+        self._thread.submit(self._job(fn), fut, self)
         return await fut
 
     def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on the writer thread and block until it is done (no loop needed)."""
         fut: Future[T] = Future()
         self._submitted += 1
-        self._jobs.put((fn, fut))
+        self._thread.submit(self._job(fn), fut, self)
         return fut.result()
 
     def close(self) -> None:
+        """Close the connection after the jobs already queued, and free the thread."""
         if self._closed:
             return
         self._closed = True
-        self._jobs.put(None)
-        self._thread.join(timeout=30)
+        done: Future[None] = Future()
+        self._submitted += 1
+        self._thread.submit(self._close_connection, done, self)
+        done.result(timeout=60)
+        _give_back(self._thread)
+
+    def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
 def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
@@ -305,16 +363,29 @@ def make_sqlite_engine(
 
 
 class SqliteBackend(Backend):
-    """Makes SQLite file databases in one directory (pytest's temp dir for this run/worker)."""
+    """Makes SQLite file databases in one directory (pytest's temp dir for this run/worker).
+
+    ``template_dir`` (xdist): build the template once per run there, shared by the workers
+    and left there at stop (see the module docstring); ``template_key`` names it, so that
+    runtimes of one run for different schemas keep theirs apart.
+    """
 
     name = "sqlite"
 
     def __init__(
-        self, directory: Path, *, worker_id: str = "master", busy_timeout_ms: int = BUSY_TIMEOUT_MS
+        self,
+        directory: Path,
+        *,
+        worker_id: str = "master",
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        template_dir: Path | None = None,
+        template_key: str | None = None,
     ) -> None:
         self.directory = directory
         self.worker_id = worker_id
         self.busy_timeout_ms = busy_timeout_ms
+        self.template_dir = template_dir
+        self.template_key = template_key or worker_id
         self._seed: list[tuple[str, list[tuple[Any, ...]]]] = []
         self._template: Path | None = None
         self._schema: ThreadSchema | None = None
@@ -326,12 +397,33 @@ class SqliteBackend(Backend):
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.template_dir is not None:
+            self.template_dir.mkdir(parents=True, exist_ok=True)
 
     def prepare_template(
         self, schema: ThreadSchema, setup: Callable[[Database], None] | None
     ) -> None:
-        path = self.directory / f"template-{self.worker_id}.sqlite3"
-        _remove_db_files(path)
+        self._schema = schema
+        if self.template_dir is None:
+            path = self.directory / f"template-{self.worker_id}.sqlite3"
+            _remove_db_files(path)
+            self._build_template(path, schema, setup)
+        else:
+            path = self.template_dir / f"template-{self.template_key}.sqlite3"
+            # The first worker builds it; the others wait here and find it whole.
+            with _exclusive(self.template_dir / f"template-{self.template_key}.lock"):
+                if not path.exists():
+                    building = path.with_name(f"building-{os.getpid()}-{path.name}")
+                    _remove_db_files(building)
+                    self._build_template(building, schema, setup)
+                    os.replace(building, path)
+                    _remove_db_files(building)
+        self._template = path
+        self._seed = _read_seed(path, schema)
+
+    def _build_template(
+        self, path: Path, schema: ThreadSchema, setup: Callable[[Database], None] | None
+    ) -> None:
         engine = create_engine(f"sqlite:///{path}")
         try:
             with engine.begin() as conn:
@@ -339,7 +431,6 @@ class SqliteBackend(Backend):
                 schema.metadata.create_all(conn)
         finally:
             engine.dispose()
-        self._template, self._schema = path, schema
         if setup is not None:
             database = self._open(path, label="template", isolation="template")
             try:
@@ -350,10 +441,6 @@ class SqliteBackend(Backend):
         raw = sqlite3.connect(path)
         try:
             raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._seed = [
-                (table.name, raw.execute(f'SELECT * FROM "{table.name}"').fetchall())
-                for table in schema.metadata.sorted_tables
-            ]
         finally:
             raw.close()
 
@@ -398,12 +485,35 @@ class SqliteBackend(Backend):
         for path in self._created:
             _remove_db_files(path)
         self._created.clear()
-        if self._template is not None:
+        if self.template_dir is None and self._template is not None:
             _remove_db_files(self._template)
-            self._template = None
+        self._template = None  # a shared one stays: other workers may still start
 
     def leftovers(self) -> list[str]:
         return [p.name for p in self._created if p.exists()]
+
+
+def _read_seed(path: Path, schema: ThreadSchema) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """Rows the setup hook left in the template, read without touching the file."""
+    # immutable: no locks, no -wal/-shm files, nothing written (other workers copy it meanwhile)
+    raw = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+    try:
+        return [
+            (table.name, raw.execute(f'SELECT * FROM "{table.name}"').fetchall())
+            for table in schema.metadata.sorted_tables
+        ]
+    finally:
+        raw.close()
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (waiting for it) for the ``with`` block."""
+    import fcntl  # POSIX only; needed under xdist alone
+
+    with open(path, "ab") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def _remove_db_files(path: Path) -> None:
