@@ -228,27 +228,39 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+def run_report(config: pytest.Config) -> dict[str, Any] | None:
+    """This process's report data (None when the plugin is not configured)."""
     st = config.stash.get(_STATE, None)
     if st is None:
-        return
-    lines = summary_lines(
+        return None
+    return report_data(
         st.runtime,
         st.concurrency_reports,
+        settings=st.settings.describe(),
         shaken=st.shaken,
-        retries=st.runtime.retries if st.runtime else 0,
-        verbose=config.get_verbosity() > 0,
+        extra_runtimes=list(st.schema_runtimes.values()),
     )
+
+
+def show_report(terminalreporter: Any, config: pytest.Config, data: dict[str, Any]) -> None:
+    """Print the summary and write ``--threadcreator-report``."""
+    lines = summary_lines(data, verbose=config.get_verbosity() > 0)
     if lines:
         terminalreporter.write_sep("-", "threadcreator")
         for line in lines:
             terminalreporter.write_line(line)
-    if st.settings.report:
-        path = write_report(
-            st.settings.report,
-            report_data(st.runtime, st.concurrency_reports, settings=st.settings.describe()),
-        )
+    report = state(config).settings.report
+    if report:
+        path = write_report(report, data)
         terminalreporter.write_line(f"threadcreator report written to {path}")
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if xdist_support.is_worker(config) or xdist_support.is_controller(config):
+        return  # under xdist the controller shows the workers' data, merged
+    data = run_report(config)
+    if data is not None:
+        show_report(terminalreporter, config, data)
 
 
 _SHAKING = pytest.StashKey[bool]()

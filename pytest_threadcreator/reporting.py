@@ -12,7 +12,7 @@ from .concurrency import ConcurrencyReport
 from .html_report import render_html, run_data
 from .runtime import Runtime
 
-__all__ = ["report_data", "summary_lines", "write_report"]
+__all__ = ["merge_report_data", "report_data", "summary_lines", "write_report"]
 
 
 def report_data(
@@ -20,13 +20,16 @@ def report_data(
     runs: Sequence[tuple[str, ConcurrencyReport[Any]]],
     *,
     settings: str,
+    shaken: Sequence[tuple[str, int, int | None]] = (),
+    extra_runtimes: Sequence[Runtime] = (),
 ) -> dict[str, Any]:
-    """Everything ``--threadcreator-report`` writes, as plain JSON-able data."""
-    costs = runtime.setup_costs if runtime is not None else []
+    """Everything ``--threadcreator-report`` writes (and the summary shows), as JSON-able data."""
+    runtimes = [rt for rt in (runtime, *extra_runtimes) if rt is not None]
     return {
         "settings": settings,
-        "backends": [b.describe() for b in runtime.backends.values()] if runtime else [],
-        "databases_created": runtime.databases_created if runtime else 0,
+        "backends": [b.describe() for rt in runtimes for b in rt.backends.values()],
+        "databases_created": sum(rt.databases_created for rt in runtimes),
+        "retries": sum(rt.retries for rt in runtimes),
         "setup": [
             {
                 "test": c.nodeid,
@@ -34,11 +37,36 @@ def report_data(
                 "isolation": c.isolation,
                 "ms": round(c.seconds * 1000, 3),
             }
-            for c in costs
+            for rt in runtimes
+            for c in rt.setup_costs
         ],
-        "concurrency_runs": [run_data(nodeid, r) for nodeid, r in runs],
-        "kept_databases": list(runtime.kept) if runtime else [],
+        "concurrency_runs": [{**run_data(nodeid, r), "summary": r.summary()} for nodeid, r in runs],
+        "shake": [
+            {"test": nodeid, "repetitions": n, "failed_seed": seed} for nodeid, n, seed in shaken
+        ],
+        "kept_databases": [location for rt in runtimes for location in rt.kept],
     }
+
+
+def merge_report_data(parts: Sequence[dict[str, Any]], *, settings: str) -> dict[str, Any]:
+    """One report from the reports of several processes (the xdist workers)."""
+    merged: dict[str, Any] = {
+        "settings": settings,
+        "backends": [],
+        "databases_created": 0,
+        "retries": 0,
+        "setup": [],
+        "concurrency_runs": [],
+        "shake": [],
+        "kept_databases": [],
+    }
+    for part in parts:
+        for key in ("databases_created", "retries"):
+            merged[key] += int(part.get(key, 0))
+        for key in ("setup", "concurrency_runs", "shake", "kept_databases"):
+            merged[key] += list(part.get(key, ()))
+        merged["backends"] += [b for b in part.get("backends", ()) if b not in merged["backends"]]
+    return merged
 
 
 def write_report(path: str, data: dict[str, Any]) -> Path:
@@ -52,47 +80,47 @@ def write_report(path: str, data: dict[str, Any]) -> Path:
     return target
 
 
-def summary_lines(
-    runtime: Runtime | None,
-    runs: Sequence[tuple[str, ConcurrencyReport[Any]]],
-    *,
-    retries: int,
-    verbose: bool,
-    shaken: Sequence[tuple[str, int, int | None]] = (),
-) -> list[str]:
-    """Lines for the terminal summary (empty when no test used the plugin)."""
-    if runtime is None or not runtime.setup_costs:
+def summary_lines(data: dict[str, Any], *, verbose: bool) -> list[str]:
+    """Lines for the terminal summary from :func:`report_data` (empty when no test used it)."""
+    setup = data.get("setup") or []
+    if not setup:
         return []
-    ms = [c.seconds * 1000 for c in runtime.setup_costs]
+    ms = [float(entry["ms"]) for entry in setup]
     lines = [
-        f"{len(ms)} test database(s) handed out, {runtime.databases_created} created; "
+        f"{len(ms)} test database(s) handed out, {data.get('databases_created', 0)} created; "
         f"setup mean {statistics.fmean(ms):.2f} ms, max {max(ms):.2f} ms"
     ]
+    runs = data.get("concurrency_runs") or []
     if runs:
-        ops = sum(len(r.results) for _, r in runs)
-        failed = sum(r.failed for _, r in runs)
-        best = max(r.throughput for _, r in runs)
-        p99 = max(r.latency_ms.p99 for _, r in runs)
+        ops = sum(int(r["calls"]) for r in runs)
+        failed = sum(int(r["failed"]) for r in runs)
+        best = max(float(r["throughput"]) for r in runs)
+        p99 = max(float(r["latency_ms"]["p99"]) for r in runs)
         lines.append(
             f"{len(runs)} concurrency run(s): {ops} calls, {failed} failed; "
             f"best {best:,.0f} ops/s, worst p99 {p99:.1f} ms"
         )
         if verbose:
-            lines += [f"  {nodeid}: {r.summary()}" for nodeid, r in runs]
+            lines += [f"  {r['test']}: {r.get('summary', '')}" for r in runs]
+    shaken = data.get("shake") or []
     if shaken:
-        seeds_failed = [(nodeid, seed) for nodeid, _, seed in shaken if seed is not None]
+        failed_seeds = [
+            (s["test"], s["failed_seed"]) for s in shaken if s["failed_seed"] is not None
+        ]
         lines.append(
-            f"shake: {len(shaken)} test(s), {sum(n for _, n, _ in shaken)} repetition(s), "
-            f"{len(seeds_failed)} failed"
+            f"shake: {len(shaken)} test(s), {sum(int(s['repetitions']) for s in shaken)} "
+            f"repetition(s), {len(failed_seeds)} failed"
         )
-        lines += [f"  {nodeid}: failed under seed {seed}" for nodeid, seed in seeds_failed]
+        lines += [f"  {nodeid}: failed under seed {seed}" for nodeid, seed in failed_seeds]
         if verbose:
             lines += [
-                f"  {nodeid}: {n} repetition(s) passed" for nodeid, n, s in shaken if s is None
+                f"  {s['test']}: {s['repetitions']} repetition(s) passed"
+                for s in shaken
+                if s["failed_seed"] is None
             ]
-    if retries:
-        lines.append(f"{retries} retries on transient contention")
-    if runtime.kept:
+    if data.get("retries"):
+        lines.append(f"{data['retries']} retries on transient contention")
+    if data.get("kept_databases"):
         lines.append("kept databases of failed tests:")
-        lines += [f"  {location}" for location in runtime.kept]
+        lines += [f"  {location}" for location in data["kept_databases"]]
     return lines

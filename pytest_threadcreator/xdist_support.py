@@ -30,6 +30,7 @@ import pytest
 
 from .backends.pg_names import new_run_id
 from .errors import BackendUnavailableError, ThreadCreatorError
+from .reporting import merge_report_data
 from .runtime import XdistRun
 
 if TYPE_CHECKING:
@@ -46,6 +47,19 @@ KEPT_KEY = "threadcreator_kept"
 SHARED_DIR_KEY = "threadcreator_shared_dir"
 #: Room per worker in a shared cluster's max_connections (admin, store and engine pools).
 CONNECTIONS_PER_WORKER = 50
+
+
+REPORT_KEY = "threadcreator_report"
+
+
+def is_worker(config: pytest.Config) -> bool:
+    """True in an xdist worker process."""
+    return hasattr(config, "workerinput")
+
+
+def is_controller(config: pytest.Config) -> bool:
+    """True in the xdist controller of a distributed run (``-n``)."""
+    return config.pluginmanager.hasplugin("dsession")
 
 
 def register(config: pytest.Config) -> None:
@@ -87,6 +101,8 @@ class XdistSupport:
         self._kept: list[str] = []
         self._shared_dirs: set[str] = set()
         self._problems: list[str] = []
+        #: the workers' report data (summary and --threadcreator-report), as they finish
+        self._reports: list[dict[str, Any]] = []
 
     # -- controller --------------------------------------------------------------------------
     def pytest_configure_node(self, node: Any) -> None:
@@ -148,6 +164,8 @@ class XdistSupport:
         """Collect the databases the worker kept: a cluster holding one must stay."""
         output: dict[str, Any] = getattr(node, "workeroutput", None) or {}
         self._kept.extend(output.get(KEPT_KEY, ()))
+        if output.get(REPORT_KEY):
+            self._reports.append(output[REPORT_KEY])
         if output.get(SHARED_DIR_KEY):
             self._shared_dirs.add(str(output[SHARED_DIR_KEY]))
 
@@ -182,15 +200,18 @@ class XdistSupport:
             shutil.rmtree(Path(shared), ignore_errors=True)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        """Controller: name the databases the workers kept (their own summaries are not
-        shown) and what cleaning up after the run could not do."""
-        if not (self._kept or self._problems):
+        """Controller: the workers' summaries merged (theirs are not shown), and what cleaning
+        up after the run could not do."""
+        if not is_controller(self.config):
             return
-        terminalreporter.write_sep("-", "threadcreator (xdist)")
-        if self._kept:
-            terminalreporter.write_line("kept databases of failed tests:")
-            for location in self._kept:
-                terminalreporter.write_line(f"  {location}")
+        from .plugin import show_report, state
+
+        st = state(self.config)
+        show_report(
+            terminalreporter,
+            self.config,
+            merge_report_data(self._reports, settings=st.settings.describe()),
+        )
         for problem in self._problems:
             terminalreporter.write_line(
                 f"cleaning up after the run: {problem} (a later run removes it)", yellow=True
@@ -208,5 +229,8 @@ class XdistSupport:
             return
         runtimes = [st.runtime, *st.schema_runtimes.values()]
         output[KEPT_KEY] = [loc for rt in runtimes if rt is not None for loc in rt.kept]
+        from .plugin import run_report
+
+        output[REPORT_KEY] = run_report(self.config)
         if st.runtime is not None and st.runtime.xdist is not None:
             output[SHARED_DIR_KEY] = str(st.runtime.xdist.shared_dir)

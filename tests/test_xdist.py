@@ -526,3 +526,27 @@ def test_a_schema_override_gets_a_run_id_of_its_own(tmp_path: Path) -> None:
     assert other.run_id == main.for_schema(team, tmp_path / "again").run_id
     assert schema_key(team) != schema_key(SCHEMA) == schema_key(default_schema())
     template_name(other.run_id, schema_key(team))  # valid names
+
+
+@pytest.mark.parametrize("db", [SQLITE, POSTGRESQL])
+def test_the_controller_shows_the_workers_summary_and_writes_the_report(
+    pytester: pytest.Pytester, db: str
+) -> None:
+    make_project(pytester.path)
+    result = run_xdist(pytester, db, "-n", "2", "--threadcreator-report=report.json")
+    result.assert_outcomes(passed=12)
+    result.stdout.fnmatch_lines(
+        [
+            "*- threadcreator -*",
+            "12 test database(s) handed out, 2 created; setup mean * ms, max * ms",
+            "threadcreator report written to report.json",
+        ]
+    )
+    import json
+
+    data = json.loads((pytester.path / "report.json").read_text())
+    assert len(data["setup"]) == 12
+    assert data["databases_created"] == 2
+    assert {entry["test"].split("[")[0] for entry in data["setup"]} == {
+        "test_recorded.py::test_records_its_database"
+    }
