@@ -1,7 +1,8 @@
 """Meant for ``pytest -n 2`` (pytest-xdist): every worker gets databases of its own.
 
-Each worker builds its own template and databases, named after the worker id, so tests on
-different workers never see each other's rows and nothing is shared between processes.
+The schema template is built once for the run and shared; each worker's databases are cloned
+from it and named after the worker id, so tests on different workers never see each other's
+rows.
 """
 
 from __future__ import annotations
