@@ -86,7 +86,8 @@ def summary_lines(data: dict[str, Any], *, verbose: bool) -> list[str]:
     if not setup:
         return []
     ms = [float(entry["ms"]) for entry in setup]
-    lines = [
+    lines = [f"backend: {backend}" for backend in data.get("backends") or []]
+    lines += [
         f"{len(ms)} test database(s) handed out, {data.get('databases_created', 0)} created; "
         f"setup mean {statistics.fmean(ms):.2f} ms, max {max(ms):.2f} ms"
     ]
