@@ -45,6 +45,14 @@ _item_repr.maxstring = 60
 _item_repr.maxother = 60
 
 
+async def _diagnosis(diagnose: Callable[[], Awaitable[list[str]]]) -> list[str]:
+    """``diagnose()``'s lines; a diagnosis that fails or hangs says so instead."""
+    try:
+        return list(await asyncio.wait_for(diagnose(), timeout=5))
+    except Exception as exc:
+        return [f"(diagnosis failed: {type(exc).__name__}: {exc})"]
+
+
 def _describe_item(item: object) -> str:
     """Return a short repr of ``item`` that never raises."""
     try:
@@ -246,8 +254,10 @@ class _Run(Generic[T]):
         items: list[Any],
         max_concurrency: int | None,
         timeout: float | None,
+        diagnose: Callable[[], Awaitable[list[str]]] | None = None,
     ) -> None:
         self._fn = fn
+        self._diagnose = diagnose
         self._items = items
         self._max_concurrency = max_concurrency
         self._timeout = timeout
@@ -395,13 +405,16 @@ class _Run(Generic[T]):
                 timer.cancel()
 
         waiting: list[str] = []
+        diagnosis: list[str] = []
         if self._fatal is None and expired and self._remaining:
             waiting = self._expire()
+            if self._diagnose is not None:  # while the calls still wait: what do they wait on?
+                diagnosis = await _diagnosis(self._diagnose)
         if self._remaining:
             await self._cancel_and_wait()
         if self._fatal is not None:
             raise self._fatal
-        return self._report(waiting, timed_out=len(waiting))
+        return self._report(waiting + diagnosis, timed_out=len(waiting))
 
     def _report(self, waiting: list[str], *, timed_out: int) -> ConcurrencyReport[T]:
         errors = [
@@ -514,6 +527,7 @@ async def run_concurrently(
     max_concurrency: int | None = None,
     timeout: float | None = 30.0,
     on_report: Callable[[ConcurrencyReport[Any]], None] | None = None,
+    diagnose: Callable[[], Awaitable[list[str]]] | None = None,
 ) -> ConcurrencyReport[T]: ...
 
 
@@ -525,6 +539,7 @@ async def run_concurrently(
     max_concurrency: int | None = None,
     timeout: float | None = 30.0,
     on_report: Callable[[ConcurrencyReport[Any]], None] | None = None,
+    diagnose: Callable[[], Awaitable[list[str]]] | None = None,
 ) -> ConcurrencyReport[T]: ...
 
 
@@ -535,6 +550,7 @@ async def run_concurrently(
     max_concurrency: int | None = None,
     timeout: float | None = 30.0,
     on_report: Callable[[ConcurrencyReport[Any]], None] | None = None,
+    diagnose: Callable[[], Awaitable[list[str]]] | None = None,
 ) -> ConcurrencyReport[T]:
     """Await ``fn(item)`` for every item at once and report the outcome of each call.
 
@@ -547,10 +563,12 @@ async def run_concurrently(
     ``BaseException`` (``KeyboardInterrupt``, ``SystemExit``) is re-raised once the other calls
     are cancelled; so is the ``CancelledError`` of a cancelled caller. No call is left running.
     ``on_report``, if given, is called with the finished report before it is returned.
+    ``diagnose``, if given, is awaited when the timeout expires, before the late calls are
+    cancelled; the lines it returns (say, the database's lock waits) end ``report.waiting``.
     """
     __tracebackhide__ = True
     item_list, seconds = _validate(fn, items, max_concurrency, timeout, on_report)
-    report = await _Run(fn, item_list, max_concurrency, seconds).run()
+    report = await _Run(fn, item_list, max_concurrency, seconds, diagnose).run()
     if on_report is not None:
         on_report(report)
     return report

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-from sqlalchemy import event, func, literal_column, select
+from sqlalchemy import Integer, String, column, event, func, literal_column, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -364,6 +364,22 @@ class Database:
         if problems:
             raise AssertionError("user isolation violated:\n  " + "\n  ".join(problems))
 
+    async def lock_waits(self) -> list[str]:
+        """Sessions of this database waiting for a lock, and who blocks them (PostgreSQL).
+
+        One line each, from ``pg_locks`` joined with ``pg_stat_activity``; empty on SQLite,
+        where ThreadCreator's writers queue in-process instead of waiting on locks.
+        """
+        if self.backend != "postgresql":
+            return []
+        rows = await self.store.fetch_all(_LOCK_WAITS)
+        return [
+            f"lock wait: pid {r['pid']} wants {r['mode']} on {r['target']} for "
+            f"{r['query']!r}, blocked by pid {r['blocker']} ({r['blocker_state']}: "
+            f"{r['blocker_query']!r})"
+            for r in rows
+        ]
+
     async def check_integrity(self) -> None:
         """Raise AssertionError naming orphan threads, messages without a thread and owner mismatches."""
         __tracebackhide__ = True
@@ -384,6 +400,30 @@ class Database:
             raise AssertionError(
                 f"integrity check failed on {self.location}:\n  " + "\n  ".join(problems)
             )
+
+
+_LOCK_WAITS = text(
+    """
+    SELECT w.pid AS pid, l.mode AS mode,
+           COALESCE(l.relation::regclass::text, l.locktype) AS target,
+           left(w.query, 160) AS query, b.pid AS blocker,
+           COALESCE(b.state, '?') AS blocker_state, left(COALESCE(b.query, ''), 160) AS blocker_query
+    FROM pg_locks AS l
+    JOIN pg_stat_activity AS w ON w.pid = l.pid
+    LEFT JOIN LATERAL unnest(pg_blocking_pids(l.pid)) AS bp(pid) ON true
+    LEFT JOIN pg_stat_activity AS b ON b.pid = bp.pid
+    WHERE NOT l.granted AND w.datname = current_database()
+    ORDER BY w.pid, b.pid
+    """
+).columns(
+    column("pid", Integer),
+    column("mode", String),
+    column("target", String),
+    column("query", String),
+    column("blocker", Integer),
+    column("blocker_state", String),
+    column("blocker_query", String),
+)
 
 
 def _attr(obj: Any, name: str) -> Any:

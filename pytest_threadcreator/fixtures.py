@@ -158,7 +158,14 @@ def run_concurrently(request: pytest.FixtureRequest) -> Any:
 
     reports = _state(request.config).concurrency_reports
     nodeid = request.node.nodeid
-    return functools.partial(run, on_report=lambda report: reports.append((nodeid, report)))
+
+    async def diagnose() -> list[str]:  # on a timeout: the lock waits of the test's database
+        database = _binding.current_database()
+        return await database.lock_waits() if database is not None else []
+
+    return functools.partial(
+        run, on_report=lambda report: reports.append((nodeid, report)), diagnose=diagnose
+    )
 
 
 @pytest.fixture

@@ -65,7 +65,14 @@ def require_postgresql_backend(db: str) -> None:
 
 def test_every_example_folder_is_run_here() -> None:
     folders = {p.name for p in EXAMPLES.iterdir() if p.is_dir() and not p.name.startswith("_")}
-    assert folders == {"alembic_migrated", "postgresql_url", "quickstart", "team_models", "xdist"}
+    assert folders == {
+        "alembic_migrated",
+        "load_with_faults",
+        "postgresql_url",
+        "quickstart",
+        "team_models",
+        "xdist",
+    }
 
 
 @pytest.mark.parametrize("db", BACKENDS)
@@ -75,6 +82,15 @@ def test_quickstart(pytester: pytest.Pytester, db: str) -> None:
     pytester.copy_example("quickstart")
     result = pytester.runpytest("-p", "no:cacheprovider", f"--threadcreator-db={db}")
     result.assert_outcomes(passed=3)
+
+
+@pytest.mark.parametrize("db", BACKENDS)
+def test_load_with_faults(pytester: pytest.Pytester, db: str) -> None:
+    require_postgresql_backend(db)
+    pytester.makeini(QUICKSTART_INI)
+    pytester.copy_example("load_with_faults")
+    result = pytester.runpytest("-p", "no:cacheprovider", f"--threadcreator-db={db}")
+    result.assert_outcomes(passed=2)
 
 
 @pytest.mark.parametrize("db", BACKENDS)

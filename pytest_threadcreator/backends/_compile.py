@@ -13,7 +13,8 @@ from typing import Any
 
 from sqlalchemy import Table, insert
 from sqlalchemy.engine import Dialect
-from sqlalchemy.sql import Select
+
+from .base import Query
 
 __all__ = ["CompiledInsert", "CompiledSelect", "RowInsert", "compile_insert", "compile_select"]
 
@@ -130,7 +131,7 @@ class CompiledSelect:
         return out
 
 
-def compile_select(stmt: Select[Any], dialect: Dialect) -> CompiledSelect:
+def compile_select(stmt: Query, dialect: Dialect) -> CompiledSelect:
     """Compile ``stmt`` with positional parameters for ``dialect``."""
     compiled = stmt.compile(dialect=dialect)
     values = compiled.construct_params()

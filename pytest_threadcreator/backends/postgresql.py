@@ -53,7 +53,6 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
-from sqlalchemy.sql import Select
 
 from .._background import BackgroundLoop
 from ..database import Database
@@ -61,10 +60,9 @@ from ..errors import (
     BackendUnavailableError,
     ConfigurationError,
     DatabaseError,
-    InjectedFault,
     ThreadCreatorError,
 )
-from .base import Backend, FaultDecider, StatementCallback, Store, ThreadIdTaken
+from .base import Backend, FaultDecider, Query, StatementCallback, Store, ThreadIdTaken, apply_fault
 from .pg_names import (
     DB_PREFIX,
     database_name,
@@ -304,7 +302,7 @@ class _CompiledSelect:
         ]
 
 
-def _compile_select(statement: Select[Any]) -> _CompiledSelect:
+def _compile_select(statement: Query) -> _CompiledSelect:
     """Positional ``$n`` parameters (never literal values), processed like SQLAlchemy would."""
     compiled = statement.compile(dialect=_DIALECT)
     expanded = compiled.construct_expanded_state()  # IN (…) lists become $n, $n+1, …
@@ -353,18 +351,6 @@ def is_pg_transient(exc: BaseException | None) -> bool:
             if isinstance(nxt, BaseException):
                 pending.append(nxt)
     return False
-
-
-async def _apply_fault(decide: FaultDecider, step: str) -> None:
-    action = decide(step)
-    if action is None:
-        return
-    if action.kind == "fail":
-        raise InjectedFault(step, action.call)
-    if action.kind == "delay":
-        await asyncio.sleep(action.seconds)
-    elif action.kind == "cancel":
-        raise asyncio.CancelledError("cancelled by the fault injector")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -586,11 +572,11 @@ class PgStore(Store):
         try:
             try:
                 async with conn.transaction():
-                    await _apply_fault(decide, "thread_insert")
+                    await apply_fault(decide, "thread_insert")
                     await conn.execute(sql.thread, *thread_params)
-                    await _apply_fault(decide, "message_insert")
+                    await apply_fault(decide, "message_insert")
                     await conn.execute(sql.message, *message_params)
-                    await _apply_fault(decide, "commit")
+                    await apply_fault(decide, "commit")
             except Exception as exc:
                 await self._raise_if_taken(conn, exc, sql, thread_row, explicit)
                 raise
@@ -627,13 +613,13 @@ class PgStore(Store):
             )
         return self._pk_constraint
 
-    async def fetch_all(self, statement: Select[Any]) -> list[dict[str, Any]]:
+    async def fetch_all(self, statement: Query) -> list[dict[str, Any]]:
         """Run a SELECT; rows keyed by result column name, values as SQLAlchemy returns them."""
         compiled = _compile_select(statement)
         records = await self.background.submit(self._fetch(compiled))
         return compiled.rows(records)
 
-    def fetch_all_sync(self, statement: Select[Any]) -> list[dict[str, Any]]:
+    def fetch_all_sync(self, statement: Query) -> list[dict[str, Any]]:
         """Like :meth:`fetch_all`, blocking, for use outside an event loop."""
         compiled = _compile_select(statement)
         return compiled.rows(self.background.run(self._fetch(compiled)))

@@ -14,11 +14,9 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.sql import Select
 
-from ..errors import InjectedFault
 from ..schema import ThreadSchema
-from .base import FaultAction, FaultDecider, StatementCallback, Store, ThreadIdTaken
+from .base import FaultDecider, Query, StatementCallback, Store, ThreadIdTaken, apply_fault
 
 __all__ = ["SessionStore", "is_transient_error"]
 
@@ -77,11 +75,11 @@ class SessionStore(Store):
         try:
             async with self.sessionmaker.begin() as session:
                 await self._immediate(session)
-                await _apply(decide, "thread_insert")
+                await apply_fault(decide, "thread_insert")
                 await session.execute(self._thread_insert, [dict(thread_row)])
-                await _apply(decide, "message_insert")
+                await apply_fault(decide, "message_insert")
                 await session.execute(self._message_insert, [dict(message_row)])
-                await _apply(decide, "commit")
+                await apply_fault(decide, "commit")
         except IntegrityError:
             if not explicit_id:
                 raise
@@ -97,13 +95,13 @@ class SessionStore(Store):
                 raise
             raise ThreadIdTaken(owner) from None
 
-    async def fetch_all(self, statement: Select[Any]) -> list[dict[str, Any]]:
+    async def fetch_all(self, statement: Query) -> list[dict[str, Any]]:
         if self._lock is not None:
             async with self._lock:
                 return await self._fetch(statement)
         return await self._fetch(statement)
 
-    async def _fetch(self, statement: Select[Any]) -> list[dict[str, Any]]:
+    async def _fetch(self, statement: Query) -> list[dict[str, Any]]:
         async with self.sessionmaker() as session:
             result = await session.execute(statement)
             return [dict(row) for row in result.mappings()]
@@ -120,20 +118,6 @@ class SessionStore(Store):
 
     def close(self) -> None:
         pass
-
-
-async def _apply(decide: FaultDecider | None, step: str) -> None:
-    if decide is None:
-        return
-    action: FaultAction | None = decide(step)
-    if action is None:
-        return
-    if action.kind == "fail":
-        raise InjectedFault(step, action.call)
-    if action.kind == "delay":
-        await asyncio.sleep(action.seconds)
-    elif action.kind == "cancel":
-        raise asyncio.CancelledError("cancelled by the fault injector")
 
 
 def is_transient_error(exc: BaseException | None) -> bool:

@@ -32,12 +32,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import create_engine, event
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.sql import Select
 
 from ..database import Database
 from ..errors import InjectedFault
 from ._compile import RowInsert, compile_select
-from .base import Backend, FaultAction, FaultDecider, StatementCallback, Store, ThreadIdTaken
+from .base import Backend, FaultAction, FaultDecider, Query, StatementCallback, Store, ThreadIdTaken
 from .session import is_transient_error
 
 if TYPE_CHECKING:
@@ -288,14 +287,14 @@ class SqliteStore(Store):
         except _CancelRequested:
             raise asyncio.CancelledError("cancelled by the fault injector") from None
 
-    async def fetch_all(self, statement: Select[Any]) -> list[dict[str, Any]]:
+    async def fetch_all(self, statement: Query) -> list[dict[str, Any]]:
         compiled = compile_select(statement, _DIALECT)
         raw = await self._writer.run(
             lambda conn: conn.execute(compiled.sql, compiled.params).fetchall()
         )
         return compiled.rows(raw)
 
-    def fetch_all_sync(self, statement: Select[Any]) -> list[dict[str, Any]]:
+    def fetch_all_sync(self, statement: Query) -> list[dict[str, Any]]:
         """Like :meth:`fetch_all`, blocking, for use outside an event loop."""
         compiled = compile_select(statement, _DIALECT)
         raw = self._writer.call(lambda conn: conn.execute(compiled.sql, compiled.params).fetchall())
