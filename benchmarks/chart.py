@@ -48,7 +48,7 @@ def render(data: dict[str, Any], output: Path) -> Path:
     missing = [r for r in rows if r["ours"] is None]
 
     height = max(3.0, 0.55 * len(scored) + 2.2 + 0.22 * (len(counted) + len(missing)))
-    fig, ax = plt.subplots(figsize=(11, height))
+    fig, ax = plt.subplots(figsize=(13, height))
     labels = [r["figure"] for r in scored][::-1]
     scores = [float(r["score"]) for r in scored][::-1]
     colors = ["#2e7d32" if r["met"] else "#c62828" for r in scored][::-1]
@@ -89,7 +89,7 @@ def render(data: dict[str, Any], output: Path) -> Path:
             0.01, 0.01, "\n".join(notes), fontsize=7.5, va="bottom", ha="left", family="monospace"
         )
     bottom = min(0.5, 0.06 + 0.028 * len(notes) * 10 / height)
-    fig.subplots_adjust(left=0.36, right=0.97, top=1 - 0.9 / height, bottom=bottom)
+    fig.subplots_adjust(left=0.44, right=0.97, top=1 - 0.9 / height, bottom=bottom)
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=110)
     plt.close(fig)
