@@ -132,7 +132,7 @@ async def test_cancellation_is_prompt_while_a_writer_waits_for_the_lock(
     holder.execute("BEGIN IMMEDIATE")  # another process-like writer holds the lock
     context = user_context.with_thread(new_thread_id())
     try:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):  # the builtin one only from Python 3.11
             # Returns while the lock is still held: cancellation did not wait for SQLite.
             await asyncio.wait_for(
                 thread_creator.create_thread_with_message(context, "hello"), timeout=0.2
