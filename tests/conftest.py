@@ -5,15 +5,37 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 # pytester's in-process runs unload modules they imported; asyncpg's C extension must not be
 # imported twice in one process, so load it once here, before any inner run.
 import asyncpg
+import pytest
 import sqlalchemy.dialects.postgresql.asyncpg  # noqa: F401 - re-imports re-register functions
 from sqlalchemy.engine import make_url
 
 import pytest_threadcreator.backends.postgresql  # noqa: F401
 from pytest_threadcreator.config import backend_kind
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def needs(missing: str | None) -> Callable[[F], F]:
+    """Skip when a service is missing on a developer's machine; under CI (CI set) never skip:
+    the test then runs and fails, so a missing service cannot hide behind a skip."""
+    if missing is None or os.environ.get("CI"):
+        return lambda test: test
+    skip: Callable[[F], F] = pytest.mark.skip(reason=missing)
+    return skip
+
+
+def needs_marks(missing: str | None) -> list[pytest.MarkDecorator]:
+    """:func:`needs` for ``pytest.param(..., marks=...)``."""
+    if missing is None or os.environ.get("CI"):
+        return []
+    return [pytest.mark.skip(reason=missing)]
+
 
 #: The backend this run of the suite exercises (THREADCREATOR_DB picks it, as for users).
 BACKEND = backend_kind(os.environ.get("THREADCREATOR_DB", "").strip() or "sqlite")

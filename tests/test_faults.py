@@ -28,7 +28,6 @@ from pytest_threadcreator import (
     ThreadCreatorError,
     ThreadWithMessage,
 )
-from pytest_threadcreator import fixtures as fixtures_module
 from pytest_threadcreator.backends import sqlite as sqlite_backend
 from pytest_threadcreator.backends.base import STEPS, FaultAction
 from pytest_threadcreator.faults import FaultInjector, FaultRule
@@ -664,11 +663,9 @@ async def test_a_thousand_concurrent_creates_with_ten_percent_failures_store_exa
 
 # --- the fault_injector fixture, through pytester ----------------------------------------------
 
-FIXTURE_WIRED = hasattr(fixtures_module, "fault_injector")
 PYTESTER_INI = "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
 
 
-@pytest.mark.skipif(not FIXTURE_WIRED, reason="the fault_injector fixture is not wired yet")
 def test_the_fault_injector_fixture_reaches_every_thread_creator_for_one_test_only(
     pytester: pytest.Pytester,
 ) -> None:
@@ -699,7 +696,6 @@ def test_the_fault_injector_fixture_reaches_every_thread_creator_for_one_test_on
     result.assert_outcomes(passed=2)
 
 
-@pytest.mark.skipif(not FIXTURE_WIRED, reason="the fault_injector fixture is not wired yet")
 def test_the_fault_injector_fixture_is_documented(pytester: pytest.Pytester) -> None:
     pytester.makeini(PYTESTER_INI)
     result = pytester.runpytest("--fixtures")

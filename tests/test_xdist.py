@@ -46,7 +46,7 @@ from pytest_threadcreator.runtime import Runtime, schema_key
 from pytest_threadcreator.schema import default_schema
 from pytest_threadcreator.xdist_support import run_id_from_testrunuid
 
-from .conftest import _count_in_kept_cluster
+from .conftest import _count_in_kept_cluster, needs, needs_marks
 
 SERVER_URL = os.environ.get(
     "THREADCREATOR_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -87,11 +87,11 @@ def _local_binaries() -> str | None:
     return None
 
 
-needs_server = pytest.mark.skipif(_server_available() is not None, reason=str(_server_available()))
-needs_binaries = pytest.mark.skipif(_local_binaries() is not None, reason=str(_local_binaries()))
+needs_server = needs(_server_available())
+needs_binaries = needs(_local_binaries())
 
 SQLITE = pytest.param("sqlite", id="sqlite")
-POSTGRESQL = pytest.param(SERVER_URL, id="postgresql", marks=needs_server)
+POSTGRESQL = pytest.param(SERVER_URL, id="postgresql", marks=needs_marks(_server_available()))
 
 
 @pytest.fixture(autouse=True)
