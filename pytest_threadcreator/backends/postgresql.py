@@ -72,6 +72,7 @@ from .pg_names import (
     template_lock_key,
     template_name,
 )
+from .transient import is_pg_transient
 
 if TYPE_CHECKING:
     from ..schema import ThreadSchema
@@ -114,7 +115,6 @@ _USE_INSTEAD = (
     "use --threadcreator-db=postgresql-local (local PostgreSQL binaries) or a server URL such as "
     "--threadcreator-db=postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
-_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
 
 _DIALECT = sa_asyncpg.dialect()  # type: ignore[no-untyped-call]
 _PREPARER = _DIALECT.identifier_preparer
@@ -325,32 +325,6 @@ def _compile_select(statement: Query) -> _CompiledSelect:
 # ---------------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------------
-
-
-def is_pg_transient(exc: BaseException | None) -> bool:
-    """True for SQLSTATE 40001 (serialization failure) or 40P01 (deadlock), judged by code.
-
-    Walks the exception, its ``orig`` (SQLAlchemy's DBAPIError) and ``__cause__`` chain and
-    reads ``sqlstate`` (asyncpg, psycopg 3), ``pgcode`` (psycopg 2) or ``diag.sqlstate``.
-    """
-    pending: list[BaseException] = [exc] if exc is not None else []
-    seen: set[int] = set()
-    while pending and len(seen) < 16:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        for state in (
-            getattr(current, "sqlstate", None),
-            getattr(current, "pgcode", None),
-            getattr(getattr(current, "diag", None), "sqlstate", None),
-        ):
-            if isinstance(state, str) and state in _TRANSIENT_SQLSTATES:
-                return True
-        for nxt in (getattr(current, "orig", None), current.__cause__):
-            if isinstance(nxt, BaseException):
-                pending.append(nxt)
-    return False
 
 
 # ---------------------------------------------------------------------------------------------

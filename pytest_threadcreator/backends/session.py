@@ -17,11 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..schema import ThreadSchema
 from .base import FaultDecider, Query, StatementCallback, Store, ThreadIdTaken, apply_fault
+from .transient import is_transient_error
 
-__all__ = ["SessionStore", "is_transient_error"]
-
-_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
-_SQLITE_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary result codes)
+__all__ = ["SessionStore"]
 
 
 class SessionStore(Store):
@@ -118,27 +116,3 @@ class SessionStore(Store):
 
     def close(self) -> None:
         pass
-
-
-def is_transient_error(exc: BaseException | None) -> bool:
-    """Contention worth a retry, judged by error code: SQLite busy/locked, SQLSTATE 40001/40P01."""
-    import sqlite3
-
-    seen = 0
-    while exc is not None and seen < 6:
-        if isinstance(exc, sqlite3.OperationalError):
-            code = getattr(exc, "sqlite_errorcode", None)
-            if code is not None:
-                return (code & 0xFF) in _SQLITE_BUSY_CODES
-            text = str(exc)  # Python 3.10 has no sqlite_errorcode
-            return "database is locked" in text or "database table is locked" in text
-        for attr in ("sqlstate", "pgcode"):
-            state = getattr(exc, attr, None)
-            if isinstance(state, str):
-                return state in _TRANSIENT_SQLSTATES
-        diag = getattr(exc, "diag", None)
-        if diag is not None and isinstance(getattr(diag, "sqlstate", None), str):
-            return diag.sqlstate in _TRANSIENT_SQLSTATES
-        exc = getattr(exc, "orig", None) or exc.__cause__
-        seen += 1
-    return False

@@ -37,7 +37,7 @@ from ..database import Database
 from ..errors import InjectedFault
 from ._compile import RowInsert, compile_select
 from .base import Backend, FaultAction, FaultDecider, Query, StatementCallback, Store, ThreadIdTaken
-from .session import is_transient_error
+from .transient import is_sqlite_busy
 
 if TYPE_CHECKING:
     from ..schema import ThreadSchema
@@ -301,7 +301,7 @@ class SqliteStore(Store):
         return compiled.rows(raw)
 
     def is_transient(self, exc: BaseException) -> bool:
-        return is_transient_error(exc)
+        return is_sqlite_busy(exc)
 
     def reset(self) -> None:
         statements, seed = self._reset_sql, self._seed
