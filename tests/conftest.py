@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sqlite3
 from collections.abc import Callable
@@ -30,12 +31,47 @@ def needs(missing: str | None) -> Callable[[F], F]:
     return skip
 
 
+@functools.cache
+def pg_server_missing() -> str | None:
+    """Why the PostgreSQL server of ``THREADCREATOR_POSTGRES_URL`` cannot be reached, or None."""
+    from pytest_threadcreator.backends.postgresql import _async_url, _connect_kwargs
+
+    async def probe() -> None:
+        kwargs = dict(_connect_kwargs(_async_url(PG_SERVER_URL, "test")), database="postgres")
+        conn = await asyncpg.connect(**kwargs)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        return f"no PostgreSQL server at {PG_SERVER_URL}: {exc}"
+    return None
+
+
+@functools.cache
+def pg_binaries_missing() -> str | None:
+    """Why no local PostgreSQL binaries are found, or None."""
+    from pytest_threadcreator.backends import pg_local
+    from pytest_threadcreator.errors import BackendUnavailableError
+
+    try:
+        pg_local.find_pg_bindir()
+    except BackendUnavailableError as exc:
+        return str(exc)
+    return None
+
+
 def needs_marks(missing: str | None) -> list[pytest.MarkDecorator]:
     """:func:`needs` for ``pytest.param(..., marks=...)``."""
     if missing is None or os.environ.get("CI"):
         return []
     return [pytest.mark.skip(reason=missing)]
 
+
+#: The PostgreSQL server the suite uses where a test needs one regardless of THREADCREATOR_DB.
+PG_SERVER_URL = os.environ.get(
+    "THREADCREATOR_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
 
 #: The backend this run of the suite exercises (THREADCREATOR_DB picks it, as for users).
 BACKEND = backend_kind(os.environ.get("THREADCREATOR_DB", "").strip() or "sqlite")

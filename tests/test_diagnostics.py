@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -10,9 +9,7 @@ from sqlalchemy import text
 
 from pytest_threadcreator import ThreadCreator
 
-PG_URL = os.environ.get(
-    "THREADCREATOR_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
+from .conftest import PG_SERVER_URL as PG_URL
 
 
 @pytest.mark.threadcreator(db=PG_URL)

@@ -60,7 +60,7 @@ from pytest_threadcreator.errors import (
 from pytest_threadcreator.ids import new_message_id, new_thread_id
 from pytest_threadcreator.schema import NewThread, default_schema
 
-from .conftest import needs
+from .conftest import needs, pg_binaries_missing, pg_server_missing
 
 SERVER_URL = os.environ.get(
     "THREADCREATOR_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -124,30 +124,14 @@ async def _idle_in_transaction(database: str) -> int:
     return int(rows[0]["n"])
 
 
-def _server_available() -> str | None:
-    try:
-        asyncio.run(_fetch("SELECT 1"))
-    except Exception as exc:
-        return f"no PostgreSQL server at {SERVER_URL}: {exc}"
-    return None
-
-
-def _local_binaries() -> str | None:
-    try:
-        pg_local.find_pg_bindir()
-    except BackendUnavailableError as exc:
-        return str(exc)
-    return None
-
-
-needs_server = needs(_server_available())
-needs_binaries = needs(_local_binaries())
+needs_server = needs(pg_server_missing())
+needs_binaries = needs(pg_binaries_missing())
 
 
 @pytest.fixture(scope="module")
 def backend() -> Iterator[PostgresBackend]:
     """A started backend on the shared server with the default schema's template."""
-    if (reason := _server_available()) is not None and not os.environ.get("CI"):
+    if (reason := pg_server_missing()) is not None and not os.environ.get("CI"):
         pytest.skip(reason)
     backend = PostgresBackend("url", url=SERVER_URL, run_id=new_run_id(), worker_id="gw7")
     backend.start()

@@ -24,7 +24,6 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from pytest_threadcreator import UserExecutionContext
-from pytest_threadcreator.backends import pg_local
 from pytest_threadcreator.backends.pg_local import LocalCluster
 from pytest_threadcreator.backends.pg_names import (
     MAX_IDENTIFIER_BYTES,
@@ -46,7 +45,13 @@ from pytest_threadcreator.runtime import Runtime, schema_key
 from pytest_threadcreator.schema import default_schema
 from pytest_threadcreator.xdist_support import run_id_from_testrunuid
 
-from .conftest import _count_in_kept_cluster, needs, needs_marks
+from .conftest import (
+    _count_in_kept_cluster,
+    needs,
+    needs_marks,
+    pg_binaries_missing,
+    pg_server_missing,
+)
 
 SERVER_URL = os.environ.get(
     "THREADCREATOR_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -71,27 +76,11 @@ def databases_of_run(run_id: str) -> list[str]:
     return sorted(row["datname"] for row in rows)
 
 
-def _server_available() -> str | None:
-    try:
-        asyncio.run(_fetch("SELECT 1"))
-    except Exception as exc:
-        return f"no PostgreSQL server at {SERVER_URL}: {exc}"
-    return None
-
-
-def _local_binaries() -> str | None:
-    try:
-        pg_local.find_pg_bindir()
-    except BackendUnavailableError as exc:
-        return str(exc)
-    return None
-
-
-needs_server = needs(_server_available())
-needs_binaries = needs(_local_binaries())
+needs_server = needs(pg_server_missing())
+needs_binaries = needs(pg_binaries_missing())
 
 SQLITE = pytest.param("sqlite", id="sqlite")
-POSTGRESQL = pytest.param(SERVER_URL, id="postgresql", marks=needs_marks(_server_available()))
+POSTGRESQL = pytest.param(SERVER_URL, id="postgresql", marks=needs_marks(pg_server_missing()))
 
 
 @pytest.fixture(autouse=True)
