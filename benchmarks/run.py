@@ -297,44 +297,70 @@ def figure_overhead(ctx: Context) -> list[Row]:
             return None
         return (median(samples.cpu[name]) - median(samples.cpu[empty])) / n * 1000
 
+    def overhead_row(
+        key: str,
+        figure: str,
+        suite: str,
+        goal: Goal,
+        base_suite: str,
+        base_empty: str,
+        base: float | None,
+        base_label: str,
+    ) -> Row:
+        """One isolation mode's row: ``suite`` minus the empty async suite, per test."""
+        ours = per_test_ms(suite, "empty-async")
+        if ours is None:
+            reason = samples.reason(suite, "empty-async")
+            return _unavailable(key, "overhead", figure, "ms/test", reason, goal)
+        base_key = base_suite.replace("-", "_")
+        return Row(
+            key=key,
+            group="overhead",
+            figure=figure,
+            unit="ms/test",
+            ours=ours,
+            baseline=base,
+            baseline_label=base_label,
+            ratio=base / ours if base is not None and ours > 0 else None,
+            ratio_label="× lower",
+            goal=goal,
+            warning=samples.warning(suite, "empty-async", base_suite, base_empty),
+            extra={
+                "cpu_ms_per_test": cpu_ms(suite, "empty-async"),
+                f"{base_key}_cpu_ms_per_test": cpu_ms(base_suite, base_empty),
+            },
+            samples={
+                "suite_s": samples.values[suite],
+                "empty_suite_s": samples.values["empty-async"],
+                f"{base_key}_suite_s": samples.values.get(base_suite, []),
+                f"{base_empty.replace('-', '_')}_suite_s": samples.values.get(base_empty, []),
+            },
+        )
+
     rows: list[Row] = []
     if "sqlite" in ctx.backends:
         base = per_test_ms("create_all", "empty-async")
         for iso in ISOLATIONS:
-            key, figure = f"overhead.sqlite.{iso}", f"Per-test overhead, SQLite {iso}"
-            ours = per_test_ms(f"sqlite-{iso}", "empty-async")
-            if ours is None:
-                reason = samples.reason(f"sqlite-{iso}", "empty-async")
-                rows.append(
-                    _unavailable(key, "overhead", figure, "ms/test", reason, SQLITE_OVERHEAD_GOAL)
-                )
-                continue
             rows.append(
-                Row(
-                    key=key,
-                    group="overhead",
-                    figure=figure,
-                    unit="ms/test",
-                    ours=ours,
-                    baseline=base,
-                    baseline_label="create_all/test",
-                    ratio=base / ours if base is not None and ours > 0 else None,
-                    ratio_label="× lower",
-                    goal=SQLITE_OVERHEAD_GOAL,
-                    warning=samples.warning(f"sqlite-{iso}", "empty-async", "create_all"),
-                    extra={
-                        "cpu_ms_per_test": cpu_ms(f"sqlite-{iso}", "empty-async"),
-                        "create_all_cpu_ms_per_test": cpu_ms("create_all", "empty-async"),
-                    },
-                    samples={
-                        "suite_s": samples.values[f"sqlite-{iso}"],
-                        "empty_suite_s": samples.values["empty-async"],
-                        "create_all_suite_s": samples.values.get("create_all", []),
-                    },
+                overhead_row(
+                    f"overhead.sqlite.{iso}",
+                    f"Per-test overhead, SQLite {iso}",
+                    f"sqlite-{iso}",
+                    SQLITE_OVERHEAD_GOAL,
+                    "create_all",
+                    "empty-async",
+                    base,
+                    "create_all/test",
                 )
             )
     if "postgresql" in ctx.backends:
         base = per_test_ms("pytest-postgresql", "empty-sync") if ppg_reason is None else None
+        label = (
+            "pytest-postgresql"
+            if base is not None
+            else "pytest-postgresql n/a: "
+            + (ppg_reason or samples.reason("pytest-postgresql", "empty-sync"))
+        )
         for iso in ISOLATIONS:
             key, figure = f"overhead.postgresql.{iso}", f"Per-test overhead, PostgreSQL {iso}"
             if pg_reason is not None:
@@ -342,43 +368,16 @@ def figure_overhead(ctx: Context) -> list[Row]:
                     _unavailable(key, "overhead", figure, "ms/test", pg_reason, PG_OVERHEAD_GOAL)
                 )
                 continue
-            ours = per_test_ms(f"pg-{iso}", "empty-async")
-            if ours is None:
-                reason = samples.reason(f"pg-{iso}", "empty-async")
-                rows.append(
-                    _unavailable(key, "overhead", figure, "ms/test", reason, PG_OVERHEAD_GOAL)
-                )
-                continue
             rows.append(
-                Row(
-                    key=key,
-                    group="overhead",
-                    figure=figure,
-                    unit="ms/test",
-                    ours=ours,
-                    baseline=base,
-                    baseline_label="pytest-postgresql"
-                    if base is not None
-                    else "pytest-postgresql n/a: "
-                    + (ppg_reason or samples.reason("pytest-postgresql", "empty-sync")),
-                    ratio=base / ours if base is not None and ours > 0 else None,
-                    ratio_label="× lower",
-                    goal=PG_OVERHEAD_GOAL,
-                    warning=samples.warning(
-                        f"pg-{iso}", "empty-async", "pytest-postgresql", "empty-sync"
-                    ),
-                    extra={
-                        "cpu_ms_per_test": cpu_ms(f"pg-{iso}", "empty-async"),
-                        "pytest_postgresql_cpu_ms_per_test": cpu_ms(
-                            "pytest-postgresql", "empty-sync"
-                        ),
-                    },
-                    samples={
-                        "suite_s": samples.values[f"pg-{iso}"],
-                        "empty_suite_s": samples.values["empty-async"],
-                        "pytest_postgresql_suite_s": samples.values.get("pytest-postgresql", []),
-                        "empty_sync_suite_s": samples.values.get("empty-sync", []),
-                    },
+                overhead_row(
+                    key,
+                    figure,
+                    f"pg-{iso}",
+                    PG_OVERHEAD_GOAL,
+                    "pytest-postgresql",
+                    "empty-sync",
+                    base,
+                    label,
                 )
             )
     return rows
