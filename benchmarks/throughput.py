@@ -129,6 +129,18 @@ def _contexts(n: int) -> list[UserExecutionContext]:
     return [UserExecutionContext(user_id=f"bench_user_{i:06d}") for i in range(n)]
 
 
+def _run_ours(
+    database: Any, contexts: Sequence[UserExecutionContext], mode: Mode, batch: int
+) -> float:
+    """Seconds ThreadCreator takes for ``contexts`` on ``database`` (sequential or gathered)."""
+    creator = ThreadCreator(database)
+
+    async def ours(c: UserExecutionContext) -> object:
+        return await creator.create_thread_with_message(c, MESSAGE, TITLE)
+
+    return asyncio.run(_drive(ours, contexts, mode, batch))
+
+
 async def _drive(
     call: Call, contexts: Sequence[UserExecutionContext], mode: Mode, batch: int
 ) -> float:
@@ -295,14 +307,7 @@ def measure_sqlite(
                     path = Path(database.location)
                     try:
                         if side == "ours":
-                            creator = ThreadCreator(database)
-
-                            async def ours(
-                                c: UserExecutionContext, cr: ThreadCreator = creator
-                            ) -> object:
-                                return await cr.create_thread_with_message(c, MESSAGE, TITLE)
-
-                            elapsed = asyncio.run(_drive(ours, contexts, mode, batch))
+                            elapsed = _run_ours(database, contexts, mode, batch)
                         else:
                             database.close()  # the raw loop brings its own connection
                             elapsed = asyncio.run(_sqlite_raw_run(path, contexts, mode, batch))
@@ -428,14 +433,7 @@ def measure_postgres(
                 connect = _pg_connect_kwargs(backend.url, database.name)
                 try:
                     if side == "ours":
-                        creator = ThreadCreator(database)
-
-                        async def ours(
-                            c: UserExecutionContext, cr: ThreadCreator = creator
-                        ) -> object:
-                            return await cr.create_thread_with_message(c, MESSAGE, TITLE)
-
-                        elapsed = asyncio.run(_drive(ours, contexts, mode, batch))
+                        elapsed = _run_ours(database, contexts, mode, batch)
                     else:
                         database.close()
                         elapsed = asyncio.run(_pg_raw_run(connect, contexts, mode, batch))
