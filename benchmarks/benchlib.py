@@ -114,6 +114,15 @@ class Row:
         """False when the figure could not be measured (``note`` says why)."""
         return self.ours is not None
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Row:
+        """A row back from :meth:`to_json` (the derived ``met`` and ``score`` are dropped)."""
+        fields = {k: v for k, v in data.items() if k not in ("met", "score")}
+        goal = fields.get("goal")
+        if goal is not None:
+            fields["goal"] = Goal(**goal)
+        return cls(**fields)
+
     def to_json(self) -> dict[str, Any]:
         """The row as plain JSON data (with ``met`` and the chart's ``score``)."""
         data = asdict(self)

@@ -43,6 +43,7 @@ from suites import (
     startup_suite,
     ten_users_suite,
 )
+from table import render_table, rewrite_readme
 
 FIGURES = ("overhead", "throughput", "concurrent", "xdist", "startup")
 BACKENDS = ("sqlite", "postgresql")
@@ -792,56 +793,6 @@ FIGURE_FUNCTIONS: dict[str, Callable[[Context], list[Row]]] = {
 # -------------------------------------------------------------------------------------------
 
 
-def _number(value: float, unit: str) -> str:
-    if unit == "creates/s":
-        return f"{value:,.0f}/s"
-    if unit == "ms/test":
-        return f"{value:.2f} ms"
-    if unit == "ms":
-        return f"{value:,.1f} ms"
-    if unit == "MB":
-        return f"{value:,.0f} MB"
-    if unit == "s":
-        return f"{value:.2f} s"
-    if unit == "count":
-        return f"{value:.0f}"
-    return f"{value:g} {unit}"
-
-
-def render_table(rows: Sequence[Row]) -> str:
-    """The results as one plain-text table."""
-    header = ("figure", "ours", "baseline", "ratio", "goal", "met?")
-    lines: list[tuple[str, ...]] = []
-    for row in rows:
-        goal = row.goal.text if row.goal is not None else "—"
-        if not row.available:
-            lines.append((row.figure, row.note, "—", "—", goal, "n/a"))
-            continue
-        assert row.ours is not None
-        baseline = (
-            f"{_number(row.baseline, row.unit)} {row.baseline_label}".strip()
-            if row.baseline is not None
-            else (row.baseline_label or "—")
-        )
-        ratio = f"{row.ratio:.2f}{row.ratio_label}" if row.ratio is not None else "—"
-        met = {True: "yes", False: "NO", None: "—"}[row.met]
-        figure = f"{row.figure} [!]" if row.warning else row.figure
-        lines.append((figure, _number(row.ours, row.unit), baseline, ratio, goal, met))
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    widths = [min(w, 72) for w in widths]
-
-    def fmt(cells: Sequence[str]) -> str:
-        out = []
-        for cell, width in zip(cells, widths, strict=True):
-            text = cell if len(cell) <= width else cell[: width - 1] + "…"
-            out.append(text.ljust(width))
-        return " | ".join(out).rstrip()
-
-    rule = "-+-".join("-" * w for w in widths)
-    notes = [f"[!] {row.figure}: {row.warning}" for row in rows if row.available and row.warning]
-    return "\n".join([fmt(header), rule, *(fmt(line) for line in lines), *notes])
-
-
 def render_machine(machine: dict[str, Any]) -> str:
     """A few lines describing where the figures were measured."""
     packages = ", ".join(f"{k} {v}" for k, v in machine["packages"].items())
@@ -881,6 +832,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "latest.json")
     parser.add_argument("--keep-workspace", action="store_true", help="keep the generated suites")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="rewrite the performance table between the markers in this README from the run",
+    )
     args = parser.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     backends = [x.strip() for x in args.backends.split(",") if x.strip()]
@@ -957,6 +914,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"wrote {args.output}")
+    if args.readme is not None:
+        rewrite_readme(args.readme, rows)
+        print(f"rewrote the performance table in {args.readme}")
     if args.output == RESULTS_DIR / "latest.json":
         import chart
 
