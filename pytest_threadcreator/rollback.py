@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import bindparam, event, select
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -34,12 +35,18 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.util import await_only
 
+from .backends._compile import RowInsert
+from .backends.base import FaultDecider, StatementCallback
 from .backends.session import SessionStore
+from .backends.sqlite_savepoint import DriverRunner, driver_runner, savepoint_create
 from .database import Database
+from .errors import ConfigurationError
 
 __all__ = ["RollbackDatabase"]
 
 _OWNER = "threadcreator_rollback_owner"
+#: How query counters name the test's one connection.
+_LABEL = "rollback connection"
 _GUARD_NAME = "threadcreator-rollback-guard"
 
 
@@ -49,6 +56,15 @@ class _Shared:
     transaction: AsyncTransaction
     lock: asyncio.Lock
     guard: asyncio.Task[None]
+    #: runs a function on the driver's own thread (aiosqlite), or None (the session path)
+    run: DriverRunner[Any] | None = None
+
+
+@dataclass
+class _EngineState:
+    """What the events of one rollback engine report to: the test's query counters."""
+
+    watcher: StatementCallback | None = None
 
 
 class _SharedBindSession(Session):
@@ -83,7 +99,7 @@ class RollbackDatabase(Database):
             expire_on_commit=False,
             info={_OWNER: self},
         )
-        self.store = SessionStore(_LockedSessions(self), base.schema)
+        self.store = _RollbackStore(self)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -110,10 +126,12 @@ class RollbackDatabase(Database):
                 self.loops_seen.add(loop)
                 connection = await self.engine.connect()
                 transaction = await connection.begin()
+                raw = await connection.get_raw_connection()
+                run = driver_runner(raw.driver_connection)
                 guard = loop.create_task(
-                    _roll_back_when_cancelled(connection, transaction), name=_GUARD_NAME
+                    _roll_back_when_cancelled(connection, transaction, run), name=_GUARD_NAME
                 )
-                shared = _Shared(connection, transaction, asyncio.Lock(), guard)
+                shared = _Shared(connection, transaction, asyncio.Lock(), guard, run)
                 self._shared[loop] = shared
         return shared
 
@@ -141,15 +159,75 @@ class RollbackDatabase(Database):
 
 
 async def _roll_back_when_cancelled(
-    connection: AsyncConnection, transaction: AsyncTransaction
+    connection: AsyncConnection, transaction: AsyncTransaction, run: DriverRunner[Any] | None
 ) -> None:
     try:
         await asyncio.Event().wait()
     finally:
-        with contextlib.suppress(Exception):
+        try:
             await transaction.rollback()
+        except Exception:
+            if run is not None:  # the engine skips the reset on return: end it at the driver
+                with contextlib.suppress(Exception):
+                    await run(_driver_rollback)
         with contextlib.suppress(Exception):
             await connection.close()  # back to the engine: the connection itself stays open
+
+
+def _driver_rollback(conn: Any) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+class _RollbackStore(SessionStore):
+    """ThreadCreator's path in rollback isolation: sessions on the shared connection, one at a
+    time; on aiosqlite a create without fault steps is one job on the driver's thread."""
+
+    def __init__(self, database: RollbackDatabase) -> None:
+        super().__init__(_LockedSessions(database), database.base.schema)
+        self._database = database
+        self._state = _engine_state(database.engine)
+        dialect = database.engine.dialect
+        schema = database.base.schema
+        self._thread_rows = RowInsert(schema.thread_table, dialect)
+        self._message_rows = RowInsert(schema.message_table, dialect)
+        t = schema.thread_table
+        owner = select(t.c[schema.owner_column]).where(
+            t.c[schema.thread_id_column] == bindparam("thread_id")
+        )
+        self._owner_sql = str(owner.compile(dialect=dialect))
+
+    async def create(
+        self,
+        thread_row: Mapping[str, Any],
+        message_row: Mapping[str, Any],
+        *,
+        explicit_id: bool,
+        decide: FaultDecider | None = None,
+    ) -> None:
+        shared = await self._database._shared_for_loop()
+        if decide is not None or shared.run is None:  # fault steps need the step-by-step path
+            await super().create(thread_row, message_row, explicit_id=explicit_id, decide=decide)
+            return
+        t_plan = self._thread_rows.plan(thread_row)
+        m_plan = self._message_rows.plan(message_row)
+        job = savepoint_create(
+            t_plan.sql,
+            t_plan.params(thread_row),
+            m_plan.sql,
+            m_plan.params(message_row),
+            owner_sql=self._owner_sql if explicit_id else None,
+            thread_id=thread_row[self.schema.thread_id_column],
+        )
+        async with shared.lock:
+            ran = await shared.run(job)
+        watcher = self._state.watcher
+        if watcher is not None:
+            for sql in ran:
+                watcher(_LABEL, sql)
+
+    async def watch_statements(self, callback: StatementCallback | None) -> None:
+        self._state.watcher = callback
 
 
 class _LockedSessions:
@@ -177,6 +255,14 @@ class _LockedSessions:
 
 
 _ENGINES: weakref.WeakKeyDictionary[Database, AsyncEngine] = weakref.WeakKeyDictionary()
+_STATES: weakref.WeakKeyDictionary[Any, _EngineState] = weakref.WeakKeyDictionary()
+
+#: What SQLite and PostgreSQL say when a session releases a savepoint another one already ended.
+_LOST_SAVEPOINT = re.compile(r"no such savepoint|savepoint \S+ does not exist", re.IGNORECASE)
+
+
+def _engine_state(engine: AsyncEngine) -> _EngineState:
+    return _STATES.setdefault(engine.sync_engine, _EngineState())
 
 
 def _rollback_engine(base: Database) -> AsyncEngine:
@@ -193,12 +279,19 @@ def _rollback_engine(base: Database) -> AsyncEngine:
 def _make_rollback_engine(base: Database, drivers: list[Any]) -> AsyncEngine:
     """The engine; ``drivers`` collects its driver connections so they can be closed loop-free."""
     if base.backend != "sqlite":
-        return create_async_engine(base.url, poolclass=NullPool)
+        engine = create_async_engine(base.url, poolclass=NullPool)
+        _watch(engine)
+        return engine
     from .backends.sqlite import BUSY_TIMEOUT_MS, sqlite_pragmas
 
+    # The guard ends the test's transaction itself: a reset on return would be one more hop.
     engine = create_async_engine(
-        base.url, poolclass=StaticPool, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}
+        base.url,
+        poolclass=StaticPool,
+        pool_reset_on_return=None,
+        connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
     )
+    _watch(engine)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -212,9 +305,41 @@ def _make_rollback_engine(base: Database, drivers: list[Any]) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
+        run = driver_runner(conn.connection.driver_connection)
+        if run is None:
+            conn.exec_driver_sql("BEGIN")
+            return
+        await_only(run(_driver_begin))  # one hop, not three
+        state = _engine_state(engine)
+        if state.watcher is not None:
+            state.watcher(_LABEL, "BEGIN")
 
     return engine
+
+
+def _driver_begin(conn: Any) -> None:
+    conn.execute("BEGIN")
+
+
+def _watch(engine: AsyncEngine) -> None:
+    """Report the engine's statements to the running test's counters; name a lost savepoint."""
+    state = _engine_state(engine)
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _count(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if state.watcher is not None:
+            state.watcher(_LABEL, statement)
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _lost_savepoint(context: Any) -> None:
+        if _LOST_SAVEPOINT.search(str(context.original_exception)):
+            raise ConfigurationError(
+                "rollback isolation runs the test's sessions one at a time on one connection, "
+                "but two of them overlapped: one ended a savepoint the other still used "
+                f"({context.original_exception}). For concurrent sessions use clean isolation: "
+                "--threadcreator-isolation=clean, or @pytest.mark.threadcreator(isolation='clean') "
+                "on the test"
+            ) from context.original_exception
 
 
 def _stop_drivers(drivers: list[Any]) -> None:

@@ -1,0 +1,84 @@
+"""One-hop work on an aiosqlite connection that SQLAlchemy also uses (``rollback`` isolation).
+
+SQLAlchemy's aiosqlite adapter pays about three hops to the driver's thread per statement
+(cursor, execute, close). A create inside the test's one transaction is four statements
+(SAVEPOINT, two INSERTs, RELEASE): run as one function on the driver's own thread, it is one hop.
+The SAVEPOINT keeps the create atomic inside the test's outer transaction, and the statements
+leave the connection's nesting exactly as they found it, so SQLAlchemy's view stays true.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from .base import ThreadIdTaken
+
+__all__ = ["DriverRunner", "driver_runner", "savepoint_create"]
+
+T = TypeVar("T")
+
+#: Runs a function with the driver's sqlite3 connection, on the driver's thread.
+DriverRunner = Callable[[Callable[[sqlite3.Connection], T]], Awaitable[T]]
+
+_SAVEPOINT = "threadcreator_create"
+
+
+def driver_runner(driver: Any) -> DriverRunner[Any] | None:
+    """A runner for ``driver`` if it is an aiosqlite connection, else None (use the session path).
+
+    aiosqlite runs every call as a function on its thread (``Connection._execute``); this hands it
+    ours. Anything else — another driver, or an aiosqlite without that method — gets None.
+    """
+    if not isinstance(driver, aiosqlite.Connection) or not hasattr(driver, "_execute"):
+        return None
+
+    def run(fn: Callable[[sqlite3.Connection], T]) -> Awaitable[T]:
+        return driver._execute(lambda: fn(driver._conn))  # type: ignore[no-untyped-call]
+
+    return run
+
+
+def savepoint_create(
+    thread_sql: str,
+    thread_params: tuple[Any, ...],
+    message_sql: str,
+    message_params: tuple[Any, ...],
+    *,
+    owner_sql: str | None,
+    thread_id: Any,
+) -> Callable[[sqlite3.Connection], list[str]]:
+    """The create as one function: both rows inside a SAVEPOINT, or neither.
+
+    ``owner_sql`` (given for an explicit thread id) looks up the owner when the thread INSERT
+    hits a constraint, so the caller can tell "exists" from "someone else's". Returns the SQL
+    it ran, for query counters.
+    """
+
+    def job(conn: sqlite3.Connection) -> list[str]:
+        ran = [f"SAVEPOINT {_SAVEPOINT}"]
+        conn.execute(ran[0])
+        try:
+            ran.append(thread_sql)
+            try:
+                conn.execute(thread_sql, thread_params)
+            except sqlite3.IntegrityError:
+                if owner_sql is not None:
+                    row = conn.execute(owner_sql, (thread_id,)).fetchone()
+                    if row is not None:
+                        raise ThreadIdTaken(row[0]) from None
+                raise
+            ran.append(message_sql)
+            conn.execute(message_sql, message_params)
+        except BaseException:
+            conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+            conn.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+            raise
+        ran.append(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+        conn.execute(ran[-1])
+        return ran
+
+    return job

@@ -1,0 +1,95 @@
+"""``rollback`` isolation: query budgets, the one-hop create on SQLite, overlapping sessions.
+
+Runs on the backend of the suite run (THREADCREATOR_DB), like the users' own tests; the hop
+count is SQLite's alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiosqlite
+import pytest
+from sqlalchemy import text
+
+from pytest_threadcreator import (
+    ConfigurationError,
+    Database,
+    ThreadCreator,
+    ThreadExistsError,
+    ThreadOwnershipError,
+)
+
+pytestmark = [pytest.mark.threadcreator(isolation="rollback"), pytest.mark.asyncio]
+
+
+async def test_count_queries_sees_thread_creator_and_the_tests_own_statements(
+    threadcreator_db: Database, thread_creator: ThreadCreator, user_context: Any
+) -> None:
+    async with threadcreator_db.count_queries() as queries:
+        await thread_creator.create_thread_with_message(user_context, "hello")
+    inserts = [sql.split(" (")[0] for _, sql in queries.statements if sql.startswith("INSERT")]
+    assert inserts == ["INSERT INTO threads", "INSERT INTO messages"], queries.listing()
+
+    async with threadcreator_db.count_queries() as queries:
+        async with threadcreator_db.session() as session:
+            await session.execute(text("SELECT 1"))
+    assert [sql for _, sql in queries.statements if "SELECT" in sql] == ["SELECT 1"]
+
+
+@pytest.mark.threadcreator(db="sqlite", isolation="rollback")  # counts hops to aiosqlite's thread
+async def test_a_create_on_sqlite_is_one_hop_to_the_driver_thread(
+    threadcreator_db: Database,
+    thread_creator: ThreadCreator,
+    make_user_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, second = make_user_context.many(2)
+    await thread_creator.create_thread_with_message(first, "opens the test's connection")
+    hops = 0
+    execute = aiosqlite.Connection._execute
+
+    async def counting(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal hops
+        hops += 1
+        return await execute(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+    await thread_creator.create_thread_with_message(second, "one job on the driver's thread")
+    assert hops == 1
+    assert await threadcreator_db.count_threads() == 2
+
+
+async def test_a_taken_thread_id_writes_nothing_and_the_test_goes_on(
+    threadcreator_db: Database, thread_creator: ThreadCreator, make_user_context: Any
+) -> None:
+    owner, other = make_user_context.many(2)
+    first = await thread_creator.create_thread_with_message(owner, "first")
+    with pytest.raises(ThreadExistsError):
+        await thread_creator.create_thread_with_message(owner.with_thread(first.thread.id), "again")
+    with pytest.raises(ThreadOwnershipError):
+        await thread_creator.create_thread_with_message(
+            other.with_thread(first.thread.id), "not yours"
+        )
+    assert await threadcreator_db.count_threads() == 1
+    assert await threadcreator_db.count_messages() == 1
+    await thread_creator.create_thread_with_message(other, "still works")
+    assert await threadcreator_db.count_threads() == 2
+    await threadcreator_db.check_integrity()
+
+
+@pytest.mark.filterwarnings("ignore:nested transaction already deassociated")
+async def test_overlapping_sessions_fail_with_a_pointer_to_clean_isolation(
+    threadcreator_db: Database,
+) -> None:
+    async with threadcreator_db.session() as first, threadcreator_db.session() as second:
+        await first.execute(text("SELECT 1"))  # SAVEPOINT 1 on the test's one connection
+        await second.execute(text("SELECT 2"))  # SAVEPOINT 2, inside 1
+        await first.commit()  # releasing 1 releases 2 as well
+        with pytest.raises(ConfigurationError) as info:
+            await second.commit()
+    message = str(info.value)
+    assert "rollback isolation" in message
+    assert "one at a time" in message
+    assert "--threadcreator-isolation=clean" in message
+    assert "@pytest.mark.threadcreator(isolation='clean')" in message
