@@ -507,11 +507,11 @@ class GatedPause:
     def __init__(self) -> None:
         self.entered = threading.Event()
         self.opened = threading.Event()
-        self.cancelled = threading.Event()
+        self.cancelled: Any = threading.Event()  # until the store hands over its own flag
         self.seconds: list[float] = []
         self.stuck = False
 
-    def pause(self, seconds: float, cancelled: threading.Event) -> None:
+    def pause(self, seconds: float, cancelled: Any) -> None:
         self.seconds.append(seconds)
         self.cancelled = cancelled
         self.entered.set()

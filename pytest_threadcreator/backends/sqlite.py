@@ -78,6 +78,49 @@ class _CallerGone(Exception):
     """Raised on the writer thread when the caller was cancelled: roll back, nobody listens."""
 
 
+_WAKE_LOCK = threading.Lock()
+
+
+class _Cancellation:
+    """Whether a job's caller gave up: set on the caller's loop, read on the writer thread.
+
+    Like a ``threading.Event`` (``set``, ``is_set``, ``wait``) but a plain flag until a thread
+    waits on it, since every create makes one and an Event costs a lock and a condition.
+    """
+
+    __slots__ = ("_event", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: threading.Event | None = None
+
+    def set(self) -> None:
+        """Mark the caller gone and wake a thread waiting in :meth:`wait`."""
+        self._set = True
+        event = self._event  # read after the flag was written: see wait()
+        if event is not None:
+            event.set()
+
+    def is_set(self) -> bool:
+        """True once the caller gave up."""
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the caller gives up or ``timeout`` passes; True if it gave up."""
+        with _WAKE_LOCK:
+            event = self._event
+            if event is None:
+                event = self._event = threading.Event()
+        if self._set:  # read after the event was published: set() either sees it or ran before
+            return True
+        return event.wait(timeout)
+
+    def on_done(self, future: asyncio.Future[Any]) -> None:
+        """Done callback of the caller's future: a cancelled future means the caller gave up."""
+        if future.cancelled():
+            self.set()
+
+
 class _WriterThread:
     """A daemon thread running submitted jobs in FIFO order; reused from database to database."""
 
@@ -92,20 +135,53 @@ class _WriterThread:
         self._jobs.put((fn, waiter, writer))
 
     def _run(self) -> None:
+        # Jobs already queued run back to back (each its own transaction); their outcomes reach
+        # each event loop in one wake-up once the queue is empty (or every _MAX_BATCH jobs).
+        jobs = self._jobs
+        done: list[_Outcome] = []
         while True:
-            item = self._jobs.get()
+            item = jobs.get()
             if item is None:
+                _deliver(done)
                 return
             fn, waiter, writer = item
             if isinstance(waiter, asyncio.Future) and waiter.cancelled():
-                writer._finished += 1  # cancelled before it started: nothing to do
-                continue
-            try:
-                result: Any = fn()
-            except BaseException as exc:
-                writer._deliver(waiter, None, exc)
+                done.append((writer, None, None, None))  # cancelled before it started
             else:
-                writer._deliver(waiter, result, None)
+                try:
+                    done.append((writer, waiter, fn(), None))
+                except BaseException as exc:
+                    done.append((writer, waiter, None, exc))
+            if len(done) >= _MAX_BATCH or jobs.empty():
+                _deliver(done)
+                done = []
+
+
+#: A finished job: its writer, its waiter, and its result or exception.
+_Outcome = tuple["_Writer", Any, Any, "BaseException | None"]
+
+#: The most job outcomes the writer thread holds back to hand over in one wake-up.
+_MAX_BATCH = 64
+
+
+def _deliver(done: list[_Outcome]) -> None:
+    """Hand finished jobs' outcomes to their waiters: one wake-up per event loop."""
+    settle: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
+    for writer, waiter, result, exc in done:
+        writer._finished += 1
+        if waiter is None:
+            continue
+        if isinstance(waiter, asyncio.Future):
+            settle.setdefault(waiter.get_loop(), []).append((waiter, result, exc))
+        elif exc is not None:
+            waiter.set_exception(exc)
+        else:
+            waiter.set_result(result)
+    for loop, outcomes in settle.items():
+        try:
+            loop.call_soon_threadsafe(_settle_all, outcomes)
+        except RuntimeError:  # the waiters' loop is closed: nobody is listening
+            pass
 
 
 # Idle writer threads, so that a ``fresh`` database per test costs no thread start and join.
@@ -174,22 +250,8 @@ class _Writer:
         """Jobs submitted and not finished yet."""
         return self._submitted - self._finished
 
-    def _deliver(self, waiter: Any, result: Any, exc: BaseException | None) -> None:
-        self._finished += 1
-        if waiter is None:
-            return
-        if isinstance(waiter, asyncio.Future):
-            try:
-                waiter.get_loop().call_soon_threadsafe(_settle, waiter, result, exc)
-            except RuntimeError:  # the waiter's loop is closed: nobody is listening
-                pass
-        elif exc is not None:
-            waiter.set_exception(exc)
-        else:
-            waiter.set_result(result)
-
     async def run(
-        self, fn: Callable[[sqlite3.Connection], T], cancelled: threading.Event | None = None
+        self, fn: Callable[[sqlite3.Connection], T], cancelled: _Cancellation | None = None
     ) -> T:
         """Run ``fn(conn)`` on the writer thread and await its result from any event loop.
 
@@ -199,7 +261,7 @@ class _Writer:
             raise RuntimeError("the database was released; request threadcreator_db in this test")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         if cancelled is not None:
-            fut.add_done_callback(lambda done: cancelled.set() if done.cancelled() else None)
+            fut.add_done_callback(cancelled.on_done)
         self._submitted += 1
         self._thread.submit(self._job(fn), fut, self)
         return await fut
@@ -228,13 +290,14 @@ class _Writer:
             conn.close()
 
 
-def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    if fut.done():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(result)
+def _settle_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, result, exc in outcomes:
+        if fut.done():  # cancelled meanwhile: the outcome is dropped
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
 
 
 class SqliteStore(Store):
@@ -283,7 +346,7 @@ class SqliteStore(Store):
         owner_sql = self._owner_sql
         thread_id = thread_row[self.schema.thread_id_column]
         patience_s = self._writer.patience_s
-        cancelled = threading.Event()  # set when the caller is cancelled
+        cancelled = _Cancellation()
 
         def transaction(conn: sqlite3.Connection) -> None:
             _patiently(lambda: conn.execute("BEGIN IMMEDIATE"), patience_s, cancelled)
@@ -362,7 +425,7 @@ class SqliteStore(Store):
 
 
 def _patiently(
-    attempt: Callable[[], T], patience_s: float, cancelled: threading.Event | None = None
+    attempt: Callable[[], T], patience_s: float, cancelled: _Cancellation | None = None
 ) -> T:
     """``attempt()``, retried while SQLite is busy for up to ``patience_s`` seconds in all.
 
@@ -380,7 +443,7 @@ def _patiently(
                 raise
 
 
-def _step(decide: FaultDecider | None, step: str, cancelled: threading.Event) -> None:
+def _step(decide: FaultDecider | None, step: str, cancelled: _Cancellation) -> None:
     """Before ``step``'s SQL: stop if the caller gave up, else do what the fault decider says.
 
     The blocking twin of :func:`~pytest_threadcreator.backends.base.apply_fault`: ``delay``
@@ -401,7 +464,7 @@ def _step(decide: FaultDecider | None, step: str, cancelled: threading.Event) ->
         raise _CancelRequested()
 
 
-def _pause(seconds: float, cancelled: threading.Event) -> None:
+def _pause(seconds: float, cancelled: _Cancellation) -> None:
     """A ``delay`` fault on the writer thread: wait ``seconds``, or until the caller gave up."""
     cancelled.wait(seconds)
 
