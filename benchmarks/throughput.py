@@ -19,6 +19,10 @@ Raw baselines, written the way a careful hand-written loop would be:
 * asyncpg: a pool of 10; ``BEGIN; INSERT; INSERT; COMMIT`` per transaction, sequential and as
   concurrent tasks.
 
+And the SQLite ceiling (``ceiling-sqlite3``): the same transaction in plain ``sqlite3``, one
+thread, no event loop, the same pragmas and rows. Nothing that talks to SQLite from asyncio can
+beat it; the SQLite lines report ThreadCreator as a fraction of it.
+
 The raw rows carry the same columns and JSON as ThreadCreator's default schema (checked: one row
 of each side is read back and compared, ids and times masked), and the same time-ordered ids.
 """
@@ -59,7 +63,7 @@ DEFAULT_CREATES = 5_000
 DEFAULT_BATCH = 200
 PG_POOL_SIZE = 10
 
-Side = Literal["ours", "raw"]
+Side = Literal["ours", "raw", "ceiling"]
 Mode = Literal["sequential", "concurrent"]
 #: (variant name, side, mode); interleaved ours/raw so both see the same machine state.
 VARIANTS: tuple[tuple[str, Side, Mode], ...] = (
@@ -68,6 +72,8 @@ VARIANTS: tuple[tuple[str, Side, Mode], ...] = (
     ("ours-concurrent", "ours", "concurrent"),
     ("raw-concurrent", "raw", "concurrent"),
 )
+#: SQLite only: plain sqlite3 in one thread, no event loop (see the module docstring).
+SQLITE_CEILING: tuple[str, Side, Mode] = ("ceiling-sqlite3", "ceiling", "sequential")
 
 Call = Callable[[UserExecutionContext], Awaitable[object]]
 Log = Callable[[str], None]
@@ -116,6 +122,11 @@ class ThroughputResult:
         values = sorted(self.rates[variant])
         mid = len(values) // 2
         return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+    def ceiling(self) -> float | None:
+        """Median creates/s of the plain-sqlite3 ceiling (SQLite only), else None."""
+        name = SQLITE_CEILING[0]
+        return self.median(name) if self.rates.get(name) else None
 
     def best_raw(self) -> tuple[str, float]:
         """The better raw variant and its median creates/s."""
@@ -285,14 +296,40 @@ def _sqlite_readback(path: Path) -> tuple[int, int, dict[str, Any]]:
         conn.close()
 
 
+def _sqlite_ceiling_run(path: Path, contexts: Sequence[UserExecutionContext], batch: int) -> float:
+    """Seconds plain sqlite3 takes for the same transactions: one thread, no event loop."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            conn.execute(pragma)
+        thread_sql = _insert_sql("threads", THREAD_COLUMNS, "qmark")
+        message_sql = _insert_sql("messages", MESSAGE_COLUMNS, "qmark")
+
+        def run(part: Sequence[UserExecutionContext]) -> None:
+            for context in part:
+                thread, message = raw_rows(context)
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(thread_sql, thread)
+                conn.execute(message_sql, message)
+                conn.execute("COMMIT")
+
+        run(contexts[:batch])  # the same untimed warm-up as the other variants
+        started = time.perf_counter()
+        run(contexts[batch:])
+        return time.perf_counter() - started
+    finally:
+        conn.close()
+
+
 def measure_sqlite(
     creates: int = DEFAULT_CREATES,
     repeats: int = 3,
     batch: int = DEFAULT_BATCH,
     log: Log | None = None,
 ) -> ThroughputResult:
-    """ThreadCreator on the plugin's SQLite backend against raw aiosqlite."""
-    result = ThroughputResult("sqlite", creates, batch, {name: [] for name, _, _ in VARIANTS})
+    """ThreadCreator on the plugin's SQLite backend against raw aiosqlite and plain sqlite3."""
+    variants = (*VARIANTS, SQLITE_CEILING)
+    result = ThroughputResult("sqlite", creates, batch, {name: [] for name, _, _ in variants})
     contexts = _contexts(creates + batch)
     shapes: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="tc-bench-tp-") as tmp:
@@ -301,21 +338,24 @@ def measure_sqlite(
         backend.prepare_template(default_schema(), None)
         try:
             for rep in range(repeats):
-                order = VARIANTS if rep % 2 == 0 else tuple(reversed(VARIANTS))
+                order = variants if rep % 2 == 0 else tuple(reversed(variants))
                 for name, side, mode in order:
                     database = backend.create_database(name, isolation="clean")
                     path = Path(database.location)
                     try:
                         if side == "ours":
                             elapsed = _run_ours(database, contexts, mode, batch)
-                        else:
+                        elif side == "raw":
                             database.close()  # the raw loop brings its own connection
                             elapsed = asyncio.run(_sqlite_raw_run(path, contexts, mode, batch))
+                        else:
+                            database.close()
+                            elapsed = _sqlite_ceiling_run(path, contexts, batch)
                         threads, messages, shape = _sqlite_readback(path)
                     finally:
                         backend.drop_database(database)
                     _check_counts("sqlite", name, threads, messages, len(contexts))
-                    shapes.setdefault(side, shape)
+                    shapes.setdefault("raw" if side == "ceiling" else side, shape)
                     result.rates[name].append(creates / elapsed)
                     if log is not None:
                         log(f"throughput sqlite {name}: {creates / elapsed:,.0f}/s")
@@ -457,9 +497,22 @@ def _print(result: ThroughputResult) -> None:
         return
     raw_name, raw_rate = result.best_raw()
     print(f"{result.backend}: {result.creates} creates per measurement, batch {result.batch}")
+    ceiling = result.ceiling()
     for name, _, _ in VARIANTS:
         rate = result.median(name)
-        print(f"  {name:16} {rate:10,.0f}/s  ({rate / raw_rate:.2f}× best raw, {raw_name})")
+        line = f"  {name:16} {rate:10,.0f}/s  ({rate / raw_rate:.2f}× best raw, {raw_name}"
+        if ceiling is not None:
+            line += f"; {_paired_ratio(result, name, SQLITE_CEILING[0]):.2f}× the ceiling"
+        print(line + ")")
+    if ceiling is not None:
+        print(f"  {SQLITE_CEILING[0]:16} {ceiling:10,.0f}/s  (plain sqlite3, one thread, no loop)")
+
+
+def _paired_ratio(result: ThroughputResult, name: str, base: str) -> float:
+    """Median over repeats of ``name``'s rate divided by ``base``'s rate in the same repeat."""
+    pairs = sorted(a / b for a, b in zip(result.rates[name], result.rates[base], strict=False))
+    mid = len(pairs) // 2
+    return pairs[mid] if len(pairs) % 2 else (pairs[mid - 1] + pairs[mid]) / 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -498,29 +497,32 @@ async def test_a_timeout_during_a_real_commit_delay_leaves_both_rows_or_neither(
 # --- end to end on SQLite, with the delay held open by the test ------------------------------
 
 
-class GatedSleep:
-    """Stands in for the SQLite store's ``time``: ``sleep`` blocks until the test opens the gate."""
+class GatedPause:
+    """Stands in for the SQLite store's delay: ``pause`` blocks until the test opens the gate.
+
+    ``cancelled`` is the flag the real delay waits on, which the store sets when the call's
+    caller is cancelled.
+    """
 
     def __init__(self) -> None:
         self.entered = threading.Event()
         self.opened = threading.Event()
+        self.cancelled: Any = threading.Event()  # until the store hands over its own flag
         self.seconds: list[float] = []
         self.stuck = False
 
-    def sleep(self, seconds: float) -> None:
+    def pause(self, seconds: float, cancelled: Any) -> None:
         self.seconds.append(seconds)
+        self.cancelled = cancelled
         self.entered.set()
         if not self.opened.wait(HANG_GUARD_S):
             self.stuck = True
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
 
 @pytest.fixture
-def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[GatedSleep]:
-    gated = GatedSleep()
-    monkeypatch.setattr(sqlite_backend, "time", gated)
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[GatedPause]:
+    gated = GatedPause()
+    monkeypatch.setattr(sqlite_backend, "_pause", gated.pause)
     yield gated
     gated.opened.set()  # never leave the writer thread parked
 
@@ -554,7 +556,7 @@ def probe_write_lock_and_rows(database: Database) -> tuple[bool, int]:
 @pytest.mark.parametrize("step", STEPS)
 async def test_a_delay_happens_inside_the_open_transaction(
     step: str,
-    gate: GatedSleep,
+    gate: GatedPause,
     thread_creator: ThreadCreator,
     injector: FaultInjector,
     threadcreator_db: Database,
@@ -583,8 +585,8 @@ async def test_a_delay_happens_inside_the_open_transaction(
 
 @pytest.mark.asyncio
 @pytest.mark.threadcreator(db="sqlite", isolation="clean")
-async def test_a_timeout_returns_while_the_commit_is_still_delayed_and_keeps_it_atomic(
-    gate: GatedSleep,
+async def test_a_timeout_returns_while_the_commit_is_delayed_and_the_writer_rolls_back(
+    gate: GatedPause,
     thread_creator: ThreadCreator,
     injector: FaultInjector,
     threadcreator_db: Database,
@@ -603,12 +605,18 @@ async def test_a_timeout_returns_while_the_commit_is_still_delayed_and_keeps_it_
         # wait_for came back while the gate was shut: it did not wait for the transaction.
         assert not gate.opened.is_set()
         assert create.cancelled()
+        # The writer is told: the flag that the real delay waits on is set.
+        await wait_for_event(gate.cancelled)
+        assert probe_write_lock_and_rows(threadcreator_db) == (True, 0)
     finally:
         gate.opened.set()
 
     assert not gate.stuck
-    # The writer finished the transaction it had begun: the cancelled call committed, atomically.
-    assert await assert_both_or_neither(threadcreator_db, thread_id) == 1
+    # Even though its delay ran to the end here, the job saw the cancellation before COMMIT and
+    # rolled back (the read queues behind it on the writer thread).
+    assert await assert_both_or_neither(threadcreator_db, thread_id) == 0
+    assert probe_write_lock_and_rows(threadcreator_db) == (False, 0)
+    assert injector.hits("commit") == 1
 
 
 # --- end to end: many concurrent creates with a seeded failure rate -------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,9 @@ from pytest_threadcreator.schema import default_schema
 
 # Every test here is about the SQLite backend, whatever backend the suite runs on.
 pytestmark = pytest.mark.threadcreator(db="sqlite")
+
+# Safety net so a writer that does not give up fails the test instead of hanging it.
+HANG_GUARD_S = 30.0
 
 
 @pytest.fixture
@@ -124,25 +129,57 @@ async def test_thread_creator_never_shares_a_session_under_gather(
     await threadcreator_db.check_integrity()
 
 
+@pytest.fixture
+def patient_backend(tmp_path: Path) -> Iterator[SqliteBackend]:
+    """A SQLite backend whose writers wait for the lock far longer than any test runs."""
+    b = SqliteBackend(tmp_path / "patient", busy_timeout_ms=600_000)
+    b.start()
+    b.prepare_template(default_schema(), None)
+    yield b
+    b.stop()
+
+
 @pytest.mark.asyncio
-async def test_cancellation_is_prompt_while_a_writer_waits_for_the_lock(
-    thread_creator: ThreadCreator, user_context: UserExecutionContext, threadcreator_db: Database
+@pytest.mark.parametrize("how", ["task.cancel", "wait_for"])
+async def test_a_call_cancelled_while_waiting_for_the_lock_gives_up_and_never_commits(
+    patient_backend: SqliteBackend, how: str
 ) -> None:
-    holder = sqlite3.connect(threadcreator_db.location, isolation_level=None)
+    database = patient_backend.create_database("lock-wait", isolation="clean")
+    creator = ThreadCreator(database)
+    begun = threading.Event()
+    await database.store.watch_statements(
+        lambda _label, sql: begun.set() if sql.startswith("BEGIN") else None
+    )
+    holder = sqlite3.connect(database.location, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another process-like writer holds the lock
-    context = user_context.with_thread(new_thread_id())
+    thread_id = new_thread_id()
     try:
-        with pytest.raises(asyncio.TimeoutError):  # the builtin one only from Python 3.11
-            # Returns while the lock is still held: cancellation did not wait for SQLite.
-            await asyncio.wait_for(
-                thread_creator.create_thread_with_message(context, "hello"), timeout=0.2
-            )
+        call = asyncio.ensure_future(
+            creator.create_thread_with_message(_context().with_thread(thread_id), "hello")
+        )
+        assert await asyncio.to_thread(begun.wait, HANG_GUARD_S), "the writer never began"
+        if how == "task.cancel":
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        else:
+            with pytest.raises(asyncio.TimeoutError):  # the builtin one only from Python 3.11
+                await asyncio.wait_for(call, timeout=0.01)
+        # The lock is still held and the busy timeout is ten minutes: the writer is free again
+        # within the guard only because it stopped waiting when the call was cancelled.
+        deadline = time.monotonic() + HANG_GUARD_S
+        while database.checked_out():
+            assert time.monotonic() < deadline, "the writer still waits for the lock"
+            await asyncio.sleep(0.005)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    threads = await threadcreator_db.count_threads()
-    messages = await threadcreator_db.count_messages()
-    assert threads == messages <= 1  # the cancelled call may have committed: all or nothing
+    await database.store.watch_statements(None)
+    later = await creator.create_thread_with_message(_context(1), "later")
+    ids = [r["id"] for r in database.store.fetch_all_sync(select(Thread.__table__.c.id))]  # type: ignore[attr-defined]
+    assert ids == [later.thread_id]  # the cancelled call never took the lock after it was freed
+    assert await database.count_messages() == 1
+    database.close()
 
 
 @pytest.mark.asyncio

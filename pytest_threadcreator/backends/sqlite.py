@@ -7,6 +7,11 @@ Correct by construction (see the project's reliability notes):
 * ThreadCreator's writes run as one ``BEGIN IMMEDIATE … COMMIT`` function on a dedicated writer
   thread with its own connection: writers queue in-process instead of racing for the lock, and a
   create costs one hop between the event loop and the thread instead of ~10.
+* Cancelled means cancelled: when the caller of a create is cancelled (or times out), its job on
+  the writer thread sees it before every step and before COMMIT and rolls back; a ``delay`` fault
+  waits on the job's cancellation flag instead of sleeping, and the wait for another
+  connection's lock runs in short busy-timeout slices with the flag checked between them, since
+  neither ``Connection.interrupt()`` nor a progress handler stops SQLite's busy wait.
 
 Under pytest-xdist the template is the run's (``template_dir``, in the run's shared temp dir): the
 first worker builds it under an exclusive ``flock`` and moves it into place whole; the others wait
@@ -36,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from ..database import Database
 from ..errors import InjectedFault
 from ._compile import RowInsert, compile_select
-from .base import Backend, FaultAction, FaultDecider, Query, StatementCallback, Store, ThreadIdTaken
+from .base import Backend, FaultDecider, Query, StatementCallback, Store, ThreadIdTaken
 from .transient import is_sqlite_busy
 
 if TYPE_CHECKING:
@@ -48,6 +53,10 @@ T = TypeVar("T")
 
 #: How long a connection waits for another connection's write lock before SQLITE_BUSY.
 BUSY_TIMEOUT_MS = 5_000
+
+#: The writer connection's own busy timeout: it waits for the lock in slices this long and checks
+#: between them whether the caller gave up, for at most the backend's busy timeout in all.
+LOCK_SLICE_MS = 20
 
 _DIALECT = sqlite_dialect.dialect()
 
@@ -65,6 +74,53 @@ class _CancelRequested(Exception):
     """Raised on the writer thread when the fault injector asks to cancel the call."""
 
 
+class _CallerGone(Exception):
+    """Raised on the writer thread when the caller was cancelled: roll back, nobody listens."""
+
+
+_WAKE_LOCK = threading.Lock()
+
+
+class _Cancellation:
+    """Whether a job's caller gave up: set on the caller's loop, read on the writer thread.
+
+    Like a ``threading.Event`` (``set``, ``is_set``, ``wait``) but a plain flag until a thread
+    waits on it, since every create makes one and an Event costs a lock and a condition.
+    """
+
+    __slots__ = ("_event", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: threading.Event | None = None
+
+    def set(self) -> None:
+        """Mark the caller gone and wake a thread waiting in :meth:`wait`."""
+        self._set = True
+        event = self._event  # read after the flag was written: see wait()
+        if event is not None:
+            event.set()
+
+    def is_set(self) -> bool:
+        """True once the caller gave up."""
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the caller gives up or ``timeout`` passes; True if it gave up."""
+        with _WAKE_LOCK:
+            event = self._event
+            if event is None:
+                event = self._event = threading.Event()
+        if self._set:  # read after the event was published: set() either sees it or ran before
+            return True
+        return event.wait(timeout)
+
+    def on_done(self, future: asyncio.Future[Any]) -> None:
+        """Done callback of the caller's future: a cancelled future means the caller gave up."""
+        if future.cancelled():
+            self.set()
+
+
 class _WriterThread:
     """A daemon thread running submitted jobs in FIFO order; reused from database to database."""
 
@@ -79,20 +135,53 @@ class _WriterThread:
         self._jobs.put((fn, waiter, writer))
 
     def _run(self) -> None:
+        # Jobs already queued run back to back (each its own transaction); their outcomes reach
+        # each event loop in one wake-up once the queue is empty (or every _MAX_BATCH jobs).
+        jobs = self._jobs
+        done: list[_Outcome] = []
         while True:
-            item = self._jobs.get()
+            item = jobs.get()
             if item is None:
+                _deliver(done)
                 return
             fn, waiter, writer = item
             if isinstance(waiter, asyncio.Future) and waiter.cancelled():
-                writer._finished += 1  # cancelled before it started: nothing to do
-                continue
-            try:
-                result: Any = fn()
-            except BaseException as exc:
-                writer._deliver(waiter, None, exc)
+                done.append((writer, None, None, None))  # cancelled before it started
             else:
-                writer._deliver(waiter, result, None)
+                try:
+                    done.append((writer, waiter, fn(), None))
+                except BaseException as exc:
+                    done.append((writer, waiter, None, exc))
+            if len(done) >= _MAX_BATCH or jobs.empty():
+                _deliver(done)
+                done = []
+
+
+#: A finished job: its writer, its waiter, and its result or exception.
+_Outcome = tuple["_Writer", Any, Any, "BaseException | None"]
+
+#: The most job outcomes the writer thread holds back to hand over in one wake-up.
+_MAX_BATCH = 64
+
+
+def _deliver(done: list[_Outcome]) -> None:
+    """Hand finished jobs' outcomes to their waiters: one wake-up per event loop."""
+    settle: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
+    for writer, waiter, result, exc in done:
+        writer._finished += 1
+        if waiter is None:
+            continue
+        if isinstance(waiter, asyncio.Future):
+            settle.setdefault(waiter.get_loop(), []).append((waiter, result, exc))
+        elif exc is not None:
+            waiter.set_exception(exc)
+        else:
+            waiter.set_result(result)
+    for loop, outcomes in settle.items():
+        try:
+            loop.call_soon_threadsafe(_settle_all, outcomes)
+        except RuntimeError:  # the waiters' loop is closed: nobody is listening
+            pass
 
 
 # Idle writer threads, so that a ``fresh`` database per test costs no thread start and join.
@@ -131,9 +220,14 @@ class _Writer:
         self._submitted += 1
         self._thread.submit(self._open, None, self)  # opens while the caller goes on
 
+    @property
+    def patience_s(self) -> float:
+        """How long in all a job waits for another connection's lock (see :func:`_patiently`)."""
+        return self._busy_timeout_ms / 1000
+
     def _open(self) -> None:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        for pragma in sqlite_pragmas(self._busy_timeout_ms):
+        for pragma in sqlite_pragmas(min(self._busy_timeout_ms, LOCK_SLICE_MS)):
             conn.execute(pragma)
         self._conn = conn
 
@@ -156,25 +250,18 @@ class _Writer:
         """Jobs submitted and not finished yet."""
         return self._submitted - self._finished
 
-    def _deliver(self, waiter: Any, result: Any, exc: BaseException | None) -> None:
-        self._finished += 1
-        if waiter is None:
-            return
-        if isinstance(waiter, asyncio.Future):
-            try:
-                waiter.get_loop().call_soon_threadsafe(_settle, waiter, result, exc)
-            except RuntimeError:  # the waiter's loop is closed: nobody is listening
-                pass
-        elif exc is not None:
-            waiter.set_exception(exc)
-        else:
-            waiter.set_result(result)
+    async def run(
+        self, fn: Callable[[sqlite3.Connection], T], cancelled: _Cancellation | None = None
+    ) -> T:
+        """Run ``fn(conn)`` on the writer thread and await its result from any event loop.
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` on the writer thread and await its result from any event loop."""
+        ``cancelled`` is set as soon as the awaiting task is cancelled, for ``fn`` to watch.
+        """
         if self._closed:
             raise RuntimeError("the database was released; request threadcreator_db in this test")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if cancelled is not None:
+            fut.add_done_callback(cancelled.on_done)
         self._submitted += 1
         self._thread.submit(self._job(fn), fut, self)
         return await fut
@@ -203,13 +290,14 @@ class _Writer:
             conn.close()
 
 
-def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    if fut.done():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(result)
+def _settle_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, result, exc in outcomes:
+        if fut.done():  # cancelled meanwhile: the outcome is dropped
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
 
 
 class SqliteStore(Store):
@@ -257,12 +345,13 @@ class SqliteStore(Store):
         t_params, m_params = t_plan.params(thread_row), m_plan.params(message_row)
         owner_sql = self._owner_sql
         thread_id = thread_row[self.schema.thread_id_column]
+        patience_s = self._writer.patience_s
+        cancelled = _Cancellation()
 
         def transaction(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
+            _patiently(lambda: conn.execute("BEGIN IMMEDIATE"), patience_s, cancelled)
             try:
-                if decide is not None:
-                    _apply(decide("thread_insert"))
+                _step(decide, "thread_insert", cancelled)
                 try:
                     conn.execute(t_sql, t_params)
                 except sqlite3.IntegrityError:
@@ -271,11 +360,9 @@ class SqliteStore(Store):
                         if row is not None:
                             raise ThreadIdTaken(row[0]) from None
                     raise
-                if decide is not None:
-                    _apply(decide("message_insert"))
+                _step(decide, "message_insert", cancelled)
                 conn.execute(m_sql, m_params)
-                if decide is not None:
-                    _apply(decide("commit"))
+                _step(decide, "commit", cancelled)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -283,21 +370,29 @@ class SqliteStore(Store):
                 raise
 
         try:
-            await self._writer.run(transaction)
+            await self._writer.run(transaction, cancelled)
         except _CancelRequested:
             raise asyncio.CancelledError("cancelled by the fault injector") from None
 
     async def fetch_all(self, statement: Query) -> list[dict[str, Any]]:
         compiled = compile_select(statement, _DIALECT)
+        patience_s = self._writer.patience_s
         raw = await self._writer.run(
-            lambda conn: conn.execute(compiled.sql, compiled.params).fetchall()
+            lambda conn: _patiently(
+                lambda: conn.execute(compiled.sql, compiled.params).fetchall(), patience_s
+            )
         )
         return compiled.rows(raw)
 
     def fetch_all_sync(self, statement: Query) -> list[dict[str, Any]]:
         """Like :meth:`fetch_all`, blocking, for use outside an event loop."""
         compiled = compile_select(statement, _DIALECT)
-        raw = self._writer.call(lambda conn: conn.execute(compiled.sql, compiled.params).fetchall())
+        patience_s = self._writer.patience_s
+        raw = self._writer.call(
+            lambda conn: _patiently(
+                lambda: conn.execute(compiled.sql, compiled.params).fetchall(), patience_s
+            )
+        )
         return compiled.rows(raw)
 
     def is_transient(self, exc: BaseException) -> bool:
@@ -305,9 +400,10 @@ class SqliteStore(Store):
 
     def reset(self) -> None:
         statements, seed = self._reset_sql, self._seed
+        patience_s = self._writer.patience_s
 
         def wipe(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
+            _patiently(lambda: conn.execute("BEGIN IMMEDIATE"), patience_s)
             for sql in statements:
                 conn.execute(sql)
             for sql, rows in seed:
@@ -328,15 +424,49 @@ class SqliteStore(Store):
         self._writer.close()
 
 
-def _apply(action: FaultAction | None) -> None:
+def _patiently(
+    attempt: Callable[[], T], patience_s: float, cancelled: _Cancellation | None = None
+) -> T:
+    """``attempt()``, retried while SQLite is busy for up to ``patience_s`` seconds in all.
+
+    Each try waits one busy-timeout slice (:data:`LOCK_SLICE_MS`) for the lock; between slices a
+    set ``cancelled`` ends the wait (:class:`_CallerGone`), which SQLite's own wait would not.
+    """
+    deadline = time.monotonic() + patience_s
+    while True:
+        if cancelled is not None and cancelled.is_set():
+            raise _CallerGone()
+        try:
+            return attempt()
+        except sqlite3.OperationalError as exc:
+            if not is_sqlite_busy(exc) or time.monotonic() >= deadline:
+                raise
+
+
+def _step(decide: FaultDecider | None, step: str, cancelled: _Cancellation) -> None:
+    """Before ``step``'s SQL: stop if the caller gave up, else do what the fault decider says.
+
+    The blocking twin of :func:`~pytest_threadcreator.backends.base.apply_fault`: ``delay``
+    waits on ``cancelled`` (:func:`_pause`), so a cancelled call stops waiting at once.
+    """
+    if cancelled.is_set():
+        raise _CallerGone()
+    action = None if decide is None else decide(step)
     if action is None:
         return
     if action.kind == "fail":
         raise InjectedFault(action.step, action.call)
     if action.kind == "delay":
-        time.sleep(action.seconds)
+        _pause(action.seconds, cancelled)
+        if cancelled.is_set():
+            raise _CallerGone()
     elif action.kind == "cancel":
         raise _CancelRequested()
+
+
+def _pause(seconds: float, cancelled: _Cancellation) -> None:
+    """A ``delay`` fault on the writer thread: wait ``seconds``, or until the caller gave up."""
+    cancelled.wait(seconds)
 
 
 def make_sqlite_engine(
