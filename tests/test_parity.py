@@ -20,9 +20,12 @@ from pytest_threadcreator import (
     InvalidContextError,
     InvalidMessageError,
     ThreadCreator,
+    ThreadExistsError,
+    ThreadOwnershipError,
     UserExecutionContext,
 )
 from pytest_threadcreator.database import Database
+from pytest_threadcreator.factories import MessageFactory, ThreadFactory
 from pytest_threadcreator.schema import NewThread, ThreadSchema, default_schema
 
 from .stores import BACKEND_PARAMS, open_database
@@ -294,3 +297,84 @@ async def test_context_mappings_a_schema_writes_round_trip(team_db: Database) ->
     await creator.create_thread_with_message(context, "hello")
     (thread,) = await creator.list_threads("team_user_ok")
     assert thread.tenant == "äcme 🚀" and thread.audit == audit
+
+
+# -- factories ----------------------------------------------------------------------------------
+
+
+async def test_a_factory_thread_id_taken_by_another_user_is_an_ownership_error(
+    db: Database,
+) -> None:
+    factory = ThreadFactory.bind(db)
+    await factory.create(id="thread_parity_taken", user_id="parity_owner")
+    before = await _counts(db)
+    with pytest.raises(ThreadOwnershipError) as other:
+        await factory.create(id="thread_parity_taken", user_id="parity_intruder")
+    assert str(other.value) == (
+        "thread 'thread_parity_taken' cannot be created by this user: the id is taken. Leave "
+        "id= out to get a generated one, or pass another"
+    )
+    assert "parity_owner" not in str(other.value)
+    with pytest.raises(ThreadExistsError, match="'thread_parity_taken' already exists"):
+        await factory.create(id="thread_parity_taken", user_id="parity_owner")
+    await _nothing_written(db, before)
+
+
+FACTORY_REFUSALS = [
+    pytest.param(
+        {"metadata": {"x": [math.nan]}},
+        InvalidMessageError,
+        "threads.metadata_['x'][0] is nan, a non-finite float",
+        id="nan-metadata",
+    ),
+    pytest.param(
+        {"metadata_": {"user_id": "u", "deep": nested(MAX_DEPTH + 1)["deep"]}},
+        InvalidMessageError,
+        "threads.metadata_['deep'][0]",
+        id="too-deep-raw-metadata",
+    ),
+    pytest.param(
+        {"title": "t\x00"}, InvalidMessageError, "threads.title contains a NUL", id="nul-title"
+    ),
+    pytest.param(
+        {"first_message": "hi \udc80"},
+        InvalidMessageError,
+        "messages.content[0]['text']['value'] contains a lone surrogate '\\udc80' at index 3",
+        id="surrogate-message",
+    ),
+    pytest.param(
+        {"user_id": "ali\x00ce"},
+        InvalidContextError,
+        "threads.user_id contains a NUL",
+        id="nul-user",
+    ),
+    pytest.param(
+        {"id": "thread_\ud800"},
+        InvalidContextError,
+        "threads.id contains a lone surrogate",
+        id="surrogate-thread-id",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error_type", "error"), FACTORY_REFUSALS)
+async def test_factories_refuse_what_a_backend_would_refuse(
+    db: Database, kwargs: dict[str, Any], error_type: type[Exception], error: str
+) -> None:
+    before = await _counts(db)
+    factory = ThreadFactory.bind(db)
+    with pytest.raises(error_type) as caught:
+        await factory.create(**kwargs)
+    assert error in str(caught.value)
+    with pytest.raises(error_type):
+        await factory.create_batch(3, **kwargs)
+    await _nothing_written(db, before)
+
+
+async def test_message_factory_refuses_what_a_backend_would_refuse(db: Database) -> None:
+    thread = await ThreadFactory.bind(db).create()
+    before = await _counts(db)
+    with pytest.raises(InvalidMessageError) as caught:
+        await MessageFactory.bind(db).create(thread=thread, text="nul \x00 here")
+    assert "messages.content[0]['text']['value'] contains a NUL character" in str(caught.value)
+    await _nothing_written(db, before)
