@@ -18,6 +18,7 @@ The stores pass their dialect; the parameter style (``?`` or ``$n``) is the dial
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,10 +108,8 @@ def insert_plan(table: Table, keys: Sequence[str], dialect: Dialect) -> InsertPl
     """The INSERT of rows with ``keys`` into ``table`` for ``dialect`` (cached for the process)."""
     cache_key = (table, dialect.name, tuple(keys))
     plan = _PLANS.get(cache_key)
-    if plan is None:
-        plan = _PLANS[cache_key] = _compile_insert(
-            table, cache_key[2], dialect
-        )  # a race only compiles twice
+    if plan is None:  # a race only compiles twice
+        plan = _PLANS[cache_key] = _compile_insert(table, cache_key[2], dialect)
     return plan
 
 
@@ -152,8 +151,7 @@ def _compile_insert(table: Table, keys: tuple[str, ...], dialect: Dialect) -> In
         table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns
     )
     plan = InsertPlan(table, dialect, tuple(columns), tuple(inline), processors, defaults)
-    sql, _ = plan.render(1)
-    return InsertPlan(table, dialect, plan.columns, plan.inline, processors, defaults, sql)
+    return dataclasses.replace(plan, sql=plan.render(1)[0])
 
 
 def _constant(value: Any) -> Callable[[], Any]:
