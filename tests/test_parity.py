@@ -94,6 +94,11 @@ MESSAGE_REFUSALS = [
         id="too-deep",
     ),
     pytest.param(
+        {"metadata": nested(5_000)},
+        "is nested deeper than 100 levels",
+        id="deeper-than-python-recursion",
+    ),
+    pytest.param(
         {"message": "caf\udce9"},
         "message contains a lone surrogate '\\udce9' at index 3",
         id="surrogate-in-message",
