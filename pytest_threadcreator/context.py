@@ -3,7 +3,10 @@
 :class:`UserExecutionContext` is validated once, at construction, and is immutable afterwards:
 its ``agent_context`` and ``audit_metadata`` are deep copies, frozen all the way down.
 :func:`coerce_context` accepts it or any object with a str ``user_id`` (other teams' context
-classes) and returns the ids ThreadCreator needs.
+classes), checks the ids ThreadCreator needs (again for ours: ``object.__setattr__`` gets past a
+frozen dataclass) and returns them. :func:`check_text` and :func:`check_json` refuse what some
+backend could not store (NUL, lone surrogates, non-finite floats, JSON nested too deep), so a
+test has the same outcome on every backend.
 
 This module never imports pytest.
 """
