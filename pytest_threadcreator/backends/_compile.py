@@ -67,7 +67,7 @@ class InsertPlan:
     #: ``INSERT INTO t (cols) VALUES (…)`` with parameters numbered from 1
     sql: str = ""
 
-    def params(self, row: Mapping[str, Any], skip: str | None = None) -> list[Any]:
+    def params(self, row: Mapping[str, Any], skip: str | None = None) -> tuple[Any, ...]:
         """Parameters in column order; ``skip`` names a column filled by SQL instead."""
         out: list[Any] = []
         for name, inline, proc in zip(self.columns, self.inline, self.processors, strict=True):
@@ -75,7 +75,7 @@ class InsertPlan:
                 continue
             value = row[name] if name in row else self.defaults[name]()
             out.append(proc(value) if proc is not None else value)
-        return out
+        return tuple(out)
 
     def render(self, first: int = 1, replace: Mapping[str, str] | None = None) -> tuple[str, int]:
         """The INSERT with parameters numbered from ``first``, and the next free number.

@@ -400,7 +400,11 @@ class PgStore(Store):
         await self.background.submit(job)
 
     async def _create_fast(
-        self, sql: _CreateSql, params: list[Any], thread_row: Mapping[str, Any], explicit: bool
+        self,
+        sql: _CreateSql,
+        params: tuple[Any, ...],
+        thread_row: Mapping[str, Any],
+        explicit: bool,
     ) -> None:
         pool, conn = await self._acquire()
         try:
@@ -415,8 +419,8 @@ class PgStore(Store):
     async def _create_stepwise(
         self,
         sql: _CreateSql,
-        thread_params: list[Any],
-        message_params: list[Any],
+        thread_params: tuple[Any, ...],
+        message_params: tuple[Any, ...],
         thread_row: Mapping[str, Any],
         explicit: bool,
         decide: FaultDecider,
