@@ -3,7 +3,10 @@
 :class:`UserExecutionContext` is validated once, at construction, and is immutable afterwards:
 its ``agent_context`` and ``audit_metadata`` are deep copies, frozen all the way down.
 :func:`coerce_context` accepts it or any object with a str ``user_id`` (other teams' context
-classes) and returns the ids ThreadCreator needs.
+classes), checks the ids ThreadCreator needs (again for ours: ``object.__setattr__`` gets past a
+frozen dataclass) and returns them. :func:`check_text` and :func:`check_json` refuse what some
+backend could not store (NUL, lone surrogates, non-finite floats, JSON nested too deep), so a
+test has the same outcome on every backend.
 
 This module never imports pytest.
 """
@@ -12,19 +15,30 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
-from pytest_threadcreator.errors import InvalidContextError
+from pytest_threadcreator.errors import InvalidContextError, ThreadCreatorError
 from pytest_threadcreator.ids import new_id
 
-__all__ = ["ContextIds", "UserExecutionContext", "coerce_context", "validate_id"]
+__all__ = [
+    "ContextIds",
+    "UserExecutionContext",
+    "check_json",
+    "check_text",
+    "coerce_context",
+    "validate_id",
+]
 
 _MAX_ID_LENGTH = 255
 _MAX_CHILD_DEPTH = 10
 _PREVIEW_CHARS = 40
+#: Containers nested in a JSON value at most (the value itself counted): deeper ones are refused
+#: on every backend, before Python's own recursion limit turns them into a RecursionError.
+MAX_JSON_DEPTH = 100
 
 _PLACEHOLDER_IDS = frozenset(
     {
@@ -68,6 +82,122 @@ def _preview(value: str) -> str:
     return f"{value[:_PREVIEW_CHARS]!r}..."
 
 
+# -- what every backend can store ------------------------------------------------------------
+_NUL_PROBLEM = "contains a NUL character (\\x00), which PostgreSQL cannot store"
+_TEXT_TODO = "remove it (the plugin refuses it on every backend so tests behave alike)"
+_SURROGATE_TODO = (
+    "fix the text's decoding (e.g. bytes.decode('utf-8', errors='replace')); the plugin "
+    "refuses it on every backend so tests behave alike"
+)
+
+
+def _text_problem(value: str) -> tuple[str, str] | None:
+    """(what is wrong, what to do) when a backend could not store ``value``, else None."""
+    if "\x00" in value:
+        return _NUL_PROBLEM, _TEXT_TODO
+    if value.isascii():
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"contains a lone surrogate {value[exc.start]!r} at index {exc.start}, which is not "
+            "text (UTF-8 cannot encode it)",
+            _SURROGATE_TODO,
+        )
+    return None
+
+
+def check_text(value: str, field: str, error: type[ThreadCreatorError]) -> None:
+    """Raise ``error`` naming ``field`` when ``value`` holds NUL or a lone surrogate."""
+    problem = _text_problem(value)
+    if problem is not None:
+        raise error(f"{field} {problem[0]}; {problem[1]}")
+
+
+_JSON_TODO = "pass only str, numbers, bools, None, lists and dicts"
+_FINITE_TODO = (
+    "JSON has no NaN or Infinity (PostgreSQL refuses them); pass a finite number, or None or a "
+    "string for a missing value"
+)
+
+
+def _json_problem(value: object, depth: int) -> tuple[list[object], str, str] | None:
+    """(path from ``value`` in reverse, what is wrong, what to do) or None: one pass, no dumps."""
+    kind = type(value)
+    if kind is str:
+        problem = _text_problem(cast(str, value))
+        return None if problem is None else ([], *problem)
+    if kind is int or kind is bool or value is None:
+        return None
+    if kind is float:
+        number = cast(float, value)
+        if math.isfinite(number):
+            return None
+        return [], f"is {number!r}, a non-finite float", _FINITE_TODO
+    if isinstance(value, (dict, list, tuple)):
+        if depth > MAX_JSON_DEPTH:
+            return (
+                [],
+                f"is nested deeper than {MAX_JSON_DEPTH} levels",
+                "flatten it or store it as a string (JSON this deep is refused on every backend)",
+            )
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if type(key) is not str:
+                    found = _key_problem(key)
+                    if found is not None:
+                        return found
+                else:
+                    problem = _text_problem(key)
+                    if problem is not None:
+                        return [], f"has a key {key!r} that {problem[0]}", problem[1]
+                found = _json_problem(item, depth + 1)
+                if found is not None:
+                    found[0].append(key)
+                    return found
+            return None
+        for index, item in enumerate(value):
+            found = _json_problem(item, depth + 1)
+            if found is not None:
+                found[0].append(index)
+                return found
+        return None
+    if isinstance(value, str):
+        return _json_problem(str(value), depth)
+    if isinstance(value, int):
+        return None
+    if isinstance(value, float):
+        return _json_problem(float(value), depth)
+    return [], f"is not JSON-serialisable ({kind.__name__})", _JSON_TODO
+
+
+def _key_problem(key: object) -> tuple[list[object], str, str] | None:
+    """Keys json.dumps turns into strings (numbers, bools, None) pass; anything else does not."""
+    if isinstance(key, str):
+        problem = _text_problem(key)
+        return None if problem is None else ([], f"has a key {key!r} that {problem[0]}", problem[1])
+    if isinstance(key, float) and not math.isfinite(key):
+        return [], f"has the key {key!r}, a non-finite float", _FINITE_TODO
+    if key is None or isinstance(key, (int, float)):
+        return None
+    return [], f"has a key of type {type(key).__name__}, which JSON cannot hold", "use str keys"
+
+
+def check_json(value: object, field: str, error: type[ThreadCreatorError]) -> None:
+    """Raise ``error`` naming the place (e.g. ``metadata['a'][0]``) if a backend would refuse
+    ``value`` as JSON: NUL or a lone surrogate in a string or key, a non-finite float, nesting
+    deeper than :data:`MAX_JSON_DEPTH`, or a type JSON cannot hold."""
+    found = _json_problem(value, 1)
+    if found is None:
+        return
+    path, problem, todo = found
+    where = field + "".join(f"[{part!r}]" for part in reversed(path))
+    if len(where) > 120:
+        where = where[:117] + "..."
+    raise error(f"{where} {problem}; {todo}")
+
+
 def validate_id(value: object, field: str) -> str:
     """Return ``value`` if it is a usable id for ``field``, else raise InvalidContextError."""
     hint = _HINTS.get(field, _DEFAULT_HINT)
@@ -90,6 +220,9 @@ def validate_id(value: object, field: str) -> str:
         )
     if value.lower() in _PLACEHOLDER_IDS:
         raise InvalidContextError(f"{field} {value!r} is a placeholder value; {hint}")
+    problem = _text_problem(value)
+    if problem is not None:
+        raise InvalidContextError(f"{field} {_preview(value)} {problem[0]}; {hint}")
     return value
 
 
@@ -348,8 +481,14 @@ def coerce_context(obj: object) -> ContextIds:
     and ``run_id`` attributes; their ids are checked by the same rules as ours.
     """
     if isinstance(obj, UserExecutionContext):
-        # Validated at construction and immutable: no second check on this hot path.
-        return ContextIds(obj.user_id, obj.thread_id, obj.run_id, obj)
+        # Validated at construction, but object.__setattr__ gets past a frozen dataclass: the
+        # ids a create writes are checked again (a few string operations each).
+        own_thread_id = obj.thread_id
+        validate_id(obj.user_id, "user_id")
+        if own_thread_id is not None:
+            validate_id(own_thread_id, "thread_id")
+        validate_id(obj.run_id, "run_id")
+        return ContextIds(obj.user_id, own_thread_id, obj.run_id, obj)
     try:
         user_id = obj.user_id  # type: ignore[attr-defined]
     except AttributeError:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import JSON, Table, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import _binding, shake
 from .backends.base import FaultDecider, Store, ThreadIdTaken
-from .context import coerce_context, validate_id
+from .context import check_json, check_text, coerce_context, validate_id
 from .database import Database
 from .errors import (
     DatabaseError,
@@ -28,7 +27,13 @@ from .errors import (
     ThreadOwnershipError,
 )
 from .ids import new_message_id, new_thread_id
-from .schema import NewThread, ThreadSchema, default_schema
+from .schema import (
+    NewThread,
+    ThreadSchema,
+    default_message_row,
+    default_schema,
+    default_thread_row,
+)
 
 __all__ = ["ThreadCreator", "ThreadWithMessage"]
 
@@ -176,6 +181,12 @@ class ThreadCreator:
         )
         thread_row = schema.thread_row(new)
         message_row = schema.message_row(new)
+        # The default builders write only what was checked above; a team's builders may write
+        # more (e.g. the context's audit_metadata): those rows are checked before any write.
+        if schema.thread_row is not default_thread_row:
+            _check_row(thread_row, schema.thread_table)
+        if schema.message_row is not default_message_row:
+            _check_row(message_row, schema.message_table)
         decide = self.fault_decider
         if decide is None and database is not None:
             decide = database.fault_decider  # the test's fault_injector, if it uses one
@@ -234,11 +245,7 @@ class ThreadCreator:
             raise InvalidMessageError(
                 "message is empty or blank; pass the text of the first message"
             )
-        if "\x00" in message:
-            raise InvalidMessageError(
-                "message contains a NUL character (\\x00), which PostgreSQL text cannot store; "
-                "remove it (the plugin refuses it on every backend so tests behave alike)"
-            )
+        check_text(message, "message", InvalidMessageError)
         if len(message) > self.max_message_chars:
             raise InvalidMessageError(
                 f"message has {len(message):,} characters, over the limit of "
@@ -250,18 +257,16 @@ class ThreadCreator:
                 raise InvalidMessageError(
                     f"title must be a str or None, got {type(title).__name__}"
                 )
-            if "\x00" in title:
-                raise InvalidMessageError(
-                    "title contains a NUL character (\\x00), which PostgreSQL text cannot "
-                    "store; remove it"
-                )
+            check_text(title, "title", InvalidMessageError)
             if len(title) > MAX_TITLE_CHARS:
                 raise InvalidMessageError(
                     f"title has {len(title)} characters, over the limit of {MAX_TITLE_CHARS}; "
                     "shorten it"
                 )
         if role not in ROLES:
-            raise InvalidMessageError(f"role {role!r} is not one of {', '.join(sorted(ROLES))}")
+            raise InvalidMessageError(
+                f"role {role!r} is not one of {', '.join(sorted(ROLES))}; pass one of them"
+            )
         if metadata is not None:
             if not isinstance(metadata, dict):
                 raise InvalidMessageError(f"metadata must be a dict, got {type(metadata).__name__}")
@@ -273,14 +278,10 @@ class ThreadCreator:
                         "rename them (reserved: " + ", ".join(sorted(PLUGIN_METADATA_KEYS)) + ")"
                     )
                 if not all(isinstance(k, str) for k in metadata):
-                    raise InvalidMessageError("metadata keys must be str (it is stored as JSON)")
-                try:
-                    json.dumps(metadata)
-                except (TypeError, ValueError) as exc:
                     raise InvalidMessageError(
-                        f"metadata is not JSON-serialisable ({exc}); pass only str, numbers, "
-                        "bools, None, lists and dicts"
-                    ) from None
+                        "metadata keys must be str (it is stored as JSON); convert them with str()"
+                    )
+                check_json(metadata, "metadata", InvalidMessageError)
 
     # -- reads -------------------------------------------------------------------------------
     async def list_threads(self, user_id: str) -> list[Any]:
@@ -321,6 +322,15 @@ class ThreadCreator:
             .order_by(*_order(m, s.message_created_column, s.message_id_column))
         )
         return [s.message_from_row(row) for row in await store.fetch_all(stmt)]
+
+
+def _check_row(row: Mapping[str, Any], table: Table) -> None:
+    """Refuse text and JSON values that some backend could not store, naming the column."""
+    for name, value in row.items():
+        if isinstance(value, str):
+            check_text(value, f"{table.name}.{name}", InvalidMessageError)
+        elif value is not None and name in table.c and isinstance(table.c[name].type, JSON):
+            check_json(value, f"{table.name}.{name}", InvalidMessageError)
 
 
 def _order(table: Any, created: str | None, ident: str) -> list[Any]:

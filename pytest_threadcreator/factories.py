@@ -61,7 +61,7 @@ from factory.declarations import (
     SubFactory,
 )
 from factory.enums import CREATE_STRATEGY
-from sqlalchemy import Column, Table, insert
+from sqlalchemy import JSON, Column, Table, insert
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import NoInspectionAvailable
 from sqlalchemy.orm import Mapper, RelationshipDirection, make_transient_to_detached
@@ -70,10 +70,17 @@ from sqlalchemy.orm.exc import UnmappedColumnError
 
 from . import _binding
 from .backends.base import ThreadIdTaken
-from .context import UserExecutionContext
+from .context import UserExecutionContext, check_json, check_text
 from .creator import PLUGIN_METADATA_KEYS, ThreadWithMessage
 from .database import Database
-from .errors import ConfigurationError, InvalidMessageError, NoDatabaseError, ThreadExistsError
+from .errors import (
+    ConfigurationError,
+    InvalidContextError,
+    InvalidMessageError,
+    NoDatabaseError,
+    ThreadExistsError,
+    ThreadOwnershipError,
+)
 from .ids import new_id, new_message_id, new_thread_id
 from .models import Message, Thread
 from .schema import NewThread, ThreadSchema, default_message_row, default_schema
@@ -438,6 +445,7 @@ async def _persist(database: Database, written: list[Any]) -> None:
         raise ConfigurationError(
             f"factories write threads and messages only; got rows for {', '.join(unknown)}"
         )
+    _check_storable(schema, rows)
     id_column = schema.thread_table.c[schema.thread_id_column]
     fk_column = schema.message_table.c[schema.message_thread_column]
     if (
@@ -455,6 +463,25 @@ async def _persist(database: Database, written: list[Any]) -> None:
             make_transient_to_detached(instance)
 
 
+def _check_storable(schema: ThreadSchema, rows: dict[Table, list[dict[Column[Any], Any]]]) -> None:
+    """Refuse, before any write, text and JSON that some backend could not store (as
+    ThreadCreator does): ids and owners raise InvalidContextError, the rest InvalidMessageError."""
+    for table, table_rows in rows.items():
+        if table is schema.thread_table:
+            id_columns = {schema.thread_id_column, schema.owner_column}
+        else:
+            id_columns = {schema.message_id_column, schema.message_thread_column}
+        for row in table_rows:
+            for column, value in row.items():
+                if value is None:
+                    continue
+                error = InvalidContextError if column.name in id_columns else InvalidMessageError
+                if isinstance(value, str):
+                    check_text(value, f"{table.name}.{column.name}", error)
+                elif isinstance(column.type, JSON):
+                    check_json(value, f"{table.name}.{column.name}", error)
+
+
 def _by_name(row: dict[Column[Any], Any]) -> dict[str, Any]:
     return {column.name: value for column, value in row.items()}
 
@@ -463,10 +490,16 @@ async def _create_pair(
     database: Database, thread_row: dict[str, Any], message_row: dict[str, Any]
 ) -> None:
     """A thread and its first message through the store: ThreadCreator's own path."""
+    schema = database.schema
     try:
         await database.store.create(thread_row, message_row, explicit_id=True)
-    except ThreadIdTaken:
-        thread_id = thread_row.get(database.schema.thread_id_column)
+    except ThreadIdTaken as taken:
+        thread_id = thread_row.get(schema.thread_id_column)
+        if schema.owner_column is not None and taken.owner != thread_row.get(schema.owner_column):
+            raise ThreadOwnershipError(
+                f"thread {thread_id!r} cannot be created by this user: the id is taken. Leave "
+                "id= out to get a generated one, or pass another"
+            ) from None
         raise ThreadExistsError(
             f"thread {thread_id!r} already exists; leave id= out to get a generated one"
         ) from None

@@ -158,6 +158,8 @@ def test_validate_id_names_an_unknown_field_with_a_generic_hint() -> None:
         ("x" * 256, "is 256 chars long, over the maximum of 255"),
         ("PLACEHOLDER", "'PLACEHOLDER' is a placeholder value"),
         (7, "must be a str, got int"),
+        ("ali\x00ce", "'ali\\x00ce' contains a NUL character (\\x00), which PostgreSQL cannot"),
+        ("id_\udc80", "'id_\\udc80' contains a lone surrogate '\\udc80' at index 3"),
     ],
 )
 def test_every_id_field_is_validated_at_construction(
@@ -547,14 +549,22 @@ def test_coerce_context_takes_ids_from_our_context() -> None:
         ids.user_id = "other_1"  # type: ignore[misc]
 
 
-def test_coerce_context_does_not_revalidate_our_context(monkeypatch: pytest.MonkeyPatch) -> None:
-    ctx = make()
-
-    def fail(value: object, field: str) -> str:
-        raise AssertionError("validated twice")
-
-    monkeypatch.setattr(context_module, "validate_id", fail)
-    assert coerce_context(ctx).user_id == "user_42"
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("user_id", "ali\x00ce", "user_id 'ali\\x00ce' contains a NUL character"),
+        ("user_id", "test", "user_id 'test' is a placeholder value"),
+        ("thread_id", " thread_1", "thread_id ' thread_1' has leading or trailing whitespace"),
+        ("run_id", "run_\udc80", "run_id 'run_\\udc80' contains a lone surrogate '\\udc80'"),
+    ],
+)
+def test_coerce_context_checks_our_context_again_at_each_call(
+    field: str, value: str, problem: str
+) -> None:
+    ctx = make(thread_id="thread_1")
+    object.__setattr__(ctx, field, value)  # a frozen dataclass does not stop this
+    with raises_context_error(problem):
+        coerce_context(ctx)
 
 
 class TeamContext:
@@ -622,6 +632,8 @@ def test_public_names_are_sorted_and_exist() -> None:
     assert context_module.__all__ == sorted(context_module.__all__)
     assert set(context_module.__all__) == {
         "ContextIds",
+        "check_json",
+        "check_text",
         "UserExecutionContext",
         "coerce_context",
         "validate_id",

@@ -97,7 +97,7 @@ async def test_rows_have_the_documented_shape(
         ({"metadata": {"user_id": "x"}}, "metadata key(s) 'user_id' are set by the plugin"),
         ({"metadata": {"title": 1, "status": 2}}, "metadata key(s) 'status', 'title'"),
         ({"metadata": {"created_at": 1}}, "metadata key(s) 'created_at' are set by the plugin"),
-        ({"metadata": {"when": object()}}, "metadata is not JSON-serialisable"),
+        ({"metadata": {"when": object()}}, "metadata['when'] is not JSON-serialisable (object)"),
         ({"metadata": {1: "a"}}, "metadata keys must be str"),
     ],
 )

@@ -239,7 +239,7 @@ async def test_an_explicit_id_that_exists_raises_thread_exists(
 ) -> None:
     thread = await threads.create()
     with pytest.raises(ThreadExistsError, match=rf"thread {thread.id!r} already exists"):
-        await threads.create(id=thread.id)
+        await threads.create(id=thread.id, user_id=thread.user_id)
     assert await threadcreator_db.count_threads() == 1
 
 

@@ -1,111 +1,182 @@
-"""Compile SQLAlchemy statements once and apply column types' processors by hand.
+"""One SQL compiler for every dialect: INSERTs compiled once, SELECTs with positional parameters.
 
-The data paths talk to the driver directly (one hop per transaction); these helpers keep
-SQLAlchemy as the single source of SQL text and of value conversion, through public APIs only
-(``compile``, ``TypeEngine.bind_processor``/``result_processor``).
+The data paths talk to the driver directly (one hop per transaction); this module keeps
+SQLAlchemy the single source of SQL text and of value conversion, through public APIs only
+(``compile``, ``TypeEngine.bind_processor``/``result_processor``), and makes every store write
+what SQLAlchemy itself would write for the same row:
+
+* a column the row leaves out takes its ``Column(default=…)``: a scalar or a Python callable
+  is computed here, a SQL expression or a sequence is inlined into the statement, and a column
+  with none (``server_default``, identity, plain NULL) is left to the database;
+* every value goes through its column type's bind processor, ``None`` included: in a ``JSON()``
+  column ``None`` is JSON ``null`` and in a ``JSON(none_as_null=True)`` one SQL ``NULL``, as
+  SQLAlchemy Core and the ORM store it;
+* ``IN (…)`` lists are expanded into one parameter per item.
+
+The stores pass their dialect; the parameter style (``?`` or ``$n``) is the dialect's own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table
 from sqlalchemy.engine import Dialect
 
+from ..errors import ConfigurationError
 from .base import Query
 
-__all__ = ["CompiledInsert", "CompiledSelect", "RowInsert", "compile_insert", "compile_select"]
+__all__ = ["CompiledSelect", "InsertPlan", "RowInsert", "compile_select", "insert_plan"]
 
 Processor = Callable[[Any], Any] | None
 
 
+def _placeholder(dialect: Dialect) -> Callable[[int], str]:
+    """The dialect's positional parameter marker for parameter number ``n`` (from 1)."""
+    style = dialect.paramstyle
+    if style == "qmark":
+        return lambda n: "?"
+    if style == "numeric_dollar":
+        return lambda n: f"${n}"
+    if style == "numeric":
+        return lambda n: f":{n}"
+    if style == "format":
+        return lambda n: "%s"
+    raise ConfigurationError(
+        f"the {dialect.name} dialect uses the {style!r} parameter style, which the store's SQL "
+        "compiler does not support; use a driver with a positional parameter style"
+    )
+
+
 @dataclass(frozen=True, slots=True)
-class CompiledInsert:
-    """``INSERT INTO table (cols) VALUES (?, …)`` with per-column bind processors."""
+class InsertPlan:
+    """How a row (keys are column names) becomes one INSERT and its positional parameters."""
 
-    sql: str
+    table: Table
+    dialect: Dialect
+    #: every column the INSERT names, in table order
     columns: tuple[str, ...]
+    #: SQL text for a column computed by the database (a SQL or sequence default), else None
+    inline: tuple[str | None, ...]
     processors: tuple[Processor, ...]
-    defaults: tuple[Callable[[], Any] | None, ...] = ()
+    #: Python-side defaults of columns the row leaves out
+    defaults: Mapping[str, Callable[[], Any]]
+    #: ``INSERT INTO t (cols) VALUES (…)`` with parameters numbered from 1
+    sql: str = ""
 
-    def params(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
-        """Positional parameters for ``row`` (keys are column names).
-
-        A column the row leaves out takes its Python-side default (``Column(default=…)``).
-        """
-        out = []
-        defaults = self.defaults or (None,) * len(self.columns)
-        for name, proc, default in zip(self.columns, self.processors, defaults, strict=True):
-            if name in row:
-                value = row[name]
-            else:
-                value = default() if default is not None else None
-            out.append(proc(value) if proc is not None and value is not None else value)
+    def params(self, row: Mapping[str, Any], skip: str | None = None) -> tuple[Any, ...]:
+        """Parameters in column order; ``skip`` names a column filled by SQL instead."""
+        out: list[Any] = []
+        for name, inline, proc in zip(self.columns, self.inline, self.processors, strict=True):
+            if inline is not None or name == skip:
+                continue
+            value = row[name] if name in row else self.defaults[name]()
+            out.append(proc(value) if proc is not None else value)
         return tuple(out)
+
+    def render(self, first: int = 1, replace: Mapping[str, str] | None = None) -> tuple[str, int]:
+        """The INSERT with parameters numbered from ``first``, and the next free number.
+
+        ``replace`` maps a column to SQL text used instead of its parameter (e.g. a subquery).
+        """
+        replace = replace or {}
+        preparer = self.dialect.identifier_preparer
+        marker = _placeholder(self.dialect)
+        names, values = [], []
+        n = first
+        for name, inline in zip(self.columns, self.inline, strict=True):
+            names.append(preparer.quote(name))
+            if name in replace:
+                values.append(replace[name])
+            elif inline is not None:
+                values.append(inline)
+            else:
+                values.append(marker(n))
+                n += 1
+        table = preparer.format_table(self.table)
+        return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(values)})", n
+
+
+# Plans by (table, dialect name, row keys): a database per test compiles nothing.
+_PLANS: dict[tuple[Table, str, tuple[str, ...]], InsertPlan] = {}
+
+
+def insert_plan(table: Table, keys: Sequence[str], dialect: Dialect) -> InsertPlan:
+    """The INSERT of rows with ``keys`` into ``table`` for ``dialect`` (cached for the process)."""
+    cache_key = (table, dialect.name, tuple(keys))
+    plan = _PLANS.get(cache_key)
+    if plan is None:  # a race only compiles twice
+        plan = _PLANS[cache_key] = _compile_insert(table, cache_key[2], dialect)
+    return plan
+
+
+def _compile_insert(table: Table, keys: tuple[str, ...], dialect: Dialect) -> InsertPlan:
+    unknown = [k for k in keys if k not in table.c]
+    if unknown:
+        raise ConfigurationError(
+            f"the row builder for table {table.name!r} returned key(s) {', '.join(unknown)} that "
+            f"are not columns; its columns are {', '.join(table.c.keys())}"
+        )
+    preparer = dialect.identifier_preparer
+    columns: list[str] = []
+    inline: list[str | None] = []
+    defaults: dict[str, Callable[[], Any]] = {}
+    for column in table.c:
+        name = column.name
+        default: Any = column.default
+        if name in keys:
+            inline.append(None)
+        elif default is None:
+            continue  # left to the database (server_default, identity, NULL)
+        elif default.is_scalar:
+            inline.append(None)
+            defaults[name] = _constant(default.arg)
+        elif default.is_callable:
+            inline.append(None)
+            defaults[name] = _called(default.arg)
+        elif default.is_sequence:
+            if not dialect.supports_sequences:
+                continue  # SQLAlchemy ignores sequences where the dialect has none
+            inline.append(f"nextval('{preparer.format_sequence(default)}')")
+        elif default.is_clause_element:
+            compiled = default.arg.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+            inline.append(f"({compiled})")
+        else:
+            continue
+        columns.append(name)
+    processors = tuple(
+        table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns
+    )
+    plan = InsertPlan(table, dialect, tuple(columns), tuple(inline), processors, defaults)
+    return dataclasses.replace(plan, sql=plan.render(1)[0])
+
+
+def _constant(value: Any) -> Callable[[], Any]:
+    return lambda: value
+
+
+def _called(fn: Callable[[Any], Any]) -> Callable[[], Any]:
+    return lambda: fn(None)  # SQLAlchemy wraps zero-argument callables to take a context
 
 
 class RowInsert:
-    """Compiled INSERTs of one table, one per shape of row, as SQLAlchemy would issue them.
-
-    The statement names the row's columns plus those with a Python-side default; columns the
-    row leaves out that have only a server default are left to the server.
-    """
+    """Compiled INSERTs of one table for one dialect, one per shape of row."""
 
     def __init__(self, table: Table, dialect: Dialect) -> None:
         self.table = table
         self.dialect = dialect
-        self._plans: dict[tuple[str, ...], CompiledInsert] = {}
+        self._plans: dict[tuple[str, ...], InsertPlan] = {}
 
-    def plan(self, row: Mapping[str, Any]) -> CompiledInsert:
-        """The compiled statement for rows with ``row``'s keys (cached for the process)."""
+    def plan(self, row: Mapping[str, Any]) -> InsertPlan:
+        """The compiled statement for rows with ``row``'s keys."""
         key = tuple(row)
         plan = self._plans.get(key)
         if plan is None:
-            plan = _PLANS.get((self.table, self.dialect.name, key))
-        if plan is None:
-            unknown = [k for k in key if k not in self.table.c]
-            if unknown:
-                raise KeyError(
-                    f"row for table {self.table.name!r} has unknown column(s) {unknown}; "
-                    f"its columns are {', '.join(self.table.c.keys())}"
-                )
-            names = [
-                c.name for c in self.table.c if c.name in row or _python_default(c) is not None
-            ]
-            plan = compile_insert(self.table, self.dialect, names)
-            _PLANS[(self.table, self.dialect.name, key)] = plan
-        self._plans[key] = plan
+            plan = self._plans[key] = insert_plan(self.table, key, self.dialect)
         return plan
-
-
-# Compiled INSERTs by (table, dialect name, row keys): a database per test compiles nothing.
-_PLANS: dict[tuple[Table, str, tuple[str, ...]], CompiledInsert] = {}
-
-
-def _python_default(column: Any) -> Callable[[], Any] | None:
-    default = column.default
-    if default is None or getattr(default, "is_sequence", False):
-        return None
-    if getattr(default, "is_scalar", False):
-        value = default.arg
-        return lambda: value
-    if getattr(default, "is_callable", False):
-        fn = default.arg
-        return lambda: fn(None)  # SQLAlchemy wraps callables to take an execution context
-    return None
-
-
-def compile_insert(
-    table: Table, dialect: Dialect, columns: Sequence[str] | None = None
-) -> CompiledInsert:
-    """Compile an INSERT of ``columns`` (default: every column) for ``dialect``."""
-    names = tuple(columns if columns is not None else [c.name for c in table.c])
-    sql = str(insert(table).compile(dialect=dialect, column_keys=list(names)))
-    procs = tuple(table.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names)
-    defaults = tuple(_python_default(table.c[n]) for n in names)
-    return CompiledInsert(sql=sql, columns=names, processors=procs, defaults=defaults)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,33 +188,35 @@ class CompiledSelect:
     keys: tuple[str, ...]
     processors: tuple[Processor, ...]
 
-    def rows(self, raw_rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    def rows(self, records: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
         """Turn driver rows into dicts keyed by result column name, values processed."""
         keys, procs = self.keys, self.processors
-        out = []
-        for raw in raw_rows:
-            out.append(
-                {
-                    k: (p(v) if p is not None and v is not None else v)
-                    for k, p, v in zip(keys, procs, raw, strict=True)
-                }
-            )
-        return out
+        if not any(p is not None for p in procs):
+            return [dict(zip(keys, record, strict=True)) for record in records]
+        return [
+            {
+                k: (p(v) if p is not None and v is not None else v)
+                for k, p, v in zip(keys, procs, record, strict=True)
+            }
+            for record in records
+        ]
 
 
-def compile_select(stmt: Query, dialect: Dialect) -> CompiledSelect:
-    """Compile ``stmt`` with positional parameters for ``dialect``."""
-    compiled = stmt.compile(dialect=dialect)
-    values = compiled.construct_params()
-    order = compiled.positiontup or []
-    params = []
-    for key in order:
-        value = values[key]
-        proc = compiled.binds[key].type.dialect_impl(dialect).bind_processor(dialect)
-        params.append(proc(value) if proc is not None and value is not None else value)
-    keys = tuple(stmt.selected_columns.keys())
-    procs = tuple(
-        col.type.dialect_impl(dialect).result_processor(dialect, None)
-        for col in stmt.selected_columns
-    )
-    return CompiledSelect(sql=str(compiled), params=tuple(params), keys=keys, processors=procs)
+def compile_select(statement: Query, dialect: Dialect) -> CompiledSelect:
+    """Positional parameters (never literal values), processed as SQLAlchemy would."""
+    compiled = statement.compile(dialect=dialect)
+    expanded = compiled.construct_expanded_state()  # IN (…) lists become one parameter per item
+    params: list[Any] = []
+    for name, value in zip(expanded.positiontup or (), expanded.positional_parameters, strict=True):
+        proc = expanded.processors.get(name)
+        if proc is None and name in compiled.binds:
+            proc = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+        params.append(proc(value) if proc is not None else value)
+    keys = tuple(statement.selected_columns.keys())
+    procs: list[Processor] = []
+    for column in statement.selected_columns:
+        try:
+            procs.append(column.type.dialect_impl(dialect).result_processor(dialect, None))
+        except Exception:  # some need the driver's type code; the driver's value is fine then
+            procs.append(None)
+    return CompiledSelect(expanded.statement, tuple(params), keys, tuple(procs))

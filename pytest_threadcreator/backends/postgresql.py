@@ -47,7 +47,6 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from sqlalchemy import Table
 from sqlalchemy.dialects.postgresql import asyncpg as sa_asyncpg
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -62,6 +61,7 @@ from ..errors import (
     DatabaseError,
     ThreadCreatorError,
 )
+from ._compile import CompiledSelect, InsertPlan, compile_select, insert_plan
 from .base import Backend, FaultDecider, Query, StatementCallback, Store, ThreadIdTaken, apply_fault
 from .pg_names import (
     DB_PREFIX,
@@ -90,7 +90,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-Processor = Callable[[Any], Any] | None
 
 ENV_POSTGRES_URL = "THREADCREATOR_POSTGRES_URL"
 ENV_WORKER_COUNT = "PYTEST_XDIST_WORKER_COUNT"
@@ -140,94 +139,6 @@ def _quote(identifier: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _InsertPlan:
-    """How a row (keys are column names) becomes one INSERT's positional parameters."""
-
-    table: Table
-    #: every column the INSERT names, in table order
-    columns: tuple[str, ...]
-    #: SQL text for a column computed server-side (a SQL or sequence default), else None
-    inline: tuple[str | None, ...]
-    processors: tuple[Processor, ...]
-    #: Python-side defaults of columns the row builder leaves out
-    defaults: Mapping[str, Callable[[], Any]]
-
-    def params(self, row: Mapping[str, Any], skip: str | None = None) -> list[Any]:
-        """Parameters in column order; ``skip`` names a column filled by SQL instead."""
-        out: list[Any] = []
-        for name, inline, proc in zip(self.columns, self.inline, self.processors, strict=True):
-            if inline is not None or name == skip:
-                continue
-            value = row[name] if name in row else self.defaults[name]()
-            out.append(proc(value) if proc is not None else value)
-        return out
-
-    def render(self, first: int, replace: Mapping[str, str] | None = None) -> tuple[str, int]:
-        """``INSERT INTO t (cols) VALUES ($first, …)`` and the next free parameter number."""
-        replace = replace or {}
-        names, values = [], []
-        n = first
-        for name, inline in zip(self.columns, self.inline, strict=True):
-            names.append(_PREPARER.quote(name))
-            if name in replace:
-                values.append(replace[name])
-            elif inline is not None:
-                values.append(inline)
-            else:
-                values.append(f"${n}")
-                n += 1
-        table = _PREPARER.format_table(self.table)
-        return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(values)})", n
-
-
-def _constant(value: Any) -> Callable[[], Any]:
-    return lambda: value
-
-
-def _called(fn: Callable[[Any], Any]) -> Callable[[], Any]:
-    return lambda: fn(None)
-
-
-def _insert_plan(table: Table, keys: Sequence[str]) -> _InsertPlan:
-    unknown = [k for k in keys if k not in table.c]
-    if unknown:
-        raise ConfigurationError(
-            f"the row builder for table {table.name!r} returned key(s) {', '.join(unknown)} that "
-            f"are not columns; its columns are {', '.join(table.c.keys())}"
-        )
-    columns: list[str] = []
-    inline: list[str | None] = []
-    defaults: dict[str, Callable[[], Any]] = {}
-    for column in table.c:
-        name = column.name
-        default: Any = column.default
-        if name in keys:
-            inline.append(None)
-        elif default is None:
-            continue  # left to the server (server_default, identity, NULL)
-        elif default.is_scalar:
-            inline.append(None)
-            defaults[name] = _constant(default.arg)
-        elif default.is_callable:
-            # SQLAlchemy wraps zero-argument callables to take an execution context.
-            inline.append(None)
-            defaults[name] = _called(default.arg)
-        elif default.is_sequence:
-            inline.append(f"nextval('{_PREPARER.format_sequence(default)}')")
-        elif default.is_clause_element:
-            inline.append(
-                str(default.arg.compile(dialect=_DIALECT, compile_kwargs={"literal_binds": True}))
-            )
-        else:
-            continue
-        columns.append(name)
-    processors = tuple(
-        table.c[name].type.dialect_impl(_DIALECT).bind_processor(_DIALECT) for name in columns
-    )
-    return _InsertPlan(table, tuple(columns), tuple(inline), processors, defaults)
-
-
-@dataclass(frozen=True, slots=True)
 class _CreateSql:
     """The statements of one schema's create."""
 
@@ -236,8 +147,8 @@ class _CreateSql:
     thread: str
     message: str
     owner: str
-    thread_plan: _InsertPlan
-    message_plan: _InsertPlan
+    thread_plan: InsertPlan
+    message_plan: InsertPlan
     message_thread_column: str
 
 
@@ -260,8 +171,8 @@ def _create_sql(
 def _compile_create(
     schema: ThreadSchema, thread_keys: tuple[str, ...], message_keys: tuple[str, ...]
 ) -> _CreateSql:
-    t_plan = _insert_plan(schema.thread_table, thread_keys)
-    m_plan = _insert_plan(schema.message_table, message_keys)
+    t_plan = insert_plan(schema.thread_table, thread_keys, _DIALECT)
+    m_plan = insert_plan(schema.message_table, message_keys, _DIALECT)
     tid = _PREPARER.quote(schema.thread_id_column)
     mtid = schema.message_thread_column
     if mtid not in m_plan.columns:
@@ -282,44 +193,12 @@ def _compile_create(
     return _CreateSql(combined, thread_sql, message_sql, owner, t_plan, m_plan, mtid)
 
 
-@dataclass(frozen=True, slots=True)
-class _CompiledSelect:
-    sql: str
-    params: tuple[Any, ...]
-    keys: tuple[str, ...]
-    processors: tuple[Processor, ...]
-
-    def rows(self, records: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-        keys, procs = self.keys, self.processors
-        if not any(p is not None for p in procs):
-            return [dict(zip(keys, record, strict=True)) for record in records]
-        return [
-            {
-                k: (p(v) if p is not None and v is not None else v)
-                for k, p, v in zip(keys, procs, record, strict=True)
-            }
-            for record in records
-        ]
+_CompiledSelect = CompiledSelect
 
 
-def _compile_select(statement: Query) -> _CompiledSelect:
+def _compile_select(statement: Query) -> CompiledSelect:
     """Positional ``$n`` parameters (never literal values), processed like SQLAlchemy would."""
-    compiled = statement.compile(dialect=_DIALECT)
-    expanded = compiled.construct_expanded_state()  # IN (…) lists become $n, $n+1, …
-    params: list[Any] = []
-    for name, value in zip(expanded.positiontup or (), expanded.positional_parameters, strict=True):
-        proc = expanded.processors.get(name)
-        if proc is None and name in compiled.binds:
-            proc = compiled.binds[name].type.dialect_impl(_DIALECT).bind_processor(_DIALECT)
-        params.append(proc(value) if proc is not None else value)
-    keys = tuple(statement.selected_columns.keys())
-    procs: list[Processor] = []
-    for column in statement.selected_columns:
-        try:
-            procs.append(column.type.dialect_impl(_DIALECT).result_processor(_DIALECT, None))
-        except Exception:  # some need the driver's type code; asyncpg's value is fine
-            procs.append(None)
-    return _CompiledSelect(expanded.statement, tuple(params), keys, tuple(procs))
+    return compile_select(statement, _DIALECT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,7 +400,11 @@ class PgStore(Store):
         await self.background.submit(job)
 
     async def _create_fast(
-        self, sql: _CreateSql, params: list[Any], thread_row: Mapping[str, Any], explicit: bool
+        self,
+        sql: _CreateSql,
+        params: tuple[Any, ...],
+        thread_row: Mapping[str, Any],
+        explicit: bool,
     ) -> None:
         pool, conn = await self._acquire()
         try:
@@ -536,8 +419,8 @@ class PgStore(Store):
     async def _create_stepwise(
         self,
         sql: _CreateSql,
-        thread_params: list[Any],
-        message_params: list[Any],
+        thread_params: tuple[Any, ...],
+        message_params: tuple[Any, ...],
         thread_row: Mapping[str, Any],
         explicit: bool,
         decide: FaultDecider,
