@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Integer, String, column, event, func, literal_column, select, text
+from sqlalchemy import Integer, String, column, event, func, literal_column, or_, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .backends.base import FaultDecider, Store
+from .errors import ConfigurationError
 from .queries import QueryCounter
 from .schema import ThreadSchema
 
@@ -266,7 +267,7 @@ class Database:
         s = self.schema
         stmt = select(func.count().label("n")).select_from(s.thread_table)
         if user_id is not None:
-            stmt = stmt.where(s.thread_table.c[s.owner_column] == user_id)
+            stmt = stmt.where(s.thread_table.c[s.owner("count_threads(user_id=...)")] == user_id)
         rows = await self.store.fetch_all(stmt)
         return int(rows[0]["n"])
 
@@ -303,7 +304,7 @@ class Database:
     async def owner_mismatches(self) -> list[str]:
         """Ids of threads whose metadata owner differs from the owner column."""
         s = self.schema
-        if s.owner_metadata_column is None:
+        if s.owner_metadata_column is None or s.owner_column is None:
             return []
         t = s.thread_table
         stmt = select(
@@ -318,18 +319,94 @@ class Database:
                 bad.append(row["id"])
         return bad
 
-    async def assert_user_isolation(self, contexts: Iterable[Any]) -> None:
-        """Assert each context's user sees exactly their own live threads through ThreadCreator's reads.
+    async def ownerless_threads(self) -> list[str]:
+        """Ids of threads whose owner is NULL or empty (none without an owner column)."""
+        s = self.schema
+        if s.owner_column is None:
+            return []
+        t = s.thread_table
+        owner, tid = t.c[s.owner_column], t.c[s.thread_id_column]
+        missing = or_(owner.is_(None), owner == "") if isinstance(owner.type, String) else None
+        stmt = select(tid.label("id")).where(owner.is_(None) if missing is None else missing)
+        stmt = stmt.order_by(tid)
+        return [row["id"] for row in await self.store.fetch_all(stmt)]
 
-        For every user: ``list_threads`` returns only threads owned by that user, and exactly the
-        set the table holds for them; another user's ``get_thread`` on one of them is refused.
+    async def assert_user_isolation(
+        self,
+        contexts: Iterable[Any],
+        *,
+        read: Callable[[Any], Awaitable[Iterable[Any]]] | None = None,
+    ) -> None:
+        """Assert each user sees exactly their own live threads.
+
+        Without ``read``, through ThreadCreator's reads: ``list_threads`` returns only threads
+        owned by that user, and exactly the set the table holds for them; another user's
+        ``get_thread`` on one of them is refused. With ``read``, an async callable
+        ``read(context)`` returning what *your app* shows that user (thread ids, or rows or
+        objects with an id), it asserts that each user is shown exactly the threads the table
+        holds for them, naming other users' threads that leaked in.
         """
         __tracebackhide__ = True
+        s = self.schema
+        owner_column = s.owner("assert_user_isolation()")
+        t = s.thread_table
+        contexts = list(contexts)
+        live = select(
+            t.c[s.thread_id_column].label("id"), t.c[owner_column].label("owner")
+        ).order_by(t.c[s.thread_id_column])
+        if s.deleted_at_column is not None:
+            live = live.where(t.c[s.deleted_at_column].is_(None))
+        owners = {row["id"]: row["owner"] for row in await self.store.fetch_all(live)}
+        if read is None:
+            problems = await self._isolation_through_creator(contexts, owners)
+        else:
+            problems = []
+            for context in contexts:
+                user = getattr(context, "user_id", context)
+                shown = {self._shown_id(item) for item in await read(context)}
+                stored = {tid for tid, owner in owners.items() if owner == user}
+                foreign = sorted(tid for tid in shown - stored if tid in owners)
+                if foreign:
+                    others = sorted({str(owners[tid]) for tid in foreign})
+                    problems.append(
+                        f"{user}: shown {len(foreign)} thread(s) of other users "
+                        f"({', '.join(others)}): {_ids(foreign)}"
+                    )
+                missing, unknown = sorted(stored - shown), sorted(shown - set(owners))
+                if missing or unknown:
+                    problems.append(
+                        f"{user}: shown {len(shown)} thread(s), the table holds {len(stored)} "
+                        f"for them (missing: {_ids(missing)}; not in the table: {_ids(unknown)})"
+                    )
+        if problems:
+            raise AssertionError("user isolation violated:\n  " + "\n  ".join(problems))
+
+    def _shown_id(self, item: Any) -> Any:
+        """The thread id of one item an app's ``read`` returned: an id, a row or an object."""
+        if isinstance(item, (str, int)):
+            return item
+        s = self.schema
+        attr = s.attr_name(s.thread_table, s.thread_id_column)
+        for name in dict.fromkeys((attr, s.thread_id_column, "id")):
+            if isinstance(item, Mapping) and name in item:
+                return item[name]
+            if not isinstance(item, Mapping) and hasattr(item, name):
+                return getattr(item, name)
+        names = " or ".join(repr(n) for n in dict.fromkeys((attr, "id")))
+        raise ConfigurationError(
+            f"assert_user_isolation(read=...): read() returned {type(item).__name__} {item!r}; "
+            f"return thread ids, or rows or objects with an {names}"
+        )
+
+    async def _isolation_through_creator(
+        self, contexts: list[Any], owners: Mapping[Any, Any]
+    ) -> list[str]:
         from .creator import ThreadCreator
         from .errors import ThreadOwnershipError
 
         s = self.schema
         t = s.thread_table
+        owner_column = s.owner("assert_user_isolation()")
         creator = ThreadCreator(self)
         users = list(dict.fromkeys(getattr(c, "user_id", c) for c in contexts))
         problems = []
@@ -339,12 +416,9 @@ class Database:
                 s.thread_from_row(row) if isinstance(row, dict) else row for row in listed
             ]
             ids = {_attr(x, s.attr_name(t, s.thread_id_column)) for x in listed_ids}
-            owners = {_attr(x, s.attr_name(t, s.owner_column)) for x in listed_ids}
-            stmt = select(t.c[s.thread_id_column].label("id")).where(t.c[s.owner_column] == user)
-            if s.deleted_at_column is not None:
-                stmt = stmt.where(t.c[s.deleted_at_column].is_(None))
-            stored = {row["id"] for row in await self.store.fetch_all(stmt)}
-            if owners - {user}:
+            listed_owners = {_attr(x, s.attr_name(t, owner_column)) for x in listed_ids}
+            stored = {tid for tid, owner in owners.items() if owner == user}
+            if listed_owners - {user}:
                 problems.append(f"{user}: list_threads returned threads of other users")
             if ids != stored:
                 problems.append(
@@ -361,8 +435,7 @@ class Database:
                     pass
                 else:
                     problems.append(f"{other} could read {user}'s thread {probe}")
-        if problems:
-            raise AssertionError("user isolation violated:\n  " + "\n  ".join(problems))
+        return problems
 
     async def lock_waits(self) -> list[str]:
         """Sessions of this database waiting for a lock, and who blocks them (PostgreSQL).
@@ -381,21 +454,36 @@ class Database:
         ]
 
     async def check_integrity(self) -> None:
-        """Raise AssertionError naming orphan threads, messages without a thread and owner mismatches."""
+        """Raise AssertionError naming every problem: threads without a message (unless the
+        schema allows them), messages without a thread, threads without an owner or whose
+        metadata owner differs, and what the schema's own ``checks`` report."""
         __tracebackhide__ = True
-        orphans = await self.orphan_threads()
-        homeless = await self.messages_without_thread()
-        mismatched = await self.owner_mismatches()
+        s = self.schema
         problems = []
-        if orphans:
-            problems.append(f"{len(orphans)} thread(s) without a message: {_ids(orphans)}")
+        if s.require_first_message:
+            orphans = await self.orphan_threads()
+            if orphans:
+                problems.append(f"{len(orphans)} thread(s) without a message: {_ids(orphans)}")
+        homeless = await self.messages_without_thread()
         if homeless:
             problems.append(f"{len(homeless)} message(s) without a thread: {_ids(homeless)}")
+        ownerless = await self.ownerless_threads()
+        if ownerless:
+            problems.append(
+                f"{len(ownerless)} thread(s) whose {s.owner_column} is NULL or empty: "
+                f"{_ids(ownerless)}"
+            )
+        mismatched = await self.owner_mismatches()
         if mismatched:
             problems.append(
                 f"{len(mismatched)} thread(s) whose metadata owner differs from "
-                f"{self.schema.owner_column}: {_ids(mismatched)}"
+                f"{s.owner_column}: {_ids(mismatched)}"
             )
+        if s.checks:
+            async with self.session() as session:
+                for check in s.checks:
+                    name = getattr(check, "__name__", repr(check))
+                    problems.extend(f"{name}: {problem}" for problem in await check(session))
         if problems:
             raise AssertionError(
                 f"integrity check failed on {self.location}:\n  " + "\n  ".join(problems)

@@ -10,7 +10,7 @@ import os
 import threading
 import time
 
-__all__ = ["new_id", "new_message_id", "new_thread_id"]
+__all__ = ["new_id", "new_message_id", "new_thread_id", "new_uuid"]
 
 _RANDOM_BITS = 74  # 12 bits of rand_a + 62 bits of rand_b
 _RANDOM_MASK = (1 << _RANDOM_BITS) - 1
@@ -52,3 +52,13 @@ def new_thread_id() -> str:
 def new_message_id() -> str:
     """Return a new ``msg_…`` id."""
     return "msg_" + _uuid7_hex()
+
+
+def new_uuid() -> str:
+    """Return a time-ordered UUID (version 7 layout) in its 36-character text form.
+
+    For schemas whose id columns hold plain UUID strings: ``ThreadSchema(...,
+    thread_id_factory=new_uuid, message_id_factory=new_uuid)``.
+    """
+    h = _uuid7_hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

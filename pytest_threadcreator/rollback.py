@@ -192,7 +192,7 @@ class _RollbackStore(SessionStore):
         self._thread_rows = RowInsert(schema.thread_table, dialect)
         self._message_rows = RowInsert(schema.message_table, dialect)
         t = schema.thread_table
-        owner = select(t.c[schema.owner_column]).where(
+        owner = select(t.c[schema.owner_column or schema.thread_id_column]).where(
             t.c[schema.thread_id_column] == bindparam("thread_id")
         )
         self._owner_sql = str(owner.compile(dialect=dialect))

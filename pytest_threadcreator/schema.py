@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ForeignKey, MetaData, Table
+from sqlalchemy import ForeignKey, MetaData, String, Table
 from sqlalchemy import inspect as sa_inspect
 
 from .errors import ConfigurationError
+from .ids import new_message_id, new_thread_id
 
-__all__ = ["NewThread", "ThreadSchema", "default_schema", "load_schema"]
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+__all__ = ["IntegrityCheck", "NewThread", "ThreadSchema", "default_schema", "load_schema"]
+
+#: A team's own integrity rule: given a session on the test's database, the problems it finds
+#: (one line each; empty when all is well). ``check_integrity()`` reports them with its own.
+IntegrityCheck = Callable[["AsyncSession"], Awaitable[list[str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +43,11 @@ class NewThread:
     metadata: Mapping[str, Any]
     created_at: int
     context: object
+
+    @property
+    def created_datetime(self) -> datetime:
+        """``created_at`` as an aware UTC datetime, for datetime or ISO-text columns."""
+        return datetime.fromtimestamp(self.created_at, timezone.utc)
 
 
 RowBuilder = Callable[[NewThread], dict[str, Any]]
@@ -81,7 +95,13 @@ class ThreadSchema:
 
     ``thread_row``/``message_row`` turn a :class:`NewThread` into row values keyed by *column
     name*. ``owner_metadata_column`` names a JSON column whose ``"user_id"`` key must match the
-    owner (``check_integrity`` verifies it); ``None`` skips that check.
+    owner (``check_integrity`` verifies it); ``None`` skips that check. ``owner_column=None``
+    describes threads without owners: everything works but the per-user tools, which then
+    raise ConfigurationError. ``require_first_message=False`` lets a thread without a message
+    pass ``check_integrity()`` (an empty chat is valid in some apps); ``checks`` adds the
+    team's own rules to it. ``thread_id_factory``/``message_id_factory`` make the ids the
+    plugin writes (default ``thread_…``/``msg_…``, 39 and 36 characters); they are checked
+    against the id columns' declared lengths when the schema is built.
     """
 
     metadata: MetaData
@@ -92,13 +112,17 @@ class ThreadSchema:
     thread_model: type[Any] | None = None
     message_model: type[Any] | None = None
     thread_id_column: str = "id"
-    owner_column: str = "user_id"
+    owner_column: str | None = "user_id"
     thread_created_column: str | None = "created_at"
     deleted_at_column: str | None = "deleted_at"
     owner_metadata_column: str | None = "metadata_"
     message_id_column: str = "id"
     message_thread_column: str = "thread_id"
     message_created_column: str | None = "created_at"
+    require_first_message: bool = True
+    checks: Sequence[IntegrityCheck] = ()
+    thread_id_factory: Callable[[], str] = new_thread_id
+    message_id_factory: Callable[[], str] = new_message_id
     name: str = "custom"
     _attr_names: dict[str, dict[str, str]] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -138,39 +162,74 @@ class ThreadSchema:
         )
 
     def validate(self) -> None:
-        """Raise ConfigurationError naming what does not fit."""
+        """Raise ConfigurationError listing every problem at once, each with what to set."""
+        problems = self.problems()
+        if len(problems) == 1:
+            raise ConfigurationError(f"ThreadSchema: {problems[0]}")
+        if problems:
+            raise ConfigurationError(
+                f"ThreadSchema: {len(problems)} problems:\n  - " + "\n  - ".join(problems)
+            )
+
+    def problems(self) -> list[str]:
+        """What does not fit between this schema and its tables (empty when all fits)."""
         t, m = self.thread_table, self.message_table
         if t.metadata is not self.metadata or m.metadata is not self.metadata:
-            raise ConfigurationError(
-                "ThreadSchema: the thread and message tables must belong to the schema's MetaData"
-            )
-        for table, column in (
-            (t, self.thread_id_column),
-            (t, self.owner_column),
-            (t, self.thread_created_column),
-            (t, self.deleted_at_column),
-            (t, self.owner_metadata_column),
-            (m, self.message_id_column),
-            (m, self.message_thread_column),
-            (m, self.message_created_column),
+            return ["the thread and message tables must belong to the schema's MetaData"]
+        problems: list[str] = []
+        for table, option, required in (
+            (t, "thread_id_column", True),
+            (t, "owner_column", False),
+            (t, "thread_created_column", False),
+            (t, "deleted_at_column", False),
+            (t, "owner_metadata_column", False),
+            (m, "message_id_column", True),
+            (m, "message_thread_column", True),
+            (m, "message_created_column", False),
         ):
-            if column is not None and column not in table.c:
-                raise ConfigurationError(
-                    f"ThreadSchema: table {table.name!r} has no column {column!r}; "
-                    f"its columns are {', '.join(table.c.keys())}. Name the right column "
-                    "in the ThreadSchema options."
+            column = getattr(self, option)
+            if column is None and required:
+                problems.append(f"{option} is None; name the column of table {table.name!r}")
+            elif column is not None and column not in table.c:
+                off = " (None turns off what uses it)" if not required else ""
+                problems.append(
+                    f"table {table.name!r} has no column {column!r}; its columns are "
+                    f"{', '.join(table.c.keys())}. Set {option}= to the right one{off}."
                 )
-        fk_targets = {
-            fk.column.table.name + "." + fk.column.name
-            for fk in m.c[self.message_thread_column].foreign_keys
-            if isinstance(fk, ForeignKey)
-        }
-        if f"{t.name}.{self.thread_id_column}" not in fk_targets:
+        thread_column = m.c.get(self.message_thread_column or "")
+        if (
+            thread_column is not None
+            and self.thread_id_column is not None
+            and (self.thread_id_column in t.c)
+        ):
+            fk_targets = {
+                fk.column.table.name + "." + fk.column.name
+                for fk in thread_column.foreign_keys
+                if isinstance(fk, ForeignKey)
+            }
+            if f"{t.name}.{self.thread_id_column}" not in fk_targets:
+                problems.append(
+                    f"{m.name}.{self.message_thread_column} has no foreign key to "
+                    f"{t.name}.{self.thread_id_column}; atomicity and integrity checks need it. "
+                    "Add ForeignKey(...) to the column."
+                )
+        for option, table, column in (
+            ("thread_id_factory", t, self.thread_id_column),
+            ("message_id_factory", m, self.message_id_column),
+        ):
+            problem = _id_fit(getattr(self, option), option, table, column)
+            if problem is not None:
+                problems.append(problem)
+        return problems
+
+    def owner(self, what: str) -> str:
+        """The owner column, or ConfigurationError saying ``what`` needs one."""
+        if self.owner_column is None:
             raise ConfigurationError(
-                f"ThreadSchema: {m.name}.{self.message_thread_column} has no foreign key to "
-                f"{t.name}.{self.thread_id_column}; atomicity and integrity checks need it. "
-                "Add ForeignKey(...) to the column."
+                f"{what} needs to know who owns a thread, but this ThreadSchema has "
+                "owner_column=None; set owner_column= to the column that holds the owner"
             )
+        return self.owner_column
 
     def attr_name(self, table: Table, column: str) -> str:
         """Model attribute name of ``column`` (the column name when there is no model)."""
@@ -189,6 +248,34 @@ class ThreadSchema:
             return dict(row)
         names = self._attr_names[table.name]
         return model(**{names.get(k, k): v for k, v in row.items()})
+
+
+def _id_fit(factory: Any, option: str, table: Table, column: str | None) -> str | None:
+    """A problem when ``factory`` is no id factory or makes ids longer than ``column`` holds.
+
+    SQLite ignores declared lengths and PostgreSQL refuses what does not fit: checked here, the
+    same test fails the same way on every backend, before it runs.
+    """
+    if not callable(factory):
+        return f"{option} must be a callable returning a str id, got {type(factory).__name__}"
+    try:
+        sample = factory()
+    except Exception as exc:
+        return f"{option}() raised {type(exc).__name__}: {exc}"
+    if not isinstance(sample, str) or not sample:
+        return f"{option}() must return a non-empty str, returned {sample!r}"
+    if column is None or column not in table.c:
+        return None
+    column_type = table.c[column].type
+    length = getattr(column_type, "length", None)
+    if isinstance(column_type, String) and length is not None and len(sample) > length:
+        return (
+            f"{table.name}.{column} holds {length} characters but {option} makes ids of "
+            f"{len(sample)} (e.g. {sample!r}); pass {option}= a callable returning ids that fit "
+            "(pytest_threadcreator.ids.new_uuid makes 36-character time-ordered UUIDs), or "
+            "widen the column"
+        )
+    return None
 
 
 def _make_default() -> ThreadSchema:

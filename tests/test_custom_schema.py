@@ -121,22 +121,22 @@ def test_a_schema_of_plain_tables_with_the_teams_names() -> None:
         pytest.param(
             {"owner_column": "user_id"},
             "ThreadSchema: table 'conversations' has no column 'user_id'; its columns are "
-            "conversation_id, owner, opened_at, extra_json. Name the right column in the "
-            "ThreadSchema options.",
+            "conversation_id, owner, opened_at, extra_json. Set owner_column= to the right one "
+            "(None turns off what uses it).",
             id="missing-owner-column",
         ),
         pytest.param(
             {"owner_metadata_column": "metadata_"},
             "ThreadSchema: table 'conversations' has no column 'metadata_'; its columns are "
-            "conversation_id, owner, opened_at, extra_json. Name the right column in the "
-            "ThreadSchema options.",
+            "conversation_id, owner, opened_at, extra_json. Set owner_metadata_column= to the "
+            "right one (None turns off what uses it).",
             id="missing-metadata-column",
         ),
         pytest.param(
             {"message_thread_column": "thread_id"},
             "ThreadSchema: table 'chat_messages' has no column 'thread_id'; its columns are "
-            "message_id, conversation_ref, body, posted_at. Name the right column in the "
-            "ThreadSchema options.",
+            "message_id, conversation_ref, body, posted_at. Set message_thread_column= to the "
+            "right one.",
             id="missing-message-thread-column",
         ),
         pytest.param(
@@ -529,7 +529,7 @@ BAD_INI_SCHEMAS = [
         None,
         "ERROR: ConfigurationError: ThreadSchema: table 'conversations' has no column "
         "'user_id'; its columns are conversation_id, owner, label, opened_at, closed_at, "
-        "extra_json. Name the right column in the ThreadSchema options.",
+        "extra_json. Set owner_column= to the right one (None turns off what uses it).",
         id="missing-owner-column",
     ),
     pytest.param(

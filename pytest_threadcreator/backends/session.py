@@ -83,15 +83,15 @@ class SessionStore(Store):
                 raise
             t = s.thread_table
             thread_id = thread_row[s.thread_id_column]
+            # Without an owner column the id itself says whether the thread exists.
+            found = t.c[s.owner_column or s.thread_id_column]
             async with self.sessionmaker() as session:
-                owner = (
-                    await session.execute(
-                        select(t.c[s.owner_column]).where(t.c[s.thread_id_column] == thread_id)
-                    )
-                ).scalar_one_or_none()
-            if owner is None:
+                row = (
+                    await session.execute(select(found).where(t.c[s.thread_id_column] == thread_id))
+                ).first()
+            if row is None:
                 raise
-            raise ThreadIdTaken(owner) from None
+            raise ThreadIdTaken(row[0] if s.owner_column is not None else None) from None
 
     async def fetch_all(self, statement: Query) -> list[dict[str, Any]]:
         if self._lock is not None:
