@@ -26,7 +26,6 @@ from .errors import (
     ThreadNotFoundError,
     ThreadOwnershipError,
 )
-from .ids import new_message_id, new_thread_id
 from .schema import (
     NewThread,
     ThreadSchema,
@@ -168,8 +167,8 @@ class ThreadCreator:
             database.loops_seen.add(asyncio.get_running_loop())
         explicit = ids.thread_id is not None
         new = NewThread(
-            thread_id=ids.thread_id if explicit else new_thread_id(),  # type: ignore[arg-type]
-            message_id=new_message_id(),
+            thread_id=ids.thread_id if explicit else schema.thread_id_factory(),  # type: ignore[arg-type]
+            message_id=schema.message_id_factory(),
             user_id=ids.user_id,
             run_id=ids.run_id,
             message=message,
@@ -202,7 +201,7 @@ class ThreadCreator:
                 await store.create(thread_row, message_row, explicit_id=explicit, decide=decide)
                 break
             except ThreadIdTaken as taken:
-                if taken.owner == ids.user_id:
+                if schema.owner_column is None or taken.owner == ids.user_id:
                     raise ThreadExistsError(
                         f"thread {new.thread_id!r} already exists for this user; use "
                         "get_thread() to read it, or drop thread_id from the context to create "
@@ -289,7 +288,7 @@ class ThreadCreator:
         validate_id(user_id, "user_id")
         store, s, _ = self._target()
         t = s.thread_table
-        stmt = select(t).where(t.c[s.owner_column] == user_id)
+        stmt = select(t).where(t.c[s.owner("list_threads()")] == user_id)
         if s.deleted_at_column is not None:
             stmt = stmt.where(t.c[s.deleted_at_column].is_(None))
         stmt = stmt.order_by(*_order(t, s.thread_created_column, s.thread_id_column))
@@ -307,7 +306,7 @@ class ThreadCreator:
             s.deleted_at_column is not None and rows[0][s.deleted_at_column] is not None
         ):
             raise ThreadNotFoundError(f"no thread {thread_id!r}")
-        if rows[0][s.owner_column] != user_id:
+        if rows[0][s.owner("get_thread(user_id=...)")] != user_id:
             raise ThreadOwnershipError(f"thread {thread_id!r} is not accessible to this user")
         return s.thread_from_row(rows[0])
 

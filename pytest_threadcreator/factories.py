@@ -81,7 +81,7 @@ from .errors import (
     ThreadExistsError,
     ThreadOwnershipError,
 )
-from .ids import new_id, new_message_id, new_thread_id
+from .ids import new_id
 from .models import Message, Thread
 from .schema import NewThread, ThreadSchema, default_message_row, default_schema
 
@@ -541,9 +541,15 @@ def _now() -> int:
     return int(time.time())
 
 
+def _schema_now() -> ThreadSchema:
+    """The schema of the build or create under way (its id factories make the ids)."""
+    active = _GENERATION.get()
+    return active.schema if active is not None else default_schema()
+
+
 def _context_thread_id(o: Any) -> str:
     given = getattr(o.context, "thread_id", None) if o.context is not None else None
-    return given if isinstance(given, str) else new_thread_id()
+    return given if isinstance(given, str) else _schema_now().thread_id_factory()
 
 
 def _context_user_id(o: Any, n: int) -> str:
@@ -560,7 +566,7 @@ def _context_run_id(o: Any) -> str | None:
 
 
 def _first_message_id(o: Any) -> str | None:
-    return None if o.first_message is None else new_message_id()
+    return None if o.first_message is None else _schema_now().message_id_factory()
 
 
 class UserContextFactory(Factory[UserExecutionContext]):
@@ -692,7 +698,7 @@ class MessageFactory(ThreadCreatorFactory[Message]):
         no_declaration=SubFactory(ThreadFactory, first_message=None),  # type: ignore[no-untyped-call]
     )
     thread_id = None
-    id = LazyFunction(new_message_id)  # type: ignore[no-untyped-call]
+    id = LazyFunction(lambda: _schema_now().message_id_factory())  # type: ignore[no-untyped-call]
     text = Sequence(lambda n: f"Message {n}")  # type: ignore[no-untyped-call]
     role = "user"
     run_id = None
@@ -735,7 +741,8 @@ class MessageFactory(ThreadCreatorFactory[Message]):
                     f"thread_id={thread_id!r} is not the id of thread= ({given!r}); pass one of them"
                 )
             thread_id = given
-            owner = getattr(thread, _attr(type(thread), thread_table, schema.owner_column), "")
+            if schema.owner_column is not None:
+                owner = getattr(thread, _attr(type(thread), thread_table, schema.owner_column), "")
         elif thread_id is None:
             raise InvalidMessageError(
                 f"{cls.__name__} needs a thread: pass thread=<a thread>, thread_id=<its id>, or "

@@ -187,7 +187,8 @@ def _compile_create(
     combined = f"WITH t AS ({thread_sql} RETURNING {tid}) {message_in_cte}"
     message_sql, _ = m_plan.render(1)
     owner = (
-        f"SELECT {_PREPARER.quote(schema.owner_column)} FROM "
+        # without an owner column, the id itself says the thread exists
+        f"SELECT {_PREPARER.quote(schema.owner_column or schema.thread_id_column)} FROM "
         f"{_PREPARER.format_table(schema.thread_table)} WHERE {tid} = $1"
     )
     return _CreateSql(combined, thread_sql, message_sql, owner, t_plan, m_plan, mtid)

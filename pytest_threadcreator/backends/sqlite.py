@@ -320,7 +320,8 @@ class SqliteStore(Store):
         self._message_insert = RowInsert(schema.message_table, _DIALECT)
         t = schema.thread_table
         self._owner_sql = (
-            f'SELECT "{schema.owner_column}" FROM "{t.name}" WHERE "{schema.thread_id_column}" = ?'
+            f'SELECT "{schema.owner_column or schema.thread_id_column}" FROM "{t.name}" '
+            f'WHERE "{schema.thread_id_column}" = ?'
         )
         tables = [tbl.name for tbl in reversed(schema.metadata.sorted_tables)]
         self._reset_sql = [f'DELETE FROM "{name}"' for name in tables]
