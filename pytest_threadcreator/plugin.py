@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+import sys
 from typing import Any
 
 import pytest
 
 from . import hookspecs, shake, xdist_support
 from .config import BACKEND_NAMES, ISOLATION_MODES, Settings, resolve_settings
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ThreadCreatorError
 from .fixtures import (  # noqa: F401 - registered with pytest through this module
     db_session,
     fault_injector,
@@ -236,7 +237,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 lines.append(f"last concurrency run: {runs[-1].summary()}")
                 lines += [f"  still waiting: {w}" for w in runs[-1].waiting[:10]]
             report.sections.append(("threadcreator database", "\n".join(lines)))
+            if call.excinfo is not None:
+                _stop_on_disk_full(item, call.excinfo.value, report)
     return report
+
+
+def _stop_on_disk_full(item: pytest.Item, exc: BaseException, report: pytest.TestReport) -> None:
+    """A test that failed because the database's disk is full stops the run, in one line."""
+    st = state(item.config)
+    db = st.settings_for(item).db
+    for runtime in [st.runtime, *st.schema_runtimes.values()]:
+        fault = runtime.disk_full(db, exc) if runtime is not None else None
+        if fault is not None:
+            line = f"BackendUnavailableError: {fault}"
+            report.sections.append(("threadcreator", line))
+            item.session.shouldstop = line
+            return
 
 
 def run_report(config: pytest.Config) -> dict[str, Any] | None:
@@ -424,9 +440,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     st = config.stash.get(_STATE, None)
     if st is None:
         return
-    others, st.schema_runtimes = list(st.schema_runtimes.values()), {}
-    for other in others:
-        other.close()
-    if st.runtime is not None:
-        runtime, st.runtime = st.runtime, None
-        runtime.close()
+    runtimes = [*st.schema_runtimes.values(), *([st.runtime] if st.runtime is not None else [])]
+    st.schema_runtimes, st.runtime = {}, None
+    for runtime in runtimes:
+        try:
+            runtime.close()
+        except ThreadCreatorError as exc:  # after the summary: one line, not a traceback
+            sys.stderr.write(
+                f"threadcreator: cleaning up after the run: {exc} (a later run removes what "
+                "is left)\n"
+            )
