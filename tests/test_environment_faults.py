@@ -180,7 +180,9 @@ def test_a_basetemp_another_run_empties_stops_the_run_in_one_line(
         async def test_a_writes(thread_creator, user_context):
             await thread_creator.create_thread_with_message(user_context, "hi")
 
-        def test_b_another_run_starts(threadcreator_db, tmp_path_factory):
+        @pytest.mark.asyncio
+        async def test_b_another_run_starts(threadcreator_db, tmp_path_factory):
+            await threadcreator_db.count_threads()  # its file is open: nothing is written now
             # what pytest does first in a run given the same --basetemp: empty it
             shutil.rmtree(tmp_path_factory.getbasetemp())
         """
