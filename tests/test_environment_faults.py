@@ -200,7 +200,7 @@ def test_a_basetemp_another_run_empties_stops_the_run_in_one_line(
     assert_stopped_once(
         result,
         f"this run's files under {basetemp / 'threadcreator'} were removed while it ran "
-        f"(FileNotFoundError: *template-master.sqlite3*); another pytest run probably uses the "
+        f"(FileNotFoundError: *template-*.sqlite3*); another pytest run probably uses the "
         "same --basetemp: give each run that runs at the same time its own --basetemp (or "
         "none), then run the tests again; the run stops here",
     )
