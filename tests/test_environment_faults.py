@@ -239,3 +239,36 @@ def test_a_backend_that_cannot_start_under_xdist_stops_without_internalerror(
     result.stdout.fnmatch_lines(["*_ ERROR at setup of test_* _*", "*", line])
     result.stdout.fnmatch_lines([f"! *Interrupted: {line} !"])
     assert result.ret == pytest.ExitCode.INTERRUPTED
+
+
+def test_cleanup_that_fails_at_exit_says_so_in_one_line(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
+    pytester.makeconftest(
+        """
+        import pytest
+        from pytest_threadcreator.errors import BackendUnavailableError
+        from pytest_threadcreator.plugin import state
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_unconfigure(config):
+            runtime = state(config).runtime
+            close = runtime.close
+
+            def close_then_fail():
+                close()
+                raise BackendUnavailableError("stopping backends failed: sqlite: disk went away")
+
+            runtime.close = close_then_fail
+        """
+    )
+    pytester.makepyfile("def test_x(threadcreator_db):\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--threadcreator-db=sqlite")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.OK
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    result.stderr.fnmatch_lines(
+        [
+            "threadcreator: cleaning up after the run: stopping backends failed: sqlite: disk "
+            "went away (a later run removes what is left)"
+        ]
+    )
