@@ -332,6 +332,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         reports.append(_run_phase(item, "teardown", nextitem=nextitem if last else item.parent))
         if not all(r.passed for r in reports):
             failed_seed = seed
+            if not last:  # its teardown failed: finish what the next test does not need
+                reports += _finish_teardown(item, nextitem)
             break
     del item.stash[_REPETITION]
     for report in reports:
@@ -343,6 +345,22 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         )
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
+
+
+def _finish_teardown(
+    item: pytest.Function, nextitem: pytest.Item | None
+) -> list[pytest.TestReport]:
+    """Tear down the scopes above the test that ``nextitem`` does not share, after a teardown
+    for a repetition to come (its hooks ran already: only pytest's setup state is left)."""
+    setup_state = item.session._setupstate
+    call = pytest.CallInfo.from_call(
+        lambda: setup_state.teardown_exact(nextitem),
+        when="teardown",
+        reraise=(pytest.exit.Exception, KeyboardInterrupt),
+    )
+    if call.excinfo is None:
+        return []
+    return [item.ihook.pytest_runtest_makereport(item=item, call=call)]
 
 
 def _run_once(item: pytest.Function, seed: int) -> list[pytest.TestReport]:

@@ -284,3 +284,36 @@ def test_a_failing_repetition_is_reported_once_with_its_seed(pytester: pytest.Py
     )
     assert out.count("_ test_third_fails _") == 1
     assert out.count("FAILED ") == 1
+
+
+def test_a_repetition_whose_teardown_fails_stops_and_the_next_module_runs(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        test_a="""
+        import pytest
+
+        TEARDOWNS = []
+
+        @pytest.fixture
+        def fails_second_teardown():
+            yield
+            TEARDOWNS.append(1)
+            assert len(TEARDOWNS) != 2, "second teardown"
+
+        @pytest.mark.threadcreator(shake=4)
+        def test_shaken(fails_second_teardown, threadcreator_db):
+            pass
+        """,
+        test_b="""
+        def test_next_module(threadcreator_db):
+            pass
+        """,
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*ERROR at teardown of test_shaken*", "*second teardown*", "shake: repetition 2 of 4 *"]
+    )
+    assert "previous item was not torn down properly" not in result.stdout.str()
