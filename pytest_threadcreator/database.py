@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import Integer, String, column, event, func, literal_column, or_, select, text
@@ -238,15 +238,22 @@ class Database:
             lines.append(f"(row counts unavailable: {type(exc).__name__}: {exc})")
         return lines
 
-    def pending_tasks(self) -> list[asyncio.Task[Any]]:
-        """Tasks still pending in the loops this database was used from (the plugin's own excluded)."""
+    def pending_tasks(
+        self,
+        loops: Iterable[asyncio.AbstractEventLoop] = (),
+        *,
+        known: Collection[asyncio.Task[Any]] = (),
+    ) -> list[asyncio.Task[Any]]:
+        """Tasks still pending in ``loops`` and in the loops this database was used from (the
+        plugin's own and those in ``known``, pending before the test began, excluded)."""
         pending = []
-        for loop in list(self.loops_seen):
+        for loop in {*self.loops_seen, *loops}:
             if loop.is_closed():
                 continue
             for task in asyncio.all_tasks(loop):
-                if not task.done() and not task.get_name().startswith("threadcreator-"):
-                    pending.append(task)
+                if task.done() or task in known or task.get_name().startswith("threadcreator-"):
+                    continue
+                pending.append(task)
         return pending
 
     def on_close(self, closer: Callable[[], None]) -> None:

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import _binding
+from .config import Settings
 from .creator import ThreadCreator
 from .database import Database
 from .errors import BackendUnavailableError
 from .faults import FaultInjector
-from .runtime import Runtime, worker_id_from_env
+from .runtime import EnvironmentFault, Runtime, worker_id_from_env
 from .schema import ThreadSchema
 from .users import UserContextMaker
-from .xdist_support import worker_run
+from .xdist_support import is_worker, worker_run
 
 if TYPE_CHECKING:
     from .factories import MessageFactory, ThreadFactory
@@ -103,10 +104,11 @@ def threadcreator_db(
     try:
         database = threadcreator_setup.acquire(settings, request.node.nodeid)
     except BackendUnavailableError as exc:
-        if settings.db_source == "marker":  # only this test asked for it: fail it, in one line
-            pytest.fail(f"BackendUnavailableError: {exc}", pytrace=False)
-        # The run's own backend cannot start: stop now, in one line, rather than per test.
-        pytest.exit(f"BackendUnavailableError: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        failure: BackendUnavailableError | None = exc
+    else:
+        failure = None
+    if failure is not None:  # outside the except block: the one line, no chained traceback
+        _stop_for(request, settings, failure)
     token = _binding.bind(database)
     try:
         yield database
@@ -123,6 +125,22 @@ def threadcreator_db(
                 "close sessions and connections (use 'async with') before the test ends",
                 pytrace=False,
             )
+
+
+def _stop_for(
+    request: pytest.FixtureRequest, settings: Settings, exc: BackendUnavailableError
+) -> NoReturn:
+    """Fail the test in one line; stop the run too unless only its marker asked for ``exc``'s backend."""
+    line = f"BackendUnavailableError: {exc}"
+    if settings.db_source == "marker":  # only this test asked for it: fail it, in one line
+        pytest.fail(line, pytrace=False)
+    if not isinstance(exc, EnvironmentFault) and not is_worker(request.config):
+        # The run's own backend cannot start: stop now, in one line, rather than per test.
+        pytest.exit(line, returncode=pytest.ExitCode.USAGE_ERROR)
+    # Mid-run (or in an xdist worker, where pytest.exit is an INTERNALERROR): this test fails
+    # in one line and the run stops after it.
+    request.session.shouldstop = line
+    pytest.fail(line, pytrace=False)
 
 
 @pytest.fixture

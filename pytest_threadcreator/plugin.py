@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import shlex
-from typing import Any, cast
+import sys
+from typing import Any
 
 import pytest
 
 from . import hookspecs, shake, xdist_support
 from .config import BACKEND_NAMES, ISOLATION_MODES, Settings, resolve_settings
-from .errors import ConfigurationError
-from .faults import FaultInjector
+from .errors import ConfigurationError, ThreadCreatorError
 from .fixtures import (  # noqa: F401 - registered with pytest through this module
     db_session,
     fault_injector,
@@ -214,6 +215,17 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report: pytest.TestReport = yield
     item.stash.setdefault(REPORT_KEY, {})[report.when] = report
+    repetition = item.stash.get(_REPETITION, None)
+    if repetition is not None and report.failed:
+        number, count, seed = repetition
+        report.sections.append(
+            (
+                "threadcreator shake",
+                f"shake: repetition {number} of {count} failed under seed {seed}; replay "
+                f"exactly that schedule with:\n  pytest {shlex.quote(item.nodeid)} "
+                f"--threadcreator-seed={seed}",
+            )
+        )
     if report.when == "call" and report.failed:
         database = getattr(item, "funcargs", {}).get("threadcreator_db")
         if database is not None:
@@ -225,7 +237,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 lines.append(f"last concurrency run: {runs[-1].summary()}")
                 lines += [f"  still waiting: {w}" for w in runs[-1].waiting[:10]]
             report.sections.append(("threadcreator database", "\n".join(lines)))
+            if call.excinfo is not None:
+                _stop_on_disk_full(item, call.excinfo.value, report)
     return report
+
+
+def _stop_on_disk_full(item: pytest.Item, exc: BaseException, report: pytest.TestReport) -> None:
+    """A test that failed because the database's disk is full stops the run, in one line."""
+    st = state(item.config)
+    db = st.settings_for(item).db
+    for runtime in [st.runtime, *st.schema_runtimes.values()]:
+        fault = runtime.disk_full(db, exc) if runtime is not None else None
+        if fault is not None:
+            line = f"BackendUnavailableError: {fault}"
+            report.sections.append(("threadcreator", line))
+            item.session.shouldstop = line
+            return
 
 
 def run_report(config: pytest.Config) -> dict[str, Any] | None:
@@ -263,67 +290,135 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         show_report(terminalreporter, config, data)
 
 
-_SHAKING = pytest.StashKey[bool]()
+#: (repetition number, repetitions, seed) of the shake repetition running now
+_REPETITION = pytest.StashKey[tuple[int, int, int]]()
+
+
+def _shake_seeds(item: pytest.Item) -> list[int] | None:
+    """Seeds to run ``item`` under, or None when it is not shaken (no database or no shake)."""
+    st = item.config.stash.get(_STATE, None)
+    if st is None or not isinstance(item, pytest.Function):
+        return None
+    if "threadcreator_db" not in item.fixturenames:
+        return None
+    settings = st.settings_for(item)
+    if settings.seed is not None:
+        return [settings.seed]
+    if settings.shake:
+        return repetition_seeds(item.nodeid, settings.shake)
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    """Shake mode: run the test once per seed, each repetition a whole run of it (function
+    fixtures set up and torn down again, on an emptied database); reported once."""
+    seeds = _shake_seeds(item)
+    if seeds is None:
+        return None
+    assert isinstance(item, pytest.Function)
+    st = state(item.config)
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    reports: list[pytest.TestReport] = []
+    failed_seed: int | None = None
+    for number, seed in enumerate(seeds, 1):
+        if number > 1:  # the previous repetition's request and fixture values are spent
+            item._initrequest()
+            item._report_sections.clear()
+        item.stash[_REPETITION] = (number, len(seeds), seed)
+        reports = _run_once(item, seed)
+        last = number == len(seeds) or not all(r.passed for r in reports)
+        # between repetitions only the test's own (function-scoped) fixtures are torn down
+        reports.append(_run_phase(item, "teardown", nextitem=nextitem if last else item.parent))
+        if not all(r.passed for r in reports):
+            failed_seed = seed
+            if not last:  # its teardown failed: finish what the next test does not need
+                reports += _finish_teardown(item, nextitem)
+            break
+    del item.stash[_REPETITION]
+    for report in reports:
+        item.ihook.pytest_runtest_logreport(report=report)
+    st.shaken.append((item.nodeid, len(seeds) if failed_seed is None else number, failed_seed))
+    if failed_seed is None:
+        item.user_properties.append(
+            ("threadcreator_shake", f"{len(seeds)} repetition(s) passed, seeds {seeds[0]}…")
+        )
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+
+
+def _finish_teardown(
+    item: pytest.Function, nextitem: pytest.Item | None
+) -> list[pytest.TestReport]:
+    """Tear down the scopes above the test that ``nextitem`` does not share, after a teardown
+    for a repetition to come (its hooks ran already: only pytest's setup state is left)."""
+    setup_state = item.session._setupstate
+    call = pytest.CallInfo.from_call(
+        lambda: setup_state.teardown_exact(nextitem),
+        when="teardown",
+        reraise=(pytest.exit.Exception, KeyboardInterrupt),
+    )
+    if call.excinfo is None:
+        return []
+    return [item.ihook.pytest_runtest_makereport(item=item, call=call)]
+
+
+def _run_once(item: pytest.Function, seed: int) -> list[pytest.TestReport]:
+    """Setup and call of one repetition, under the shaker of ``seed``."""
+    reports = [_run_phase(item, "setup")]
+    if reports[0].passed and not item.config.getoption("setuponly", False):
+        with shake.activate(shake.Shaker(seed)):
+            reports.append(_run_phase(item, "call"))
+    return reports
+
+
+def _run_phase(item: pytest.Function, when: str, **kwargs: Any) -> pytest.TestReport:
+    """One phase through the public hooks, as pytest runs it (its report not logged yet)."""
+    hook = getattr(item.ihook, f"pytest_runtest_{when}")
+    reraise: tuple[type[BaseException], ...] = (pytest.exit.Exception,)
+    if not item.config.getoption("usepdb", False):
+        reraise += (KeyboardInterrupt,)
+    call = pytest.CallInfo.from_call(
+        lambda: hook(item=item, **kwargs),
+        when=when,  # type: ignore[arg-type]
+        reraise=reraise,
+    )
+    report: pytest.TestReport = item.ihook.pytest_runtest_makereport(item=item, call=call)
+    if (
+        call.excinfo is not None
+        and report.failed
+        and not call.excinfo.errisinstance(pytest.skip.Exception)
+    ):
+        item.ihook.pytest_exception_interact(node=item, call=call, report=report)
+    return report
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    """Shake mode: run the test body once per seed, each time on an emptied database."""
-    __tracebackhide__ = True
-    if pyfuncitem.stash.get(_SHAKING, False):
-        return None  # a repetition of ours: let pytest (and pytest-asyncio) run the body
-    st = pyfuncitem.config.stash.get(_STATE, None)
-    database = getattr(pyfuncitem, "funcargs", {}).get("threadcreator_db")
-    if st is None or database is None:
+    """A shaken test needs a database emptied before each repetition: not rollback isolation."""
+    if _REPETITION not in pyfuncitem.stash:
         return None
-    settings = st.settings_for(pyfuncitem)
-    if settings.seed is not None:
-        seeds = [settings.seed]
-    elif settings.shake:
-        seeds = repetition_seeds(pyfuncitem.nodeid, settings.shake)
-    else:
-        return None
-    if database.isolation == "rollback":
+    database: Any = pyfuncitem.funcargs.get("threadcreator_db")
+    if database is not None and database.isolation == "rollback":
         pytest.fail(
             "shake mode needs clean or fresh isolation (each repetition starts on an emptied "
             "database); this test runs in rollback isolation",
             pytrace=False,
         )
-    injector = cast("FaultInjector | None", pyfuncitem.funcargs.get("fault_injector"))
-    pyfuncitem.stash[_SHAKING] = True
-    try:
-        for number, seed in enumerate(seeds, 1):
-            if number > 1:  # each repetition is an isolated run of its own
-                database.store.reset()
-                if injector is not None:
-                    injector.clear()
-                    injector.reset_counts()
-            with shake.activate(shake.Shaker(seed)):
-                try:
-                    pyfuncitem.ihook.pytest_pyfunc_call(pyfuncitem=pyfuncitem)
-                except (Exception, pytest.fail.Exception) as exc:
-                    st.shaken.append((pyfuncitem.nodeid, number, seed))
-                    raise AssertionError(
-                        f"shake: repetition {number} of {len(seeds)} failed under seed {seed}; "
-                        "replay exactly that schedule with:\n"
-                        f"  pytest {shlex.quote(pyfuncitem.nodeid)} --threadcreator-seed={seed}"
-                        f"\n{type(exc).__name__}: {exc}"
-                    ) from exc
-    finally:
-        pyfuncitem.stash[_SHAKING] = False
-    st.shaken.append((pyfuncitem.nodeid, len(seeds), None))
-    pyfuncitem.user_properties.append(
-        ("threadcreator_shake", f"{len(seeds)} repetition(s) passed, seeds {seeds[0]}…")
-    )
-    return True
+    return None
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Any:
+    # The test's event loops are known before it runs (pytest-asyncio's runner is one of its
+    # fixtures), so a task it starts before touching the database is seen too; tasks already
+    # pending in a shared loop belong to earlier tests.
+    loops = _event_loops(getattr(item, "funcargs", None) or {})
+    known = {task for loop in loops for task in asyncio.all_tasks(loop)}
     result = yield
     database = getattr(item, "funcargs", {}).get("threadcreator_db")
     if database is not None:
-        leaked = database.pending_tasks()
+        leaked = database.pending_tasks(loops, known=known)
         if leaked:
             names = ", ".join(sorted({_task_label(t) for t in leaked}))
             pytest.fail(
@@ -335,6 +430,25 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     return result
 
 
+def _event_loops(funcargs: dict[str, Any]) -> list[asyncio.AbstractEventLoop]:
+    """Open event loops among a test's fixture values: loops, and runners (``get_loop()``) such
+    as the one pytest-asyncio runs the test in."""
+    loops = []
+    for value in funcargs.values():
+        loop = value
+        if not isinstance(value, asyncio.AbstractEventLoop):
+            get_loop = getattr(type(value), "get_loop", None)
+            if not callable(get_loop) or not type(value).__name__.endswith("Runner"):
+                continue
+            try:
+                loop = value.get_loop()
+            except Exception:  # a closed runner
+                continue
+        if isinstance(loop, asyncio.AbstractEventLoop) and not loop.is_closed():
+            loops.append(loop)
+    return loops
+
+
 def _task_label(task: Any) -> str:
     coro = task.get_coro()
     return str(getattr(coro, "__qualname__", None) or task.get_name())
@@ -344,9 +458,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     st = config.stash.get(_STATE, None)
     if st is None:
         return
-    others, st.schema_runtimes = list(st.schema_runtimes.values()), {}
-    for other in others:
-        other.close()
-    if st.runtime is not None:
-        runtime, st.runtime = st.runtime, None
-        runtime.close()
+    runtimes = [*st.schema_runtimes.values(), *([st.runtime] if st.runtime is not None else [])]
+    st.schema_runtimes, st.runtime = {}, None
+    for runtime in runtimes:
+        try:
+            runtime.close()
+        except ThreadCreatorError as exc:  # after the summary: one line, not a traceback
+            sys.stderr.write(
+                f"threadcreator: cleaning up after the run: {exc} (a later run removes what "
+                "is left)\n"
+            )

@@ -12,12 +12,15 @@ SQLite, one template database on PostgreSQL), so the setup hook runs once per ru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import os
+import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from .database import Database
 from .errors import BackendUnavailableError, ConfigurationError
 from .schema import ThreadSchema
 
-__all__ = ["Runtime", "SetupCost", "XdistRun"]
+__all__ = ["EnvironmentFault", "Runtime", "SetupCost", "XdistRun", "environment_fault"]
 
 
 @dataclass(frozen=True)
@@ -95,11 +98,11 @@ class Runtime:
 
     def backend(self, db: str) -> Backend:
         """The started backend for ``db``, its template built (once)."""
+        failed = self.unavailable.get(db)
+        if failed is not None:  # failed already this run: do not wait for it again
+            raise failed
         backend = self.backends.get(db)
         if backend is None:
-            failed = self.unavailable.get(db)
-            if failed is not None:  # tried already this run: do not wait for it again
-                raise failed
             try:
                 backend = self._make_backend(db)
                 backend.start()
@@ -108,11 +111,33 @@ class Runtime:
                 raise
             try:
                 backend.prepare_template(self.schema, self.setup_hook)
-            except BaseException:
-                backend.stop()
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    backend.stop()
+                self._raise_environment_fault(db, backend, exc)
                 raise
             self.backends[db] = backend
         return backend
+
+    def disk_full(self, db: str, exc: BaseException) -> EnvironmentFault | None:
+        """The fault to stop the run with when a test's own ``exc`` says ``db``'s disk is full
+        (where the next reset would fail depends on how much room SQLite's WAL kept)."""
+        backend = self.backends.get(db)
+        if backend is None or not any(_is_disk_full(e) for e in _exception_chain(exc)):
+            return None
+        fault = environment_fault(backend, exc)
+        if fault is not None:
+            self.unavailable[db] = fault
+        return fault
+
+    def _raise_environment_fault(self, db: str, backend: Backend, exc: BaseException) -> None:
+        """Raise BackendUnavailableError, in one line saying what to do, when ``exc`` comes from
+        the environment rather than the test (the server went away, the disk is full, the run's
+        files were removed); from then on ``db`` fails at once. Returns otherwise."""
+        fault = environment_fault(backend, exc)
+        if fault is not None:
+            self.unavailable[db] = fault
+            raise fault from None
 
     def _make_backend(self, db: str) -> Backend:
         key = schema_key(self.schema)
@@ -141,9 +166,24 @@ class Runtime:
         )
 
     def acquire(self, settings: Settings, nodeid: str) -> Database:
-        """An empty database for one test, per its settings."""
+        """An empty database for one test, per its settings.
+
+        Raises BackendUnavailableError when the backend cannot start, or when the environment
+        failed under it (see :func:`environment_fault`).
+        """
         started = time.perf_counter()
         backend = self.backend(settings.db)
+        try:
+            database = self._hand_out(backend, settings, nodeid)
+        except Exception as exc:
+            self._raise_environment_fault(settings.db, backend, exc)
+            raise
+        self.setup_costs.append(
+            SetupCost(nodeid, backend.name, settings.isolation, time.perf_counter() - started)
+        )
+        return database
+
+    def _hand_out(self, backend: Backend, settings: Settings, nodeid: str) -> Database:
         isolation = settings.isolation
         if isolation == "fresh":
             database = backend.create_database(_label(nodeid), isolation="fresh")
@@ -165,9 +205,6 @@ class Runtime:
         else:  # validated earlier; kept for a readable failure if a new mode is half-added
             raise ConfigurationError(f"unknown isolation {isolation!r}")
         database.begin_test()
-        self.setup_costs.append(
-            SetupCost(nodeid, backend.name, isolation, time.perf_counter() - started)
-        )
         return database
 
     def release(self, database: Database, settings: Settings, *, keep: bool) -> str | None:
@@ -175,7 +212,9 @@ class Runtime:
         database.dispose_engines()
         self.retries += database.retries
         base = getattr(database, "base", database)
-        backend = self.backend(settings.db)
+        backend = self.backends.get(settings.db)
+        if backend is None or settings.db in self.unavailable:
+            return None  # its environment failed: the run stops, and close() clears up quietly
         if not keep:
             if settings.isolation == "fresh":
                 backend.drop_database(base)
@@ -191,19 +230,125 @@ class Runtime:
         return base.location
 
     def close(self) -> None:
-        """Drop everything this run created and stop the backends."""
-        for database in self.shared.values():
-            database.close()
+        """Drop everything this run created and stop the backends.
+
+        A backend whose environment failed (:func:`environment_fault`) is stopped quietly: the
+        run has said so already, and a later run removes what it left.
+        """
+        gone = {db for db, exc in self.unavailable.items() if isinstance(exc, EnvironmentFault)}
+        for key, database in self.shared.items():
+            with contextlib.suppress(Exception) if key[0] in gone else contextlib.nullcontext():
+                database.close()
         self.shared.clear()
         errors = []
-        for backend in self.backends.values():
+        for db, backend in self.backends.items():
             try:
                 backend.stop()
             except Exception as exc:
-                errors.append(f"{backend.name}: {exc}")
+                if db not in gone:
+                    errors.append(f"{backend.name}: {exc}")
         self.backends.clear()
         if errors:
             raise BackendUnavailableError("stopping backends failed: " + "; ".join(errors))
+
+
+class EnvironmentFault(BackendUnavailableError):
+    """The environment failed under a started backend: its server went away, its disk is full,
+    or its files were removed while the run used them. The run cannot go on."""
+
+
+#: SQLSTATEs of a PostgreSQL server that went away (class 08: connection exception; 57P01-03:
+#: shut down by an administrator, crashed, cannot connect now)
+_SERVER_GONE_STATES = ("57P01", "57P02", "57P03")
+#: driver exceptions (by class name: the drivers are optional) meaning the connection is gone
+_SERVER_GONE_TYPES = ("ConnectionDoesNotExistError", "ConnectionFailureError", "InterfaceError")
+_AGAIN = "then run the tests again; the run stops here"
+
+
+def environment_fault(backend: Backend, exc: BaseException) -> EnvironmentFault | None:
+    """An EnvironmentFault naming ``backend`` and what to do, when ``exc`` (raised while the
+    plugin handed out, reset or created a database) comes from the environment; else None."""
+    chain = list(_exception_chain(exc))
+    full = next((e for e in chain if _is_disk_full(e)), None)
+    if full is not None:
+        if backend.name == "sqlite":
+            return EnvironmentFault(
+                f"the disk is full under {_where(backend)} ({_brief(full)}); free space there or "
+                f"point --basetemp at a disk with room, {_AGAIN}"
+            )
+        return EnvironmentFault(
+            f"{backend.describe()}: the server is out of disk space ({_brief(full)}); free space "
+            f"on the server, {_AGAIN}"
+        )
+    if backend.name == "sqlite":
+        removed = next((e for e in chain if _is_file_gone(e)), None)
+        if removed is not None:
+            return EnvironmentFault(
+                f"this run's files under {_where(backend)} were removed while it ran "
+                f"({_brief(removed)}); another pytest run probably uses the same --basetemp: "
+                f"give each run that runs at the same time its own --basetemp (or none), {_AGAIN}"
+            )
+        return None
+    gone = next((e for e in chain if _is_server_gone(e)), None)
+    if gone is not None:
+        return EnvironmentFault(
+            f"{backend.describe()}: the server went away mid-run ({_brief(gone)}); check that it "
+            f"is running (restart it, or fix THREADCREATOR_POSTGRES_URL/--threadcreator-db), "
+            f"{_AGAIN}"
+        )
+    return None
+
+
+def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, its causes and contexts, and the driver errors SQLAlchemy wraps (``.orig``)."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        todo += [getattr(item, "orig", None), item.__context__, item.__cause__]
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    if isinstance(exc, sqlite3.Error) and (
+        getattr(exc, "sqlite_errorcode", None) == 13  # SQLITE_FULL (named from 3.11)
+        or "database or disk is full" in str(exc)
+    ):
+        return True
+    return getattr(exc, "sqlstate", None) == "53100"  # PostgreSQL disk_full
+
+
+def _is_file_gone(exc: BaseException) -> bool:
+    if isinstance(exc, FileNotFoundError):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "unable to open database" in str(exc)
+
+
+def _is_server_gone(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
+        return True  # refused, reset, no socket file: the server is not there
+    state = str(getattr(exc, "sqlstate", None) or "")
+    if state.startswith("08") or state in _SERVER_GONE_STATES:
+        return True
+    name = type(exc).__name__
+    return name in _SERVER_GONE_TYPES and (name != "InterfaceError" or "closed" in str(exc))
+
+
+def _where(backend: Backend) -> str:
+    return str(getattr(backend, "directory", None) or backend.describe())
+
+
+def _brief(exc: BaseException) -> str:
+    """``module.Type: message`` on one line, cut short."""
+    kind = type(exc)
+    name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+    text = " ".join(str(exc).split())
+    return f"{name}: {text[:200]}" if text else name
 
 
 def _label(nodeid: str) -> str:

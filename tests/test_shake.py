@@ -174,3 +174,146 @@ def test_shake_refuses_rollback_isolation_in_one_line(pytester: pytest.Pytester)
     result = pytester.runpytest()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*shake mode needs clean or fresh isolation*"])
+
+
+def test_each_repetition_sets_up_and_tears_down_function_fixtures(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini(INI)
+    pytester.makeconftest(
+        """
+        import pytest
+
+        EVENTS = []
+
+        @pytest.fixture
+        def counted():
+            EVENTS.append("setup")
+            yield len(EVENTS)
+            EVENTS.append("teardown")
+
+        @pytest.fixture(scope="module")
+        def once_per_module():
+            EVENTS.append("module setup")
+            yield
+            EVENTS.append("module teardown")
+        """
+    )
+    pytester.makepyfile(
+        """
+        import json, pathlib
+        import pytest
+        from conftest import EVENTS
+
+        @pytest.mark.threadcreator(shake=4)
+        @pytest.mark.asyncio
+        async def test_shaken(once_per_module, counted, threadcreator_db, fault_injector):
+            assert fault_injector.hits("commit") == 0  # a new injector every repetition
+            assert await threadcreator_db.count_threads() == 0
+
+        def test_after():
+            pathlib.Path("events.json").write_text(json.dumps(EVENTS))
+        """
+    )
+    result = pytester.runpytest("-v", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*::test_shaken PASSED*", "*::test_after PASSED*"])
+    assert result.stdout.str().count("::test_shaken PASSED") == 1  # reported once
+    events = (pytester.path / "events.json").read_text()
+    assert events == (
+        '["module setup", "setup", "teardown", "setup", "teardown", "setup", "teardown", '
+        '"setup", "teardown"]'
+    )
+
+
+def test_caplog_holds_only_its_own_repetitions_records(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        """
+        import logging
+        import pytest
+
+        @pytest.mark.threadcreator(shake=5)
+        @pytest.mark.asyncio
+        async def test_logs_once(caplog, thread_creator, user_context):
+            caplog.set_level(logging.INFO)
+            logging.getLogger("app").info("created")
+            await thread_creator.create_thread_with_message(user_context, "hi")
+            assert [r.getMessage() for r in caplog.records if r.name == "app"] == ["created"]
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["shake: 1 test(s), 5 repetition(s), 0 failed"])
+
+
+def test_a_failing_repetition_is_reported_once_with_its_seed(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        SETUPS = []
+
+        @pytest.fixture
+        def repetition():
+            SETUPS.append(1)
+            return len(SETUPS)
+
+        @pytest.mark.threadcreator(shake=5)
+        def test_third_fails(repetition, threadcreator_db):
+            assert repetition != 3, "third repetition"
+
+        def test_after():
+            assert len(SETUPS) == 3  # no repetition after the failing one
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rf")
+    result.assert_outcomes(passed=1, failed=1)
+    out = result.stdout.str()
+    seed = repetition_seeds(
+        "test_a_failing_repetition_is_reported_once_with_its_seed.py::test_third_fails", 5
+    )[2]
+    result.stdout.fnmatch_lines(
+        [
+            "*AssertionError: third repetition*",
+            f"shake: repetition 3 of 5 failed under seed {seed}; replay exactly that schedule with:",
+            "  pytest test_a_failing_repetition_is_reported_once_with_its_seed.py::test_third_fails "
+            f"--threadcreator-seed={seed}",
+        ]
+    )
+    assert out.count("_ test_third_fails _") == 1
+    assert out.count("FAILED ") == 1
+
+
+def test_a_repetition_whose_teardown_fails_stops_and_the_next_module_runs(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        test_a="""
+        import pytest
+
+        TEARDOWNS = []
+
+        @pytest.fixture
+        def fails_second_teardown():
+            yield
+            TEARDOWNS.append(1)
+            assert len(TEARDOWNS) != 2, "second teardown"
+
+        @pytest.mark.threadcreator(shake=4)
+        def test_shaken(fails_second_teardown, threadcreator_db):
+            pass
+        """,
+        test_b="""
+        def test_next_module(threadcreator_db):
+            pass
+        """,
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*ERROR at teardown of test_shaken*", "*second teardown*", "shake: repetition 2 of 4 *"]
+    )
+    assert "previous item was not torn down properly" not in result.stdout.str()
