@@ -319,9 +319,7 @@ async def test_stuck(threadcreator_db, thread_creator, user_context):
 
 @needs_docker
 def test_a_killed_runs_container_is_removed_by_the_next_run(tmp_path: Path, client: Any) -> None:
-    (tmp_path / "pytest.ini").write_text(
-        "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
-    )
+    (tmp_path / "pytest.ini").write_text(INI)
     (tmp_path / "test_stuck.py").write_text(STUCK)
     (tmp_path / "test_quick.py").write_text("def test_quick(threadcreator_db):\n    pass\n")
     marker = tmp_path / "pid.txt"
