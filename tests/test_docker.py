@@ -15,9 +15,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -45,6 +45,7 @@ IMAGE = os.environ.get("THREADCREATOR_DOCKER_IMAGE", "").strip() or DEFAULT_IMAG
 NETWORK = os.environ.get("THREADCREATOR_DOCKER_NETWORK", "").strip() or "bridge"
 MARK = f"{LABEL_MARK}={LABEL_MARK_VALUE}"
 NO_DOCKER = "unix:///nonexistent/docker.sock"
+F = TypeVar("F", bound=Callable[..., Any])
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
 
 
@@ -65,7 +66,10 @@ def docker_missing() -> str | None:
     return None
 
 
-needs_docker = needs(docker_missing())
+def needs_docker(test: F) -> F:
+    """A test that starts containers: test.sh runs these once, in its postgresql-docker run."""
+    marked: F = pytest.mark.docker(needs(docker_missing())(test))
+    return marked
 
 
 @pytest.fixture
@@ -83,6 +87,11 @@ def ours(client: Any, owner: str | None = None) -> list[Any]:
     """The plugin's containers (of ``owner``, if given), running or not."""
     containers = client.containers.list(all=True, filters={"label": MARK})
     return [c for c in containers if owner is None or c.labels.get(LABEL_OWNER) == owner]
+
+
+def ids(containers: list[Any]) -> set[str]:
+    """The ids of ``containers``."""
+    return {c.id for c in containers}
 
 
 def ended_process_owner() -> str:
@@ -182,6 +191,7 @@ def test_the_header_says_which_image_and_network(
 ) -> None:
     monkeypatch.setenv("THREADCREATOR_DOCKER_IMAGE", "team/pg:16")
     monkeypatch.delenv("THREADCREATOR_DOCKER_NETWORK", raising=False)
+    monkeypatch.delenv("THREADCREATOR_DB", raising=False)
     pytester.makeini(f"{INI}threadcreator_docker_network = host\n")
     pytester.makepyfile("def test_nothing(): pass")
     result = pytester.runpytest()
@@ -220,6 +230,7 @@ def test_without_docker_the_run_stops_with_one_line(
 def test_an_image_that_is_neither_here_nor_pullable_is_one_line(client: Any) -> None:
     image = "threadcreator-test-missing/postgres:0"
     server = DockerServer(image, network=NETWORK, run_id="missing")
+    before = ids(ours(client, owner_label()))  # this suite's own, on postgresql-docker
     with pytest.raises(BackendUnavailableError) as info:
         server.start()
     message = str(info.value)
@@ -234,7 +245,7 @@ def test_an_image_that_is_neither_here_nor_pullable_is_one_line(client: Any) -> 
         "--threadcreator-db=postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
     )
     assert "\n" not in message
-    assert ours(client, owner_label()) == []
+    assert ids(ours(client, owner_label())) == before
 
 
 @needs_docker
@@ -244,6 +255,7 @@ def test_ryuk_that_cannot_start_says_how_to_run_without_it(
     config = pytest.importorskip("testcontainers.core.config").testcontainers_config
     monkeypatch.setattr(config, "ryuk_disabled", False)
     monkeypatch.setattr(config, "ryuk_image", "threadcreator-test-missing/ryuk:0")
+    before = ids(ours(client, owner_label()))
     with pytest.raises(BackendUnavailableError) as info:
         DockerServer(IMAGE, network=NETWORK, run_id="ryuk").start()
     message = str(info.value)
@@ -255,7 +267,7 @@ def test_ryuk_that_cannot_start_says_how_to_run_without_it(
         "); set TESTCONTAINERS_RYUK_DISABLED=true (the plugin removes its containers itself at "
         "exit, and those of killed runs at the next start)"
     )
-    assert ours(client, owner_label()) == []
+    assert ids(ours(client, owner_label())) == before
 
 
 # -- whole runs ----------------------------------------------------------------------------------
@@ -270,7 +282,7 @@ def test_a_run_on_docker_uses_one_container_and_removes_it(
         import docker
         import pytest
 
-        OWNER = {owner_label()!r}
+        from pytest_threadcreator.backends.pg_names import parse_database_name
 
         @pytest.mark.parametrize("n", range(3))
         @pytest.mark.asyncio
@@ -279,14 +291,13 @@ def test_a_run_on_docker_uses_one_container_and_removes_it(
             assert await threadcreator_db.count_threads() == 1
             client = docker.from_env()
             try:
-                mine = [
-                    c for c in client.containers.list(filters={{"label": {MARK!r}}})
-                    if c.labels[{LABEL_OWNER!r}] == OWNER
-                ]
+                run = parse_database_name(threadcreator_db.name).run_id
+                mine = client.containers.list(filters={{"label": {LABEL_RUN!r} + "=" + run}})
                 assert len(mine) == 1, mine
                 (container,) = mine
                 assert {IMAGE!r} in container.image.tags
-                assert container.labels[{LABEL_RUN!r}]
+                assert container.labels[{LABEL_MARK!r}] == {LABEL_MARK_VALUE!r}
+                assert container.labels[{LABEL_OWNER!r}] == {owner_label()!r}
                 network = container.attrs["HostConfig"]["NetworkMode"]
             finally:
                 client.close()
@@ -298,10 +309,11 @@ def test_a_run_on_docker_uses_one_container_and_removes_it(
                 assert listen == "127.0.0.1"
         """
     )
+    before = ids(ours(client, owner_label()))  # this suite's own, on postgresql-docker
     result = pytester.runpytest("--threadcreator-db=postgresql-docker", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["*threadcreator*postgresql-docker*"])
-    assert ours(client, owner_label()) == [], "the run removes its container"
+    assert ids(ours(client, owner_label())) == before, "the run removes its container"
 
 
 STUCK = """
@@ -359,7 +371,7 @@ def test_a_killed_runs_container_is_removed_by_the_next_run(tmp_path: Path, clie
         output = quick.communicate(timeout=180)[0].decode()
         assert quick.returncode == 0, output
         assert ours(client, owner) == [], "the next run removes a killed run's container"
-        assert ours(client) == [] or all(c.id != left.id for c in ours(client))
+        assert left.id not in ids(ours(client))
     finally:
         if stuck.poll() is None:
             stuck.kill()
