@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite: on SQLite and on PostgreSQL, serially and under pytest-xdist, plus the
-# throwaway-cluster backend. Extra arguments go to every pytest run (e.g. -x, -k name).
+# throwaway-cluster and Docker backends. Extra arguments go to every pytest run (e.g. -x, -k name).
 #
 # PostgreSQL: THREADCREATOR_POSTGRES_URL, default postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
+# Docker: THREADCREATOR_DOCKER_IMAGE, default the project's image (docker/build-postgres-image.sh
+# builds it), with THREADCREATOR_DOCKER_NETWORK=host and without Ryuk; with a registry, e.g.
+# THREADCREATOR_DOCKER_IMAGE=postgres:16-alpine THREADCREATOR_DOCKER_NETWORK=bridge ./test.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 python=.venv/bin/python
 [ -x "$python" ] || { echo "no .venv here: run the README's install command first" >&2; exit 2; }
 pg_url=${THREADCREATOR_POSTGRES_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/postgres}
+export THREADCREATOR_DOCKER_IMAGE=${THREADCREATOR_DOCKER_IMAGE:-threadcreator-postgres:15}
+export THREADCREATOR_DOCKER_NETWORK=${THREADCREATOR_DOCKER_NETWORK:-host}
+export TESTCONTAINERS_RYUK_DISABLED=${TESTCONTAINERS_RYUK_DISABLED:-true}
 
 run() {
   local db=$1; shift
@@ -16,8 +22,10 @@ run() {
   THREADCREATOR_DB=$db "$python" -m pytest -p no:cacheprovider "$@"
 }
 
-run sqlite "$@"
-run sqlite -n 2 "$@"
-run "$pg_url" "$@"
-run "$pg_url" -n 2 "$@"
-run postgresql-local "$@"
+# The tests that start containers choose their backend themselves: they run once, on Docker.
+run sqlite -m "not docker" "$@"
+run sqlite -n 2 -m "not docker" "$@"
+run "$pg_url" -m "not docker" "$@"
+run "$pg_url" -n 2 -m "not docker" "$@"
+run postgresql-local -m "not docker" "$@"
+run postgresql-docker "$@"

@@ -18,7 +18,9 @@ from .errors import ConfigurationError
 
 __all__ = [
     "BACKEND_NAMES",
+    "DOCKER_NETWORKS",
     "ISOLATION_MODES",
+    "DockerSettings",
     "Settings",
     "backend_kind",
     "resolve_settings",
@@ -31,7 +33,31 @@ __all__ = [
 BACKEND_NAMES = ("sqlite", "postgresql", "postgresql-local", "postgresql-docker")
 ISOLATION_MODES = ("clean", "fresh", "rollback")
 ENV_DB = "THREADCREATOR_DB"
+ENV_DOCKER_IMAGE = "THREADCREATOR_DOCKER_IMAGE"
+ENV_DOCKER_NETWORK = "THREADCREATOR_DOCKER_NETWORK"
+#: ``bridge``: Docker's default network, the port published; ``host``: host networking.
+DOCKER_NETWORKS = ("bridge", "host")
 ASYNC_PG_DRIVERS = ("asyncpg", "psycopg", "psycopg_async")
+
+
+@dataclass(frozen=True)
+class DockerSettings:
+    """How ``postgresql-docker`` runs its container (env > ini > default)."""
+
+    #: None: the official image the backend defaults to
+    image: str | None = None
+    image_source: str = "default"
+    network: str = "bridge"
+    network_source: str = "default"
+
+    def describe(self) -> str:
+        """``, docker_image=… (from …)`` for what is not the default; else empty."""
+        out = ""
+        if self.image is not None:
+            out += f", docker_image={self.image} (from {self.image_source})"
+        if self.network_source != "default":
+            out += f", docker_network={self.network} (from {self.network_source})"
+        return out
 
 
 @dataclass(frozen=True)
@@ -49,6 +75,7 @@ class Settings:
     shake: int = 0
     #: replay one schedule: every database test runs once under this seed
     seed: int | None = None
+    docker: DockerSettings = DockerSettings()
 
     def with_marker(
         self, db: str | None, isolation: str | None, shake: int | None = None
@@ -77,6 +104,7 @@ class Settings:
             + (f", schema={self.schema}" if self.schema else "")
             + (f", shake={self.shake}" if self.shake else "")
             + (f", seed={self.seed}" if self.seed is not None else "")
+            + self.docker.describe()
         )
 
 
@@ -153,6 +181,35 @@ def validate_isolation(value: str, where: str) -> str:
     return value
 
 
+def resolve_docker(ini: Mapping[str, Any], env: Mapping[str, str]) -> DockerSettings:
+    """The Docker image and network mode: env > ini > default. Raises ConfigurationError."""
+    image, image_source = None, "default"
+    for value, source, where in (
+        (ini.get("docker_image"), "ini", "ini threadcreator_docker_image"),
+        (env.get(ENV_DOCKER_IMAGE), "env", f"environment {ENV_DOCKER_IMAGE}"),
+    ):
+        if value and str(value).strip():
+            image, image_source = str(value).strip(), source
+            if any(ch.isspace() for ch in image):
+                raise ConfigurationError(
+                    f"{where}: {image!r} is not a Docker image reference; give one like "
+                    "postgres:16-alpine or registry.example.com/team/postgres:16"
+                )
+    network, network_source = "bridge", "default"
+    for value, source, where in (
+        (ini.get("docker_network"), "ini", "ini threadcreator_docker_network"),
+        (env.get(ENV_DOCKER_NETWORK), "env", f"environment {ENV_DOCKER_NETWORK}"),
+    ):
+        if value and str(value).strip():
+            network, network_source = str(value).strip(), source
+            if network not in DOCKER_NETWORKS:
+                raise ConfigurationError(
+                    f"{where}: {network!r} is not a Docker network mode; valid values: "
+                    + ", ".join(DOCKER_NETWORKS)
+                )
+    return DockerSettings(image, image_source, network, network_source)
+
+
 def backend_kind(db: str) -> str:
     """``"sqlite"`` or ``"postgresql"`` for a validated ``db`` value."""
     return "sqlite" if db == "sqlite" else "postgresql"
@@ -198,4 +255,5 @@ def resolve_settings(
         keep=bool(cli.get("keep")),
         schema=str(ini["schema"]) if ini.get("schema") else None,
         report=str(cli["report"]) if cli.get("report") else None,
+        docker=resolve_docker(ini, env),
     )

@@ -72,6 +72,7 @@ def threadcreator_setup(
             worker_id=worker_id_from_env(),
             setup_hook=lambda database: hook(database=database),
             xdist=worker_run(pytestconfig, tmp_path_factory),
+            docker=st.settings.docker,
         )
     runtime: Runtime = st.runtime
     return runtime

@@ -145,6 +145,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="",
     )
     parser.addini(
+        "threadcreator_docker_image",
+        "image for postgresql-docker (env THREADCREATOR_DOCKER_IMAGE; default: the official "
+        "postgres image)",
+        default="",
+    )
+    parser.addini(
+        "threadcreator_docker_network",
+        "network mode for postgresql-docker: bridge (default) or host (a free loopback port "
+        "passed as PGPORT); env THREADCREATOR_DOCKER_NETWORK",
+        default="",
+    )
+    parser.addini(
         "threadcreator_schema",
         "custom ThreadSchema as 'package.module:attribute' (default: pytest_threadcreator.models)",
         default="",
@@ -168,6 +180,8 @@ def pytest_configure(config: pytest.Config) -> None:
                 "isolation": config.getini("threadcreator_isolation"),
                 "schema": config.getini("threadcreator_schema"),
                 "shake": config.getini("threadcreator_shake"),
+                "docker_image": config.getini("threadcreator_docker_image"),
+                "docker_network": config.getini("threadcreator_docker_network"),
             },
         )
     except ConfigurationError as exc:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends.base import Backend
-from .config import Settings, backend_kind
+from .config import DockerSettings, Settings, backend_kind
 from .database import Database
 from .errors import BackendUnavailableError, ConfigurationError
 from .schema import ThreadSchema
@@ -74,6 +74,8 @@ class Runtime:
     unavailable: dict[str, BackendUnavailableError] = field(default_factory=dict)
     #: set in an xdist worker: its run id wins over ``run_id``
     xdist: XdistRun | None = None
+    #: image and network mode of a postgresql-docker container
+    docker: DockerSettings = field(default_factory=DockerSettings)
 
     def __post_init__(self) -> None:
         if self.xdist is not None:
@@ -94,6 +96,7 @@ class Runtime:
             run_id=run_id,
             setup_hook=self.setup_hook,
             xdist=xdist,
+            docker=self.docker,
         )
 
     def backend(self, db: str) -> Backend:
@@ -163,6 +166,8 @@ class Runtime:
             run_id=self.run_id,
             template_key=key,
             shared_cluster=self.xdist.servers.get(db) if self.xdist is not None else None,
+            docker_image=self.docker.image,
+            docker_network=self.docker.network,
         )
 
     def acquire(self, settings: Settings, nodeid: str) -> Database:

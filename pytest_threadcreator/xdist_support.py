@@ -3,12 +3,14 @@
 Registered by the plugin only when pytest-xdist is installed (its hooks are unknown otherwise).
 
 * Controller: :class:`XdistSupport` picks one run id for the run and, for ``postgresql-local``,
-  starts one cluster for the whole run (in the background, while the workers start up); both go
-  to every worker through ``pytest_configure_node`` (``node.workerinput``). On a server given by
+  starts one cluster for the whole run (in the background, while the workers start up); for
+  ``postgresql-docker`` it launches one container (the workers wait until it accepts
+  connections); both go to every worker through ``pytest_configure_node``
+  (``node.workerinput``). On a server given by
   URL it holds the run's lock (:class:`~.backends.postgresql.RunLock`), so that the shared
   template outlives workers that finish early. Once the workers are down it drops what the run
   left on that server, stops the cluster (keeping its files if a worker kept a database in it)
-  and removes the shared SQLite templates the workers report.
+  or removes the container (kept likewise), and removes the shared SQLite templates the workers report.
 * Worker: :func:`worker_run` turns that hand-off into the :class:`~.runtime.XdistRun` of the
   worker's Runtime, whose backends then share one schema template per run.
 
@@ -34,6 +36,7 @@ from .reporting import merge_report_data
 from .runtime import XdistRun
 
 if TYPE_CHECKING:
+    from .backends.pg_docker import DockerServer
     from .backends.pg_local import LocalCluster
     from .backends.postgresql import RunLock
 
@@ -94,6 +97,8 @@ class XdistSupport:
         self.run_id = new_run_id()
         #: the cluster this controller started for the run, if any
         self.cluster: LocalCluster | None = None
+        #: the container this controller launched for the run, if any
+        self.container: DockerServer | None = None
         #: the run's lock on the server of the run's URL, once held
         self.run_lock: RunLock | None = None
         self._locking: threading.Thread | None = None
@@ -121,6 +126,8 @@ class XdistSupport:
         if "://" in db or (db == "postgresql" and env_url):
             self._lock_run(db if "://" in db else str(env_url))
             return {}
+        if db == "postgresql-docker":
+            return {db: self._launch_container(explicit=True)}
         if db not in ("postgresql-local", "postgresql"):
             return {}
         try:
@@ -131,9 +138,30 @@ class XdistSupport:
         try:
             cluster.start_in_background()  # initdb overlaps the workers' start-up
         except BackendUnavailableError:
+            if db == "postgresql":  # the auto chain's last resort, as in each worker
+                handoff = self._launch_container(explicit=False)
+                return {db: handoff} if handoff else {}
             return {}  # no binaries: each worker tries and stops the run with the reason
         self.cluster = cluster
         return {db: cluster.handoff()}
+
+    def _launch_container(self, *, explicit: bool) -> dict[str, str]:
+        """One container for the run; its start-up overlaps the workers'. On failure, with
+        ``explicit``, a hand-off that gives every worker the same one-line error (no worker
+        tries again); else nothing (each worker runs its own chain and reports it)."""
+        from .backends.pg_docker import DEFAULT_IMAGE, DockerServer, failed_handoff
+        from .plugin import state
+
+        docker = state(self.config).settings.docker
+        server = DockerServer(
+            docker.image or DEFAULT_IMAGE, network=docker.network, run_id=self.run_id
+        )
+        try:
+            server.launch()
+        except BackendUnavailableError as exc:
+            return failed_handoff(exc) if explicit else {}
+        self.container = server
+        return server.handoff()
 
     def _lock_run(self, url: str) -> None:
         """Take the run's lock on ``url`` on a thread (joined before any test is handed out)."""
@@ -195,6 +223,9 @@ class XdistSupport:
         if cluster is not None:
             directory = cluster.socket_dir
             cluster.stop(keep_data=any(directory in location for location in self._kept))
+        container, self.container = self.container, None
+        if container is not None:
+            container.stop(keep=any(container.name in location for location in self._kept))
         shared_dirs, self._shared_dirs = self._shared_dirs, set()
         for shared in shared_dirs:
             shutil.rmtree(Path(shared), ignore_errors=True)

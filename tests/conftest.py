@@ -84,6 +84,8 @@ def count_threads_in_kept_database(location: str, url: str | None = None) -> int
             return int(conn.execute("SELECT count(*) FROM threads").fetchone()[0])
     if " (cluster kept; start it with: " in location:
         return _count_in_kept_cluster(location)
+    if " (container " in location:
+        return _count_in_kept_container(location)
     server = make_url(url or os.environ["THREADCREATOR_DB"])
     name = location.rsplit("/", 1)[-1]
 
@@ -105,6 +107,36 @@ def count_threads_in_kept_database(location: str, url: str | None = None) -> int
         return int(n)
 
     return asyncio.run(count_and_drop())
+
+
+def _count_in_kept_container(location: str) -> int:
+    """Count in a kept Docker container (psql over its socket), then remove the container."""
+    import subprocess
+
+    address, _, rest = location.partition(" (container ")
+    container = rest.split(" ", 1)[0]
+    dbname = address.rsplit("/", 1)[-1]
+    try:
+        out = subprocess.run(
+            [
+                "docker",
+                "exec",
+                container,
+                "psql",
+                "-U",
+                "postgres",
+                "-d",
+                dbname,
+                "-Atc",
+                "SELECT count(*) FROM threads",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        return int(out.strip())
+    finally:
+        subprocess.run(["docker", "rm", "-f", "-v", container], check=False, capture_output=True)
 
 
 def _count_in_kept_cluster(location: str) -> int:

@@ -463,12 +463,9 @@ def test_an_html_report_path_writes_a_self_contained_page(
 
 
 def test_an_unavailable_backend_stops_the_run_in_one_line(
-    pytester: pytest.Pytester, ini: object
+    pytester: pytest.Pytester, ini: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pytest_threadcreator.backends.postgresql import docker_unreachable_reason
-
-    if docker_unreachable_reason() is None:
-        pytest.skip("a Docker engine answers here; this test is about the path without one")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # Docker is not there
     pytester.makepyfile(EMPTY_EACH_TIME)
     result = pytester.runpytest("--threadcreator-db=postgresql-docker")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -484,12 +481,9 @@ def test_an_unavailable_backend_stops_the_run_in_one_line(
 
 
 def test_a_marker_asking_for_an_unavailable_backend_fails_only_its_test(
-    pytester: pytest.Pytester, ini: object
+    pytester: pytest.Pytester, ini: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pytest_threadcreator.backends.postgresql import docker_unreachable_reason
-
-    if docker_unreachable_reason() is None:
-        pytest.skip("a Docker engine answers here; this test is about the path without one")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # Docker is not there
     pytester.makepyfile(
         """
         import pytest

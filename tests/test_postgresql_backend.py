@@ -46,7 +46,6 @@ from pytest_threadcreator.backends.postgresql import (
     PostgresBackend,
     _async_url,
     _connect_kwargs,
-    docker_unreachable_reason,
     is_pg_transient,
     make_postgres_backend,
     plan_pools,
@@ -262,9 +261,8 @@ def test_missing_asyncpg_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -
     )
 
 
-def test_docker_unavailable_is_one_readable_line() -> None:
-    if docker_unreachable_reason() is None:
-        pytest.skip("a Docker daemon answers here")
+def test_docker_unavailable_is_one_readable_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # Docker is not there
     backend = make_postgres_backend(
         "postgresql-docker", worker_id="gw0", run_id="abc", pool_size=None
     )

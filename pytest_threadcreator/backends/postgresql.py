@@ -63,6 +63,10 @@ from ..errors import (
 )
 from ._compile import CompiledSelect, InsertPlan, compile_select, insert_plan
 from .base import Backend, FaultDecider, Query, StatementCallback, Store, ThreadIdTaken, apply_fault
+from .pg_docker import DEFAULT_IMAGE as DOCKER_IMAGE
+from .pg_docker import KEPT_SUFFIX, DockerServer
+from .pg_docker import _short_reason as _short_reason
+from .pg_docker import docker_unreachable_reason as docker_unreachable_reason
 from .pg_names import (
     DB_PREFIX,
     database_name,
@@ -107,9 +111,7 @@ ADMIN_TIMEOUT = 60.0
 TEMPLATE_WAIT_TIMEOUT = 600.0
 #: Comment on a finished shared template; the JSON after it lists the tables the hook seeded.
 _TEMPLATE_NOTE = "pytest-threadcreator template; seeded tables: "
-DOCKER_IMAGE = "postgres:16-alpine"
 _INSTALL_ASYNCPG = "pip install 'pytest-threadcreator[postgresql]'"
-_INSTALL_DOCKER = "pip install 'pytest-threadcreator[docker]'"
 _USE_INSTEAD = (
     "use --threadcreator-db=postgresql-local (local PostgreSQL binaries) or a server URL such as "
     "--threadcreator-db=postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -678,96 +680,6 @@ def _address(kwargs: Mapping[str, Any]) -> str:
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 5432)}"
 
 
-# ---------------------------------------------------------------------------------------------
-# Docker (testcontainers)
-# ---------------------------------------------------------------------------------------------
-
-
-class DockerServer:
-    """A testcontainers PostgreSQL, tuned for tests; :meth:`start` returns its asyncpg URL."""
-
-    def __init__(self, image: str = DOCKER_IMAGE) -> None:
-        self.image = image
-        self._container: Any = None
-
-    def start(self) -> str:
-        """Start the container; BackendUnavailableError (one line) when Docker cannot."""
-        try:
-            module = importlib.import_module("testcontainers.community.postgres")
-        except ImportError:
-            try:
-                module = importlib.import_module("testcontainers.postgres")
-            except ImportError:
-                raise BackendUnavailableError(
-                    "postgresql-docker: testcontainers is not installed; "
-                    f"{_INSTALL_DOCKER}, or {_USE_INSTEAD}"
-                ) from None
-        reason = docker_unreachable_reason()
-        if reason is not None:
-            raise BackendUnavailableError(
-                "postgresql-docker: tried to start a PostgreSQL container with testcontainers, "
-                f"but Docker is not reachable ({reason}); {_USE_INSTEAD}"
-            )
-        container = module.PostgresContainer(self.image, driver="asyncpg").with_command(
-            "postgres -c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=200"
-        )
-        try:
-            container.start()
-        except Exception as exc:  # any Docker failure becomes one readable line
-            with contextlib.suppress(Exception):
-                container.stop()
-            raise BackendUnavailableError(
-                f"postgresql-docker: the {self.image} container did not start "
-                f"({_short_reason(exc)}); {_USE_INSTEAD}"
-            ) from None
-        self._container = container
-        return str(container.get_connection_url())
-
-    def stop(self) -> None:
-        """Stop and remove the container (idempotent)."""
-        container, self._container = self._container, None
-        if container is not None:
-            with contextlib.suppress(Exception):
-                container.stop()
-
-
-def docker_unreachable_reason() -> str | None:
-    """None when a Docker daemon answers a ping, else a short reason."""
-    try:
-        docker = importlib.import_module("docker")
-    except ImportError:
-        return f"the docker package is not installed: {_INSTALL_DOCKER}"
-    try:
-        client = docker.from_env(timeout=5)
-        try:
-            client.ping()
-        finally:
-            client.close()
-    except Exception as exc:  # turned into one line
-        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-        return f"no Docker daemon at {where}: {_short_reason(exc)}"
-    return None
-
-
-def _short_reason(exc: BaseException) -> str:
-    """The innermost cause's message, one line, no traceback."""
-    inner: BaseException = exc
-    for _ in range(10):
-        nxt = inner.__cause__ or inner.__context__
-        if nxt is None:
-            break
-        inner = nxt
-    for arg in getattr(inner, "args", ()):
-        # requests/urllib3 nest the OSError inside their own exceptions' args
-        if isinstance(arg, BaseException):
-            inner = arg
-    if isinstance(inner, OSError) and inner.strerror:
-        return inner.strerror
-    text = str(inner).strip().splitlines()
-    return (text[0] if text else type(inner).__name__)[:160]
-
-
 def _finished_template_seed(row: Any) -> list[str] | None:
     """The seeded tables of a finished shared template (its ``pg_database`` row), else None."""
     if row is None or row["datallowconn"] or not row["note"]:
@@ -902,6 +814,7 @@ class PostgresBackend(Backend):
         workers: int | None = None,
         bindir: str | None = None,
         docker_image: str = DOCKER_IMAGE,
+        docker_network: str = "bridge",
         environ: Mapping[str, str] | None = None,
         template_key: str | None = None,
         shared_cluster: Mapping[str, str] | None = None,
@@ -922,6 +835,7 @@ class PostgresBackend(Backend):
         self._given_url = url
         self._bindir = bindir
         self._docker_image = docker_image
+        self._docker_network = docker_network
         self._environ = environ if environ is not None else os.environ
         #: which source was used ("url", "local", "docker") once started
         self.source = ""
@@ -942,6 +856,7 @@ class PostgresBackend(Backend):
         self._template_ready = False
         self._seeded: list[str] = []
         self._keep_cluster = False
+        self._keep_container = False
         self._databases: dict[str, Database] = {}
         self._counter = 0
         self._started = False
@@ -997,7 +912,9 @@ class PostgresBackend(Backend):
         self.timings["start_s"] = time.perf_counter() - began
 
     def _start_server(self) -> None:
-        if self._shared_cluster is not None:
+        if self._shared_cluster is not None and DockerServer.is_handoff(self._shared_cluster):
+            self._attach_docker(self._shared_cluster)
+        elif self._shared_cluster is not None:
             self._attach_local(self._shared_cluster)
         elif self.mode == "url":
             assert self._given_url is not None
@@ -1030,10 +947,17 @@ class PostgresBackend(Backend):
         self._use_url(make_url(cluster.url), "local")
 
     def _start_docker(self) -> None:
-        container = DockerServer(self._docker_image)
+        container = DockerServer(
+            self._docker_image, network=self._docker_network, run_id=self.run_id
+        )
         url = container.start()
         self.container = container
         self._use_url(_async_url(url, "the container's URL"), "docker")
+
+    def _attach_docker(self, handoff: Mapping[str, str]) -> None:
+        container = DockerServer.attach(handoff)  # waits while the container still starts
+        self.container = container
+        self._use_url(_async_url(container.url, "the container's URL"), "docker")
 
     def _start_auto(self) -> None:
         tried: list[str] = []
@@ -1366,6 +1290,11 @@ class PostgresBackend(Backend):
             # A throwaway cluster would vanish at exit: keep its files and say how to start it.
             self._keep_cluster = True
             database.location += f" (cluster kept; start it with: {self.cluster.start_command()})"
+        if self.container is not None:
+            # The container would be removed at exit: keep it running, out of later runs' sweeps.
+            self._keep_container = True
+            name = self.container.name + KEPT_SUFFIX
+            database.location += f" (container {name} kept; remove it with: docker rm -f -v {name})"
         database.url = make_url(database.url).set(database=kept).render_as_string(False)
         database.name = kept
         return kept
@@ -1446,7 +1375,8 @@ class PostgresBackend(Backend):
             # an attached cluster (xdist) is the controller's to stop; its stop() does nothing
             self.cluster.stop(keep_data=self._keep_cluster)
         if self.container is not None:
-            self.container.stop()
+            # an attached container (xdist) is the controller's to remove
+            self.container.stop(keep=self._keep_container)
         if problems and strict:
             raise DatabaseError(
                 "stopping the PostgreSQL backend left work undone: " + "; ".join(problems)
@@ -1461,13 +1391,16 @@ def make_postgres_backend(
     pool_size: int | None = None,
     template_key: str | None = None,
     shared_cluster: Mapping[str, str] | None = None,
+    docker_image: str | None = None,
+    docker_network: str | None = None,
 ) -> PostgresBackend:
     """The backend for a ``--threadcreator-db`` value (not started yet).
 
     ``"postgresql"`` (auto: ``$THREADCREATOR_POSTGRES_URL``, else local binaries, else Docker),
     ``"postgresql-local"``, ``"postgresql-docker"``, or an async SQLAlchemy URL.
     ``template_key``: share one template per run (see the module docstring);
-    ``shared_cluster``: use the local cluster another process of the run started.
+    ``shared_cluster``: use the local cluster (or Docker container) another process of the run
+    started; ``docker_image``/``docker_network``: the container's image and network mode.
     """
     _asyncpg()
     modes: dict[str, Mode] = {
@@ -1481,6 +1414,8 @@ def make_postgres_backend(
         "pool_size": pool_size,
         "template_key": template_key,
         "shared_cluster": shared_cluster,
+        "docker_image": docker_image or DOCKER_IMAGE,
+        "docker_network": docker_network or "bridge",
     }
     value = value.strip()
     if value in modes:
