@@ -9,8 +9,13 @@ Where the server comes from (:func:`make_postgres_backend`):
 
 How it behaves on a shared server:
 
-* It only creates, and only ever drops, databases named ``tc_<run>_<worker>_…``
-  (:mod:`.pg_names`), at most 63 bytes each.
+* It only creates databases named ``tc_<run>_<worker>_…`` (:mod:`.pg_names`), at most 63 bytes
+  each, and marks each as its own right after ``CREATE DATABASE`` (a ``COMMENT ON DATABASE`` that
+  names the run, :func:`.pg_names.ownership_mark`). A name is no proof: it only ever drops a
+  database that carries the mark of the run the name says, so a user's database that merely
+  looks like the plugin's survives every run, crashed run and sweep. (Should a process die
+  between the ``CREATE`` and the ``COMMENT``, an unmarked database of the plugin's stays behind;
+  that is the price of never dropping a user's.)
 * Every backend holds a *shared* advisory lock keyed by its run id on its admin connection for
   its whole life. At start it lists the ``tc_`` databases of other runs and drops a run's
   databases only after taking that run's lock *exclusively*, i.e. only when no process of that
@@ -20,7 +25,7 @@ How it behaves on a shared server:
   ``CREATE DATABASE … TEMPLATE`` wait and fail.
 * With a ``template_key`` the template is the run's, not the worker's: all xdist workers of a run
   (one run id) use one template, built by the first under an advisory lock while the others wait,
-  then reused (a finished template is sealed and carries a comment listing its seeded tables).
+  then reused (a finished template is sealed and its mark is followed by its seeded tables).
   At stop a backend drops its own databases, releases its shared run lock and, if it then gets
   the run's lock exclusively, it is the run's last: it drops the template (and anything else of
   the run left on the server). Under xdist the controller holds the run's lock too
@@ -66,7 +71,10 @@ from .base import Backend, FaultDecider, Query, StatementCallback, Store, Thread
 from .pg_names import (
     DB_PREFIX,
     database_name,
+    kept_note,
+    marked_run,
     normalise_worker_id,
+    ownership_mark,
     parse_database_name,
     run_lock_key,
     template_lock_key,
@@ -106,8 +114,8 @@ ADMIN_TIMEOUT = 60.0
 #: How long a worker waits for another worker of its run to build the shared template (the
 #: setup hook may run migrations).
 TEMPLATE_WAIT_TIMEOUT = 600.0
-#: Comment on a finished shared template; the JSON after it lists the tables the hook seeded.
-_TEMPLATE_NOTE = "pytest-threadcreator template; seeded tables: "
+#: Follows the mark on a finished shared template; the JSON after it lists the seeded tables.
+_TEMPLATE_NOTE = "; finished template; seeded tables: "
 DOCKER_IMAGE = "postgres:16-alpine"
 _INSTALL_ASYNCPG = "pip install 'pytest-threadcreator[postgresql]'"
 _INSTALL_DOCKER = "pip install 'pytest-threadcreator[docker]'"
@@ -884,18 +892,60 @@ def _short_reason(exc: BaseException) -> str:
     return (text[0] if text else type(inner).__name__)[:160]
 
 
-def _finished_template_seed(row: Any) -> list[str] | None:
+def _finished_template_seed(row: Any, run_id: str) -> list[str] | None:
     """The seeded tables of a finished shared template (its ``pg_database`` row), else None."""
     if row is None or row["datallowconn"] or not row["note"]:
         return None
     note = str(row["note"])
-    if not note.startswith(_TEMPLATE_NOTE):
+    head = ownership_mark(run_id) + _TEMPLATE_NOTE
+    if not note.startswith(head):
         return None
     try:
-        seeded = json.loads(note[len(_TEMPLATE_NOTE) :])
+        seeded = json.loads(note[len(head) :])
     except ValueError:
         return None
     return [str(name) for name in seeded] if isinstance(seeded, list) else None
+
+
+def _comment_sql(name: str, note: str) -> str:
+    return f"COMMENT ON DATABASE {_quote(name)} IS '{note.replace(chr(39), chr(39) * 2)}'"
+
+
+async def _create_marked(conn: Any, name: str, run_id: str, template: str | None = None) -> None:
+    """``CREATE DATABASE`` and mark it as ``run_id``'s at once (two statements: CREATE DATABASE
+    cannot share a transaction, and a clone does not inherit its template's comment)."""
+    clone = f" TEMPLATE {_quote(template)}" if template is not None else ""
+    await conn.execute(f"CREATE DATABASE {_quote(name)}{clone}")
+    await conn.execute(_comment_sql(name, ownership_mark(run_id)))
+
+
+def _is_ours(name: str, note: str | None, run_id: str | None = None) -> bool:
+    """True for a database the plugin marked as its own: the mark names the run that the name
+    names (and ``run_id``, if given). A name alone never is."""
+    parsed = parse_database_name(name)
+    run = marked_run(note)
+    return parsed is not None and run == parsed.run_id and (run_id is None or run == run_id)
+
+
+async def _marked_databases(conn: Any, prefix: str, run_id: str | None = None) -> list[str]:
+    """Names starting with ``prefix`` of the databases the plugin marked as its own."""
+    rows = await conn.fetch(
+        "SELECT datname, shobj_description(oid, 'pg_database') AS note FROM pg_database "
+        "WHERE datname LIKE $1 ORDER BY datname",
+        prefix.replace("_", "\\_") + "%",
+    )
+    return [row["datname"] for row in rows if _is_ours(row["datname"], row["note"], run_id)]
+
+
+async def _drop_if_ours(conn: Any, name: str, run_id: str) -> bool:
+    """``DROP DATABASE name`` if it carries ``run_id``'s mark; False (nothing done) otherwise."""
+    note = await conn.fetchval(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1", name
+    )
+    if not _is_ours(name, note, run_id):
+        return False
+    await conn.execute(f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)")
+    return True
 
 
 async def _drop_run_if_last(conn: Any, run_id: str) -> list[str]:
@@ -911,17 +961,9 @@ async def _drop_run_if_last(conn: Any, run_id: str) -> list[str]:
         return []  # another holder is alive: the last one drops it
     problems: list[str] = []
     try:
-        rows = await conn.fetch(
-            "SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY datname",
-            f"{DB_PREFIX}{run_id}_".replace("_", "\\_") + "%",
-        )
-        for row in rows:
-            name = row["datname"]
-            parsed = parse_database_name(name)
-            if parsed is None or parsed.run_id != run_id:
-                continue
+        for name in await _marked_databases(conn, f"{DB_PREFIX}{run_id}_", run_id):
             try:
-                await conn.execute(f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)")
+                await _drop_if_ours(conn, name, run_id)
             except Exception as exc:  # collected and reported
                 problems.append(f"dropping {name}: {_short_reason(exc)}")
     finally:
@@ -1237,16 +1279,15 @@ class PostgresBackend(Backend):
         self.removed_leftovers = await self._remove_dead_runs(conn)
 
     async def _remove_dead_runs(self, conn: Any) -> list[str]:
-        """Drop the databases of runs whose advisory lock nobody holds (their processes died)."""
-        rows = await conn.fetch(
-            "SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY datname",
-            DB_PREFIX.replace("_", "\\_") + "%",
-        )
+        """Drop the databases of runs whose advisory lock nobody holds (their processes died).
+
+        Only databases marked as the plugin's own count; kept ones carry no mark.
+        """
         by_run: dict[str, list[str]] = {}
-        for row in rows:
-            parsed = parse_database_name(row["datname"])
+        for name in await _marked_databases(conn, DB_PREFIX):
+            parsed = parse_database_name(name)
             if parsed is not None and parsed.run_id != self.run_id:
-                by_run.setdefault(parsed.run_id, []).append(row["datname"])
+                by_run.setdefault(parsed.run_id, []).append(name)
         removed: list[str] = []
         for run_id, names in by_run.items():
             key = run_lock_key(run_id)
@@ -1261,8 +1302,8 @@ class PostgresBackend(Backend):
             try:
                 for name in names:
                     with contextlib.suppress(Exception):
-                        await conn.execute(f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)")
-                        removed.append(name)
+                        if await _drop_if_ours(conn, name, run_id):
+                            removed.append(name)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1, $2)", *key)
         return removed
@@ -1320,7 +1361,7 @@ class PostgresBackend(Backend):
 
         row = self._admin_run(claim, timeout=TEMPLATE_WAIT_TIMEOUT)
         try:
-            seeded = _finished_template_seed(row)
+            seeded = _finished_template_seed(row, self.run_id)
             if seeded is None:  # not there, or left half-built by a worker that died
                 self._build_template(schema, setup)
             else:
@@ -1338,8 +1379,16 @@ class PostgresBackend(Backend):
         tpl = _quote(self.template)
 
         async def create(conn: Any) -> None:
-            await conn.execute(f"DROP DATABASE IF EXISTS {tpl} WITH (FORCE)")
-            await conn.execute(f"CREATE DATABASE {tpl}")
+            # left half-built by a worker of this run that died: ours if marked, else not ours
+            await _drop_if_ours(conn, self.template, self.run_id)
+            if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", self.template):
+                raise DatabaseError(
+                    f"PostgreSQL at {self.address}: a database named {self.template} exists but "
+                    "carries no pytest-threadcreator mark, so it is not the plugin's to drop; "
+                    "if it is a leftover of a run that died while creating it, drop it by hand "
+                    f'(DROP DATABASE "{self.template}") and run again'
+                )
+            await _create_marked(conn, self.template, self.run_id)
 
         self._admin_run(create)
         self._background.run(self._create_all(schema), timeout=ADMIN_TIMEOUT)
@@ -1351,11 +1400,11 @@ class PostgresBackend(Backend):
                 database.close()
             self._seeded = self._background.run(self._copy_seed(schema), timeout=ADMIN_TIMEOUT)
 
-        note = (_TEMPLATE_NOTE + json.dumps(self._seeded)).replace("'", "''")
+        note = ownership_mark(self.run_id) + _TEMPLATE_NOTE + json.dumps(self._seeded)
 
         async def seal(conn: Any) -> None:
-            # The note says "finished" to the other workers of the run, and what was seeded.
-            await conn.execute(f"COMMENT ON DATABASE {tpl} IS '{note}'")
+            # Still the run's mark, now also "finished" to the other workers, and what was seeded.
+            await conn.execute(_comment_sql(self.template, note))
             # No session may stay on a template (CREATE DATABASE … TEMPLATE would wait and
             # fail), and none may come back later.
             await conn.execute(f"ALTER DATABASE {tpl} ALLOW_CONNECTIONS false")
@@ -1407,10 +1456,9 @@ class PostgresBackend(Backend):
         with self._state_lock:
             self._counter += 1
             name = database_name(self.run_id, self.worker_id, self._counter, label)
-        tpl = _quote(self.template)
 
         async def create(conn: Any) -> None:
-            await conn.execute(f"CREATE DATABASE {_quote(name)} TEMPLATE {tpl}")
+            await _create_marked(conn, name, self.run_id, template=self.template)
 
         self._admin_run(create)
         database = self._open(name, label=label, isolation=isolation)
@@ -1447,21 +1495,23 @@ class PostgresBackend(Backend):
         )
 
     def drop_database(self, database: Database) -> None:
-        """Close the database's pools and ``DROP DATABASE … WITH (FORCE)``."""
+        """Close the database's pools and ``DROP DATABASE … WITH (FORCE)`` if it carries this
+        run's mark (a database without it is left alone, whatever its name)."""
         database.close()
         self._databases.pop(database.name, None)
-        name = _quote(database.name)
+        name = database.name
 
         async def drop(conn: Any) -> None:
-            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            await _drop_if_ours(conn, name, self.run_id)
 
         self._admin_run(drop)
 
     def keep_database(self, database: Database) -> str:
         """Keep a database after the run (``--threadcreator-keep``); returns its final name.
 
-        It is renamed ``tk_…`` so that no later run's cleanup takes it for a leftover; its
-        ``name``, ``url`` and ``location`` are updated. Drop it by hand when done.
+        Its mark gives way to a note saying it was kept (no run drops a database without the
+        mark), then it is renamed ``tk_…``; its ``name``, ``url`` and ``location`` are updated.
+        Drop it by hand when done.
         """
         database.close()
         self._databases.pop(database.name, None)
@@ -1469,6 +1519,7 @@ class PostgresBackend(Backend):
         old, new = _quote(database.name), _quote(kept)
 
         async def rename(conn: Any) -> None:
+            await conn.execute(_comment_sql(database.name, kept_note(self.run_id, kept)))
             await conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = $1 AND pid <> pg_backend_pid()",
@@ -1487,17 +1538,13 @@ class PostgresBackend(Backend):
         return kept
 
     def leftovers(self) -> list[str]:
-        """Databases of this run and worker still on the server."""
+        """Databases of this run and worker still on the server (marked as the run's own)."""
         if not self._started or self._stopped:
             return []
-        prefix = f"{DB_PREFIX}{self.run_id}_{self.worker_id}_".replace("_", "\\_")
+        prefix = f"{DB_PREFIX}{self.run_id}_{self.worker_id}_"
 
         async def names(conn: Any) -> list[str]:
-            rows = await conn.fetch(
-                "SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY datname",
-                prefix + "%",
-            )
-            return [row["datname"] for row in rows]
+            return await _marked_databases(conn, prefix, self.run_id)
 
         return self._admin_run(names)
 
@@ -1541,9 +1588,7 @@ class PostgresBackend(Backend):
                 async with self._admin_lock:
                     for name in names:
                         try:
-                            await self._admin.execute(
-                                f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)"
-                            )
+                            await _drop_if_ours(self._admin, name, self.run_id)
                         except Exception as exc:  # collected and reported
                             problems.append(f"dropping {name}: {_short_reason(exc)}")
                     if self.shared_template and not attached:
