@@ -187,10 +187,14 @@ def test_a_blocker_that_cannot_be_ended_fails_the_reset_once_naming_it(
         # the superuser's session, which a CREATEDB role may not end
         blocker = await asyncpg.connect(**_kwargs(PG_SERVER_URL, db.name))
         try:
-            await blocker.execute("BEGIN; UPDATE threads SET title = 'held by the superuser'")
             pid = int(await blocker.fetchval("SELECT pg_backend_pid()"))
+            await blocker.execute("BEGIN; UPDATE threads SET title = 'held by the superuser'")
             with pytest.raises(DatabaseError) as failure:
                 await asyncio.to_thread(db.store.reset)
+            # while it lives, the next reset fails at once with the same message
+            with pytest.raises(DatabaseError) as again:
+                await asyncio.to_thread(db.store.reset)
+            assert str(again.value) == f"{failure.value} (it is still there: not waiting again)"
             assert await _alive(blocker), "the plugin could not end it, and did not"
             return pid, str(failure.value)
         finally:

@@ -407,6 +407,10 @@ class PgStore(Store):
         self._closed = False
         self._pk_constraint: str | None = None
         self._reset_sql = _reset_sql(schema, seeded)
+        #: How long a reset waits for a lock that a session it could not end holds.
+        self.reset_lock_timeout = RESET_LOCK_TIMEOUT
+        #: The last reset's failure while its blockers live: the next one fails without waiting.
+        self._reset_blocked: tuple[list[int], str] | None = None
         self._watcher: StatementCallback | None = None
         #: server pid -> (watcher, the query logger attached to that connection for it)
         self._loggers: dict[int, tuple[StatementCallback, Callable[[Any], None]]] = {}
@@ -618,15 +622,58 @@ class PgStore(Store):
         return is_pg_transient(exc)
 
     def reset(self) -> None:
-        """Empty every table of the schema in one round trip (see :func:`_reset_sql`)."""
+        """Empty every table of the schema in one round trip (see :func:`_reset_sql`).
+
+        Sessions a previous test left holding locks on the tables are ended first. When one
+        cannot be ended (another role's), the reset waits :attr:`reset_lock_timeout` seconds
+        and raises DatabaseError naming it; while it lives, later resets fail without waiting.
+        """
         self.background.run(self._reset(), timeout=ADMIN_TIMEOUT)
 
     async def _reset(self) -> None:
         pool, conn = await self._acquire()
         try:
-            await conn.execute(self._reset_sql)
+            if self._reset_blocked is not None:
+                pids, message = self._reset_blocked
+                if await conn.fetchval(_STILL_THERE, pids):
+                    raise DatabaseError(message + " (it is still there: not waiting again)")
+                self._reset_blocked = None
+            timeout_ms = max(1, round(self.reset_lock_timeout * 1000))
+            try:
+                await conn.execute(f"SET LOCAL lock_timeout = {timeout_ms}; {self._reset_sql}")
+            except _asyncpg().LockNotAvailableError:
+                pids, message = await self._blocked_reset(conn)
+                self._reset_blocked = (pids, message) if pids else None
+                raise DatabaseError(message) from None
         finally:
             await self._release(pool, conn)
+
+    async def _blocked_reset(self, conn: Any) -> tuple[list[int], str]:
+        """Who holds locks on the tables that the reset waited for, and what to do."""
+        tables = [_PREPARER.format_table(t) for t in self.schema.metadata.sorted_tables]
+        rows = await conn.fetch(_LOCK_HOLDERS, tables)
+        role = await conn.fetchval("SELECT current_user")
+        head = (
+            f"resetting the PostgreSQL database {self.name} for the next test waited "
+            f"{self.reset_lock_timeout:g} s for a lock and gave up: "
+        )
+        if not rows:
+            return [], head + (
+                "no session holds locks on its tables any more, so it was short-lived; if this "
+                "happens again, look for transactions that your tests and fixtures leave open"
+            )
+        who = "; ".join(
+            f"pid {row['pid']} (user {row['usename']}, "
+            f"{row['state'] or f'state hidden from role {role}'}, query {row['query']!r})"
+            for row in rows
+        )
+        one = len(rows) == 1
+        return [int(row["pid"]) for row in rows], head + (
+            f"{who} {'holds' if one else 'hold'} locks on its tables, and role {role} may not "
+            f"end {'it' if one else 'them'}. Commit, roll back or close the transactions that "
+            "your tests and fixtures open, or end the session with "
+            "SELECT pg_terminate_backend(pid)"
+        )
 
     def close(self) -> None:
         """Close the pool (waits up to 5 s for connections in use, then terminates them)."""
@@ -656,6 +703,35 @@ class PgStore(Store):
 
 #: From this many rows on, TRUNCATE (≈4 ms whatever the size) beats DELETE (≈0.1 ms + 4 µs/row).
 RESET_TRUNCATE_ROWS = 500
+#: Seconds a reset waits for a lock held by a session it could not end, before it gives up.
+RESET_LOCK_TIMEOUT = 10.0
+
+#: Other sessions on this database that may block a reset: in a transaction that wrote or locked
+#: rows (it has a transaction id), or holding a table lock stronger than writers take.
+_BLOCKERS = (
+    "SELECT a.pid FROM pg_stat_activity AS a "
+    "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() "
+    "AND a.backend_type = 'client backend' AND a.state <> 'idle' "
+    "AND (a.backend_xid IS NOT NULL OR EXISTS (SELECT 1 FROM pg_locks AS l "
+    "WHERE l.pid = a.pid AND l.locktype = 'relation' "
+    "AND l.mode NOT IN ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock')))"
+)
+
+#: Sessions holding locks on the given tables (or a transaction id), for a reset's error.
+_LOCK_HOLDERS = (
+    "SELECT a.pid, a.usename, a.state, left(a.query, 200) AS query FROM pg_stat_activity AS a "
+    "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() "
+    "AND a.backend_type = 'client backend' AND (a.backend_xid IS NOT NULL OR EXISTS ("
+    "SELECT 1 FROM pg_locks AS l WHERE l.pid = a.pid AND l.locktype = 'relation' "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND l.relation = ANY (SELECT to_regclass(t)::oid FROM unnest($1::text[]) AS t))) "
+    "ORDER BY a.pid"
+)
+
+#: Whether any of the sessions that blocked the last reset is still in a transaction.
+_STILL_THERE = (
+    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = ANY ($1::int[]) AND state <> 'idle')"
+)
 
 
 def _reset_sql(schema: ThreadSchema, seeded: Sequence[str] = ()) -> str:
@@ -667,7 +743,18 @@ def _reset_sql(schema: ThreadSchema, seeded: Sequence[str] = ()) -> str:
     Small tables (the usual case) get DELETEs, children first: ≈0.2 ms and no ACCESS EXCLUSIVE
     lock, so a session a test leaked does not block it. From :data:`RESET_TRUNCATE_ROWS` rows on
     it TRUNCATEs instead. Identity sequences are not restarted either way. It runs as one
-    implicit transaction (nothing stays open) with a lock timeout, so it cannot hang.
+    implicit transaction (nothing stays open); the caller sets its lock timeout.
+
+    Nothing a previous test left behind can block it. The first attempt may wait 1 ms for a
+    lock (in a subtransaction: the usual case costs ≈0.1 ms more than no attempt at all, where
+    a look at ``pg_stat_activity`` on every reset would cost ≈0.5 ms). When it had to wait, it
+    ends the sessions on the database that may block it (:data:`_BLOCKERS`: in a transaction
+    that wrote or locked rows, or holding a strong table lock; they are the test suite's own,
+    on the plugin's database) and tries again with the caller's lock timeout, DELETEing if
+    another session still holds a lock on the tables (an open read transaction would make
+    TRUNCATE wait). Idle sessions (the pools' connections) and read transactions are never
+    ended, so no pool hands out a dead connection; sessions that it may not end (another
+    role's) are left, and the lock timeout then reports them (see :meth:`PgStore.reset`).
     """
     tables = [_PREPARER.format_table(t) for t in reversed(schema.metadata.sorted_tables)]
     if not tables:
@@ -677,15 +764,31 @@ def _reset_sql(schema: ThreadSchema, seeded: Sequence[str] = ()) -> str:
         f"(SELECT count(*) FROM (SELECT 1 FROM {name} LIMIT {limit}) AS s)" for name in tables
     )
     deletes = " ".join(f"DELETE FROM {name};" for name in tables)
+    truncate = f"TRUNCATE {', '.join(tables)} CASCADE;"
+    oids = ", ".join("'" + name.replace("'", "''") + "'::regclass" for name in tables)
+    others_lock_tables = (
+        "EXISTS (SELECT 1 FROM pg_locks WHERE pid <> pg_backend_pid() AND locktype = 'relation' "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        f"AND relation IN ({oids}))"
+    )
+    end_blockers = (
+        f"FOR blocker IN {_BLOCKERS} LOOP BEGIN PERFORM pg_terminate_backend(blocker); "
+        "EXCEPTION WHEN insufficient_privilege THEN NULL; END; END LOOP;"
+    )
     restore = " ".join(
         f"INSERT INTO {_PREPARER.format_table(t)} SELECT * FROM {SEED_SCHEMA}.{_quote(t.name)};"
         for t in schema.metadata.sorted_tables
         if t.name in seeded
     )
     return (
-        "SET LOCAL lock_timeout = '10s'; DO $threadcreator$ BEGIN "
-        f"IF {counted} >= {limit} THEN TRUNCATE {', '.join(tables)} CASCADE; "
-        f"ELSE {deletes} END IF; {restore} END $threadcreator$;"
+        "DO $threadcreator$ DECLARE blocker int; "
+        "patience text := current_setting('lock_timeout'); BEGIN "
+        "BEGIN PERFORM set_config('lock_timeout', '1ms', true); "
+        f"IF {counted} >= {limit} THEN {truncate} ELSE {deletes} END IF; "
+        f"EXCEPTION WHEN lock_not_available THEN {end_blockers} "
+        "PERFORM set_config('lock_timeout', patience, true); "
+        f"IF {counted} >= {limit} AND NOT {others_lock_tables} THEN {truncate} "
+        f"ELSE {deletes} END IF; END; {restore} END $threadcreator$;"
     )
 
 
