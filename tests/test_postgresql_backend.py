@@ -36,7 +36,9 @@ from pytest_threadcreator.backends.pg_local import LocalCluster, remove_stale_cl
 from pytest_threadcreator.backends.pg_names import (
     MAX_IDENTIFIER_BYTES,
     database_name,
+    marked_run,
     new_run_id,
+    ownership_mark,
     parse_database_name,
     run_lock_key,
     template_name,
@@ -92,6 +94,35 @@ def _databases_like(prefix: str) -> list[str]:
     pattern = prefix.replace("_", "\\_") + "%"
     rows = _sync_fetch("SELECT datname FROM pg_database WHERE datname LIKE $1", pattern)
     return sorted(row["datname"] for row in rows)
+
+
+def _notes(*names: str) -> dict[str, str | None]:
+    """The comment on each database (None: no comment, or no such database)."""
+    rows = _sync_fetch(
+        "SELECT datname, shobj_description(oid, 'pg_database') AS note FROM pg_database "
+        "WHERE datname = ANY($1::text[])",
+        list(names),
+    )
+    found = {row["datname"]: row["note"] for row in rows}
+    return {name: found.get(name) for name in names}
+
+
+async def _create_user_database(admin: Any, name: str) -> None:
+    """A user's database (no mark) with rows in it."""
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    conn = await asyncpg.connect(**_server_kwargs(name))
+    try:
+        await conn.execute("CREATE TABLE orders AS SELECT g AS id FROM generate_series(1, 100) g")
+    finally:
+        await conn.close()
+
+
+async def _orders_in(name: str) -> int:
+    conn = await asyncpg.connect(**_server_kwargs(name))
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM orders"))
+    finally:
+        await conn.close()
 
 
 def _rows(
@@ -487,8 +518,62 @@ def test_keep_database_renames_it_out_of_the_cleanup(backend: PostgresBackend) -
         assert database.location.endswith("/" + kept)
         assert _databases_like(kept) == [kept] and _databases_like(old) == []
         assert parse_database_name(kept) is None
+        note = _notes(kept)[kept]
+        assert note is not None and marked_run(note) is None, "no sweep takes a kept database"
+        assert f'DROP DATABASE "{kept}"' in note, "the note says how to drop it"
     finally:
         _sync_fetch(f'DROP DATABASE IF EXISTS "{kept}" WITH (FORCE)')
+
+
+@needs_server
+def test_every_database_is_marked_as_the_runs_own_when_created(
+    backend: PostgresBackend, db: Database
+) -> None:
+    notes = _notes(backend.template, db.name)
+    assert {name: marked_run(note) for name, note in notes.items()} == {
+        backend.template: backend.run_id,
+        db.name: backend.run_id,
+    }
+
+
+def test_marks_name_their_run_and_nothing_else_passes_for_one() -> None:
+    assert marked_run(ownership_mark("a1b2c3")) == "a1b2c3"
+    assert marked_run(ownership_mark("a1b2c3") + "; finished template") == "a1b2c3"
+    lookalike_notes = ["", "a1b2c3", "tc_a1b2c3_master_1_clean", "backup of 2024 Q1"]
+    for note in [None, *lookalike_notes, "pytest-threadcreator", ownership_mark("a1b2c3") + "X"]:
+        assert marked_run(note) is None, note
+
+
+@needs_server
+def test_a_run_drops_only_what_it_marked_even_under_its_own_run_id() -> None:
+    run = new_run_id()
+    backend = PostgresBackend("url", url=SERVER_URL, run_id=run, worker_id="gw6", template_key="s1")
+    # the user's databases, named exactly as this very run's would be
+    lookalikes = [database_name(run, "gw6", 99, "user copy"), template_name(run, "gw5")]
+
+    async def create() -> None:
+        admin = await asyncpg.connect(**_server_kwargs())
+        try:
+            for name in lookalikes:
+                await _create_user_database(admin, name)
+        finally:
+            await admin.close()
+
+    try:
+        backend.start()
+        backend.prepare_template(SCHEMA, None)
+        clean = backend.create_database("clean", isolation="clean")
+        fresh = backend.create_database("fresh", isolation="fresh")
+        asyncio.run(create())
+        assert backend.leftovers() == sorted([clean.name, fresh.name])  # the unmarked one: not
+        backend.drop_database(fresh)
+        backend.stop()  # the run's last backend: drops the rest of the run
+        assert _databases_like(f"tc_{run}_") == sorted(lookalikes)
+        assert [asyncio.run(_orders_in(name)) for name in lookalikes] == [100, 100]
+    finally:
+        backend.stop()
+        for name in lookalikes:
+            _sync_fetch(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @needs_server
@@ -522,6 +607,8 @@ def test_a_dead_runs_databases_go_and_a_live_runs_stay() -> None:
     foreign = f"tcx_{dead}_not_ours"
     dead_names = [template_name(dead, "gw0"), database_name(dead, "gw0", 1, "left behind")]
     live_names = [template_name(live, "gw1"), database_name(live, "gw1", 1, "still running")]
+    # named as the dead run's, but never marked: a user's database, which stays
+    unmarked = [database_name(dead, "gw0", 2, "user copy"), template_name(dead, "gw3")]
 
     present: list[str] = []
 
@@ -532,8 +619,11 @@ def test_a_dead_runs_databases_go_and_a_live_runs_stay() -> None:
             # The live run's process holds its lock, as a running backend does, from before its
             # databases exist (another run's cleanup may start at any moment on a shared server).
             await holder.execute("SELECT pg_advisory_lock_shared($1, $2)", *run_lock_key(live))
-            for name in [*dead_names, *live_names, foreign]:
+            for name, run in [*((n, dead) for n in dead_names), *((n, live) for n in live_names)]:
                 await admin.execute(f'CREATE DATABASE "{name}"')
+                await admin.execute(f"COMMENT ON DATABASE \"{name}\" IS '{ownership_mark(run)}'")
+            for name in [*unmarked, foreign]:
+                await _create_user_database(admin, name)
             newcomer = PostgresBackend("url", url=SERVER_URL, run_id=new_run_id())
             await asyncio.to_thread(newcomer.start)
             removed = newcomer.removed_leftovers
@@ -543,7 +633,7 @@ def test_a_dead_runs_databases_go_and_a_live_runs_stay() -> None:
             return removed
         finally:
             await holder.close()
-            for name in [*dead_names, *live_names, foreign]:
+            for name in [*dead_names, *live_names, *unmarked, foreign]:
                 await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             await admin.close()
 
@@ -551,9 +641,9 @@ def test_a_dead_runs_databases_go_and_a_live_runs_stay() -> None:
     # Under xdist another worker's backend may start meanwhile and be the one that removes the
     # dead run's databases; what matters is that they are gone and the others are not.
     assert set(removed) <= set(dead_names) | {n for n in removed if live not in n}
-    assert not any(live in n or n == foreign for n in removed)
+    assert not any(live in n or n == foreign or n in unmarked for n in removed)
     assert all(name not in present for name in dead_names)
-    assert all(name in present for name in [*live_names, foreign])
+    assert all(name in present for name in [*live_names, *unmarked, foreign])
 
 
 # -- the store: create, explicit ids, failures -------------------------------------------------

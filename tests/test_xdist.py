@@ -28,6 +28,7 @@ from pytest_threadcreator.backends.pg_local import LocalCluster
 from pytest_threadcreator.backends.pg_names import (
     MAX_IDENTIFIER_BYTES,
     new_run_id,
+    ownership_mark,
     parse_database_name,
     template_name,
 )
@@ -40,7 +41,7 @@ from pytest_threadcreator.backends.postgresql import (
 from pytest_threadcreator.backends.sqlite import SqliteBackend
 from pytest_threadcreator.creator import ThreadCreator
 from pytest_threadcreator.database import Database
-from pytest_threadcreator.errors import BackendUnavailableError
+from pytest_threadcreator.errors import BackendUnavailableError, DatabaseError
 from pytest_threadcreator.runtime import Runtime, schema_key
 from pytest_threadcreator.schema import default_schema
 from pytest_threadcreator.xdist_support import run_id_from_testrunuid
@@ -404,14 +405,39 @@ def test_postgresql_template_left_half_built_is_rebuilt(
     two_pg_workers: list[PostgresBackend],
 ) -> None:
     first, second = two_pg_workers
-    # a worker died while building: the template exists but was never sealed
+    # a worker died while building: the template exists, marked as the run's, never sealed
     asyncio.run(_fetch(f'CREATE DATABASE "{first.template}"'))
+    asyncio.run(
+        _fetch(f"COMMENT ON DATABASE \"{first.template}\" IS '{ownership_mark(first.run_id)}'")
+    )
     calls: list[str] = []
     first.prepare_template(SCHEMA, _seeding_hook(calls))
     second.prepare_template(SCHEMA, _seeding_hook(calls))
     assert calls == [first.template]
     database = second.create_database("clean", isolation="clean")
     assert asyncio.run(database.count_threads()) == 1
+
+
+@needs_server
+def test_an_unmarked_database_under_the_templates_name_is_left_alone(
+    two_pg_workers: list[PostgresBackend],
+) -> None:
+    first, _ = two_pg_workers
+    # a database the plugin did not mark: a user's, or one whose creator died before marking it
+    asyncio.run(_fetch(f'CREATE DATABASE "{first.template}"'))
+    try:
+        with pytest.raises(DatabaseError) as failure:
+            first.prepare_template(SCHEMA, _seeding_hook([]))
+        assert str(failure.value) == (
+            f"PostgreSQL at {first.address}: a database named {first.template} exists but "
+            "carries no pytest-threadcreator mark, so it is not the plugin's to drop; if it is a "
+            "leftover of a run that died while creating it, drop it by hand "
+            f'(DROP DATABASE "{first.template}") and run again'
+        )
+        first.stop()
+        assert databases_of_run(first.run_id) == [first.template]
+    finally:
+        asyncio.run(_fetch(f'DROP DATABASE IF EXISTS "{first.template}" WITH (FORCE)'))
 
 
 @needs_server

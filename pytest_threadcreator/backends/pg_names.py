@@ -12,6 +12,12 @@ truncates longer identifiers, so long per-worker names would collide):
 * ``<suffix>``: ``template`` for a template, else ``<n>_<label>``: a per-worker
   sequence number (unique) and the test's label, cut to fit and suffixed with a short hash of the
   full label when cut, so two long labels stay tellable apart for humans.
+
+A name is no proof of ownership: a user's database may look exactly like one of these. What makes
+a database the plugin's is its *mark*, a comment (``COMMENT ON DATABASE``) set right after
+``CREATE DATABASE`` that names the run (:func:`ownership_mark`, read back by
+:func:`marked_run`). Nothing is ever dropped without it. A kept database gets a note instead
+(:func:`kept_note`) that no run reads as a mark.
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ __all__ = [
     "MAX_IDENTIFIER_BYTES",
     "ParsedName",
     "database_name",
+    "kept_note",
+    "marked_run",
     "new_run_id",
+    "ownership_mark",
     "parse_database_name",
     "run_lock_key",
     "template_lock_key",
@@ -45,6 +54,9 @@ _MIN_LABEL = 10
 _TOKEN = re.compile(r"[a-z0-9]+")
 _NAME = re.compile(r"tc_([a-z0-9]+)_([a-z0-9]+)_(template|[0-9a-z]+_[a-z0-9_]*)")
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+#: Start of the comment that marks a database as made by the plugin for a run.
+_MARK = "pytest-threadcreator database of run "
+_MARKED = re.compile(re.escape(_MARK) + r"([a-z0-9]{1,20})(?:;.*)?", re.DOTALL)
 #: First half of every advisory lock key the plugin takes ("tc" + 1), second half from the run id.
 _LOCK_CLASS = 0x7463_0001
 #: First half of the lock that serialises the build of one template ("tc" + 2).
@@ -158,3 +170,28 @@ def template_lock_key(template: str) -> tuple[int, int]:
     """
     digest = hashlib.blake2b(template.encode(), digest_size=4).digest()
     return _TEMPLATE_LOCK_CLASS, int.from_bytes(digest, "big", signed=True)
+
+
+def ownership_mark(run_id: str) -> str:
+    """The comment the plugin puts on every database it creates for ``run_id``.
+
+    Only a database that carries it (and a name of :func:`parse_database_name`'s form with the
+    same run id) is ever dropped; more may follow after a ``;`` (a finished template's note).
+    """
+    return _MARK + _check_token(run_id, "run id", MAX_RUN_ID)
+
+
+def marked_run(note: str | None) -> str | None:
+    """The run id that a database comment marks the database as the plugin's for, else None."""
+    if not note:
+        return None
+    match = _MARKED.fullmatch(note)
+    return match.group(1) if match is not None else None
+
+
+def kept_note(run_id: str, name: str) -> str:
+    """The comment of a database kept by ``--threadcreator-keep``: no mark, so no run drops it."""
+    return (
+        f"pytest-threadcreator kept this database of run {run_id} (--threadcreator-keep); "
+        f'no run drops it: DROP DATABASE "{name}" when done'
+    )

@@ -9,8 +9,13 @@ Where the server comes from (:func:`make_postgres_backend`):
 
 How it behaves on a shared server:
 
-* It only creates, and only ever drops, databases named ``tc_<run>_<worker>_…``
-  (:mod:`.pg_names`), at most 63 bytes each.
+* It only creates databases named ``tc_<run>_<worker>_…`` (:mod:`.pg_names`), at most 63 bytes
+  each, and marks each as its own right after ``CREATE DATABASE`` (a ``COMMENT ON DATABASE`` that
+  names the run, :func:`.pg_names.ownership_mark`). A name is no proof: it only ever drops a
+  database that carries the mark of the run the name says, so a user's database that merely
+  looks like the plugin's survives every run, crashed run and sweep. (Should a process die
+  between the ``CREATE`` and the ``COMMENT``, an unmarked database of the plugin's stays behind;
+  that is the price of never dropping a user's.)
 * Every backend holds a *shared* advisory lock keyed by its run id on its admin connection for
   its whole life. At start it lists the ``tc_`` databases of other runs and drops a run's
   databases only after taking that run's lock *exclusively*, i.e. only when no process of that
@@ -20,7 +25,7 @@ How it behaves on a shared server:
   ``CREATE DATABASE … TEMPLATE`` wait and fail.
 * With a ``template_key`` the template is the run's, not the worker's: all xdist workers of a run
   (one run id) use one template, built by the first under an advisory lock while the others wait,
-  then reused (a finished template is sealed and carries a comment listing its seeded tables).
+  then reused (a finished template is sealed and its mark is followed by its seeded tables).
   At stop a backend drops its own databases, releases its shared run lock and, if it then gets
   the run's lock exclusively, it is the run's last: it drops the template (and anything else of
   the run left on the server). Under xdist the controller holds the run's lock too
@@ -70,7 +75,10 @@ from .pg_docker import docker_unreachable_reason as docker_unreachable_reason
 from .pg_names import (
     DB_PREFIX,
     database_name,
+    kept_note,
+    marked_run,
     normalise_worker_id,
+    ownership_mark,
     parse_database_name,
     run_lock_key,
     template_lock_key,
@@ -109,8 +117,8 @@ ADMIN_TIMEOUT = 60.0
 #: How long a worker waits for another worker of its run to build the shared template (the
 #: setup hook may run migrations).
 TEMPLATE_WAIT_TIMEOUT = 600.0
-#: Comment on a finished shared template; the JSON after it lists the tables the hook seeded.
-_TEMPLATE_NOTE = "pytest-threadcreator template; seeded tables: "
+#: Follows the mark on a finished shared template; the JSON after it lists the seeded tables.
+_TEMPLATE_NOTE = "; finished template; seeded tables: "
 _INSTALL_ASYNCPG = "pip install 'pytest-threadcreator[postgresql]'"
 _USE_INSTEAD = (
     "use --threadcreator-db=postgresql-local (local PostgreSQL binaries) or a server URL such as "
@@ -281,6 +289,10 @@ class PgStore(Store):
         self._closed = False
         self._pk_constraint: str | None = None
         self._reset_sql = _reset_sql(schema, seeded)
+        #: How long a reset waits for a lock that a session it could not end holds.
+        self.reset_lock_timeout = RESET_LOCK_TIMEOUT
+        #: The last reset's failure while its blockers live: the next one fails without waiting.
+        self._reset_blocked: tuple[list[int], str] | None = None
         self._watcher: StatementCallback | None = None
         #: server pid -> (watcher, the query logger attached to that connection for it)
         self._loggers: dict[int, tuple[StatementCallback, Callable[[Any], None]]] = {}
@@ -496,15 +508,58 @@ class PgStore(Store):
         return is_pg_transient(exc)
 
     def reset(self) -> None:
-        """Empty every table of the schema in one round trip (see :func:`_reset_sql`)."""
+        """Empty every table of the schema in one round trip (see :func:`_reset_sql`).
+
+        Sessions a previous test left holding locks on the tables are ended first. When one
+        cannot be ended (another role's), the reset waits :attr:`reset_lock_timeout` seconds
+        and raises DatabaseError naming it; while it lives, later resets fail without waiting.
+        """
         self.background.run(self._reset(), timeout=ADMIN_TIMEOUT)
 
     async def _reset(self) -> None:
         pool, conn = await self._acquire()
         try:
-            await conn.execute(self._reset_sql)
+            if self._reset_blocked is not None:
+                pids, message = self._reset_blocked
+                if await conn.fetchval(_STILL_THERE, pids):
+                    raise DatabaseError(message + " (it is still there: not waiting again)")
+                self._reset_blocked = None
+            timeout_ms = max(1, round(self.reset_lock_timeout * 1000))
+            try:
+                await conn.execute(f"SET LOCAL lock_timeout = {timeout_ms}; {self._reset_sql}")
+            except _asyncpg().LockNotAvailableError:
+                pids, message = await self._blocked_reset(conn)
+                self._reset_blocked = (pids, message) if pids else None
+                raise DatabaseError(message) from None
         finally:
             await self._release(pool, conn)
+
+    async def _blocked_reset(self, conn: Any) -> tuple[list[int], str]:
+        """Who holds locks on the tables that the reset waited for, and what to do."""
+        tables = [_PREPARER.format_table(t) for t in self.schema.metadata.sorted_tables]
+        rows = await conn.fetch(_LOCK_HOLDERS, tables)
+        role = await conn.fetchval("SELECT current_user")
+        head = (
+            f"resetting the PostgreSQL database {self.name} for the next test waited "
+            f"{self.reset_lock_timeout:g} s for a lock and gave up: "
+        )
+        if not rows:
+            return [], head + (
+                "no session holds locks on its tables any more, so it was short-lived; if this "
+                "happens again, look for transactions that your tests and fixtures leave open"
+            )
+        who = "; ".join(
+            f"pid {row['pid']} (user {row['usename']}, "
+            f"{row['state'] or f'state hidden from role {role}'}, query {row['query']!r})"
+            for row in rows
+        )
+        one = len(rows) == 1
+        return [int(row["pid"]) for row in rows], head + (
+            f"{who} {'holds' if one else 'hold'} locks on its tables, and role {role} may not "
+            f"end {'it' if one else 'them'}. Commit, roll back or close the transactions that "
+            "your tests and fixtures open, or end the session with "
+            "SELECT pg_terminate_backend(pid)"
+        )
 
     def close(self) -> None:
         """Close the pool (waits up to 5 s for connections in use, then terminates them)."""
@@ -534,6 +589,35 @@ class PgStore(Store):
 
 #: From this many rows on, TRUNCATE (≈4 ms whatever the size) beats DELETE (≈0.1 ms + 4 µs/row).
 RESET_TRUNCATE_ROWS = 500
+#: Seconds a reset waits for a lock held by a session it could not end, before it gives up.
+RESET_LOCK_TIMEOUT = 10.0
+
+#: Other sessions on this database that may block a reset: in a transaction that wrote or locked
+#: rows (it has a transaction id), or holding a table lock stronger than writers take.
+_BLOCKERS = (
+    "SELECT a.pid FROM pg_stat_activity AS a "
+    "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() "
+    "AND a.backend_type = 'client backend' AND a.state <> 'idle' "
+    "AND (a.backend_xid IS NOT NULL OR EXISTS (SELECT 1 FROM pg_locks AS l "
+    "WHERE l.pid = a.pid AND l.locktype = 'relation' "
+    "AND l.mode NOT IN ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock')))"
+)
+
+#: Sessions holding locks on the given tables (or a transaction id), for a reset's error.
+_LOCK_HOLDERS = (
+    "SELECT a.pid, a.usename, a.state, left(a.query, 200) AS query FROM pg_stat_activity AS a "
+    "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() "
+    "AND a.backend_type = 'client backend' AND (a.backend_xid IS NOT NULL OR EXISTS ("
+    "SELECT 1 FROM pg_locks AS l WHERE l.pid = a.pid AND l.locktype = 'relation' "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND l.relation = ANY (SELECT to_regclass(t)::oid FROM unnest($1::text[]) AS t))) "
+    "ORDER BY a.pid"
+)
+
+#: Whether any of the sessions that blocked the last reset is still in a transaction.
+_STILL_THERE = (
+    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = ANY ($1::int[]) AND state <> 'idle')"
+)
 
 
 def _reset_sql(schema: ThreadSchema, seeded: Sequence[str] = ()) -> str:
@@ -545,7 +629,18 @@ def _reset_sql(schema: ThreadSchema, seeded: Sequence[str] = ()) -> str:
     Small tables (the usual case) get DELETEs, children first: ≈0.2 ms and no ACCESS EXCLUSIVE
     lock, so a session a test leaked does not block it. From :data:`RESET_TRUNCATE_ROWS` rows on
     it TRUNCATEs instead. Identity sequences are not restarted either way. It runs as one
-    implicit transaction (nothing stays open) with a lock timeout, so it cannot hang.
+    implicit transaction (nothing stays open); the caller sets its lock timeout.
+
+    Nothing a previous test left behind can block it. The first attempt may wait 1 ms for a
+    lock (in a subtransaction: the usual case costs ≈0.3 ms more than the plain reset, where a
+    look at ``pg_stat_activity`` on every reset measured ≈0.6 ms more). When it had to wait, it
+    ends the sessions on the database that may block it (:data:`_BLOCKERS`: in a transaction
+    that wrote or locked rows, or holding a strong table lock; they are the test suite's own,
+    on the plugin's database) and tries again with the caller's lock timeout, DELETEing if
+    another session still holds a lock on the tables (an open read transaction would make
+    TRUNCATE wait). Idle sessions (the pools' connections) and read transactions are never
+    ended, so no pool hands out a dead connection; sessions that it may not end (another
+    role's) are left, and the lock timeout then reports them (see :meth:`PgStore.reset`).
     """
     tables = [_PREPARER.format_table(t) for t in reversed(schema.metadata.sorted_tables)]
     if not tables:
@@ -555,15 +650,32 @@ def _reset_sql(schema: ThreadSchema, seeded: Sequence[str] = ()) -> str:
         f"(SELECT count(*) FROM (SELECT 1 FROM {name} LIMIT {limit}) AS s)" for name in tables
     )
     deletes = " ".join(f"DELETE FROM {name};" for name in tables)
+    truncate = f"TRUNCATE {', '.join(tables)} CASCADE;"
+    oids = ", ".join("'" + name.replace("'", "''") + "'::regclass" for name in tables)
+    others_lock_tables = (
+        "EXISTS (SELECT 1 FROM pg_locks WHERE pid <> pg_backend_pid() AND locktype = 'relation' "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        f"AND relation IN ({oids}))"
+    )
+    end_blockers = (
+        f"FOR blocker IN {_BLOCKERS} LOOP BEGIN PERFORM pg_terminate_backend(blocker); "
+        "EXCEPTION WHEN insufficient_privilege THEN NULL; END; END LOOP;"
+    )
     restore = " ".join(
         f"INSERT INTO {_PREPARER.format_table(t)} SELECT * FROM {SEED_SCHEMA}.{_quote(t.name)};"
         for t in schema.metadata.sorted_tables
         if t.name in seeded
     )
     return (
-        "SET LOCAL lock_timeout = '10s'; DO $threadcreator$ BEGIN "
-        f"IF {counted} >= {limit} THEN TRUNCATE {', '.join(tables)} CASCADE; "
-        f"ELSE {deletes} END IF; {restore} END $threadcreator$;"
+        "DO $threadcreator$ DECLARE blocker int; "
+        "patience text := current_setting('lock_timeout'); BEGIN "
+        "BEGIN PERFORM set_config('lock_timeout', '1ms', true); "
+        f"IF {counted} >= {limit} THEN {truncate} ELSE {deletes} END IF; "
+        f"EXCEPTION WHEN lock_not_available THEN {end_blockers} "
+        "PERFORM set_config('lock_timeout', patience, true); "
+        f"IF {counted} >= {limit} AND NOT {others_lock_tables} THEN {truncate} "
+        f"ELSE {deletes} END IF; END; PERFORM set_config('lock_timeout', patience, true); "
+        f"{restore} END $threadcreator$;"
     )
 
 
@@ -680,18 +792,60 @@ def _address(kwargs: Mapping[str, Any]) -> str:
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 5432)}"
 
 
-def _finished_template_seed(row: Any) -> list[str] | None:
+def _finished_template_seed(row: Any, run_id: str) -> list[str] | None:
     """The seeded tables of a finished shared template (its ``pg_database`` row), else None."""
     if row is None or row["datallowconn"] or not row["note"]:
         return None
     note = str(row["note"])
-    if not note.startswith(_TEMPLATE_NOTE):
+    head = ownership_mark(run_id) + _TEMPLATE_NOTE
+    if not note.startswith(head):
         return None
     try:
-        seeded = json.loads(note[len(_TEMPLATE_NOTE) :])
+        seeded = json.loads(note[len(head) :])
     except ValueError:
         return None
     return [str(name) for name in seeded] if isinstance(seeded, list) else None
+
+
+def _comment_sql(name: str, note: str) -> str:
+    return f"COMMENT ON DATABASE {_quote(name)} IS '{note.replace(chr(39), chr(39) * 2)}'"
+
+
+async def _create_marked(conn: Any, name: str, run_id: str, template: str | None = None) -> None:
+    """``CREATE DATABASE`` and mark it as ``run_id``'s at once (two statements: CREATE DATABASE
+    cannot share a transaction, and a clone does not inherit its template's comment)."""
+    clone = f" TEMPLATE {_quote(template)}" if template is not None else ""
+    await conn.execute(f"CREATE DATABASE {_quote(name)}{clone}")
+    await conn.execute(_comment_sql(name, ownership_mark(run_id)))
+
+
+def _is_ours(name: str, note: str | None, run_id: str | None = None) -> bool:
+    """True for a database the plugin marked as its own: the mark names the run that the name
+    names (and ``run_id``, if given). A name alone never is."""
+    parsed = parse_database_name(name)
+    run = marked_run(note)
+    return parsed is not None and run == parsed.run_id and (run_id is None or run == run_id)
+
+
+async def _marked_databases(conn: Any, prefix: str, run_id: str | None = None) -> list[str]:
+    """Names starting with ``prefix`` of the databases the plugin marked as its own."""
+    rows = await conn.fetch(
+        "SELECT datname, shobj_description(oid, 'pg_database') AS note FROM pg_database "
+        "WHERE datname LIKE $1 ORDER BY datname",
+        prefix.replace("_", "\\_") + "%",
+    )
+    return [row["datname"] for row in rows if _is_ours(row["datname"], row["note"], run_id)]
+
+
+async def _drop_if_ours(conn: Any, name: str, run_id: str) -> bool:
+    """``DROP DATABASE name`` if it carries ``run_id``'s mark; False (nothing done) otherwise."""
+    note = await conn.fetchval(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1", name
+    )
+    if not _is_ours(name, note, run_id):
+        return False
+    await conn.execute(f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)")
+    return True
 
 
 async def _drop_run_if_last(conn: Any, run_id: str) -> list[str]:
@@ -707,17 +861,9 @@ async def _drop_run_if_last(conn: Any, run_id: str) -> list[str]:
         return []  # another holder is alive: the last one drops it
     problems: list[str] = []
     try:
-        rows = await conn.fetch(
-            "SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY datname",
-            f"{DB_PREFIX}{run_id}_".replace("_", "\\_") + "%",
-        )
-        for row in rows:
-            name = row["datname"]
-            parsed = parse_database_name(name)
-            if parsed is None or parsed.run_id != run_id:
-                continue
+        for name in await _marked_databases(conn, f"{DB_PREFIX}{run_id}_", run_id):
             try:
-                await conn.execute(f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)")
+                await _drop_if_ours(conn, name, run_id)
             except Exception as exc:  # collected and reported
                 problems.append(f"dropping {name}: {_short_reason(exc)}")
     finally:
@@ -1045,16 +1191,15 @@ class PostgresBackend(Backend):
         self.removed_leftovers = await self._remove_dead_runs(conn)
 
     async def _remove_dead_runs(self, conn: Any) -> list[str]:
-        """Drop the databases of runs whose advisory lock nobody holds (their processes died)."""
-        rows = await conn.fetch(
-            "SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY datname",
-            DB_PREFIX.replace("_", "\\_") + "%",
-        )
+        """Drop the databases of runs whose advisory lock nobody holds (their processes died).
+
+        Only databases marked as the plugin's own count; kept ones carry no mark.
+        """
         by_run: dict[str, list[str]] = {}
-        for row in rows:
-            parsed = parse_database_name(row["datname"])
+        for name in await _marked_databases(conn, DB_PREFIX):
+            parsed = parse_database_name(name)
             if parsed is not None and parsed.run_id != self.run_id:
-                by_run.setdefault(parsed.run_id, []).append(row["datname"])
+                by_run.setdefault(parsed.run_id, []).append(name)
         removed: list[str] = []
         for run_id, names in by_run.items():
             key = run_lock_key(run_id)
@@ -1069,8 +1214,8 @@ class PostgresBackend(Backend):
             try:
                 for name in names:
                     with contextlib.suppress(Exception):
-                        await conn.execute(f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)")
-                        removed.append(name)
+                        if await _drop_if_ours(conn, name, run_id):
+                            removed.append(name)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1, $2)", *key)
         return removed
@@ -1128,7 +1273,7 @@ class PostgresBackend(Backend):
 
         row = self._admin_run(claim, timeout=TEMPLATE_WAIT_TIMEOUT)
         try:
-            seeded = _finished_template_seed(row)
+            seeded = _finished_template_seed(row, self.run_id)
             if seeded is None:  # not there, or left half-built by a worker that died
                 self._build_template(schema, setup)
             else:
@@ -1146,8 +1291,16 @@ class PostgresBackend(Backend):
         tpl = _quote(self.template)
 
         async def create(conn: Any) -> None:
-            await conn.execute(f"DROP DATABASE IF EXISTS {tpl} WITH (FORCE)")
-            await conn.execute(f"CREATE DATABASE {tpl}")
+            # left half-built by a worker of this run that died: ours if marked, else not ours
+            await _drop_if_ours(conn, self.template, self.run_id)
+            if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", self.template):
+                raise DatabaseError(
+                    f"PostgreSQL at {self.address}: a database named {self.template} exists but "
+                    "carries no pytest-threadcreator mark, so it is not the plugin's to drop; "
+                    "if it is a leftover of a run that died while creating it, drop it by hand "
+                    f'(DROP DATABASE "{self.template}") and run again'
+                )
+            await _create_marked(conn, self.template, self.run_id)
 
         self._admin_run(create)
         self._background.run(self._create_all(schema), timeout=ADMIN_TIMEOUT)
@@ -1159,11 +1312,11 @@ class PostgresBackend(Backend):
                 database.close()
             self._seeded = self._background.run(self._copy_seed(schema), timeout=ADMIN_TIMEOUT)
 
-        note = (_TEMPLATE_NOTE + json.dumps(self._seeded)).replace("'", "''")
+        note = ownership_mark(self.run_id) + _TEMPLATE_NOTE + json.dumps(self._seeded)
 
         async def seal(conn: Any) -> None:
-            # The note says "finished" to the other workers of the run, and what was seeded.
-            await conn.execute(f"COMMENT ON DATABASE {tpl} IS '{note}'")
+            # Still the run's mark, now also "finished" to the other workers, and what was seeded.
+            await conn.execute(_comment_sql(self.template, note))
             # No session may stay on a template (CREATE DATABASE … TEMPLATE would wait and
             # fail), and none may come back later.
             await conn.execute(f"ALTER DATABASE {tpl} ALLOW_CONNECTIONS false")
@@ -1215,10 +1368,9 @@ class PostgresBackend(Backend):
         with self._state_lock:
             self._counter += 1
             name = database_name(self.run_id, self.worker_id, self._counter, label)
-        tpl = _quote(self.template)
 
         async def create(conn: Any) -> None:
-            await conn.execute(f"CREATE DATABASE {_quote(name)} TEMPLATE {tpl}")
+            await _create_marked(conn, name, self.run_id, template=self.template)
 
         self._admin_run(create)
         database = self._open(name, label=label, isolation=isolation)
@@ -1255,21 +1407,23 @@ class PostgresBackend(Backend):
         )
 
     def drop_database(self, database: Database) -> None:
-        """Close the database's pools and ``DROP DATABASE … WITH (FORCE)``."""
+        """Close the database's pools and ``DROP DATABASE … WITH (FORCE)`` if it carries this
+        run's mark (a database without it is left alone, whatever its name)."""
         database.close()
         self._databases.pop(database.name, None)
-        name = _quote(database.name)
+        name = database.name
 
         async def drop(conn: Any) -> None:
-            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            await _drop_if_ours(conn, name, self.run_id)
 
         self._admin_run(drop)
 
     def keep_database(self, database: Database) -> str:
         """Keep a database after the run (``--threadcreator-keep``); returns its final name.
 
-        It is renamed ``tk_…`` so that no later run's cleanup takes it for a leftover; its
-        ``name``, ``url`` and ``location`` are updated. Drop it by hand when done.
+        Its mark gives way to a note saying it was kept (no run drops a database without the
+        mark), then it is renamed ``tk_…``; its ``name``, ``url`` and ``location`` are updated.
+        Drop it by hand when done.
         """
         database.close()
         self._databases.pop(database.name, None)
@@ -1277,6 +1431,7 @@ class PostgresBackend(Backend):
         old, new = _quote(database.name), _quote(kept)
 
         async def rename(conn: Any) -> None:
+            await conn.execute(_comment_sql(database.name, kept_note(self.run_id, kept)))
             await conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = $1 AND pid <> pg_backend_pid()",
@@ -1300,17 +1455,13 @@ class PostgresBackend(Backend):
         return kept
 
     def leftovers(self) -> list[str]:
-        """Databases of this run and worker still on the server."""
+        """Databases of this run and worker still on the server (marked as the run's own)."""
         if not self._started or self._stopped:
             return []
-        prefix = f"{DB_PREFIX}{self.run_id}_{self.worker_id}_".replace("_", "\\_")
+        prefix = f"{DB_PREFIX}{self.run_id}_{self.worker_id}_"
 
         async def names(conn: Any) -> list[str]:
-            rows = await conn.fetch(
-                "SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY datname",
-                prefix + "%",
-            )
-            return [row["datname"] for row in rows]
+            return await _marked_databases(conn, prefix, self.run_id)
 
         return self._admin_run(names)
 
@@ -1354,9 +1505,7 @@ class PostgresBackend(Backend):
                 async with self._admin_lock:
                     for name in names:
                         try:
-                            await self._admin.execute(
-                                f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)"
-                            )
+                            await _drop_if_ours(self._admin, name, self.run_id)
                         except Exception as exc:  # collected and reported
                             problems.append(f"dropping {name}: {_short_reason(exc)}")
                     if self.shared_template and not attached:

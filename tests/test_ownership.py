@@ -1,0 +1,279 @@
+"""A name is no proof of ownership: a user's database that looks like the plugin's survives.
+
+The plugin drops only databases it marked as its own when it created them (SPEC §8). Here a
+user's databases with rows, named like the plugin's (the three names that a name-based sweep once
+dropped, and names of exactly the plugin's format, some with the run id of a killed run), sit on
+the server through a normal run, a SIGKILLed run and a ``-n 2`` run that sweeps the killed run's
+leftovers: as the superuser, and as an ordinary role with CREATEDB that owns them and runs the
+plugin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from pytest_threadcreator.backends.pg_names import parse_database_name
+from pytest_threadcreator.backends.postgresql import _async_url, _connect_kwargs
+
+from .conftest import PG_SERVER_URL, needs_marks, pg_server_missing
+
+pytestmark = needs_marks(pg_server_missing())
+
+#: The user's databases that one ordinary run of a name-matching sweep dropped.
+REPORTED = ["tc_shop_eu_2024_backup", "tc_crm_prod_template", "tc_data_2024_q1_report"]
+#: Names of exactly the plugin's format (run id, worker id, number and label, or template).
+EXACT = ["tc_a1b2c3_master_1_clean", "tc_a1b2c3_gw0_template", "tc_a1b2c3_gw1_2_test_fresh"]
+ROWS = 100
+
+INI = """
+[pytest]
+asyncio_default_fixture_loop_scope = function
+"""
+
+TESTS = """
+import pytest
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("n", range(4))
+async def test_clean(n, threadcreator_db, thread_creator, user_context):
+    await thread_creator.create_thread_with_message(user_context, f"hello {n}")
+    assert await threadcreator_db.count_threads() == 1
+
+@pytest.mark.asyncio
+@pytest.mark.threadcreator(isolation="fresh")
+async def test_fresh(threadcreator_db, thread_creator, user_context):
+    await thread_creator.create_thread_with_message(user_context, "fresh")
+    assert await threadcreator_db.count_threads() == 1
+"""
+
+STUCK = """
+import os, pathlib, time
+import pytest
+
+@pytest.mark.asyncio
+async def test_stuck(threadcreator_db, thread_creator, user_context):
+    await thread_creator.create_thread_with_message(user_context, "before the crash")
+    pathlib.Path(os.environ["MARKER"]).write_text(threadcreator_db.name)
+    while True:  # until the outer test kills this process
+        time.sleep(1)
+"""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who owns the lookalikes and runs the plugin."""
+
+    url: str
+    user: str
+    password: str | None
+
+    def connect_kwargs(self, database: str = "postgres") -> dict[str, Any]:
+        kwargs = dict(_connect_kwargs(_async_url(self.url, "test")), database=database)
+        return kwargs
+
+
+def _admin_kwargs(database: str = "postgres") -> dict[str, Any]:
+    return dict(_connect_kwargs(_async_url(PG_SERVER_URL, "test")), database=database)
+
+
+async def _run_admin(sql: str, *args: Any) -> list[Any]:
+    conn = await asyncpg.connect(**_admin_kwargs())
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+async def _create_lookalikes(owner: Owner, names: list[str]) -> None:
+    """The user's own databases, with rows, created by ``owner``."""
+    admin = await asyncpg.connect(**owner.connect_kwargs())
+    try:
+        for name in names:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.execute(f'CREATE DATABASE "{name}"')
+            conn = await asyncpg.connect(**owner.connect_kwargs(name))
+            try:
+                await conn.execute(
+                    "CREATE TABLE orders AS SELECT g AS id, 'order ' || g AS note "
+                    f"FROM generate_series(1, {ROWS}) AS g"
+                )
+            finally:
+                await conn.close()
+    finally:
+        await admin.close()
+
+
+async def _rows_in(names: list[str]) -> dict[str, int | None]:
+    """Rows of ``orders`` in each database; None for a database that is gone."""
+    present = {row["datname"] for row in await _run_admin("SELECT datname FROM pg_database")}
+    counts: dict[str, int | None] = {}
+    for name in names:
+        if name not in present:
+            counts[name] = None
+            continue
+        conn = await asyncpg.connect(**_admin_kwargs(name))
+        try:
+            counts[name] = int(await conn.fetchval("SELECT count(*) FROM orders"))
+        finally:
+            await conn.close()
+    return counts
+
+
+def assert_all_survive(names: list[str], when: str) -> None:
+    __tracebackhide__ = True
+    counts = asyncio.run(_rows_in(names))
+    lost = {name: n for name, n in counts.items() if n != ROWS}
+    assert not lost, f"{when}: the user's databases were dropped or emptied: {lost}"
+
+
+def _databases_of_run(run_id: str) -> list[str]:
+    rows = asyncio.run(_run_admin("SELECT datname FROM pg_database"))
+    names = [row["datname"] for row in rows]
+    return [n for n in names if (p := parse_database_name(n)) is not None and p.run_id == run_id]
+
+
+@pytest.fixture
+def one_lookalike_scenario_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The lookalike names are fixed, so scenarios on one server (xdist workers) take turns."""
+    root = tmp_path_factory.getbasetemp().parent
+    with open(root / "threadcreator-lookalikes.lock", "w") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+@pytest.fixture(params=["superuser", "createdb_role"])
+def owner(
+    request: pytest.FixtureRequest, one_lookalike_scenario_at_a_time: None
+) -> Iterator[Owner]:
+    """The server's superuser (the URL's user), or a fresh role with CREATEDB only."""
+    url = make_url(PG_SERVER_URL)
+    if request.param == "superuser":
+        yield Owner(PG_SERVER_URL, url.username or "", url.password)
+        return
+    role = f"threadcreator_owner_{secrets.token_hex(4)}"
+    password = secrets.token_hex(8)
+    asyncio.run(_run_admin(f"CREATE ROLE {role} LOGIN CREATEDB PASSWORD '{password}'"))
+    role_url = url.set(username=role, password=password).render_as_string(hide_password=False)
+    try:
+        yield Owner(role_url, role, password)
+    finally:
+
+        async def drop_role() -> None:
+            rows = await _run_admin(
+                "SELECT datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
+                "WHERE r.rolname = $1",
+                role,
+            )
+            for row in rows:
+                await _run_admin(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
+            await _run_admin(f"DROP ROLE IF EXISTS {role}")
+
+        asyncio.run(drop_role())
+
+
+@pytest.fixture
+def lookalikes(owner: Owner) -> Iterator[list[str]]:
+    """The user's databases named like the plugin's, 100 rows each, owned by ``owner``."""
+    names = [*REPORTED, *EXACT]
+    asyncio.run(_create_lookalikes(owner, names))
+    yield names
+
+    async def drop() -> None:
+        for name in names:
+            await _run_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    asyncio.run(drop())
+
+
+def _pytest_process(directory: Path, owner: Owner, *args: str, **env: str) -> subprocess.Popen[str]:
+    # subprocess: the run under test must die by SIGKILL, which only a process can
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--threadcreator-db={owner.url}",
+            f"--basetemp={directory / 'tmp'}",
+            *args,
+        ],
+        cwd=directory,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_lookalike_databases_survive_runs_a_killed_run_and_the_sweep(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    owner: Owner,
+    lookalikes: list[str],
+) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(test_runs=TESTS, test_stuck=STUCK)
+    for name in ("THREADCREATOR_DB", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+
+    # 1. an ordinary run (its start sweeps for dead runs, its end drops its own databases)
+    db = f"--threadcreator-db={owner.url}"
+    result = pytester.runpytest("-p", "no:cacheprovider", db, "test_runs.py")
+    result.assert_outcomes(passed=5)
+    assert_all_survive(lookalikes, "after a normal run")
+
+    # 2. a run killed outright, mid-test: its databases stay behind
+    marker = pytester.path / "database-name.txt"
+    stuck = _pytest_process(pytester.path, owner, "test_stuck.py", MARKER=str(marker))
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():  # the inner test says its database exists, mid-run
+            assert stuck.poll() is None, stuck.communicate()[0]
+            assert time.monotonic() < deadline, "the inner run never reached its test"
+            time.sleep(0.05)
+        stuck.send_signal(signal.SIGKILL)
+        stuck.wait(timeout=30)
+    finally:
+        if stuck.poll() is None:
+            stuck.kill()
+            stuck.wait()
+    parsed = parse_database_name(marker.read_text())
+    assert parsed is not None
+    dead = parsed.run_id
+    assert _databases_of_run(dead), "a killed run leaves its databases"
+    assert_all_survive(lookalikes, "after a killed run")
+    # the user's databases named exactly as the killed run's would be
+    same_run = [f"tc_{dead}_master_99_user_copy", f"tc_{dead}_gw5_template"]
+    asyncio.run(_create_lookalikes(owner, same_run))
+    try:
+        # 3. the next run, under xdist: its workers sweep the killed run's databases
+        run = _pytest_process(pytester.path, owner, "-n", "2", "test_runs.py")
+        output = run.communicate(timeout=180)[0]
+        assert run.returncode == 0, output
+        assert "5 passed" in output, output
+        assert sorted(_databases_of_run(dead)) == sorted(same_run), "only the killed run's own go"
+        assert_all_survive([*lookalikes, *same_run], "after the sweep by a -n 2 run")
+    finally:
+
+        async def drop() -> None:
+            for name in same_run:
+                await _run_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+        asyncio.run(drop())

@@ -1,0 +1,268 @@
+"""The ``clean`` reset on PostgreSQL: nothing a previous test left open can block it.
+
+A session left holding row locks on the test database (a transaction never committed, e.g. by a
+task cut off mid-transaction) is ended before the reset; sessions that cannot block it (idle
+pooled connections, open read transactions) are left alone, so no pool hands out a dead
+connection. A blocker the plugin may not end makes the reset fail once, naming its pid, state
+and query and what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from pytest_threadcreator.backends.pg_names import new_run_id
+from pytest_threadcreator.backends.postgresql import (
+    PostgresBackend,
+    _async_url,
+    _connect_kwargs,
+)
+from pytest_threadcreator.database import Database
+from pytest_threadcreator.errors import DatabaseError
+from pytest_threadcreator.ids import new_message_id, new_thread_id
+from pytest_threadcreator.schema import NewThread, default_schema
+
+from .conftest import PG_SERVER_URL, needs_marks, pg_server_missing
+
+pytestmark = needs_marks(pg_server_missing())
+SCHEMA = default_schema()
+
+
+def _kwargs(url: str, database: str) -> dict[str, Any]:
+    return dict(_connect_kwargs(_async_url(url, "test")), database=database)
+
+
+def _rows(user_id: str = "user_a") -> tuple[dict[str, Any], dict[str, Any]]:
+    new = NewThread(
+        thread_id=new_thread_id(),
+        message_id=new_message_id(),
+        user_id=user_id,
+        run_id="run_test",
+        message="hello",
+        title="a title",
+        role="user",
+        metadata={},
+        created_at=int(time.time()),
+        context=None,
+    )
+    return SCHEMA.thread_row(new), SCHEMA.message_row(new)
+
+
+async def _fill(db: Database, n: int) -> None:
+    await asyncio.gather(*(db.store.create(*_rows(), explicit_id=False) for _ in range(n)))
+
+
+async def _alive(conn: Any) -> bool:
+    try:
+        return bool(await conn.fetchval("SELECT true"))
+    except (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[PostgresBackend]:
+    if (reason := pg_server_missing()) is not None and not os.environ.get("CI"):
+        pytest.skip(reason)
+    backend = PostgresBackend("url", url=PG_SERVER_URL, run_id=new_run_id(), worker_id="gw4")
+    backend.start()
+    backend.prepare_template(SCHEMA, None)
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture
+def db(backend: PostgresBackend) -> Iterator[Database]:
+    database = backend.create_database("clean", isolation="clean")
+    yield database
+    backend.drop_database(database)
+
+
+def test_a_session_left_holding_row_locks_is_ended_and_the_reset_succeeds(db: Database) -> None:
+    async def scenario() -> tuple[bool, bool, bool, int]:
+        await _fill(db, 3)
+        blocker = await asyncpg.connect(**_kwargs(PG_SERVER_URL, db.name))
+        idle = await asyncpg.connect(**_kwargs(PG_SERVER_URL, db.name))  # e.g. an app's pool
+        reader = await asyncpg.connect(**_kwargs(PG_SERVER_URL, db.name))
+        try:
+            # a transaction left open after updating rows: it holds their row locks
+            await blocker.execute("BEGIN; UPDATE threads SET title = 'locked by a leftover'")
+            await reader.execute("BEGIN; SELECT count(*) FROM threads")  # cannot block DELETE
+            await asyncio.to_thread(db.store.reset)
+            threads = await db.count_threads()
+            # the store's pool hands out live connections afterwards
+            await _fill(db, 20)
+            return await _alive(blocker), await _alive(idle), await _alive(reader), threads
+        finally:
+            for conn in (blocker, idle, reader):
+                conn.terminate()
+
+    blocker_alive, idle_alive, reader_alive, threads = asyncio.run(scenario())
+    assert threads == 0
+    assert not blocker_alive, "the session holding row locks was ended"
+    assert idle_alive and reader_alive, "sessions that cannot block the reset are left alone"
+    assert asyncio.run(db.count_threads()) == 20
+    db.store.reset()
+    assert asyncio.run(db.count_threads()) == 0
+
+
+def test_a_big_reset_does_not_wait_for_an_open_read_transaction(db: Database) -> None:
+    async def scenario() -> tuple[int, bool]:
+        await _fill(db, 600)  # past the DELETE / TRUNCATE switch
+        reader = await asyncpg.connect(**_kwargs(PG_SERVER_URL, db.name))
+        try:
+            await reader.execute("BEGIN; SELECT count(*) FROM threads")  # blocks a TRUNCATE
+            await asyncio.to_thread(db.store.reset)
+            return await db.count_threads(), await _alive(reader)
+        finally:
+            reader.terminate()
+
+    assert asyncio.run(scenario()) == (0, True)
+
+
+def test_the_reset_leaves_the_test_engines_pooled_connections_usable(db: Database) -> None:
+    async def scenario() -> int:
+        await _fill(db, 3)
+        async with db.session() as session:  # leaves an idle connection in the engine's pool
+            await session.execute(text("SELECT count(*) FROM threads"))
+        await asyncio.to_thread(db.store.reset)
+        async with db.session() as session:
+            count = (await session.execute(text("SELECT count(*) FROM threads"))).scalar_one()
+        await db.engine.dispose()
+        return int(count)
+
+    assert asyncio.run(scenario()) == 0
+    db.dispose_engines()
+
+
+@pytest.fixture
+def unendable_blocker_backend() -> Iterator[tuple[PostgresBackend, str]]:
+    """A backend run by a role with CREATEDB (and pg_read_all_stats, to see other sessions),
+    which may not end the superuser's sessions."""
+    if (reason := pg_server_missing()) is not None and not os.environ.get("CI"):
+        pytest.skip(reason)
+    role, password = f"threadcreator_reset_{secrets.token_hex(4)}", secrets.token_hex(8)
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(**_kwargs(PG_SERVER_URL, "postgres"))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f"CREATE ROLE {role} LOGIN CREATEDB PASSWORD '{password}'"))
+    asyncio.run(admin(f"GRANT pg_read_all_stats TO {role}"))
+    url = make_url(PG_SERVER_URL).set(username=role, password=password)
+    backend = PostgresBackend(
+        "url", url=url.render_as_string(hide_password=False), run_id=new_run_id(), worker_id="gw5"
+    )
+    try:
+        backend.start()
+        backend.prepare_template(SCHEMA, None)
+        yield backend, role
+    finally:
+        backend.stop()
+        asyncio.run(admin(f"DROP ROLE IF EXISTS {role}"))
+
+
+def test_a_blocker_that_cannot_be_ended_fails_the_reset_once_naming_it(
+    unendable_blocker_backend: tuple[PostgresBackend, str],
+) -> None:
+    backend, role = unendable_blocker_backend
+    db = backend.create_database("clean", isolation="clean")
+    store: Any = db.store
+    store.reset_lock_timeout = 0.2  # the wait this test sits through; 10 s by default
+
+    async def scenario() -> tuple[int, str]:
+        await _fill(db, 3)
+        # the superuser's session, which a CREATEDB role may not end
+        blocker = await asyncpg.connect(**_kwargs(PG_SERVER_URL, db.name))
+        try:
+            pid = int(await blocker.fetchval("SELECT pg_backend_pid()"))
+            await blocker.execute("BEGIN; UPDATE threads SET title = 'held by the superuser'")
+            with pytest.raises(DatabaseError) as failure:
+                await asyncio.to_thread(db.store.reset)
+            # while it lives, the next reset fails at once with the same message
+            with pytest.raises(DatabaseError) as again:
+                await asyncio.to_thread(db.store.reset)
+            assert str(again.value) == f"{failure.value} (it is still there: not waiting again)"
+            assert await _alive(blocker), "the plugin could not end it, and did not"
+            return pid, str(failure.value)
+        finally:
+            blocker.terminate()
+
+    pid, message = asyncio.run(scenario())
+    assert message == (
+        f"resetting the PostgreSQL database {db.name} for the next test waited 0.2 s for a "
+        f"lock and gave up: pid {pid} (user postgres, idle in transaction, query "
+        "\"BEGIN; UPDATE threads SET title = 'held by the superuser'\") holds locks on its "
+        f"tables, and role {role} may not end it. Commit, roll back or close the transactions "
+        "that your tests and fixtures open, or end the session with "
+        "SELECT pg_terminate_backend(pid)"
+    )
+    db.store.reset()  # the blocker is gone: the next reset succeeds
+    assert asyncio.run(db.count_threads()) == 0
+    backend.drop_database(db)
+
+
+PLUGIN_INI = """
+[pytest]
+asyncio_default_fixture_loop_scope = function
+"""
+
+LEAVES_A_LOCK = """
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+LEFT_OPEN = []
+
+
+def _sync_dsn(url):
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.mark.asyncio
+async def test_1_leaves_a_transaction_holding_row_locks(threadcreator_db, thread_creator,
+                                                       make_user_context):
+    for user in make_user_context.many(3):
+        await thread_creator.create_thread_with_message(user, "hi")
+    conn = psycopg.connect(_sync_dsn(threadcreator_db.url))
+    conn.execute("UPDATE threads SET title = 'locked'")  # never committed
+    LEFT_OPEN.append(conn)
+
+
+@pytest.mark.asyncio
+async def test_2_starts_on_an_empty_database(threadcreator_db, thread_creator, user_context):
+    assert await threadcreator_db.count_threads() == 0
+    await thread_creator.create_thread_with_message(user_context, "after the leftover")
+    assert await threadcreator_db.count_threads() == 1
+"""
+
+
+@pytest.mark.parametrize(
+    "workers",
+    [pytest.param([], id="serial"), pytest.param(["-n", "2", "--dist", "loadfile"], id="xdist")],
+)
+def test_the_next_test_starts_clean_after_one_left_row_locks(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, workers: list[str]
+) -> None:
+    for name in ("THREADCREATOR_DB", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    pytester.makeini(PLUGIN_INI)
+    for n in range(2):  # one pair per file: under -n 2 each worker gets a file
+        pytester.makepyfile(**{f"test_pair_{n}": LEAVES_A_LOCK})
+    # subprocess: xdist workers are processes, and the left-open psycopg connections must not
+    # outlive the inner run inside this process
+    db = f"--threadcreator-db={PG_SERVER_URL}"
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", db, *workers)
+    result.assert_outcomes(passed=4)
