@@ -230,8 +230,11 @@ def test_bad_run_ids_are_refused_with_a_readable_error() -> None:
 
 
 def test_new_run_ids_are_valid_and_distinct() -> None:
-    ids = {new_run_id() for _ in range(200)}
-    assert len(ids) == 200
+    # Made within about one second, so the random part alone must keep them apart (four random
+    # characters once let 2 of 200 collide now and then).
+    ids = {new_run_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert {len(run) for run in ids} == {14}
     for run in ids:
         template_name(run, "master")
 

@@ -73,9 +73,14 @@ class ParsedName:
 
 
 def new_run_id() -> str:
-    """A fresh run id: 10 base36 characters, time-ordered then random (unique per run)."""
+    """A fresh run id: 14 base36 characters, 6 of the time then 8 random (about 41 bits).
+
+    Runs started in the same second must not share an id: the id keys the run's lock and its
+    ownership marks. With 8 random characters, 200 ids made in one second collide with a
+    chance below one in 100 million (4 characters gave about one in 80).
+    """
     stamp = _base36(int(time.time()) % 36**6, 6)
-    rand = _base36(int.from_bytes(os.urandom(4), "big") % 36**4, 4)
+    rand = _base36(int.from_bytes(os.urandom(6), "big") % 36**8, 8)
     return stamp + rand
 
 
