@@ -13,7 +13,7 @@ from sqlalchemy import JSON, Table, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import _binding, shake
-from .backends.base import FaultDecider, Store, ThreadIdTaken
+from .backends.base import Store, ThreadIdTaken
 from .context import check_json, check_text, coerce_context, validate_id
 from .database import Database
 from .errors import (
@@ -26,6 +26,7 @@ from .errors import (
     ThreadNotFoundError,
     ThreadOwnershipError,
 )
+from .faults.steps import FaultDecider
 from .schema import (
     NewThread,
     ThreadSchema,

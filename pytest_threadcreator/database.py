@@ -11,8 +11,9 @@ from sqlalchemy import Integer, String, column, event, func, literal_column, or_
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from .backends.base import FaultDecider, Store
+from .backends.base import Store
 from .errors import ConfigurationError
+from .faults.steps import FaultDecider
 from .queries import QueryCounter
 from .schema import ThreadSchema
 

@@ -36,11 +36,12 @@ from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.util import await_only
 
 from .backends._compile import RowInsert
-from .backends.base import FaultDecider, StatementCallback
+from .backends.base import StatementCallback
 from .backends.session import SessionStore
 from .backends.sqlite_savepoint import DriverRunner, driver_runner, savepoint_create
 from .database import Database
 from .errors import ConfigurationError
+from .faults.steps import FaultDecider
 
 __all__ = ["RollbackDatabase"]
 

@@ -20,7 +20,7 @@ import random
 import threading
 from dataclasses import dataclass, field
 
-from .backends.base import FaultAction, FaultDecider
+from .faults.steps import FaultAction, FaultDecider
 
 __all__ = [
     "Shaker",

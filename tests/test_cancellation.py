@@ -20,8 +20,8 @@ import pytest
 from sqlalchemy import select
 
 from pytest_threadcreator import Database, ThreadCreator
-from pytest_threadcreator.backends.base import STEPS, FaultAction
 from pytest_threadcreator.faults import FaultInjector
+from pytest_threadcreator.faults.steps import STEPS, FaultAction
 from pytest_threadcreator.ids import new_thread_id
 
 from .conftest import PG_SERVER_URL, needs_marks, pg_server_missing

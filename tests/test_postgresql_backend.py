@@ -31,7 +31,7 @@ from pytest_threadcreator._background import (
     BackgroundLoopError,
 )
 from pytest_threadcreator.backends import pg_local
-from pytest_threadcreator.backends.base import FaultAction, ThreadIdTaken
+from pytest_threadcreator.backends.base import ThreadIdTaken
 from pytest_threadcreator.backends.pg_local import LocalCluster, remove_stale_clusters
 from pytest_threadcreator.backends.pg_names import (
     MAX_IDENTIFIER_BYTES,
@@ -58,6 +58,7 @@ from pytest_threadcreator.errors import (
     ConfigurationError,
     InjectedFault,
 )
+from pytest_threadcreator.faults.steps import FaultAction
 from pytest_threadcreator.ids import new_message_id, new_thread_id
 from pytest_threadcreator.schema import NewThread, default_schema
 

@@ -14,72 +14,31 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import dataclasses
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Union
 
 if TYPE_CHECKING:
     from sqlalchemy.sql import Select
     from sqlalchemy.sql.selectable import TextualSelect
 
     from ..database import Database
+    from ..faults.steps import FaultDecider
     from ..schema import ThreadSchema
 
 __all__ = [
-    "STEPS",
     "Backend",
-    "FaultAction",
-    "FaultDecider",
     "Query",
     "StatementCallback",
     "Store",
     "ThreadIdTaken",
-    "apply_fault",
 ]
-
-STEPS: tuple[str, ...] = ("thread_insert", "message_insert", "commit")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class FaultAction:
-    """What to do just before a step's SQL: raise, wait, or cancel the call."""
-
-    kind: Literal["fail", "delay", "cancel"]
-    step: str
-    call: int = 0
-    seconds: float = 0.0
-
 
 #: What a store's reads take: a SELECT, or a textual one with declared columns.
 Query = Union["Select[Any]", "TextualSelect"]
 
 #: Called with a connection label and the SQL text of each statement a store runs.
 StatementCallback = Callable[[str, str], None]
-
-#: Called with a step name before that step's SQL; returns the action to take, or None.
-FaultDecider = Callable[[str], "FaultAction | None"]
-
-
-async def apply_fault(decide: FaultDecider | None, step: str) -> None:
-    """Do what ``decide`` says just before ``step``'s SQL, inside an open transaction.
-
-    ``fail`` raises InjectedFault, ``delay`` waits, ``cancel`` raises CancelledError; the
-    caller's transaction then rolls back. (The SQLite writer thread has a blocking twin.)
-    """
-    if decide is None:
-        return
-    action = decide(step)
-    if action is None:
-        return
-    if action.kind == "fail":
-        from ..errors import InjectedFault
-
-        raise InjectedFault(step, action.call)
-    if action.kind == "delay":
-        await asyncio.sleep(action.seconds)
-    elif action.kind == "cancel":
-        raise asyncio.CancelledError("cancelled by the fault injector")
 
 
 class ThreadIdTaken(Exception):

@@ -66,8 +66,9 @@ from ..errors import (
     DatabaseError,
     ThreadCreatorError,
 )
+from ..faults.steps import FaultDecider, apply_fault
 from ._compile import CompiledSelect, InsertPlan, compile_select, insert_plan
-from .base import Backend, FaultDecider, Query, StatementCallback, Store, ThreadIdTaken, apply_fault
+from .base import Backend, Query, StatementCallback, Store, ThreadIdTaken
 from .pg_docker import DEFAULT_IMAGE as DOCKER_IMAGE
 from .pg_docker import KEPT_SUFFIX, DockerServer
 from .pg_docker import _short_reason as _short_reason

@@ -15,8 +15,9 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ..faults.steps import FaultDecider, apply_fault
 from ..schema import ThreadSchema
-from .base import FaultDecider, Query, StatementCallback, Store, ThreadIdTaken, apply_fault
+from .base import Query, StatementCallback, Store, ThreadIdTaken
 from .transient import is_transient_error
 
 __all__ = ["SessionStore"]

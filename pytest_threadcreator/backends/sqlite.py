@@ -40,8 +40,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..database import Database
 from ..errors import InjectedFault
+from ..faults.steps import FaultDecider
 from ._compile import RowInsert, compile_select
-from .base import Backend, FaultDecider, Query, StatementCallback, Store, ThreadIdTaken
+from .base import Backend, Query, StatementCallback, Store, ThreadIdTaken
 from .transient import is_sqlite_busy
 
 if TYPE_CHECKING:
@@ -447,7 +448,7 @@ def _patiently(
 def _step(decide: FaultDecider | None, step: str, cancelled: _Cancellation) -> None:
     """Before ``step``'s SQL: stop if the caller gave up, else do what the fault decider says.
 
-    The blocking twin of :func:`~pytest_threadcreator.backends.base.apply_fault`: ``delay``
+    The blocking twin of :func:`~pytest_threadcreator.faults.steps.apply_fault`: ``delay``
     waits on ``cancelled`` (:func:`_pause`), so a cancelled call stops waiting at once.
     """
     if cancelled.is_set():

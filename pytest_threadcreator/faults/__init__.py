@@ -4,8 +4,8 @@ The logic behind the ``fault_injector`` fixture. This module never imports pytes
 
 A :class:`FaultInjector` holds *rules* armed with :meth:`~FaultInjector.fail`,
 :meth:`~FaultInjector.delay` and :meth:`~FaultInjector.cancel`. Its :meth:`~FaultInjector.decide`
-is the :data:`~pytest_threadcreator.backends.base.FaultDecider` the stores call just before each
-step's SQL (:data:`~pytest_threadcreator.backends.base.STEPS`), inside the real transaction::
+is the :data:`~pytest_threadcreator.faults.steps.FaultDecider` the stores call just before each
+step's SQL (:data:`~pytest_threadcreator.faults.steps.STEPS`), inside the real transaction::
 
     injector.fail("message_insert", rate=0.1, seed=1234)   # about one call in ten, reproducibly
     injector.delay("commit", 0.5, times=1)                 # the next call waits 0.5 s before COMMIT
@@ -38,8 +38,8 @@ from collections.abc import Iterable
 from numbers import Real
 from typing import Literal
 
-from .backends.base import STEPS, FaultAction
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
+from .steps import STEPS, FaultAction
 
 __all__ = ["FaultInjector", "FaultRule"]
 
