@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextvars
 from typing import TYPE_CHECKING
 
+from . import instrument
+
 if TYPE_CHECKING:
     from .database import Database
 
@@ -20,16 +22,25 @@ _fallback: Database | None = None
 
 
 def bind(database: Database) -> contextvars.Token[Database | None]:
-    """Bind ``database`` as the running test's database."""
+    """Bind ``database`` as the running test's database; instrument the engines connected to it."""
     global _fallback
     _fallback = database
+    instrument.activate(database)
     return _current.set(database)
 
 
 def unbind(token: contextvars.Token[Database | None] | None = None) -> None:
-    """Undo :func:`bind` at the end of the test."""
+    """Undo :func:`bind` at the end of the test.
+
+    Engines of the test's code still holding connections are counted into the database's
+    ``leaked_connections`` and named in its ``leak_notes``.
+    """
     global _fallback
-    _fallback = None
+    database, _fallback = _fallback, None
+    if database is not None:
+        for count, url in instrument.deactivate(database):
+            database.leaked_connections += count
+            database.leak_notes.append(f"{count} connection(s) of an engine on {url}")
     if token is not None:
         try:
             _current.reset(token)

@@ -11,13 +11,31 @@ from sqlalchemy import Integer, String, column, event, func, literal_column, or_
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from . import instrument
 from .backends.base import Store
 from .errors import ConfigurationError
+from .faults import FaultInjector
 from .faults.steps import FaultDecider
 from .queries import QueryCounter
 from .schema import ThreadSchema
 
-__all__ = ["Database"]
+__all__ = ["Database", "sync_url_of"]
+
+#: The synchronous driver named in ``sync_url`` for each async driver the plugin uses.
+_SYNC_DRIVERS = {
+    "sqlite+aiosqlite": "sqlite",
+    "postgresql+asyncpg": "postgresql+psycopg",
+    "mysql+asyncmy": "mysql+pymysql",
+    "mysql+aiomysql": "mysql+pymysql",
+}
+
+
+def sync_url_of(url: str) -> str:
+    """The same database as async ``url``, through a synchronous driver (password kept)."""
+    parsed = make_url(url)
+    sync = _SYNC_DRIVERS.get(parsed.drivername, parsed.get_backend_name())
+    return parsed.set(drivername=sync).render_as_string(hide_password=False)
+
 
 EngineFactory = Callable[[], AsyncEngine]
 
@@ -42,6 +60,7 @@ class Database:
         isolation: str = "clean",
         name: str = "",
         location: str = "",
+        connection_settings: tuple[str, ...] = (),
     ) -> None:
         self.url = url
         self.backend = backend
@@ -51,6 +70,9 @@ class Database:
         self.name = name
         #: where the database lives, for humans (file path or server + database name)
         self.location = location or url
+        #: statements run once on every new connection of an engine on this database (SQLite
+        #: PRAGMAs), the app's engines included
+        self.connection_settings = connection_settings
         self._engine_factory = engine_factory
         # Each engine is tied to the event loop of its first connection; None until then.
         self._engines: list[AsyncEngine] = []
@@ -66,13 +88,27 @@ class Database:
         self.loops_seen: set[asyncio.AbstractEventLoop] = set()
         #: connections the test's code left checked out, found when its engines were disposed
         self.leaked_connections = 0
+        #: which engines of the test's code left connections checked out, for the failure message
+        self.leak_notes: list[str] = []
         #: retries ThreadCreator took on transient contention in this test
         self.retries = 0
         #: set by the fault_injector fixture; every ThreadCreator on this database consults it
         self.fault_decider: FaultDecider | None = None
+        #: the test's fault injector: its rules also act on the statements of every engine
+        #: connected to this database (see :mod:`pytest_threadcreator.instrument`)
+        self.fault_injector: FaultInjector | None = None
 
     def __repr__(self) -> str:
         return f"<Database {self.backend} {self.safe_url} isolation={self.isolation}>"
+
+    @property
+    def sync_url(self) -> str:
+        """This database's URL for a synchronous driver (``sqlite:///…``, ``postgresql+psycopg://…``).
+
+        The same database as :attr:`url`, for sync code under test (a ``Session`` service, a
+        migration tool). The driver itself is the app's to install.
+        """
+        return sync_url_of(self.url)
 
     @property
     def safe_url(self) -> str:
@@ -97,6 +133,7 @@ class Database:
                 return engine
         engine = self._engine_factory()
         self._engines.append(engine)
+        instrument.own_engine(engine.sync_engine)  # counted below, not by the instrumentation
         loops = self._engine_loops
 
         guards = self._guards
@@ -209,8 +246,10 @@ class Database:
         """Forget what the previous test using this (shared) database left in the per-test state."""
         self.loops_seen = set()
         self.leaked_connections = 0
+        self.leak_notes = []
         self.retries = 0
         self.fault_decider = None
+        self.fault_injector = None
 
     def describe_state(self) -> list[str]:
         """Lines describing the database and its rows, for a failed test's report."""

@@ -121,9 +121,10 @@ def threadcreator_db(
         if kept:
             request.node.user_properties.append(("threadcreator_kept_database", kept))
         if database.leaked_connections:
+            where = "".join(f"\n  {note}" for note in database.leak_notes)
             pytest.fail(
                 f"test left {database.leaked_connections} database connection(s) checked out; "
-                "close sessions and connections (use 'async with') before the test ends",
+                "close sessions and connections (use 'async with') before the test ends" + where,
                 pytrace=False,
             )
 
@@ -208,8 +209,10 @@ def fault_injector(threadcreator_db: Database) -> Iterator[FaultInjector]:
     """Make ThreadCreator fail, delay or cancel at a step (thread_insert, message_insert, commit), for this test only."""
     injector = FaultInjector()
     threadcreator_db.fault_decider = injector.decide
+    threadcreator_db.fault_injector = injector  # its rules reach the test's own engines too
     try:
         yield injector
     finally:
         injector.clear()
         threadcreator_db.fault_decider = None
+        threadcreator_db.fault_injector = None

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.util import await_only
 
+from . import instrument
 from .backends._compile import RowInsert
 from .backends.base import StatementCallback
 from .backends.session import SessionStore
@@ -325,6 +326,7 @@ def _driver_begin(conn: Any) -> None:
 def _watch(engine: AsyncEngine) -> None:
     """Report the engine's statements to the running test's counters; name a lost savepoint."""
     state = _engine_state(engine)
+    instrument.own_engine(engine.sync_engine)  # counted here, not by the instrumentation
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
     def _count(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:

@@ -37,6 +37,11 @@ WRITE_DELAYS = (0.0, 0.0, 0.0, 0.002, 0.010, 0.025)
 #: Pause inside the transaction before ``message_insert`` and ``commit``, in seconds.
 STEP_DELAYS = (0.0, 0.0, 0.0, 0.0, 0.001, 0.005)
 
+#: Pause before each statement of the test's own engines inside a run_concurrently call. Longer
+#: than the others: it must dominate what a fresh process adds (new connections, first-time
+#: compilation), so that a seed's schedule replays in another run.
+STATEMENT_DELAYS = (0.0, 0.0, 0.0, 0.005, 0.020, 0.050)
+
 #: Which call of a run_concurrently run the current task is (set inside each call's task).
 call_key: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "threadcreator_call_key", default=None
@@ -85,6 +90,19 @@ class Shaker:
         """``(creation key, seconds)``: the pause before a ThreadCreator call writes."""
         key = self._creation_key()
         return key, self._record(f"{key}/before-write", _draw(self.seed, f"{key}/w", WRITE_DELAYS))
+
+    def statement_delay(self) -> float:
+        """Seconds to pause before the next statement of the test's engines in this call (0 outside one).
+
+        Keyed by the ``run_concurrently`` call and the statement's ordinal within it.
+        """
+        base = call_key.get()
+        if base is None:
+            return 0.0
+        with self._lock:
+            counter = self._counters.setdefault(base + "#sql", itertools.count())
+            key = f"{base}/sql{next(counter)}"
+        return self._record(key, _draw(self.seed, key, STATEMENT_DELAYS))
 
     def step_decider(self, creation: str, inner: FaultDecider | None) -> FaultDecider:
         """A fault decider adding in-transaction pauses; ``inner`` (the fault injector) wins."""

@@ -272,7 +272,7 @@ VALID_STEPS = "'thread_insert', 'message_insert', 'commit'"
 
 
 @pytest.mark.parametrize("arm", ["fail", "cancel", "delay"])
-@pytest.mark.parametrize("step", ["comit", "", "THREAD_INSERT", None, 1])
+@pytest.mark.parametrize("step", ["comit", "", "THREAD_INSERT", 1])
 def test_an_unknown_step_is_rejected_with_the_valid_steps(arm: str, step: Any) -> None:
     injector = FaultInjector()
     method: Callable[..., Any] = getattr(injector, arm)
@@ -280,6 +280,20 @@ def test_an_unknown_step_is_rejected_with_the_valid_steps(arm: str, step: Any) -
     with pytest.raises(ConfigurationError) as excinfo:
         method(*args)
     assert str(excinfo.value) == f"{arm}() got unknown step {step!r}; pass one of {VALID_STEPS}"
+    assert injector.rules == ()
+
+
+@pytest.mark.parametrize("arm", ["fail", "cancel", "delay"])
+def test_a_rule_without_step_or_statement_says_to_pass_one(arm: str) -> None:
+    injector = FaultInjector()
+    method: Callable[..., Any] = getattr(injector, arm)
+    args = (None, 1.0) if arm == "delay" else (None,)
+    with pytest.raises(ConfigurationError) as excinfo:
+        method(*args)
+    assert str(excinfo.value) == (
+        f"{arm}() needs a step ({VALID_STEPS}) or statement='regex' (matched against the SQL "
+        "of statements of engines on the test's database)"
+    )
     assert injector.rules == ()
 
 
@@ -315,7 +329,8 @@ def test_delay_seconds_must_be_a_finite_number_not_below_zero(seconds: Any) -> N
         FaultInjector().delay("commit", seconds)
     assert str(excinfo.value) == (
         "delay() seconds must be a finite number >= 0 (how long to wait before the step's "
-        f"SQL), got {seconds!r}"
+        f"SQL), got {seconds!r}; e.g. delay('commit', 0.5) or delay(statement=r'^UPDATE', "
+        "seconds=0.5)"
     )
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from .. import instrument
 from ..faults.steps import FaultDecider, apply_fault
 from ..schema import ThreadSchema
 from .base import Query, StatementCallback, Store, ThreadIdTaken
@@ -71,6 +72,7 @@ class SessionStore(Store):
         decide: FaultDecider | None,
     ) -> None:
         s = self.schema
+        token = instrument.store_steps.set(True)  # the steps below are this store's own
         try:
             async with self.sessionmaker.begin() as session:
                 await self._immediate(session)
@@ -93,6 +95,8 @@ class SessionStore(Store):
             if row is None:
                 raise
             raise ThreadIdTaken(row[0] if s.owner_column is not None else None) from None
+        finally:
+            instrument.store_steps.reset(token)
 
     async def fetch_all(self, statement: Query) -> list[dict[str, Any]]:
         if self._lock is not None:

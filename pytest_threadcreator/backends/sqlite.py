@@ -597,6 +597,7 @@ class SqliteBackend(Backend):
             isolation=isolation,
             name=path.name,
             location=str(path),
+            connection_settings=sqlite_pragmas(self.busy_timeout_ms),
         )
 
     def drop_database(self, database: Database) -> None:

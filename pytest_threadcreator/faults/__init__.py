@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import threading
 from collections.abc import Iterable
 from numbers import Real
@@ -57,11 +58,13 @@ class FaultRule:
     __slots__ = (
         "_fired",
         "_kind",
+        "_pattern",
         "_rate",
         "_remaining",
         "_rng",
         "_seconds",
         "_seed",
+        "_seen",
         "_step",
         "_times",
     )
@@ -69,15 +72,18 @@ class FaultRule:
     def __init__(
         self,
         kind: FaultKind,
-        step: str,
+        step: str | None,
         *,
         seconds: float,
         times: int | None,
         rate: float | None,
         seed: int | None,
+        statement: re.Pattern[str] | None = None,
     ) -> None:
         self._kind: FaultKind = kind
         self._step = step
+        self._pattern = statement
+        self._seen = 0
         self._seconds = seconds
         self._times = times
         self._rate = rate
@@ -92,9 +98,14 @@ class FaultRule:
         return self._kind
 
     @property
-    def step(self) -> str:
-        """The step this rule acts at."""
+    def step(self) -> str | None:
+        """The step this rule acts at, or None for a ``statement=`` rule."""
         return self._step
+
+    @property
+    def statement(self) -> str | None:
+        """The regular expression a ``statement=`` rule matches SQL with, or None for a step rule."""
+        return self._pattern.pattern if self._pattern is not None else None
 
     @property
     def seconds(self) -> float:
@@ -137,15 +148,19 @@ class FaultRule:
             return False
         return self._rng is None or self._rate is None or self._rng.random() < self._rate
 
-    def _fire(self, call: int) -> FaultAction:
+    def _fire(self, call: int, step: str | None = None) -> FaultAction:
         """Record a hit and return the action for the store (lock held)."""
         self._fired += 1
         if self._remaining is not None:
             self._remaining -= 1
-        return FaultAction(kind=self._kind, step=self._step, call=call, seconds=self._seconds)
+        where = step or self._step or "statement"
+        return FaultAction(kind=self._kind, step=where, call=call, seconds=self._seconds)
 
     def __repr__(self) -> str:
-        args = [repr(self._step)]
+        if self._pattern is not None:
+            args = [f"statement={self._pattern.pattern!r}"]
+        else:
+            args = [repr(self._step)]
         if self._kind == "delay":
             args.append(f"{self._seconds:g}")
         if self._times is not None:
@@ -175,26 +190,32 @@ class FaultInjector:
     # -- arming ------------------------------------------------------------------------------
     def fail(
         self,
-        step: str,
+        step: str | None = None,
         *,
+        statement: str | None = None,
         times: int | None = None,
         rate: float | None = None,
         seed: int | None = None,
     ) -> FaultRule:
-        """Raise :class:`~pytest_threadcreator.errors.InjectedFault` just before ``step``'s SQL."""
+        """Raise :class:`~pytest_threadcreator.errors.InjectedFault` just before ``step``'s SQL.
+
+        ``statement="regex"`` instead of a step: just before each statement of an engine on the
+        test's database whose SQL matches (``re.search``, case-insensitive).
+        """
         __tracebackhide__ = True
-        return self._arm("fail", step, 0.0, times, rate, seed)
+        return self._arm("fail", step, 0.0, times, rate, seed, statement)
 
     def delay(
         self,
-        step: str,
-        seconds: float,
+        step: str | None = None,
+        seconds: float | None = None,
         *,
+        statement: str | None = None,
         times: int | None = None,
         rate: float | None = None,
         seed: int | None = None,
     ) -> FaultRule:
-        """Wait ``seconds`` just before ``step``'s SQL, inside the open transaction."""
+        """Wait ``seconds`` just before ``step``'s SQL (or a matching ``statement=``), inside the transaction."""
         __tracebackhide__ = True
         if (
             isinstance(seconds, bool)
@@ -204,33 +225,40 @@ class FaultInjector:
         ):
             raise ConfigurationError(
                 "delay() seconds must be a finite number >= 0 (how long to wait before the "
-                f"step's SQL), got {seconds!r}"
+                f"step's SQL), got {seconds!r}; e.g. delay('commit', 0.5) or "
+                "delay(statement=r'^UPDATE', seconds=0.5)"
             )
-        return self._arm("delay", step, float(seconds), times, rate, seed)
+        return self._arm("delay", step, float(seconds), times, rate, seed, statement)
 
     def cancel(
         self,
-        step: str,
+        step: str | None = None,
         *,
+        statement: str | None = None,
         times: int | None = None,
         rate: float | None = None,
         seed: int | None = None,
     ) -> FaultRule:
-        """Cancel the call just before ``step``'s SQL: it rolls back and raises CancelledError."""
+        """Cancel the call just before ``step``'s SQL (or a matching ``statement=``): it rolls back.
+
+        In async code the task running it is cancelled (CancelledError); a statement of sync
+        code raises :class:`~pytest_threadcreator.errors.InjectedFault` instead.
+        """
         __tracebackhide__ = True
-        return self._arm("cancel", step, 0.0, times, rate, seed)
+        return self._arm("cancel", step, 0.0, times, rate, seed, statement)
 
     def _arm(
         self,
         kind: FaultKind,
-        step: str,
+        step: str | None,
         seconds: float,
         times: int | None,
         rate: float | None,
         seed: int | None,
+        statement: str | None = None,
     ) -> FaultRule:
         __tracebackhide__ = True
-        _check_step(kind, step)
+        pattern = _check_target(kind, step, statement)
         if times is not None and (
             isinstance(times, bool) or not isinstance(times, int) or times < 1
         ):
@@ -263,7 +291,9 @@ class FaultInjector:
                     f"{kind}(seed=...) must be an int (the same seed gives the same decisions), "
                     f"got {seed!r}"
                 )
-        rule = FaultRule(kind, step, seconds=seconds, times=times, rate=rate, seed=seed)
+        rule = FaultRule(
+            kind, step, seconds=seconds, times=times, rate=rate, seed=seed, statement=pattern
+        )
         with self._lock:
             self._rules.append(rule)
         return rule
@@ -295,6 +325,38 @@ class FaultInjector:
             self._fired[step] = self._fired.get(step, 0) + 1
             return chosen._fire(call)
 
+    def decide_statement(self, sql: str, step: str | None) -> FaultAction | None:
+        """The action for one statement of an engine on the test's database, or None.
+
+        ``step`` is the step the statement maps to (None for any other statement): step rules
+        act on it as on the plugin's own steps and it counts as a hit; ``statement=`` rules act
+        on every statement whose SQL they match. Thread-safe.
+        """
+        with self._lock:
+            call = 0
+            if step is not None:
+                call = self._hits.get(step, 0) + 1
+                self._hits[step] = call
+            chosen: FaultRule | None = None
+            for rule in self._rules:
+                pattern = rule._pattern
+                if pattern is None:
+                    if step is None or rule._step != step:
+                        continue
+                elif not pattern.search(sql):
+                    continue
+                else:
+                    rule._seen += 1
+                if rule._decide() and chosen is None:
+                    chosen = rule
+            if chosen is None:
+                return None
+            if step is not None:
+                self._fired[step] = self._fired.get(step, 0) + 1
+            if chosen._pattern is not None:
+                call = chosen._seen
+            return chosen._fire(call, step)
+
     # -- inspection --------------------------------------------------------------------------
     def hits(self, step: str) -> int:
         """How many calls reached ``step``, fault or not (a retried attempt reaches it again)."""
@@ -322,6 +384,33 @@ class FaultInjector:
             hits = dict(self._hits)
         armed = "rules: " + "; ".join(map(repr, rules)) if rules else "no rules armed"
         return f"<FaultInjector {armed}; hits {_counts(hits.items())}>"
+
+
+def _check_target(kind: str, step: object, statement: object) -> re.Pattern[str] | None:
+    """The compiled ``statement=`` pattern, or None for a step rule; refuse anything else."""
+    __tracebackhide__ = True
+    if statement is None:
+        if step is None:
+            raise ConfigurationError(
+                f"{kind}() needs a step ({_VALID_STEPS}) or statement='regex' (matched against "
+                "the SQL of statements of engines on the test's database)"
+            )
+        _check_step(kind, step)
+        return None
+    if step is not None:
+        raise ConfigurationError(
+            f"{kind}() got both step {step!r} and statement={statement!r}; pass one of them"
+        )
+    if not isinstance(statement, str) or not statement:
+        raise ConfigurationError(
+            f"{kind}(statement=...) must be a non-empty regular expression string, got {statement!r}"
+        )
+    try:
+        return re.compile(statement, re.IGNORECASE)
+    except re.error as exc:
+        raise ConfigurationError(
+            f"{kind}(statement={statement!r}) is not a valid regular expression: {exc}"
+        ) from None
 
 
 def _check_step(what: str, step: object) -> None:
