@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.pool import _AdhocProxiedConnection
 from sqlalchemy.util import await_only
 from sqlalchemy.util.concurrency import in_greenlet
 
@@ -91,7 +92,7 @@ def database_key(url: str | URL) -> tuple[str, str] | None:
 class _Target:
     """What instrumentation needs of one active database."""
 
-    __slots__ = ("database", "engines", "message_insert", "settings", "thread_insert")
+    __slots__ = ("checkouts", "database", "message_insert", "settings", "thread_insert")
 
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -99,7 +100,10 @@ class _Target:
         self.thread_insert = _insert_into(schema.thread_table.name)
         self.message_insert = _insert_into(schema.message_table.name)
         self.settings: tuple[str, ...] = tuple(database.connection_settings)
-        self.engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+        #: each checkout of a connection by the test's engines, with the engine's URL; it is
+        #: still checked out while the pool's handle holds a DBAPI connection (disposing the
+        #: engine does not return it)
+        self.checkouts: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
     def step_of(self, sql: str) -> str | None:
         if self.thread_insert.match(sql):
@@ -135,15 +139,11 @@ def deactivate(database: Database) -> list[tuple[int, str]]:
     if target is None or target.database is not database:
         return []
     del _targets[key]  # type: ignore[arg-type]
-    leaks: list[tuple[int, str]] = []
-    for engine in list(target.engines):
-        if engine in _own:
-            continue  # the Database counts and closes its own engines
-        checked = getattr(engine.pool, "checkedout", None)
-        count = int(checked()) if callable(checked) else 0
-        if count:
-            leaks.append((count, engine.url.render_as_string(hide_password=True)))
-    return leaks
+    held: dict[str, int] = {}
+    for handle, url in list(target.checkouts.items()):
+        if handle.dbapi_connection is not None:
+            held[url] = held.get(url, 0) + 1
+    return [(count, url) for url, count in held.items()]
 
 
 def own_engine(engine: Engine) -> None:
@@ -176,7 +176,9 @@ def _on_connect(conn: Any) -> None:
     target = _target_of(conn.engine)
     if target is None:
         return
-    target.engines.add(conn.engine)
+    engine = conn.engine
+    if engine not in _own:  # the Database counts and closes its own engines
+        target.checkouts[conn.connection] = engine.url.render_as_string(hide_password=True)
     if target.settings:
         info = conn.connection.info
         if not info.get(_SETTINGS_DONE):
@@ -195,8 +197,8 @@ def _before_statement(
     if not _targets:
         return
     target = _target_of(conn.engine)
-    if target is None:
-        return
+    if target is None or isinstance(conn.connection, _AdhocProxiedConnection):
+        return  # (SQLAlchemy's own queries while it sets up an engine's first connection)
     database = target.database
     if database._counters and conn.engine not in _own:
         label = f"engine connection {id(conn.connection.dbapi_connection) % 100_000:05d}"

@@ -40,7 +40,7 @@ STEP_DELAYS = (0.0, 0.0, 0.0, 0.0, 0.001, 0.005)
 #: Pause before each statement of the test's own engines inside a run_concurrently call. Longer
 #: than the others: it must dominate what a fresh process adds (new connections, first-time
 #: compilation), so that a seed's schedule replays in another run.
-STATEMENT_DELAYS = (0.0, 0.0, 0.0, 0.005, 0.020, 0.050)
+STATEMENT_DELAYS = (0.0, 0.0, 0.0, 0.010, 0.030, 0.060)
 
 #: Which call of a run_concurrently run the current task is (set inside each call's task).
 call_key: contextvars.ContextVar[str | None] = contextvars.ContextVar(
