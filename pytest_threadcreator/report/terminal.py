@@ -10,7 +10,7 @@ __all__ = ["summary_lines"]
 
 
 def summary_lines(data: Mapping[str, Any], *, verbose: bool) -> list[str]:
-    """Lines for the terminal summary from :func:`report_data` (empty when no test used it)."""
+    """Lines for the terminal summary from :func:`~.data.report_data` (empty when no test used it)."""
     setup = data.get("setup") or []
     if not setup:
         return []
