@@ -21,8 +21,11 @@ from .errors import (
     ThreadNotFoundError,
     ThreadOwnershipError,
 )
-from .faults import FaultInjector
+from .faults import FaultInjector, FaultRule
+from .fixture_types import RunConcurrently
+from .queries import QueryCounter
 from .schema import NewThread, ThreadSchema
+from .users import UserContextMaker
 
 try:
     __version__ = version("pytest-threadcreator")
@@ -36,11 +39,14 @@ __all__ = [
     "Database",
     "DatabaseError",
     "FaultInjector",
+    "FaultRule",
     "InjectedFault",
     "InvalidContextError",
     "InvalidMessageError",
     "NewThread",
     "NoDatabaseError",
+    "QueryCounter",
+    "RunConcurrently",
     "ThreadCreator",
     "ThreadCreatorError",
     "ThreadExistsError",
@@ -48,6 +54,7 @@ __all__ = [
     "ThreadOwnershipError",
     "ThreadSchema",
     "ThreadWithMessage",
+    "UserContextMaker",
     "UserExecutionContext",
     "__version__",
     "run_concurrently",

@@ -247,7 +247,7 @@ def test_cleanup_that_fails_at_exit_says_so_in_one_line(pytester: pytest.Pyteste
         """
         import pytest
         from pytest_threadcreator.errors import BackendUnavailableError
-        from pytest_threadcreator.plugin import state
+        from pytest_threadcreator.plugin.state import state
 
         @pytest.hookimpl(tryfirst=True)
         def pytest_unconfigure(config):

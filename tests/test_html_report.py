@@ -24,7 +24,8 @@ import pytest
 
 from pytest_threadcreator import concurrency
 from pytest_threadcreator.concurrency import ConcurrencyReport, LatencyStats, run_concurrently
-from pytest_threadcreator.html_report import COLOURS, render_html, run_data
+from pytest_threadcreator.report.data import run_data
+from pytest_threadcreator.report.html import COLOURS, render_html
 
 # Safety nets so a broken runner or browser fails the test instead of hanging it; never asserted.
 HANG_GUARD_S = 30.0
@@ -131,7 +132,7 @@ async def big_run() -> ConcurrencyReport[int]:
 
 
 def page_data(*runs: tuple[str, ConcurrencyReport[Any]]) -> dict[str, Any]:
-    """The report data as reporting.report_data builds it, with run_data for the runs."""
+    """The report data as report.data.report_data builds it, with run_data for the runs."""
     return {
         "settings": "threadcreator: db=sqlite (from default), isolation=clean (from default)",
         "backends": ["sqlite (files under /tmp/pytest-of-root)"],

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import json
+import typing
+from pathlib import Path
+
 import pytest
+
+import pytest_threadcreator
 
 from .conftest import BACKEND, count_threads_in_kept_database
 
@@ -424,7 +431,6 @@ def test_summary_report_file_and_failure_section(pytester: pytest.Pytester, ini:
             "threadcreator report written to out/report.json",
         ]
     )
-    import json
 
     data = json.loads((pytester.path / "out" / "report.json").read_text())
     assert [run["calls"] for run in data["concurrency_runs"]] == [50, 7]
@@ -504,3 +510,193 @@ def test_a_marker_asking_for_an_unavailable_backend_fails_only_its_test(
     result = pytester.runpytest()
     result.assert_outcomes(passed=1, errors=2)
     result.stdout.fnmatch_lines(["*BackendUnavailableError: postgresql-docker: tried to start*"])
+
+
+def documented_report_paths() -> tuple[set[str], set[str]]:
+    """Key paths of the JSON report as report/data.py's docstring shows it, and the paths of
+    its free-form mappings (``{str: int}``), whose keys are data."""
+    from pytest_threadcreator.report import data
+
+    doc = data.__doc__ or ""
+    block = doc[doc.index("::\n") + 3 : doc.index("\n\nReaders")]
+    source = "\n".join(line.split("#")[0] for line in block.splitlines())
+    paths: set[str] = set()
+    free: set[str] = set()
+
+    def walk(node: ast.expr, prefix: str) -> None:
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                    paths.add(prefix + key.value)
+                    walk(value, f"{prefix}{key.value}.")
+                else:
+                    free.add(prefix.rstrip("."))
+        elif isinstance(node, ast.List) and node.elts:
+            walk(node.elts[0], prefix.rstrip(".") + "[].")
+
+    walk(ast.parse(source.strip(), mode="eval").body, "")
+    return paths, free
+
+
+def report_paths(value: object, prefix: str, free: set[str]) -> set[str]:
+    """Key paths of a real report; keys under a free-form mapping are data, not paths."""
+    paths: set[str] = set()
+    if isinstance(value, dict) and prefix.rstrip(".") not in free:
+        for key, item in value.items():
+            paths.add(prefix + key)
+            paths |= report_paths(item, f"{prefix}{key}.", free)
+    elif isinstance(value, list):
+        for item in value:
+            paths |= report_paths(item, prefix.rstrip(".") + "[].", free)
+    return paths
+
+
+def typed_report_paths(hint: object, prefix: str) -> set[str]:
+    """Key paths of the report's TypedDicts, as mypy checks them."""
+    if typing.is_typeddict(hint):
+        paths: set[str] = set()
+        for key, item in typing.get_type_hints(hint).items():
+            paths.add(prefix + key)
+            paths |= typed_report_paths(item, f"{prefix}{key}.")
+        return paths
+    if typing.get_origin(hint) is list:
+        return typed_report_paths(typing.get_args(hint)[0], prefix.rstrip(".") + "[].")
+    return set()
+
+
+def test_the_documented_report_keys_are_the_keys_a_run_writes(
+    pytester: pytest.Pytester, ini: object
+) -> None:
+    from pytest_threadcreator.report.data import ReportData
+
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_load(thread_creator, make_user_context, run_concurrently):
+            async def fail(i):
+                raise ValueError(i)
+
+            await run_concurrently(
+                lambda c: thread_creator.create_thread_with_message(c, "hi"), make_user_context.many(3)
+            )
+            await run_concurrently(fail, 2)
+
+        def test_kept(threadcreator_db):
+            assert False
+        """
+    )
+    result = pytester.runpytest(
+        "--threadcreator-report=report.json",
+        "--threadcreator-shake=2",
+        "--threadcreator-keep",
+        "-p",
+        "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    written = json.loads((pytester.path / "report.json").read_text())
+    for key in ("setup", "concurrency_runs", "shake", "kept_databases"):
+        assert written[key], key  # every list has an entry, so every key below it shows
+    documented, free = documented_report_paths()
+    assert free == {"concurrency_runs[].error_counts"}
+    assert report_paths(written, "", free) == documented
+    assert typed_report_paths(ReportData, "") == documented
+
+
+FIXTURE_TYPES = """
+import pytest
+
+from pytest_threadcreator import (
+    ConcurrencyReport,
+    Database,
+    FaultInjector,
+    FaultRule,
+    QueryCounter,
+    RunConcurrently,
+    ThreadCreator,
+    ThreadWithMessage,
+    UserContextMaker,
+    UserExecutionContext,
+)
+
+
+@pytest.mark.asyncio
+async def test_annotated(
+    threadcreator_db: Database,
+    thread_creator: ThreadCreator,
+    make_user_context: UserContextMaker,
+    user_context: UserExecutionContext,
+    run_concurrently: RunConcurrently,
+    fault_injector: FaultInjector,
+) -> None:
+    assert isinstance(make_user_context, UserContextMaker)
+    assert isinstance(user_context, UserExecutionContext)
+    rule: FaultRule = fault_injector.delay("commit", 0.0, times=1)
+    assert isinstance(rule, FaultRule)
+
+    async def create(context: UserExecutionContext) -> ThreadWithMessage:
+        return await thread_creator.create_thread_with_message(context, "hi")
+
+    report: ConcurrencyReport[ThreadWithMessage] = await run_concurrently(
+        create, make_user_context.many(3)
+    )
+    assert report.succeeded == 3
+
+    async def square(i: int) -> int:
+        return i * i
+
+    squares: ConcurrencyReport[int] = await run_concurrently(square, 4, max_concurrency=2)
+    assert squares.results == [0, 1, 4, 9]
+    async with threadcreator_db.count_queries() as queries:
+        await thread_creator.create_thread_with_message(user_context, "hi")
+    assert isinstance(queries, QueryCounter)
+    counted: QueryCounter = queries
+    assert counted.total > 0
+"""
+
+WRONG_FIXTURE_TYPES = """
+from pytest_threadcreator import ConcurrencyReport, RunConcurrently, UserContextMaker
+
+
+async def test_wrong(run_concurrently: RunConcurrently, make_user_context: UserContextMaker) -> None:
+    async def square(i: int) -> int:
+        return i * i
+
+    texts: ConcurrencyReport[str] = await run_concurrently(square, 4)
+    make_user_context.many("3")
+    await run_concurrently(square, 4, max_concurency=2)
+"""
+
+
+def test_the_fixtures_give_the_exported_types(pytester: pytest.Pytester, ini: object) -> None:
+    pytester.makepyfile(FIXTURE_TYPES)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+def test_a_test_module_annotated_with_the_exported_types_type_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mypy import api
+
+    (tmp_path / "test_annotated.py").write_text(FIXTURE_TYPES)
+    (tmp_path / "test_wrong.py").write_text(WRONG_FIXTURE_TYPES)
+    # the package's own source, however it is installed (mypy cannot follow an editable install)
+    monkeypatch.setenv("MYPYPATH", str(Path(pytest_threadcreator.__file__).parent.parent))
+    out, err, status = api.run(
+        [
+            "--strict",
+            "--no-error-summary",
+            "--config-file=",
+            f"--cache-dir={tmp_path / 'mypy-cache'}",
+            str(tmp_path / "test_annotated.py"),
+            str(tmp_path / "test_wrong.py"),
+        ]
+    )
+    assert err == ""
+    errors = [line for line in out.splitlines() if ": error:" in line]
+    assert not [line for line in errors if "test_annotated.py" in line], out
+    wrong = {int(line.split(":")[1]) for line in errors if "test_wrong.py" in line}
+    assert wrong == {9, 10, 11}, out  # the wrong result type, argument and keyword
+    assert status == 1

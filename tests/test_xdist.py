@@ -42,9 +42,9 @@ from pytest_threadcreator.backends.sqlite import SqliteBackend
 from pytest_threadcreator.creator import ThreadCreator
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.errors import BackendUnavailableError, DatabaseError
+from pytest_threadcreator.plugin.xdist import run_id_from_testrunuid
 from pytest_threadcreator.runtime import Runtime, schema_key
 from pytest_threadcreator.schema import default_schema
-from pytest_threadcreator.xdist_support import run_id_from_testrunuid
 
 from .conftest import (
     _count_in_kept_cluster,

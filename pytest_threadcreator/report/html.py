@@ -10,38 +10,7 @@ and merges bars that touch at pixel resolution, the histogram has at most ``_MAX
 the other charts at most a few hundred columns, so a run adds at most a few hundred kilobytes to
 the page however many calls it made.
 
-The data :func:`render_html` reads is what ``reporting.report_data`` returns, with each
-concurrency run built by :func:`run_data`::
-
-    {
-        "settings": str,                      # Settings.describe(), shown as is
-        "backends": [str, ...],               # Backend.describe() of each backend used
-        "databases_created": int,
-        "setup": [                            # one per test database handed out, in run order
-            {"test": str, "backend": str, "isolation": str, "ms": float},
-        ],
-        "concurrency_runs": [                 # one per run_concurrently call, in run order
-            {
-                "test": str,                  # the test's node id
-                "calls": int,
-                "succeeded": int,
-                "failed": int,                # includes timed_out
-                "timed_out": int,
-                "elapsed_s": float,
-                "throughput": float,          # ops/s
-                "latency_ms": {"p50": float, "p95": float, "p99": float, "max": float,
-                               "mean": float},
-                "errors": [str, ...],         # sorted exception type names
-                "error_counts": {str: int},   # exception type name -> count
-                # per call, in input order (both lists have "calls" entries, or are empty):
-                "timings": [[start_s, end_s] | None, ...],  # seconds after the barrier's
-                                              # release, rounded to µs; None: never started
-                "outcomes": ["ok" | "error" | "timeout", ...],
-            },
-        ],
-        "kept_databases": [str, ...],
-    }
-
+The data :func:`render_html` reads is the report data of :mod:`.data`, whose docstring shows it.
 Every key is optional for :func:`render_html` (a JSON report written before timings existed
 renders without timelines); values are read defensively, since the data may come from a file.
 """
@@ -50,13 +19,10 @@ from __future__ import annotations
 
 import html
 import math
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .concurrency import ConcurrencyReport, Outcome
-
-__all__ = ["COLOURS", "render_html", "run_data"]
+__all__ = ["COLOURS", "render_html"]
 
 #: Fill colour of each outcome in the histogram and the timeline (matplotlib's tab10 palette).
 COLOURS: dict[str, str] = {"ok": "#1f77b4", "error": "#d62728", "timeout": "#ff7f0e"}
@@ -96,43 +62,6 @@ svg { display: block; overflow: visible; }
 svg text { font: 11px system-ui, sans-serif; fill: #444; }
 .failed { color: #b21f1f; }
 """
-
-
-# --- building the data ----------------------------------------------------------------------
-
-
-def run_data(nodeid: str, report: ConcurrencyReport[Any]) -> dict[str, Any]:
-    """One concurrency run as plain JSON-able data, with per-call timings and outcomes."""
-    lat = report.latency_ms
-    error_counts = Counter(type(error).__name__ for error in report.errors)
-    outcomes: list[Outcome] = list(report.outcomes)
-    if not outcomes and report.results:
-        # A report built by hand, without outcomes: tell successes from errors by identity.
-        error_ids = {id(error) for error in report.errors}
-        outcomes = ["error" if id(result) in error_ids else "ok" for result in report.results]
-    return {
-        "test": nodeid,
-        "calls": len(report.results),
-        "succeeded": report.succeeded,
-        "failed": report.failed,
-        "timed_out": report.timed_out,
-        "elapsed_s": report.elapsed_s,
-        "throughput": report.throughput,
-        "latency_ms": {
-            "p50": lat.p50,
-            "p95": lat.p95,
-            "p99": lat.p99,
-            "max": lat.max,
-            "mean": lat.mean,
-        },
-        "errors": sorted(error_counts),
-        "error_counts": dict(sorted(error_counts.items())),
-        "timings": [
-            None if timing is None else [round(timing[0], 6), round(timing[1], 6)]
-            for timing in report.timings
-        ],
-        "outcomes": outcomes,
-    }
 
 
 # --- small helpers --------------------------------------------------------------------------

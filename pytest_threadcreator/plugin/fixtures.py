@@ -9,24 +9,28 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from . import _binding
-from .config import Settings
-from .creator import ThreadCreator
-from .database import Database
-from .errors import BackendUnavailableError
-from .faults import FaultInjector
-from .runtime import EnvironmentFault, Runtime, worker_id_from_env
-from .schema import ThreadSchema
-from .users import UserContextMaker
-from .xdist_support import is_worker, worker_run
+from .. import _binding
+from ..concurrency import run_concurrently as run
+from ..config import Settings
+from ..context import UserExecutionContext
+from ..creator import ThreadCreator
+from ..database import Database
+from ..errors import BackendUnavailableError
+from ..faults import FaultInjector
+from ..fixture_types import RunConcurrently
+from ..runtime import EnvironmentFault, Runtime, worker_id_from_env
+from ..schema import ThreadSchema
+from ..users import UserContextMaker
+from .state import PHASE_REPORTS_KEY, state
+from .xdist import is_worker, worker_run
 
 if TYPE_CHECKING:
-    from .factories import MessageFactory, ThreadFactory
+    from ..factories import MessageFactory, ThreadFactory
 
 __all__ = [
     "db_session",
@@ -43,17 +47,10 @@ __all__ = [
 ]
 
 
-def _state(config: pytest.Config) -> Any:
-    from .plugin import state
-
-    return state(config)
-
-
 @pytest.fixture(scope="session")
 def threadcreator_schema(pytestconfig: pytest.Config) -> ThreadSchema:
     """The ThreadSchema test databases are built from. Override this to use your own models."""
-    schema: ThreadSchema = _state(pytestconfig).schema()
-    return schema
+    return state(pytestconfig).schema()
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +60,7 @@ def threadcreator_setup(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Runtime:
     """Backends, templates and shared databases of this run. Override this to change how they are made."""
-    st = _state(pytestconfig)
+    st = state(pytestconfig)
     if st.runtime is None:
         hook = pytestconfig.hook.pytest_threadcreator_setup_database
         st.runtime = Runtime(
@@ -74,15 +71,14 @@ def threadcreator_setup(
             xdist=worker_run(pytestconfig, tmp_path_factory),
             docker=st.settings.docker,
         )
-    runtime: Runtime = st.runtime
-    return runtime
+    return st.runtime
 
 
 def _runtime_for(request: pytest.FixtureRequest, runtime: Runtime, schema: ThreadSchema) -> Runtime:
     """``runtime``, or one of its own for a schema that a nearer conftest overrides (made once)."""
     if schema is runtime.schema:
         return runtime
-    st = _state(request.config)
+    st = state(request.config)
     other: Runtime | None = st.schema_runtimes.get(id(schema))
     if other is None:
         factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
@@ -98,10 +94,8 @@ def threadcreator_db(
     threadcreator_schema: ThreadSchema,
 ) -> Iterator[Database]:
     """An isolated, empty, schema-ready Database for this test (backend and isolation per options/marker)."""
-    from .plugin import REPORT_KEY
-
     threadcreator_setup = _runtime_for(request, threadcreator_setup, threadcreator_schema)
-    settings = _state(request.config).settings_for(request.node)
+    settings = state(request.config).settings_for(request.node)
     try:
         database = threadcreator_setup.acquire(settings, request.node.nodeid)
     except BackendUnavailableError as exc:
@@ -115,7 +109,7 @@ def threadcreator_db(
         yield database
     finally:
         _binding.unbind(token)
-        reports = request.node.stash.get(REPORT_KEY, {})
+        reports = request.node.stash.get(PHASE_REPORTS_KEY, {})
         failed = any(r.failed for r in reports.values())
         kept = threadcreator_setup.release(database, settings, keep=failed and settings.keep)
         if kept:
@@ -166,17 +160,15 @@ def make_user_context() -> UserContextMaker:
 
 
 @pytest.fixture
-def user_context(make_user_context: UserContextMaker) -> Any:
+def user_context(make_user_context: UserContextMaker) -> UserExecutionContext:
     """A fresh, valid UserExecutionContext with a unique user_id."""
     return make_user_context()
 
 
 @pytest.fixture
-def run_concurrently(request: pytest.FixtureRequest) -> Any:
+def run_concurrently(request: pytest.FixtureRequest) -> RunConcurrently:
     """await run_concurrently(fn, items, *, max_concurrency=None, timeout=30.0) -> ConcurrencyReport."""
-    from .concurrency import run_concurrently as run
-
-    reports = _state(request.config).concurrency_reports
+    reports = state(request.config).concurrency_reports
     nodeid = request.node.nodeid
 
     async def diagnose() -> list[str]:  # on a timeout: the lock waits of the test's database
@@ -191,7 +183,7 @@ def run_concurrently(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 def thread_factory(threadcreator_db: Database) -> type[ThreadFactory]:
     """ThreadFactory on threadcreator_db: build() writes nothing; await create()/create_batch(n) commit threads with their first message."""
-    from .factories import ThreadFactory  # imported lazily: factory_boy is slow to import
+    from ..factories import ThreadFactory  # imported lazily: factory_boy is slow to import
 
     return ThreadFactory.bind(threadcreator_db)
 
@@ -199,7 +191,7 @@ def thread_factory(threadcreator_db: Database) -> type[ThreadFactory]:
 @pytest.fixture
 def message_factory(threadcreator_db: Database) -> type[MessageFactory]:
     """MessageFactory on threadcreator_db: await create(thread=… or thread_id=…) adds a message; with neither it starts a new thread."""
-    from .factories import MessageFactory
+    from ..factories import MessageFactory
 
     return MessageFactory.bind(threadcreator_db)
 

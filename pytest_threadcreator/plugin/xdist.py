@@ -30,15 +30,17 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .backends.pg_names import new_run_id
-from .errors import BackendUnavailableError, ThreadCreatorError
-from .reporting import merge_report_data
-from .runtime import XdistRun
+from ..backends.pg_names import new_run_id
+from ..errors import BackendUnavailableError, ThreadCreatorError
+from ..report.data import merge_report_data
+from ..runtime import XdistRun
+from .state import state
+from .summary import run_report, show_report
 
 if TYPE_CHECKING:
-    from .backends.pg_docker import DockerServer
-    from .backends.pg_local import LocalCluster
-    from .backends.postgresql import RunLock
+    from ..backends.pg_docker import DockerServer
+    from ..backends.pg_local import LocalCluster
+    from ..backends.postgresql import RunLock
 
 __all__ = ["XdistSupport", "register", "worker_run"]
 
@@ -119,8 +121,6 @@ class XdistSupport:
     def _start_servers(self, workers: int) -> dict[str, dict[str, str]]:
         """One local cluster for the run when the run's database is a local cluster; the run's
         lock on the server when it is a URL."""
-        from .plugin import state
-
         db = state(self.config).settings.db
         env_url = os.environ.get("THREADCREATOR_POSTGRES_URL")
         if "://" in db or (db == "postgresql" and env_url):
@@ -131,7 +131,7 @@ class XdistSupport:
         if db not in ("postgresql-local", "postgresql"):
             return {}
         try:
-            from .backends.pg_local import LocalCluster
+            from ..backends.pg_local import LocalCluster
         except ImportError:  # not POSIX: the workers report why, as without xdist
             return {}
         cluster = LocalCluster(max_connections=max(200, 10 + CONNECTIONS_PER_WORKER * workers))
@@ -149,8 +149,7 @@ class XdistSupport:
         """One container for the run; its start-up overlaps the workers'. On failure, with
         ``explicit``, a hand-off that gives every worker the same one-line error (no worker
         tries again); else nothing (each worker runs its own chain and reports it)."""
-        from .backends.pg_docker import DEFAULT_IMAGE, DockerServer, failed_handoff
-        from .plugin import state
+        from ..backends.pg_docker import DEFAULT_IMAGE, DockerServer, failed_handoff
 
         docker = state(self.config).settings.docker
         server = DockerServer(
@@ -166,7 +165,7 @@ class XdistSupport:
     def _lock_run(self, url: str) -> None:
         """Take the run's lock on ``url`` on a thread (joined before any test is handed out)."""
         try:
-            from .backends.postgresql import RunLock
+            from ..backends.postgresql import RunLock
 
             lock = RunLock(url, self.run_id)
         except (ImportError, ThreadCreatorError):
@@ -235,8 +234,6 @@ class XdistSupport:
         up after the run could not do."""
         if not is_controller(self.config):
             return
-        from .plugin import show_report, state
-
         st = state(self.config)
         show_report(
             terminalreporter,
@@ -252,16 +249,12 @@ class XdistSupport:
     def _report(self, output: dict[str, Any]) -> None:
         """Tell the controller where this worker kept databases and its shared dir (xdist sends
         ``workeroutput`` after pytest_sessionfinish)."""
-        from .plugin import state
-
         try:
             st = state(self.config)
         except KeyError:
             return
         runtimes = [st.runtime, *st.schema_runtimes.values()]
         output[KEPT_KEY] = [loc for rt in runtimes if rt is not None for loc in rt.kept]
-        from .plugin import run_report
-
         output[REPORT_KEY] = run_report(self.config)
         if st.runtime is not None and st.runtime.xdist is not None:
             output[SHARED_DIR_KEY] = str(st.runtime.xdist.shared_dir)

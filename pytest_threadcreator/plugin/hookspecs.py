@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .database import Database
+    from ..database import Database
 
 
 def pytest_threadcreator_setup_database(database: Database) -> None:
