@@ -7,7 +7,7 @@ import random
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from sqlalchemy import JSON, Table, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from . import _binding, shake
 from .backends.base import Store, ThreadIdTaken
 from .context import check_json, check_text, coerce_context, validate_id
-from .database import Database
 from .errors import (
     DatabaseError,
     InjectedFault,
@@ -35,7 +34,24 @@ from .schema import (
     default_thread_row,
 )
 
-__all__ = ["ThreadCreator", "ThreadWithMessage"]
+if TYPE_CHECKING:
+    from .database import Database
+
+__all__ = ["BoundDatabase", "ThreadCreator", "ThreadWithMessage"]
+
+
+@runtime_checkable
+class BoundDatabase(Protocol):
+    """What ThreadCreator needs of the plugin's :class:`~pytest_threadcreator.Database`.
+
+    ThreadCreator depends on this, never on ``database.py``, which sits above it.
+    """
+
+    store: Store
+    schema: ThreadSchema
+    fault_decider: FaultDecider | None
+    retries: int
+    loops_seen: set[asyncio.AbstractEventLoop]
 
 ROLES = frozenset({"user", "assistant", "system"})
 PLUGIN_METADATA_KEYS = frozenset({"user_id", "title", "status", "created_at"})
@@ -97,7 +113,7 @@ class ThreadCreator:
         max_retries: int = 5,
         max_message_chars: int = 1_000_000,
     ) -> None:
-        if database is not None and not isinstance(database, (Database, async_sessionmaker)):
+        if database is not None and not isinstance(database, (BoundDatabase, async_sessionmaker)):
             raise TypeError(
                 "ThreadCreator(database=...) takes the threadcreator_db fixture's Database, an "
                 f"async_sessionmaker, or None; got {type(database).__name__}"
@@ -131,7 +147,7 @@ class ThreadCreator:
                     "test, request the threadcreator_db (or thread_creator) fixture; elsewhere "
                     "pass one: ThreadCreator(database) with a Database or an async_sessionmaker."
                 )
-        if isinstance(database, Database):
+        if not isinstance(database, async_sessionmaker):  # a Database (checked when made)
             schema = self._schema or database.schema
             return database.store, schema, database
         if self._session_store is None:
