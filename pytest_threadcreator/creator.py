@@ -53,6 +53,7 @@ class BoundDatabase(Protocol):
     retries: int
     loops_seen: set[asyncio.AbstractEventLoop]
 
+
 ROLES = frozenset({"user", "assistant", "system"})
 PLUGIN_METADATA_KEYS = frozenset({"user_id", "title", "status", "created_at"})
 MAX_TITLE_CHARS = 255

@@ -212,6 +212,22 @@ class Runtime:
         database.begin_test()
         return database
 
+    def clean_database(self, settings: Settings) -> Database:
+        """The database every ``clean`` test of this worker gets on ``settings.db``, made now if
+        it is not yet (for ini ``threadcreator_env``, before any test runs)."""
+        key = (settings.db, "clean")
+        shared = self.shared.get(key)
+        if shared is None:
+            backend = self.backend(settings.db)
+            try:
+                shared = backend.create_database("clean", isolation="clean")
+            except Exception as exc:
+                self._raise_environment_fault(settings.db, backend, exc)
+                raise
+            self.databases_created += 1
+            self.shared[key] = shared
+        return shared
+
     def release(self, database: Database, settings: Settings, *, keep: bool) -> str | None:
         """End a test's use of ``database``; returns where it was kept, if ``keep``."""
         database.dispose_engines()

@@ -363,3 +363,77 @@ def test_shake_finds_a_race_in_the_apps_own_code_and_its_seed_replays_it(
             assert outcomes.get("passed") == 1, replay.stdout.str()
     # The pauses before the app's statements (5-50 ms) decide the race; measured 10 of 10.
     assert failed >= 4, f"the seed's schedule failed only {failed} of 5 replays"
+
+
+ENV_APP = """
+import os
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from pytest_threadcreator.models import Thread
+
+# Read once, at import, as many apps do (NullPool: the engine outlives each test's event loop).
+DATABASE_URL = os.environ["DATABASE_URL"]
+engine = create_async_engine(DATABASE_URL, poolclass=NullPool)
+
+
+async def thread_ids():
+    async with engine.connect() as conn:
+        return [row[0] for row in await conn.execute(select(Thread.id))]
+"""
+
+ENV_TESTS = """
+import os
+
+import pytest
+
+import settings_app
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("n", range(3))
+async def test_the_import_time_engine_is_on_the_tests_database(n, threadcreator_db, thread_factory):
+    assert settings_app.DATABASE_URL == threadcreator_db.url
+    assert os.environ["SYNC_DATABASE_URL"] == threadcreator_db.sync_url
+    thread = await thread_factory.create()
+    assert await settings_app.thread_ids() == [thread.id]   # and it starts empty every test
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_threadcreator_env_points_an_import_time_engine_at_the_clean_database(
+    pytester: pytest.Pytester, workers: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("SYNC_DATABASE_URL", "kept-after-the-run")
+    pytester.makeini(
+        INI + "threadcreator_env =\n    DATABASE_URL={url}\n    SYNC_DATABASE_URL={sync_url}\n"
+    )
+    pytester.makepyfile(settings_app=ENV_APP, test_env=ENV_TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider", *workers)
+    result.assert_outcomes(passed=3)
+    assert "DATABASE_URL" not in __import__("os").environ
+    assert __import__("os").environ["SYNC_DATABASE_URL"] == "kept-after-the-run"
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("DATABASE_URL", "'DATABASE_URL' is not NAME=value"),
+        ("DATABASE_URL={dsn}", "has unknown placeholder {dsn}"),
+        ("DATABASE_URL=sqlite:///x.db", "has no placeholder"),
+        ("1URL={url}", "'1URL={url}' is not NAME=value"),
+    ],
+)
+def test_a_bad_threadcreator_env_line_is_refused_at_start_up(
+    pytester: pytest.Pytester, line: str, says: str
+) -> None:
+    pytester.makeini(INI + f"threadcreator_env = {line}\n")
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"*threadcreator_env: *{says}; write lines NAME={{url}} or NAME={{sync_url}}*"]
+    )

@@ -60,15 +60,22 @@ def threadcreator_setup(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Runtime:
     """Backends, templates and shared databases of this run. Override this to change how they are made."""
-    st = state(pytestconfig)
+    return run_runtime(pytestconfig, threadcreator_schema, tmp_path_factory)
+
+
+def run_runtime(
+    config: pytest.Config, schema: ThreadSchema, tmp_path_factory: pytest.TempPathFactory
+) -> Runtime:
+    """The run's Runtime, made on first use (by the fixture, or at session start for ``threadcreator_env``)."""
+    st = state(config)
     if st.runtime is None:
-        hook = pytestconfig.hook.pytest_threadcreator_setup_database
+        hook = config.hook.pytest_threadcreator_setup_database
         st.runtime = Runtime(
-            schema=threadcreator_schema,
+            schema=schema,
             basetemp=tmp_path_factory.getbasetemp(),
             worker_id=worker_id_from_env(),
             setup_hook=lambda database: hook(database=database),
-            xdist=worker_run(pytestconfig, tmp_path_factory),
+            xdist=worker_run(config, tmp_path_factory),
             docker=st.settings.docker,
         )
     return st.runtime

@@ -14,7 +14,8 @@ import pytest
 
 from ..config import BACKEND_NAMES, ISOLATION_MODES, resolve_settings
 from ..errors import ConfigurationError, ThreadCreatorError
-from . import hookspecs, xdist
+from . import env, hookspecs, xdist
+from .fixtures import run_runtime
 from .state import (
     PHASE_REPORTS_KEY,
     REPETITION_KEY,
@@ -117,6 +118,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="",
     )
     parser.addini(
+        "threadcreator_env",
+        "lines NAME={url} or NAME={sync_url}: environment variables set to this worker's clean "
+        "database before test modules are imported (for apps that read DATABASE_URL at import)",
+        type="linelist",
+        default=[],
+    )
+    parser.addini(
         "threadcreator_schema",
         "custom ThreadSchema as 'package.module:attribute' (default: pytest_threadcreator.models)",
         default="",
@@ -151,13 +159,26 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    st = state_or_none(session.config)
-    if st is None or not st.settings.schema:
+    config = session.config
+    st = state_or_none(config)
+    if st is None:
+        return
+    pairs = env.parse(config.getini("threadcreator_env"))
+    if not st.settings.schema and not pairs:
         return
     try:  # after conftest files are loaded, so a schema module beside them imports
-        st.schema()
+        schema = st.schema()
     except ConfigurationError as exc:
         raise pytest.UsageError(f"ConfigurationError: {exc}") from None
+    if pairs and not xdist.is_controller(config):  # the controller imports no test module
+        runtime = run_runtime(config, schema, config._tmp_path_factory)  # type: ignore[attr-defined]
+        try:
+            database = runtime.clean_database(st.settings)
+        except ThreadCreatorError as exc:
+            raise pytest.UsageError(
+                f"threadcreator_env needs the {st.settings.db} database at session start: {exc}"
+            ) from None
+        st.saved_env = env.apply(pairs, {"url": database.url, "sync_url": database.sync_url})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -241,6 +262,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     st = state_or_none(config)
     if st is None:
         return
+    env.restore(st.saved_env)
+    st.saved_env = {}
     runtimes = [*st.schema_runtimes.values(), *([st.runtime] if st.runtime is not None else [])]
     st.schema_runtimes, st.runtime = {}, None
     for runtime in runtimes:

@@ -47,6 +47,8 @@ class PluginState:
         self._schema: ThreadSchema | None = None
         #: runtimes of schemas that a conftest's threadcreator_schema override brings, by id
         self.schema_runtimes: dict[int, Runtime] = {}
+        #: what ini threadcreator_env replaced, restored at exit (None: was unset)
+        self.saved_env: dict[str, str | None] = {}
 
     def schema(self) -> ThreadSchema:
         """The schema from ini ``threadcreator_schema``, or the default one."""
