@@ -281,7 +281,9 @@ def test_a_failing_repetition_is_reported_once_with_its_seed(pytester: pytest.Py
             assert repetition != 3, "third repetition"
 
         def test_after():
-            assert len(SETUPS) == 3  # no repetition after the failing one
+            # repetition 3 fails, its seed passes both replays (setups 4 and 5), so the hunt
+            # goes on through repetitions 4 and 5 (setups 6 and 7)
+            assert len(SETUPS) == 7
         """
     )
     result = pytester.runpytest("-p", "no:cacheprovider", "-rf")
@@ -298,8 +300,47 @@ def test_a_failing_repetition_is_reported_once_with_its_seed(pytester: pytest.Py
             f"--threadcreator-seed={seed}",
         ]
     )
+    result.stdout.fnmatch_lines(
+        ["*its schedule failed again in only 0 of 2 replays in this run (no seed failed every*"]
+    )
     assert out.count("_ test_third_fails _") == 1
     assert out.count("FAILED ") == 1
+
+
+def test_a_failure_whose_seed_fails_every_replay_ends_the_hunt(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        SETUPS = []
+
+        @pytest.fixture
+        def repetition():
+            SETUPS.append(1)
+            return len(SETUPS)
+
+        @pytest.mark.threadcreator(shake=10)
+        def test_fails_from_the_third_on(repetition, threadcreator_db):
+            assert repetition < 3
+
+        def test_after():
+            assert len(SETUPS) == 5  # repetition 3 and its two replays, then no more
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    seed = repetition_seeds(
+        "test_a_failure_whose_seed_fails_every_replay_ends_the_hunt.py::"
+        "test_fails_from_the_third_on",
+        10,
+    )[2]
+    result.stdout.fnmatch_lines(
+        [
+            f"shake: repetition 3 of 10 failed under seed {seed}; replay exactly that schedule with:",
+            "*its schedule failed again in 2 of 2 replays in this run",
+        ]
+    )
 
 
 def test_a_repetition_whose_teardown_fails_stops_and_the_next_module_runs(
