@@ -9,6 +9,7 @@ from __future__ import annotations
 from harness import FigureFunction
 
 from figures import (
+    app_engine,
     concurrent,
     overhead,
     startup,
@@ -26,4 +27,5 @@ FIGURES: dict[str, tuple[FigureFunction, ...]] = {
     "concurrent": (concurrent.measure,),
     "xdist": (xdist.measure,),
     "startup": (startup.measure,),
+    "engine": (app_engine.measure,),
 }
