@@ -564,6 +564,13 @@ def app_engine_suite() -> str:
             return url, drop
 
 
+        def wal_bytes(path):
+            try:
+                return os.path.getsize(f"{path}-wal")
+            except OSError:
+                return None
+
+
         @pytest.mark.asyncio
         async def test_app_engine(threadcreator_db, tmp_path):
             data = {
@@ -599,6 +606,12 @@ def app_engine_suite() -> str:
                 data["chunk_s"] = chunk_s
                 data["expected_rows"] = WARMUP + ROUNDS * (INSERTS // CHUNK * CHUNK)
                 data["rows"] = {side: list(await app.counts()) for side, app in apps.items()}
+                if threadcreator_db.backend == "sqlite":
+                    # A WAL that cannot be checkpointed (a reader holding a snapshot) grows and
+                    # slows writes down: worth seeing when the two sides differ.
+                    data["wal_bytes"] = {
+                        side: wal_bytes(app.engine.url.database) for side, app in apps.items()
+                    }
             except BaseException as exc:
                 data["exception"] = "".join(traceback.format_exception(exc))[-2000:]
                 raise

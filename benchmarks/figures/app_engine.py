@@ -126,6 +126,7 @@ def measure(ctx: Context) -> list[Row]:
                     "ratio_per_round": ratios,
                     "chunk_pairs": len(pairs),
                     "pytest_wall_s": run.wall_s,
+                    "wal_bytes": data.get("wal_bytes"),
                 },
             )
         )
