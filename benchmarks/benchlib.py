@@ -20,6 +20,7 @@ __all__ = [
     "RESULTS_DIR",
     "Goal",
     "Row",
+    "RowSpec",
     "machine_info",
     "median",
     "short_reason",
@@ -177,3 +178,59 @@ def machine_info() -> dict[str, Any]:
         "packages": _versions(),
         "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """What names a row of the table (key, group, title, unit, goal): a row measured or missing.
+
+    Every figure module declares its rows as specs and builds them with :meth:`measured` or
+    :meth:`missing`, so that a row's names are written once whether or not it could be measured.
+    """
+
+    key: str
+    group: str
+    figure: str
+    unit: str
+    goal: Goal | None = None
+    ratio_label: str = "×"
+
+    def missing(self, reason: str) -> Row:
+        """The row of a figure that could not be measured: ``not available: reason``."""
+        return Row(
+            key=self.key,
+            group=self.group,
+            figure=self.figure,
+            unit=self.unit,
+            goal=self.goal,
+            ratio_label=self.ratio_label,
+            note=f"not available: {reason}",
+        )
+
+    def measured(
+        self,
+        ours: float,
+        *,
+        baseline: float | None = None,
+        baseline_label: str = "",
+        ratio: float | None = None,
+        warning: str = "",
+        samples: dict[str, list[float]] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Row:
+        """The row of a measured figure."""
+        return Row(
+            key=self.key,
+            group=self.group,
+            figure=self.figure,
+            unit=self.unit,
+            ours=ours,
+            baseline=baseline,
+            baseline_label=baseline_label,
+            ratio=ratio,
+            ratio_label=self.ratio_label,
+            goal=self.goal,
+            warning=warning,
+            samples=samples if samples is not None else {},
+            extra=extra if extra is not None else {},
+        )

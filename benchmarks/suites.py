@@ -25,6 +25,7 @@ from typing import Any
 __all__ = [
     "PytestRun",
     "Workspace",
+    "app_engine_suite",
     "concurrent_suite",
     "create_all_suite",
     "empty_suite",
@@ -426,5 +427,199 @@ def startup_suite(*, with_database: bool) -> str:
             started = time.time()
             with open(os.environ["BENCH_OUT"], "w", encoding="utf-8") as fh:
                 fh.write(repr(started))
+        """
+    )
+
+
+def app_engine_suite() -> str:
+    """One test: an app's own engine inserting threads + messages, instrumented and plain.
+
+    The "app" makes its engine from a URL, as a service would: once from ``threadcreator_db.url``
+    (the test's database, which the plugin instruments) and once on a database of its own the
+    plugin does not know (a file in ``tmp_path`` on SQLite, a database it creates and drops on
+    the same PostgreSQL server). Both get the same tables (the schema's metadata), the same
+    SQLite settings (set by the app itself, so the two sides differ only by the plugin) and the
+    same work: ``BENCH_INSERTS`` transactions per side and round, each a single-row INSERT of a
+    thread and one of its message, done in chunks of ``BENCH_CHUNK`` that alternate between the
+    sides (and which side goes first), after an untimed warm-up. Rates per round, the seconds
+    of every chunk and the row counts go to ``BENCH_OUT`` as JSON; the test asserts nothing.
+    """
+    return _module(
+        """
+        import json
+        import os
+        import time
+        import traceback
+        import uuid
+
+        import pytest
+        from sqlalchemy import event, func, insert, select, text
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        INSERTS = int(os.environ["BENCH_INSERTS"])
+        ROUNDS = int(os.environ["BENCH_ROUNDS"])
+        WARMUP = int(os.environ.get("BENCH_WARMUP", "50"))
+        CHUNK = min(INSERTS, int(os.environ.get("BENCH_CHUNK", "25")))
+        OUT = os.environ["BENCH_OUT"]
+        #: The settings the plugin gives its own SQLite connections; the app sets them on both
+        #: sides so that only the instrumentation differs.
+        SQLITE_PRAGMAS = (
+            "PRAGMA foreign_keys=ON",
+            "PRAGMA busy_timeout=5000",
+            "PRAGMA synchronous=OFF",
+        )
+
+
+        def app_engine(url):
+            engine = create_async_engine(url)
+            if engine.dialect.name == "sqlite":
+
+                @event.listens_for(engine.sync_engine, "connect")
+                def _settings(dbapi_connection, _record):
+                    cursor = dbapi_connection.cursor()
+                    for pragma in SQLITE_PRAGMAS:
+                        cursor.execute(pragma)
+                    cursor.close()
+
+            return engine
+
+
+        class App:
+            def __init__(self, engine, schema):
+                self.engine = engine
+                self.add_thread = insert(schema.thread_table)
+                self.add_message = insert(schema.message_table)
+                self.threads = select(func.count()).select_from(schema.thread_table)
+                self.messages = select(func.count()).select_from(schema.message_table)
+
+            async def create(self, user):
+                now = int(time.time())
+                thread_id = "thread_" + uuid.uuid4().hex
+                async with self.engine.begin() as conn:
+                    await conn.execute(
+                        self.add_thread,
+                        {
+                            "id": thread_id, "object": "thread", "user_id": user, "title": None,
+                            "status": "active", "created_at": now,
+                            "metadata_": {"user_id": user, "status": "active", "created_at": now},
+                        },
+                    )
+                    await conn.execute(
+                        self.add_message,
+                        {
+                            "id": "msg_" + uuid.uuid4().hex, "object": "thread.message",
+                            "thread_id": thread_id, "role": "user",
+                            "content": [{"type": "text", "text": {"value": "Hi", "annotations": []}}],
+                            "created_at": now, "assistant_id": None, "run_id": None,
+                            "file_ids": [], "metadata_": {"initial_message": True},
+                        },
+                    )
+
+            async def timed(self, n, user):
+                started = time.perf_counter()
+                for _ in range(n):
+                    await self.create(user)
+                return time.perf_counter() - started
+
+            async def counts(self):
+                async with self.engine.connect() as conn:
+                    return (
+                        (await conn.execute(self.threads)).scalar_one(),
+                        (await conn.execute(self.messages)).scalar_one(),
+                    )
+
+
+        async def plain_database(db, tmp_path):
+            # A database of the app's own, unknown to the plugin: its URL and how to drop it.
+            if db.backend == "sqlite":
+                url = f"sqlite+aiosqlite:///{tmp_path / 'plain.sqlite3'}"
+                engine = create_async_engine(url)
+                async with engine.begin() as conn:
+                    await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                    await conn.run_sync(db.schema.metadata.create_all)
+                await engine.dispose()
+
+                async def drop():
+                    pass
+
+                return url, drop
+            name = "tcbench_plain_" + uuid.uuid4().hex[:12]
+            server = create_async_engine(
+                make_url(db.url).set(database="postgres"), isolation_level="AUTOCOMMIT"
+            )
+            async with server.connect() as conn:
+                await conn.execute(text(f'CREATE DATABASE "{name}"'))
+            url = make_url(db.url).set(database=name)
+            engine = create_async_engine(url)
+            async with engine.begin() as conn:
+                await conn.run_sync(db.schema.metadata.create_all)
+            await engine.dispose()
+
+            async def drop():
+                async with server.connect() as conn:
+                    await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+                await server.dispose()
+
+            return url, drop
+
+
+        def wal_bytes(path):
+            try:
+                return os.path.getsize(f"{path}-wal")
+            except OSError:
+                return None
+
+
+        @pytest.mark.asyncio
+        async def test_app_engine(threadcreator_db, tmp_path):
+            data = {
+                "inserts": INSERTS // CHUNK * CHUNK,
+                "chunk": CHUNK,
+                "rounds": ROUNDS,
+                "warmup": WARMUP,
+                "backend": threadcreator_db.backend,
+            }
+            plain_url, drop = await plain_database(threadcreator_db, tmp_path)
+            apps = {
+                "instrumented": App(app_engine(threadcreator_db.url), threadcreator_db.schema),
+                "plain": App(app_engine(plain_url), threadcreator_db.schema),
+            }
+            rates = {side: [] for side in apps}
+            chunk_s = {side: [] for side in apps}
+            try:
+                for side, app in apps.items():
+                    await app.timed(WARMUP, f"warmup_{side}")
+                for round_ in range(ROUNDS):
+                    # Short chunks, alternating which side goes first, so that drift on a busy
+                    # machine falls on both sides alike.
+                    elapsed = {side: 0.0 for side in apps}
+                    for chunk in range(INSERTS // CHUNK):
+                        order = list(apps) if chunk % 2 == 0 else list(reversed(apps))
+                        for side in order:
+                            seconds = await apps[side].timed(CHUNK, f"user_{side}_{round_}")
+                            elapsed[side] += seconds
+                            chunk_s[side].append(seconds)
+                    for side in apps:
+                        rates[side].append(INSERTS // CHUNK * CHUNK / elapsed[side])
+                data["rates"] = rates
+                data["chunk_s"] = chunk_s
+                data["expected_rows"] = WARMUP + ROUNDS * (INSERTS // CHUNK * CHUNK)
+                data["rows"] = {side: list(await app.counts()) for side, app in apps.items()}
+                if threadcreator_db.backend == "sqlite":
+                    # A WAL that cannot be checkpointed (a reader holding a snapshot) grows and
+                    # slows writes down: worth seeing when the two sides differ.
+                    data["wal_bytes"] = {
+                        side: wal_bytes(app.engine.url.database) for side, app in apps.items()
+                    }
+            except BaseException as exc:
+                data["exception"] = "".join(traceback.format_exception(exc))[-2000:]
+                raise
+            finally:
+                for app in apps.values():
+                    await app.engine.dispose()
+                await drop()
+                with open(OUT, "w", encoding="utf-8") as fh:
+                    json.dump(data, fh)
         """
     )

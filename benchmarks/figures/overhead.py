@@ -1,0 +1,136 @@
+"""Per-test overhead per backend and isolation mode: (200 one-create tests − empty suite) / 200.
+
+Baselines: on SQLite a hand-rolled fixture (a file per test, ``metadata.create_all``, one ORM
+insert); on PostgreSQL the pytest-postgresql peer (:mod:`figures.pytest_postgresql_peer`). All
+suites of the figure run interleaved in one plan.
+"""
+
+from __future__ import annotations
+
+from benchlib import Goal, Row, RowSpec, median
+from harness import BACKEND_NAMES, Context, Plan, Samples, run_plan
+from suites import create_all_suite, empty_suite, ours_create_suite
+
+from figures import pytest_postgresql_peer as peer
+
+__all__ = ["PG_OVERHEAD_GOAL", "SQLITE_OVERHEAD_GOAL", "measure"]
+
+TESTS = 200
+ISOLATIONS = ("clean", "fresh", "rollback")
+SQLITE_OVERHEAD_GOAL = Goal("max_value", 2.0, "≤ 2 ms")
+PG_OVERHEAD_GOAL = Goal("min_ratio", 10.0, "≥ 10× lower")
+#: Suites faster than this get extra repeats in a full run (closest to the noise).
+CHEAP_SUITE_S = 3.0
+
+EMPTY_ASYNC = "empty-async"
+CREATE_ALL = "create_all"
+#: Suite-name prefix of each backend's runs of the plugin's suite.
+PREFIX = {"sqlite": "sqlite", "postgresql": "pg"}
+
+
+def _spec(backend: str, isolation: str) -> RowSpec:
+    goal = SQLITE_OVERHEAD_GOAL if backend == "sqlite" else PG_OVERHEAD_GOAL
+    return RowSpec(
+        key=f"overhead.{backend}.{isolation}",
+        group="overhead",
+        figure=f"Per-test overhead, {BACKEND_NAMES[backend]} {isolation}",
+        unit="ms/test",
+        goal=goal,
+        ratio_label="× lower",
+    )
+
+
+class _PerTest:
+    """Per-test milliseconds of a suite over its empty suite, in wall and CPU time."""
+
+    def __init__(self, samples: Samples) -> None:
+        self.samples = samples
+
+    def wall(self, name: str, empty: str) -> float | None:
+        if not self.samples.ok(name, empty):
+            return None
+        return (self.samples.median(name) - self.samples.median(empty)) / TESTS * 1000
+
+    def cpu(self, name: str, empty: str) -> float | None:
+        s = self.samples
+        if not s.ok(name, empty):
+            return None
+        return (median(s.cpu[name]) - median(s.cpu[empty])) / TESTS * 1000
+
+
+def _row(
+    spec: RowSpec,
+    per_test: _PerTest,
+    suite: str,
+    base_suite: str,
+    base_empty: str,
+    base_label: str,
+) -> Row:
+    """One isolation mode's row: ``suite`` minus the empty async suite, per test."""
+    samples = per_test.samples
+    ours = per_test.wall(suite, EMPTY_ASYNC)
+    if ours is None:
+        return spec.missing(samples.reason(suite, EMPTY_ASYNC))
+    base = per_test.wall(base_suite, base_empty)
+    base_key = base_suite.replace("-", "_")
+    return spec.measured(
+        ours,
+        baseline=base,
+        baseline_label=base_label,
+        ratio=base / ours if base is not None and ours > 0 else None,
+        warning=samples.warning(suite, EMPTY_ASYNC, base_suite, base_empty),
+        extra={
+            "cpu_ms_per_test": per_test.cpu(suite, EMPTY_ASYNC),
+            f"{base_key}_cpu_ms_per_test": per_test.cpu(base_suite, base_empty),
+        },
+        samples={
+            "suite_s": samples.values[suite],
+            "empty_suite_s": samples.values[EMPTY_ASYNC],
+            f"{base_key}_suite_s": samples.values.get(base_suite, []),
+            f"{base_empty.replace('-', '_')}_suite_s": samples.values.get(base_empty, []),
+        },
+    )
+
+
+def measure(ctx: Context) -> list[Row]:
+    """Per-test overhead of every chosen backend and isolation mode against its baseline."""
+    ws = ctx.workspace
+    plan: Plan = {EMPTY_ASYNC: (ws.suite("empty-async", empty_suite(TESTS, is_async=True)), [])}
+    ours_dir = ws.suite("ours-create", ours_create_suite(TESTS))
+    reasons: dict[str, str | None] = {}
+    for backend, db, reason in ctx.targets():
+        reasons[backend] = reason
+        if reason is None:
+            for iso in ISOLATIONS:
+                plan[f"{PREFIX[backend]}-{iso}"] = (
+                    ours_dir,
+                    [f"--threadcreator-db={db}", f"--threadcreator-isolation={iso}"],
+                )
+        if backend == "sqlite":
+            plan[CREATE_ALL] = (ws.suite("create-all", create_all_suite(TESTS)), [])
+    peer_reason = peer.add_to_plan(ctx, plan, TESTS) if "postgresql" in ctx.backends else None
+
+    ws.run(*plan[EMPTY_ASYNC])  # warm the OS caches once, untimed
+    per_test = _PerTest(run_plan(ctx, plan, TESTS, "overhead", cheap_s=CHEAP_SUITE_S))
+
+    rows: list[Row] = []
+    for backend, reason in reasons.items():
+        if backend == "sqlite":
+            base_suite, base_empty, base_label = CREATE_ALL, EMPTY_ASYNC, "create_all/test"
+        else:
+            base_suite, base_empty = peer.SUITE, peer.EMPTY
+            measured = peer_reason is None and per_test.wall(base_suite, base_empty) is not None
+            base_label = (
+                "pytest-postgresql"
+                if measured
+                else "pytest-postgresql n/a: "
+                + (peer_reason or per_test.samples.reason(base_suite, base_empty))
+            )
+        for iso in ISOLATIONS:
+            spec = _spec(backend, iso)
+            if reason is not None:
+                rows.append(spec.missing(reason))
+                continue
+            suite = f"{PREFIX[backend]}-{iso}"
+            rows.append(_row(spec, per_test, suite, base_suite, base_empty, base_label))
+    return rows

@@ -1,0 +1,86 @@
+"""What the two throughput figures share: running :mod:`throughput` and its per-repeat rates.
+
+The measurement itself lives in ``benchmarks/throughput.py`` (importable and runnable alone);
+the figure modules turn its :class:`throughput.ThroughputResult` into rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from benchlib import Goal, Row, RowSpec, short_reason
+from harness import BACKEND_NAMES, log
+
+if TYPE_CHECKING:
+    import throughput
+
+__all__ = [
+    "BATCH",
+    "CREATES",
+    "MODES",
+    "common_extra",
+    "missing_all",
+    "paired",
+    "run_measure",
+    "specs",
+]
+
+CREATES = 5_000
+BATCH = 200
+MODES = ("sequential", "concurrent")
+
+
+def specs(backend: str, goals: dict[str, Goal | None]) -> dict[str, RowSpec]:
+    """The sequential and the gathered row of ``backend``, with each mode's goal."""
+    name = BACKEND_NAMES[backend]
+    titles = {
+        "sequential": f"Throughput {name}, sequential awaits",
+        "concurrent": f"Throughput {name}, gather ×{BATCH}",
+    }
+    return {
+        mode: RowSpec(f"throughput.{backend}.{mode}", "throughput", titles[mode], "creates/s", goal)
+        for mode, goal in goals.items()
+    }
+
+
+def run_measure(
+    backend: str, measure: Callable[[], throughput.ThroughputResult]
+) -> tuple[throughput.ThroughputResult | None, str | None]:
+    """The result of ``measure()``, or None and why it could not be measured."""
+    import throughput
+
+    try:
+        result = measure()
+    except throughput.BenchmarkError as exc:
+        return None, f"benchmark error: {exc}"
+    except Exception as exc:  # the package failed (it may be mid-edit): report, go on
+        reason = f"{type(exc).__name__}: {exc}"
+        log(f"throughput {backend}: FAILED {reason}")
+        return None, reason
+    if result.reason is not None:
+        return None, result.reason
+    return result, None
+
+
+def paired(ours: Sequence[float], base: Sequence[float]) -> list[float]:
+    """Per repeat, ours divided by the baseline run next to it."""
+    return [a / b for a, b in zip(ours, base, strict=False)]
+
+
+def common_extra(result: throughput.ThroughputResult) -> dict[str, Any]:
+    """The JSON details every throughput row carries: sizes, raw medians, the better raw loop."""
+    rates = result.rates
+    reps = range(min(len(v) for v in rates.values()))
+    seq_wins = sum(rates["raw-sequential"][i] >= rates["raw-concurrent"][i] for i in reps)
+    return {
+        "creates": result.creates,
+        "batch": result.batch,
+        "raw_medians": {mode: result.median(f"raw-{mode}") for mode in MODES},
+        "raw_sequential_was_best": f"{seq_wins} of {len(reps)} repeats",
+    }
+
+
+def missing_all(row_specs: dict[str, RowSpec], reason: str | None) -> list[Row]:
+    """Every row of the figure, not available for ``reason``."""
+    return [spec.missing(short_reason(reason or "no result")) for spec in row_specs.values()]

@@ -1,0 +1,172 @@
+"""Smoke tests of the benchmark command line (``benchmarks/run.py``).
+
+They run the real command in a subprocess (# subprocess: the benchmarks are a script run from
+the repository root, with ``benchmarks/`` on its path, not an importable package) on the
+fastest figures with one repeat, and check what it writes, never how fast anything was.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .conftest import PG_SERVER_URL, needs, pg_server_missing
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "benchmarks" / "run.py"
+BEGIN = "<!-- benchmark-table:begin -->"
+END = "<!-- benchmark-table:end -->"
+
+PAYLOAD_KEYS = {
+    "generated_at",
+    "command",
+    "quick",
+    "repeats",
+    "figures",
+    "backends",
+    "pg_url",
+    "duration_s",
+    "machine",
+    "rows",
+    "table",
+}
+ROW_KEYS = {
+    "key",
+    "group",
+    "figure",
+    "unit",
+    "ours",
+    "baseline",
+    "baseline_label",
+    "ratio",
+    "ratio_label",
+    "goal",
+    "note",
+    "warning",
+    "samples",
+    "extra",
+    "met",
+    "score",
+}
+
+
+def run_benchmark(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``benchmarks/run.py ARGS`` from the repository root."""
+    return subprocess.run(
+        [sys.executable, str(RUN), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def load(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def test_startup_figure_writes_json_and_rewrites_only_the_readme_table(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    original = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert BEGIN in original and END in original
+    readme.write_text(original, encoding="utf-8")
+    output = tmp_path / "results.json"
+
+    proc = run_benchmark(
+        "--only=startup",
+        "--backends=sqlite",
+        "--repeats=1",
+        f"--output={output}",
+        f"--readme={readme}",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    data = load(output)
+    assert PAYLOAD_KEYS <= data.keys()
+    assert data["figures"] == ["startup"] and data["backends"] == ["sqlite"]
+    assert data["repeats"] == 1
+    [row] = data["rows"]
+    assert ROW_KEYS <= row.keys()
+    assert row["key"] == "startup.sqlite"
+    assert row["group"] == "startup"
+    assert row["note"] == "", row["note"]
+    assert row["ours"] > 0 and row["baseline"] > 0
+    assert row["ratio"] == row["ours"] / row["baseline"]
+    assert row["ratio_label"] == "× plain"
+    assert len(row["samples"]["first_test_s"]) == 1
+    assert "Start-up, SQLite: time to first test" in data["table"]
+    assert "Start-up, SQLite: time to first test" in proc.stdout
+
+    rewritten = readme.read_text(encoding="utf-8")
+    head, tail = original[: original.index(BEGIN)], original[original.index(END) :]
+    assert rewritten.startswith(head + BEGIN + "\n")
+    assert rewritten.endswith(tail)
+    table = rewritten[len(head) + len(BEGIN) : len(rewritten) - len(tail)].strip().splitlines()
+    assert table[0] == "| figure | ours | baseline | ratio | goal | met? |"
+    assert len(table) == 3  # header, rule, the one row
+    assert table[2].startswith("| Start-up, SQLite: time to first test | ")
+
+
+def test_readme_without_markers_fails_before_measuring(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# A README without a performance table\n", encoding="utf-8")
+    output = tmp_path / "results.json"
+
+    proc = run_benchmark(
+        "--only=startup", "--backends=sqlite", f"--output={output}", f"--readme={readme}"
+    )
+
+    assert proc.returncode == 2
+    assert f"--readme {readme}: no performance table markers; put {BEGIN} and {END}" in proc.stderr
+    assert not output.exists()
+    assert readme.read_text(encoding="utf-8") == "# A README without a performance table\n"
+
+
+def test_unknown_figure_is_a_usage_error_naming_the_valid_ones(tmp_path: Path) -> None:
+    proc = run_benchmark("--only=overhead,nonsense", f"--output={tmp_path / 'r.json'}")
+
+    assert proc.returncode == 2
+    assert (
+        "--only: unknown nonsense; valid: overhead, throughput, concurrent, xdist, startup, engine"
+        in proc.stderr
+    )
+
+
+def check_engine_figure(tmp_path: Path, backend: str) -> None:
+    """The engine figure on ``backend``: one measured row, both sides, every round."""
+    output = tmp_path / "results.json"
+
+    proc = run_benchmark(
+        "--only=engine",
+        f"--backends={backend}",
+        f"--pg-url={PG_SERVER_URL}",
+        "--repeats=1",
+        f"--output={output}",
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    [row] = load(output)["rows"]
+    assert row["key"] == f"engine.{backend}"
+    assert row["note"] == "", row["note"]
+    assert row["goal"] == {"kind": "min_ratio", "value": 0.9, "text": "≥ 0.90× plain"}
+    assert row["met"] is (row["ratio"] >= 0.9)
+    rounds = row["extra"]["rounds"]
+    assert len(row["samples"]["instrumented"]) == len(row["samples"]["plain"]) == rounds >= 4
+    assert len(row["extra"]["ratio_per_round"]) == rounds
+    assert row["extra"]["chunk_pairs"] == rounds * row["extra"]["inserts_per_round"] // 10
+
+
+def test_app_engine_figure_on_sqlite(tmp_path: Path) -> None:
+    check_engine_figure(tmp_path, "sqlite")
+
+
+@needs(pg_server_missing())
+def test_app_engine_figure_on_postgresql(tmp_path: Path) -> None:
+    check_engine_figure(tmp_path, "postgresql")
