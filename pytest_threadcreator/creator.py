@@ -13,7 +13,6 @@ from sqlalchemy import JSON, Table, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import _binding, shake
-from .backends.base import Store, ThreadIdTaken
 from .context import check_json, check_text, coerce_context, validate_id
 from .database import Database
 from .errors import (
@@ -34,6 +33,7 @@ from .schema import (
     default_schema,
     default_thread_row,
 )
+from .store.base import Store, ThreadIdTaken
 
 __all__ = ["ThreadCreator", "ThreadWithMessage"]
 
@@ -135,7 +135,7 @@ class ThreadCreator:
             schema = self._schema or database.schema
             return database.store, schema, database
         if self._session_store is None:
-            from .backends.session import SessionStore
+            from .store.session import SessionStore
 
             self._session_store = SessionStore(database, self._schema or default_schema())
         return self._session_store, self._schema or default_schema(), None

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from ..errors import BackendUnavailableError
+from ...errors import BackendUnavailableError
 
 __all__ = ["LocalCluster", "find_pg_bindir"]
 

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendUnavailableError
+from ...errors import BackendUnavailableError
 
 __all__ = [
     "DEFAULT_IMAGE",
