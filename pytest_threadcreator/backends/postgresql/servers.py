@@ -3,7 +3,7 @@
 ``--threadcreator-db`` takes ``postgresql`` (the auto chain: ``THREADCREATOR_POSTGRES_URL``,
 else local binaries, else Docker), ``postgresql-local``, ``postgresql-docker`` or a server URL.
 Every URL, from the option or from ``THREADCREATOR_POSTGRES_URL``, goes through
-:func:`async_url`: it gives both the same answer.
+:func:`async_url`: it gives both the same answer, and its error shows the URL to write.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ MODES: dict[str, Mode] = {
     "postgresql-docker": "docker",
 }
 
-#: The drivers the plugin can use; a URL without one means asyncpg.
+#: The async drivers the plugin can use.
 _ASYNC_DRIVERS = ("asyncpg", "psycopg", "psycopg_async")
 _EXAMPLE = "postgresql+asyncpg://user@host:5432/postgres"
 
@@ -54,9 +54,11 @@ _EXAMPLE = "postgresql+asyncpg://user@host:5432/postgres"
 def async_url(value: str, where: str) -> URL:
     """``value`` as the async SQLAlchemy URL to use, or ConfigurationError saying what to write.
 
-    ``postgresql://…`` and ``postgres://…`` (no driver named) mean asyncpg, the driver the
-    plugin installs; ``postgresql+asyncpg://…`` and ``postgresql+psycopg://…`` are used as
-    given. A sync driver (``psycopg2``, ``pg8000``) or another database is refused.
+    The one check of a server URL, for ``--threadcreator-db`` and ``THREADCREATOR_POSTGRES_URL``
+    alike: ``postgresql+asyncpg://…`` and ``postgresql+psycopg://…`` are taken as given. A URL
+    that names no driver (``postgresql://…``, ``postgres://…``) is refused, since SQLAlchemy
+    reads it as the sync psycopg2, and so is a sync driver (``psycopg2``, ``pg8000``); the
+    error shows the URL to write instead. MySQL and MariaDB are not supported yet.
     """
     try:
         url = make_url(value.strip())
@@ -75,15 +77,19 @@ def async_url(value: str, where: str) -> URL:
         raise ConfigurationError(
             f"{where}: {safe_url(url)} is not a PostgreSQL URL; write one like {_EXAMPLE}"
         )
+    if driver in _ASYNC_DRIVERS and backend == "postgresql":
+        return url
     if not driver:
-        return url.set(drivername="postgresql+asyncpg")
-    if driver not in _ASYNC_DRIVERS:
-        fixed = safe_url(url.set(drivername="postgresql+asyncpg"))
-        raise ConfigurationError(
-            f"{where}: {safe_url(url)} uses the {driver} driver, which is not async; write "
-            f"{fixed} (or postgresql+psycopg://…)"
-        )
-    return url.set(drivername=f"postgresql+{driver}")
+        reason = "it names no driver, and SQLAlchemy then uses the sync psycopg2"
+    elif driver in _ASYNC_DRIVERS:
+        reason = f"SQLAlchemy calls the dialect postgresql, not {backend}"
+    else:
+        reason = f"the {driver} driver, which is not async"
+    fixed = safe_url(url.set(drivername="postgresql+asyncpg"))
+    raise ConfigurationError(
+        f"{where}: {safe_url(url)} is not an async PostgreSQL URL; use {fixed} instead "
+        f"(or postgresql+psycopg://…): {reason}"
+    )
 
 
 def check_url(value: str, where: str) -> str:
