@@ -4,30 +4,8 @@ Where the server comes from is :mod:`.servers` (a URL, local binaries, Docker, o
 those that works); what the plugin owns on it, and how it tells, is :mod:`.janitor`; pool sizes
 are :mod:`.pools`; the data path of each database is :class:`~pytest_threadcreator.store.postgresql.PgStore`.
 
-How it behaves on a shared server:
-
-* It only creates databases named ``tc_<run>_<worker>_…`` (:mod:`.janitor`), at most 63 bytes
-  each, and marks each as its own right after ``CREATE DATABASE`` (a ``COMMENT ON DATABASE`` that
-  names the run, :func:`.janitor.ownership_mark`). A name is no proof: it only ever drops a
-  database that carries the mark of the run the name says, so a user's database that merely
-  looks like the plugin's survives every run, crashed run and sweep. (Should a process die
-  between the ``CREATE`` and the ``COMMENT``, an unmarked database of the plugin's stays behind;
-  that is the price of never dropping a user's.)
-* Every backend holds a *shared* advisory lock keyed by its run id on its admin connection for
-  its whole life. At start it lists the ``tc_`` databases of other runs and drops a run's
-  databases only after taking that run's lock *exclusively*, i.e. only when no process of that
-  run is alive (a crashed or killed run). Databases of a live run are never touched.
-* The template is created, filled (``create_all`` and the setup hook) and then closed to
-  connections (``ALLOW_CONNECTIONS false``): a session left on a template makes
-  ``CREATE DATABASE … TEMPLATE`` wait and fail.
-* With a ``template_key`` the template is the run's, not the worker's: all xdist workers of a run
-  (one run id) use one template, built by the first under an advisory lock while the others wait,
-  then reused (a finished template is sealed and its mark is followed by its seeded tables).
-  At stop a backend drops its own databases, releases its shared run lock and, if it then gets
-  the run's lock exclusively, it is the run's last: it drops the template (and anything else of
-  the run left on the server). Under xdist the controller holds the run's lock too
-  (:class:`.janitor.RunLock`), so a worker that finishes early never drops the template that a
-  late worker still needs; the controller drops it once all workers are done.
+How it behaves on a shared server (what it owns, how it tells, when it drops) is told in
+:mod:`.janitor`.
 """
 
 from __future__ import annotations
@@ -48,7 +26,8 @@ from sqlalchemy.pool import NullPool
 from ..._background import BackgroundLoop
 from ...database import Database
 from ...errors import BackendUnavailableError, ConfigurationError, DatabaseError
-from ...store.postgresql import _PREPARER, ADMIN_TIMEOUT, SEED_SCHEMA, PgStore, _asyncpg, _quote
+from ...store.postgresql import ADMIN_TIMEOUT, PgStore, _asyncpg
+from ...store.postgresql_reset import _quote, copy_seed
 from ..base import Backend, BackendKind, BackendRequest
 from .docker import DEFAULT_IMAGE, KEPT_SUFFIX, DockerServer, _short_reason
 from .janitor import (
@@ -77,6 +56,7 @@ from .servers import (
     address,
     async_url,
     check_url,
+    connect,
     connect_kwargs,
     reach_server,
     safe_url,
@@ -238,21 +218,7 @@ class PostgresBackend(Backend):
         await conn.close()
 
     async def _connect_to(self, database: str) -> Any:
-        asyncpg = _asyncpg()
-        kwargs = dict(self._connect, database=database)
-        try:
-            return await asyncpg.connect(
-                timeout=10, server_settings={"application_name": "pytest-threadcreator"}, **kwargs
-            )
-        except asyncpg.InvalidCatalogNameError:
-            raise
-        except Exception as exc:  # becomes one readable line
-            raise BackendUnavailableError(
-                f"cannot connect to PostgreSQL at {address(kwargs)} as "
-                f"{kwargs.get('user', '(default user)')}: {type(exc).__name__}: "
-                f"{_short_reason(exc)}. Check that the server runs and the URL (user, password, "
-                "host, port) is right"
-            ) from None
+        return await connect(dict(self._connect, database=database))
 
     async def _open_admin(self) -> None:
         """Admin connection to the maintenance database; the run's lock; dead runs' cleanup."""
@@ -392,23 +358,10 @@ class PostgresBackend(Backend):
         self._admin_run(seal)
 
     async def _copy_seed(self, schema: ThreadSchema) -> list[str]:
-        """Copy the rows the setup hook left in the schema's tables; returns those tables."""
+        """Keep the rows the setup hook left in the template; returns their tables."""
         conn = await self._connect_to(self.template)
         try:
-            seeded = []
-            for table in schema.metadata.sorted_tables:
-                name = _PREPARER.format_table(table)
-                if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {name})"):
-                    seeded.append(table.name)
-            if seeded:
-                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SEED_SCHEMA}")
-                for table in schema.metadata.sorted_tables:
-                    if table.name in seeded:
-                        await conn.execute(
-                            f"CREATE TABLE {SEED_SCHEMA}.{_quote(table.name)} AS TABLE "
-                            f"{_PREPARER.format_table(table)}"
-                        )
-            return seeded
+            return await copy_seed(conn, schema)
         finally:
             await conn.close()
 

@@ -18,6 +18,31 @@ a database the plugin's is its *mark*, a comment (``COMMENT ON DATABASE``) set r
 ``CREATE DATABASE`` that names the run (:func:`ownership_mark`, read back by
 :func:`marked_run`). Nothing is ever dropped without it. A kept database gets a note instead
 (:func:`kept_note`) that no run reads as a mark.
+
+How it behaves on a shared server:
+
+* It only creates databases named ``tc_<run>_<worker>_…`` (below), at most 63 bytes
+  each, and marks each as its own right after ``CREATE DATABASE`` (a ``COMMENT ON DATABASE`` that
+  names the run, :func:`ownership_mark`). A name is no proof: it only ever drops a
+  database that carries the mark of the run the name says, so a user's database that merely
+  looks like the plugin's survives every run, crashed run and sweep. (Should a process die
+  between the ``CREATE`` and the ``COMMENT``, an unmarked database of the plugin's stays behind;
+  that is the price of never dropping a user's.)
+* Every backend holds a *shared* advisory lock keyed by its run id on its admin connection for
+  its whole life. At start it lists the ``tc_`` databases of other runs and drops a run's
+  databases only after taking that run's lock *exclusively*, i.e. only when no process of that
+  run is alive (a crashed or killed run). Databases of a live run are never touched.
+* The template is created, filled (``create_all`` and the setup hook) and then closed to
+  connections (``ALLOW_CONNECTIONS false``): a session left on a template makes
+  ``CREATE DATABASE … TEMPLATE`` wait and fail.
+* With a ``template_key`` the template is the run's, not the worker's: all xdist workers of a run
+  (one run id) use one template, built by the first under an advisory lock while the others wait,
+  then reused (a finished template is sealed and its mark is followed by its seeded tables).
+  At stop a backend drops its own databases, releases its shared run lock and, if it then gets
+  the run's lock exclusively, it is the run's last: it drops the template (and anything else of
+  the run left on the server). Under xdist the controller holds the run's lock too
+  (:class:`RunLock`), so a worker that finishes early never drops the template that a
+  late worker still needs; the controller drops it once all workers are done.
 """
 
 from __future__ import annotations
@@ -33,7 +58,8 @@ from typing import Any
 
 from ..._background import BackgroundLoop
 from ...errors import BackendUnavailableError, ConfigurationError
-from ...store.postgresql import ADMIN_TIMEOUT, _asyncpg, _quote
+from ...store.postgresql import ADMIN_TIMEOUT, _asyncpg
+from ...store.postgresql_reset import _quote
 from .docker import _short_reason
 from .servers import address, async_url, connect_kwargs
 

@@ -16,6 +16,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from ...errors import BackendUnavailableError, ConfigurationError, ThreadCreatorError
+from ...store.postgresql import _asyncpg
 from .docker import DockerServer, _short_reason
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ __all__ = [
     "address",
     "async_url",
     "check_url",
+    "connect",
     "connect_kwargs",
     "plan_server",
     "reach_server",
@@ -123,6 +125,25 @@ def connect_kwargs(url: URL) -> dict[str, Any]:
 def address(kwargs: Mapping[str, Any]) -> str:
     """``host:port`` of connect arguments."""
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 5432)}"
+
+
+async def connect(kwargs: Mapping[str, Any]) -> Any:
+    """An asyncpg connection; BackendUnavailableError in one line saying what to check (a
+    missing database raises asyncpg's InvalidCatalogNameError, for the caller to judge)."""
+    asyncpg = _asyncpg()
+    try:
+        return await asyncpg.connect(
+            timeout=10, server_settings={"application_name": "pytest-threadcreator"}, **kwargs
+        )
+    except asyncpg.InvalidCatalogNameError:
+        raise
+    except Exception as exc:  # becomes one readable line
+        raise BackendUnavailableError(
+            f"cannot connect to PostgreSQL at {address(kwargs)} as "
+            f"{kwargs.get('user', '(default user)')}: {type(exc).__name__}: "
+            f"{_short_reason(exc)}. Check that the server runs and the URL (user, password, "
+            "host, port) is right"
+        ) from None
 
 
 @dataclass(frozen=True)
