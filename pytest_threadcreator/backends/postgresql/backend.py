@@ -1,11 +1,9 @@
 """PostgreSQL backend: per-test databases cloned from a template, on any reachable server.
 
 Where the server comes from is :mod:`.servers` (a URL, local binaries, Docker, or the first of
-those that works); what the plugin owns on it, and how it tells, is :mod:`.janitor`; pool sizes
-are :mod:`.pools`; the data path of each database is :class:`~pytest_threadcreator.store.postgresql.PgStore`.
-
-How it behaves on a shared server (what it owns, how it tells, when it drops) is told in
-:mod:`.janitor`.
+those that works); what the plugin owns on a shared server, how it tells and when it drops it
+is :mod:`.janitor`; pool sizes are :mod:`.pools`; the data path of each database is
+:class:`~pytest_threadcreator.store.postgresql.PgStore`.
 """
 
 from __future__ import annotations

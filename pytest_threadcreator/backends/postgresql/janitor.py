@@ -19,15 +19,12 @@ a database the plugin's is its *mark*, a comment (``COMMENT ON DATABASE``) set r
 :func:`marked_run`). Nothing is ever dropped without it. A kept database gets a note instead
 (:func:`kept_note`) that no run reads as a mark.
 
-How it behaves on a shared server:
+How a backend behaves on a shared server:
 
-* It only creates databases named ``tc_<run>_<worker>_…`` (below), at most 63 bytes
-  each, and marks each as its own right after ``CREATE DATABASE`` (a ``COMMENT ON DATABASE`` that
-  names the run, :func:`ownership_mark`). A name is no proof: it only ever drops a
-  database that carries the mark of the run the name says, so a user's database that merely
-  looks like the plugin's survives every run, crashed run and sweep. (Should a process die
-  between the ``CREATE`` and the ``COMMENT``, an unmarked database of the plugin's stays behind;
-  that is the price of never dropping a user's.)
+* It only ever drops a database that carries the mark of the run its name says, so a user's
+  database that merely looks like the plugin's survives every run, crashed run and sweep.
+  (Should a process die between the ``CREATE`` and the ``COMMENT``, an unmarked database of the
+  plugin's stays behind; that is the price of never dropping a user's.)
 * Every backend holds a *shared* advisory lock keyed by its run id on its admin connection for
   its whole life. At start it lists the ``tc_`` databases of other runs and drops a run's
   databases only after taking that run's lock *exclusively*, i.e. only when no process of that
