@@ -196,8 +196,10 @@ def resolve_settings(
     ini: Mapping[str, Any],
     env: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Resolve CLI > env > ini > default. Raises ConfigurationError naming the bad value."""
+    """Resolve CLI > env > ini > default. Raises ConfigurationError naming the bad value (also
+    for a bad server URL in the environment, e.g. ``THREADCREATOR_POSTGRES_URL``)."""
     env = os.environ if env is None else env
+    registry.validate_environment(env)
     db, db_source = "sqlite", "default"
     if ini.get("db"):
         db, db_source = validate_db(str(ini["db"]), "ini threadcreator_db"), "ini"

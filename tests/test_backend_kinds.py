@@ -40,14 +40,23 @@ def _by_option(url: str) -> str:
 
 
 def _by_environment(url: str) -> str:
-    """What ``--threadcreator-db=postgresql`` makes of ``THREADCREATOR_POSTGRES_URL=<url>``."""
+    """What ``--threadcreator-db=postgresql`` makes of ``THREADCREATOR_POSTGRES_URL=<url>``: at
+    start-up, and in the backend's auto chain (which must agree)."""
+    try:
+        resolve_settings(cli={}, ini={}, env={ENV_POSTGRES_URL: url})
+        at_startup = "taken"
+    except ConfigurationError as exc:
+        at_startup = "error: " + str(exc).removeprefix(f"environment {ENV_POSTGRES_URL}: ")
     probed: list[URL] = []
     options = ServerOptions(mode="auto", run_id="abc")
     try:
         server = reach_server(options, {ENV_POSTGRES_URL: url}, probed.append)
     except ConfigurationError as exc:
         assert not probed, "a refused URL must not be tried"
-        return "error: " + str(exc).removeprefix(f"{ENV_POSTGRES_URL}: ")
+        in_chain = "error: " + str(exc).removeprefix(f"environment {ENV_POSTGRES_URL}: ")
+        assert at_startup == in_chain
+        return in_chain
+    assert at_startup == "taken"
     assert server.source == "url" and probed == [server.url]
     return server.url.render_as_string(hide_password=False)
 

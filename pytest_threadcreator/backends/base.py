@@ -105,3 +105,5 @@ class BackendKind:
     #: for a kind that takes server URLs: checks one and returns it as the URL to use, or
     #: raises ConfigurationError saying what to write (``where`` names the setting)
     check_url: Callable[[str, str], str] | None = None
+    #: checks the environment variables the kind reads (ConfigurationError if one is bad)
+    check_environment: Callable[[Mapping[str, str]], None] | None = None

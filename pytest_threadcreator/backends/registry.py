@@ -6,12 +6,21 @@ backend names: adding a kind means adding it to :data:`KINDS`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ..errors import ConfigurationError
 from .base import Backend, BackendKind, BackendRequest
 from .postgresql.backend import KIND as POSTGRESQL
 from .sqlite import KIND as SQLITE
 
-__all__ = ["BACKEND_NAMES", "KINDS", "kind_of", "make_backend", "validate_db"]
+__all__ = [
+    "BACKEND_NAMES",
+    "KINDS",
+    "kind_of",
+    "make_backend",
+    "validate_db",
+    "validate_environment",
+]
 
 #: Every kind, the default first.
 KINDS: tuple[BackendKind, ...] = (SQLITE, POSTGRESQL)
@@ -41,6 +50,13 @@ def validate_db(value: object, where: str) -> str:
         + ", ".join(BACKEND_NAMES)
         + f", or an async SQLAlchemy URL such as {_URL_EXAMPLE}"
     )
+
+
+def validate_environment(environ: Mapping[str, str]) -> None:
+    """Check the environment variables every kind reads (ConfigurationError if one is bad)."""
+    for kind in KINDS:
+        if kind.check_environment is not None:
+            kind.check_environment(environ)
 
 
 def kind_of(db: str) -> BackendKind:

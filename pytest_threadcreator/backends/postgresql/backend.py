@@ -53,6 +53,7 @@ from .servers import (
     ServerOptions,
     address,
     async_url,
+    check_environment,
     check_url,
     connect,
     connect_kwargs,
@@ -599,4 +600,10 @@ def _make(request: BackendRequest) -> PostgresBackend:
 
 
 #: ``--threadcreator-db=postgresql``, ``postgresql-local``, ``postgresql-docker`` or a server URL
-KIND = BackendKind(name="postgresql", values=tuple(MODES), make=_make, check_url=check_url)
+KIND = BackendKind(
+    name="postgresql",
+    values=tuple(MODES),
+    make=_make,
+    check_url=check_url,
+    check_environment=check_environment,
+)

@@ -29,6 +29,7 @@ __all__ = [
     "ServerPlan",
     "address",
     "async_url",
+    "check_environment",
     "check_url",
     "connect",
     "connect_kwargs",
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 ENV_POSTGRES_URL = "THREADCREATOR_POSTGRES_URL"
+_ENV_WHERE = f"environment {ENV_POSTGRES_URL}"
 
 Mode = Literal["url", "local", "docker", "auto"]
 
@@ -98,6 +100,13 @@ def check_url(value: str, where: str) -> str:
     """``value`` if :func:`async_url` takes it (the registry's check of a ``db`` URL)."""
     async_url(value, where)
     return value.strip()
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Check ``THREADCREATOR_POSTGRES_URL`` if set, as :func:`async_url` checks the option."""
+    value = environ.get(ENV_POSTGRES_URL, "").strip()
+    if value:
+        async_url(value, _ENV_WHERE)
 
 
 def safe_url(url: URL) -> str:
@@ -250,7 +259,7 @@ def _auto(
     tried: list[str] = []
     env_url = environ.get(ENV_POSTGRES_URL)
     if env_url:
-        url = async_url(env_url, ENV_POSTGRES_URL)  # a bad URL is an error, not a miss
+        url = async_url(env_url, _ENV_WHERE)  # a bad URL is an error, not a miss
         try:
             probe(url)
             return Server(url, "url")
