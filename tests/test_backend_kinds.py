@@ -136,3 +136,35 @@ def test_no_module_outside_backends_compares_a_backend_name() -> None:
         "ask the backend registry (backends/registry.py), the backend or the store for a "
         f"capability instead of comparing a backend name: {found}"
     )
+
+
+def _imports(tree: ast.AST, package: str) -> set[str]:
+    """Absolute names of the modules a module of ``package`` imports, anywhere in it."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = parts[: len(parts) - node.level + 1]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = str(node.module)
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_the_store_imports_no_servers_no_database_and_no_pytest() -> None:
+    forbidden = ("database", "backends", "runtime", "plugin", "fixtures", "xdist_support")
+    found = []
+    for path in sorted((PACKAGE / "store").glob("*.py")):
+        package = "pytest_threadcreator.store"
+        for name in _imports(ast.parse(path.read_text(encoding="utf-8")), package):
+            parts = name.split(".")
+            if parts[0] in ("pytest", "_pytest") or (
+                parts[0] == "pytest_threadcreator" and len(parts) > 1 and parts[1] in forbidden
+            ):
+                found.append(f"store/{path.name}: {name}")
+    assert found == [], f"the store is the data path of one database only: {found}"
