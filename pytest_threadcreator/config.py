@@ -12,8 +12,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
+from .backends import registry
+from .backends.registry import BACKEND_NAMES
 from .errors import ConfigurationError
 
 __all__ = [
@@ -30,14 +31,12 @@ __all__ = [
     "validate_shake",
 ]
 
-BACKEND_NAMES = ("sqlite", "postgresql", "postgresql-local", "postgresql-docker")
 ISOLATION_MODES = ("clean", "fresh", "rollback")
 ENV_DB = "THREADCREATOR_DB"
 ENV_DOCKER_IMAGE = "THREADCREATOR_DOCKER_IMAGE"
 ENV_DOCKER_NETWORK = "THREADCREATOR_DOCKER_NETWORK"
 #: ``bridge``: Docker's default network, the port published; ``host``: host networking.
 DOCKER_NETWORKS = ("bridge", "host")
-ASYNC_PG_DRIVERS = ("asyncpg", "psycopg", "psycopg_async")
 
 
 @dataclass(frozen=True)
@@ -115,33 +114,9 @@ def _hide(db: str) -> str:
 
 
 def validate_db(value: str, where: str) -> str:
-    """Return ``value`` if it names a backend or an async PostgreSQL URL, else raise."""
-    if not isinstance(value, str):
-        raise ConfigurationError(f"{where}: expected a str, got {type(value).__name__}")
-    value = value.strip()
-    if value in BACKEND_NAMES:
-        return value
-    if "://" in value:
-        try:
-            url = make_url(value)
-        except ArgumentError as exc:
-            raise ConfigurationError(f"{where}: {value!r} is not a valid URL ({exc})") from None
-        explicit_driver = "+" in url.drivername
-        if (
-            url.get_backend_name() == "postgresql"
-            and explicit_driver
-            and url.get_driver_name() in ASYNC_PG_DRIVERS
-        ):
-            return value
-        raise ConfigurationError(
-            f"{where}: {_hide(value)!r} is not an async PostgreSQL URL; use "
-            "postgresql+asyncpg://user@host:port/dbname (or postgresql+psycopg://…)"
-        )
-    raise ConfigurationError(
-        f"{where}: {value!r} is not a valid database; valid values: "
-        + ", ".join(BACKEND_NAMES)
-        + ", or an async SQLAlchemy URL such as postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-    )
+    """Return ``value`` if it names a backend or a server URL one takes, else raise (the
+    registry's check, which also judges ``THREADCREATOR_POSTGRES_URL``)."""
+    return registry.validate_db(value, where)
 
 
 def validate_shake(value: object, where: str) -> int:
@@ -211,8 +186,8 @@ def resolve_docker(ini: Mapping[str, Any], env: Mapping[str, str]) -> DockerSett
 
 
 def backend_kind(db: str) -> str:
-    """``"sqlite"`` or ``"postgresql"`` for a validated ``db`` value."""
-    return "sqlite" if db == "sqlite" else "postgresql"
+    """The name of the kind of backend (``Database.backend``) a validated ``db`` value names."""
+    return registry.kind_of(db).name
 
 
 def resolve_settings(
@@ -221,8 +196,10 @@ def resolve_settings(
     ini: Mapping[str, Any],
     env: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Resolve CLI > env > ini > default. Raises ConfigurationError naming the bad value."""
+    """Resolve CLI > env > ini > default. Raises ConfigurationError naming the bad value (also
+    for a bad server URL in the environment, e.g. ``THREADCREATOR_POSTGRES_URL``)."""
     env = os.environ if env is None else env
+    registry.validate_environment(env)
     db, db_source = "sqlite", "default"
     if ini.get("db"):
         db, db_source = validate_db(str(ini["db"]), "ini threadcreator_db"), "ini"

@@ -13,7 +13,6 @@ from sqlalchemy import JSON, Table, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import _binding, shake
-from .backends.base import Store, ThreadIdTaken
 from .context import check_json, check_text, coerce_context, validate_id
 from .errors import (
     DatabaseError,
@@ -33,6 +32,7 @@ from .schema import (
     default_schema,
     default_thread_row,
 )
+from .store.base import Store, ThreadIdTaken
 
 if TYPE_CHECKING:
     from .database import Database
@@ -152,7 +152,7 @@ class ThreadCreator:
             schema = self._schema or database.schema
             return database.store, schema, database
         if self._session_store is None:
-            from .backends.session import SessionStore
+            from .store.session import SessionStore
 
             self._session_store = SessionStore(database, self._schema or default_schema())
         return self._session_store, self._schema or default_schema(), None

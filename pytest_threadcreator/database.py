@@ -7,17 +7,17 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Integer, String, column, event, func, literal_column, or_, select, text
+from sqlalchemy import String, event, func, literal_column, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import instrument
-from .backends.base import Store
 from .errors import ConfigurationError
 from .faults import FaultInjector
 from .faults.steps import FaultDecider
 from .queries import QueryCounter
 from .schema import ThreadSchema
+from .store.base import Store
 
 __all__ = ["Database", "sync_url_of"]
 
@@ -485,20 +485,12 @@ class Database:
         return problems
 
     async def lock_waits(self) -> list[str]:
-        """Sessions of this database waiting for a lock, and who blocks them (PostgreSQL).
+        """Sessions of this database waiting for a lock, and who blocks them, one line each.
 
-        One line each, from ``pg_locks`` joined with ``pg_stat_activity``; empty on SQLite,
-        where ThreadCreator's writers queue in-process instead of waiting on locks.
+        Asked of the store: PostgreSQL's reads ``pg_locks`` joined with ``pg_stat_activity``;
+        SQLite's has none, since ThreadCreator's writers queue in-process instead of waiting.
         """
-        if self.backend != "postgresql":
-            return []
-        rows = await self.store.fetch_all(_LOCK_WAITS)
-        return [
-            f"lock wait: pid {r['pid']} wants {r['mode']} on {r['target']} for "
-            f"{r['query']!r}, blocked by pid {r['blocker']} ({r['blocker_state']}: "
-            f"{r['blocker_query']!r})"
-            for r in rows
-        ]
+        return await self.store.lock_waits()
 
     async def check_integrity(self) -> None:
         """Raise AssertionError naming every problem: threads without a message (unless the
@@ -535,30 +527,6 @@ class Database:
             raise AssertionError(
                 f"integrity check failed on {self.location}:\n  " + "\n  ".join(problems)
             )
-
-
-_LOCK_WAITS = text(
-    """
-    SELECT w.pid AS pid, l.mode AS mode,
-           COALESCE(l.relation::regclass::text, l.locktype) AS target,
-           left(w.query, 160) AS query, b.pid AS blocker,
-           COALESCE(b.state, '?') AS blocker_state, left(COALESCE(b.query, ''), 160) AS blocker_query
-    FROM pg_locks AS l
-    JOIN pg_stat_activity AS w ON w.pid = l.pid
-    LEFT JOIN LATERAL unnest(pg_blocking_pids(l.pid)) AS bp(pid) ON true
-    LEFT JOIN pg_stat_activity AS b ON b.pid = bp.pid
-    WHERE NOT l.granted AND w.datname = current_database()
-    ORDER BY w.pid, b.pid
-    """
-).columns(
-    column("pid", Integer),
-    column("mode", String),
-    column("target", String),
-    column("query", String),
-    column("blocker", Integer),
-    column("blocker_state", String),
-    column("blocker_query", String),
-)
 
 
 def _attr(obj: Any, name: str) -> Any:

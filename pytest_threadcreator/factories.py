@@ -69,7 +69,6 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import UnmappedColumnError
 
 from . import _binding
-from .backends.base import ThreadIdTaken
 from .context import UserExecutionContext, check_json, check_text
 from .creator import PLUGIN_METADATA_KEYS, ThreadWithMessage
 from .database import Database
@@ -84,6 +83,7 @@ from .errors import (
 from .ids import new_id
 from .models import Message, Thread
 from .schema import NewThread, ThreadSchema, default_message_row, default_schema
+from .store.base import ThreadIdTaken
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession

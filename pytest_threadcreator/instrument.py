@@ -71,17 +71,20 @@ _SETTINGS_DONE = "threadcreator_settings"
 
 
 def database_key(url: str | URL) -> tuple[str, str] | None:
-    """What identifies a database across URLs: SQLite's real file path, a server's database name.
+    """What identifies a database across URLs: a file's real path, a server's database name.
 
-    None for an in-memory SQLite database or a URL without a database.
+    A URL without a host names a file (SQLite); None for an in-memory database or a URL
+    without a database.
     """
     parsed = make_url(url) if isinstance(url, str) else url
     name = parsed.database
     if not name:
         return None
     kind = parsed.get_backend_name()
-    if kind == "sqlite":
-        if name == ":memory:" or name.startswith("file::memory:"):
+    if parsed.host is None and "host" not in parsed.query:  # a file, not a server
+        if name == ":memory:" or name.startswith("file::memory:") or "mode=memory" in name:
+            return None
+        if parsed.query.get("mode") == "memory":
             return None
         if name.startswith("file:"):
             name = name[len("file:") :].split("?", 1)[0]

@@ -36,13 +36,13 @@ from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.util import await_only
 
 from . import instrument
-from .backends._compile import RowInsert
-from .backends.base import StatementCallback
-from .backends.session import SessionStore
-from .backends.sqlite_savepoint import DriverRunner, driver_runner, savepoint_create
 from .database import Database
 from .errors import ConfigurationError
 from .faults.steps import FaultDecider
+from .store.base import StatementCallback
+from .store.compile import RowInsert
+from .store.session import SessionStore
+from .store.sqlite_savepoint import DriverRunner, driver_runner, savepoint_create
 
 __all__ = ["RollbackDatabase"]
 
@@ -199,6 +199,11 @@ class _RollbackStore(SessionStore):
         )
         self._owner_sql = str(owner.compile(dialect=dialect))
 
+    async def lock_waits(self) -> list[str]:
+        """The base database's lock waits (read on its own store, outside the test's
+        transaction)."""
+        return await self._database.base.store.lock_waits()
+
     async def create(
         self,
         thread_row: Mapping[str, Any],
@@ -280,25 +285,25 @@ def _rollback_engine(base: Database) -> AsyncEngine:
 
 def _make_rollback_engine(base: Database, drivers: list[Any]) -> AsyncEngine:
     """The engine; ``drivers`` collects its driver connections so they can be closed loop-free."""
-    if base.backend != "sqlite":
+    setup = base.store.loop_free_connections
+    if setup is None:  # connections belong to their loop: none is kept between tests
         engine = create_async_engine(base.url, poolclass=NullPool)
         _watch(engine)
         return engine
-    from .backends.sqlite import BUSY_TIMEOUT_MS, sqlite_pragmas
 
     # The guard ends the test's transaction itself: a reset on return would be one more hop.
     engine = create_async_engine(
         base.url,
         poolclass=StaticPool,
         pool_reset_on_return=None,
-        connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
+        connect_args={"timeout": setup.busy_timeout_s},
     )
     _watch(engine)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        for pragma in sqlite_pragmas():
+        for pragma in setup.pragmas:
             cursor.execute(pragma)
         cursor.close()
         # pysqlite defers BEGIN until the first DML, which breaks SAVEPOINTs: take BEGIN over.

@@ -24,8 +24,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backends.base import Backend
-from .config import DockerSettings, Settings, backend_kind
+from .backends.base import Backend, BackendRequest
+from .backends.registry import make_backend
+from .config import DockerSettings, Settings
 from .database import Database
 from .errors import BackendUnavailableError, ConfigurationError
 from .schema import ThreadSchema
@@ -143,31 +144,19 @@ class Runtime:
             raise fault from None
 
     def _make_backend(self, db: str) -> Backend:
-        key = schema_key(self.schema)
-        if backend_kind(db) == "sqlite":
-            from .backends.sqlite import SqliteBackend
-
-            return SqliteBackend(
-                self.basetemp / "threadcreator",
+        xdist = self.xdist
+        return make_backend(
+            BackendRequest(
+                db=db,
+                basetemp=self.basetemp,
                 worker_id=self.worker_id,
-                template_dir=self.xdist.shared_dir if self.xdist is not None else None,
-                template_key=key,
+                run_id=self.run_id,
+                template_key=schema_key(self.schema),
+                shared_dir=xdist.shared_dir if xdist is not None else None,
+                shared_server=xdist.servers.get(db) if xdist is not None else None,
+                docker_image=self.docker.image,
+                docker_network=self.docker.network,
             )
-        try:
-            from .backends.postgresql import make_postgres_backend
-        except ImportError as exc:
-            raise BackendUnavailableError(
-                f"--threadcreator-db={db} needs the PostgreSQL driver: "
-                f"pip install 'pytest-threadcreator[postgresql]' ({exc})"
-            ) from None
-        return make_postgres_backend(
-            db,
-            worker_id=self.worker_id,
-            run_id=self.run_id,
-            template_key=key,
-            shared_cluster=self.xdist.servers.get(db) if self.xdist is not None else None,
-            docker_image=self.docker.image,
-            docker_network=self.docker.network,
         )
 
     def acquire(self, settings: Settings, nodeid: str) -> Database:
@@ -244,9 +233,7 @@ class Runtime:
         if settings.isolation != "fresh":
             self.shared.pop((settings.db, settings.isolation), None)
         base.close()
-        keep_fn = getattr(backend, "keep_database", None)
-        if callable(keep_fn):
-            keep_fn(base)
+        backend.keep_database(base)
         self.kept.append(base.location)
         return base.location
 
@@ -292,20 +279,20 @@ def environment_fault(backend: Backend, exc: BaseException) -> EnvironmentFault 
     chain = list(_exception_chain(exc))
     full = next((e for e in chain if _is_disk_full(e)), None)
     if full is not None:
-        if backend.name == "sqlite":
+        if backend.directory is not None:
             return EnvironmentFault(
-                f"the disk is full under {_where(backend)} ({_brief(full)}); free space there or "
+                f"the disk is full under {backend.directory} ({_brief(full)}); free space there or "
                 f"point --basetemp at a disk with room, {_AGAIN}"
             )
         return EnvironmentFault(
             f"{backend.describe()}: the server is out of disk space ({_brief(full)}); free space "
             f"on the server, {_AGAIN}"
         )
-    if backend.name == "sqlite":
+    if backend.directory is not None:
         removed = next((e for e in chain if _is_file_gone(e)), None)
         if removed is not None:
             return EnvironmentFault(
-                f"this run's files under {_where(backend)} were removed while it ran "
+                f"this run's files under {backend.directory} were removed while it ran "
                 f"({_brief(removed)}); another pytest run probably uses the same --basetemp: "
                 f"give each run that runs at the same time its own --basetemp (or none), {_AGAIN}"
             )
@@ -358,10 +345,6 @@ def _is_server_gone(exc: BaseException) -> bool:
         return True
     name = type(exc).__name__
     return name in _SERVER_GONE_TYPES and (name != "InterfaceError" or "closed" in str(exc))
-
-
-def _where(backend: Backend) -> str:
-    return str(getattr(backend, "directory", None) or backend.describe())
 
 
 def _brief(exc: BaseException) -> str:

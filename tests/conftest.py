@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy.dialects.postgresql.asyncpg  # noqa: F401 - re-imports re-register functions
 from sqlalchemy.engine import make_url
 
-import pytest_threadcreator.backends.postgresql  # noqa: F401
+import pytest_threadcreator.backends.postgresql.backend  # noqa: F401
 from pytest_threadcreator.config import backend_kind
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -34,7 +34,8 @@ def needs(missing: str | None) -> Callable[[F], F]:
 @functools.cache
 def pg_server_missing() -> str | None:
     """Why the PostgreSQL server of ``THREADCREATOR_POSTGRES_URL`` cannot be reached, or None."""
-    from pytest_threadcreator.backends.postgresql import _async_url, _connect_kwargs
+    from pytest_threadcreator.backends.postgresql.servers import async_url as _async_url
+    from pytest_threadcreator.backends.postgresql.servers import connect_kwargs as _connect_kwargs
 
     async def probe() -> None:
         kwargs = dict(_connect_kwargs(_async_url(PG_SERVER_URL, "test")), database="postgres")
@@ -51,7 +52,7 @@ def pg_server_missing() -> str | None:
 @functools.cache
 def pg_binaries_missing() -> str | None:
     """Why no local PostgreSQL binaries are found, or None."""
-    from pytest_threadcreator.backends import pg_local
+    from pytest_threadcreator.backends.postgresql import local as pg_local
     from pytest_threadcreator.errors import BackendUnavailableError
 
     try:

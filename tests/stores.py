@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_threadcreator.backends.pg_names import new_run_id
-from pytest_threadcreator.backends.postgresql import PostgresBackend
+from pytest_threadcreator.backends.postgresql.backend import PostgresBackend
+from pytest_threadcreator.backends.postgresql.janitor import new_run_id
 from pytest_threadcreator.backends.sqlite import SqliteBackend
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.schema import ThreadSchema

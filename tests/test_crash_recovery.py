@@ -12,7 +12,7 @@ from pathlib import Path
 
 import asyncpg
 
-from pytest_threadcreator.backends.pg_names import parse_database_name
+from pytest_threadcreator.backends.postgresql.janitor import parse_database_name
 
 from .test_postgresql_backend import SERVER_URL as PG_URL
 from .test_postgresql_backend import _server_kwargs as pg_server_kwargs

@@ -29,7 +29,7 @@ SERVER_URL = os.environ.get(
 
 def _postgresql_import_error() -> ImportError | None:
     try:
-        importlib.import_module("pytest_threadcreator.backends.postgresql")
+        importlib.import_module("pytest_threadcreator.backends.postgresql.backend")
         importlib.import_module("asyncpg")
     except ImportError as exc:
         return exc
@@ -46,7 +46,7 @@ def db(request: pytest.FixtureRequest) -> str:
     """The --threadcreator-db value of a pytester run; PostgreSQL fails (never skips) if missing."""
     if request.param != "sqlite" and POSTGRESQL_IMPORT_ERROR is not None:
         pytest.fail(
-            "pytest_threadcreator.backends.postgresql does not import "
+            "pytest_threadcreator.backends.postgresql.backend does not import "
             f"({POSTGRESQL_IMPORT_ERROR}); these runs need the PostgreSQL backend",
             pytrace=False,
         )

@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from pytest_threadcreator.backends import pg_docker
-from pytest_threadcreator.backends.pg_docker import (
+from pytest_threadcreator.backends.postgresql import docker as pg_docker
+from pytest_threadcreator.backends.postgresql.docker import (
     DEFAULT_IMAGE,
     LABEL_MARK,
     LABEL_MARK_VALUE,
@@ -34,7 +34,7 @@ from pytest_threadcreator.backends.pg_docker import (
     owner_label,
     remove_dead_containers,
 )
-from pytest_threadcreator.backends.pg_names import parse_database_name
+from pytest_threadcreator.backends.postgresql.janitor import parse_database_name
 from pytest_threadcreator.config import DockerSettings, resolve_settings
 from pytest_threadcreator.errors import BackendUnavailableError, ConfigurationError
 
@@ -282,7 +282,7 @@ def test_a_run_on_docker_uses_one_container_and_removes_it(
         import docker
         import pytest
 
-        from pytest_threadcreator.backends.pg_names import parse_database_name
+        from pytest_threadcreator.backends.postgresql.janitor import parse_database_name
 
         @pytest.mark.parametrize("n", range(3))
         @pytest.mark.asyncio

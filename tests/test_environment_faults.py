@@ -74,7 +74,7 @@ def assert_stopped_once(result: pytest.RunResult, line: str, *, in_setup: bool =
 def test_a_server_that_goes_away_mid_run_stops_the_run_in_one_line(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pytest_threadcreator.backends.pg_local import LocalCluster
+    from pytest_threadcreator.backends.postgresql.local import LocalCluster
 
     cluster = LocalCluster()
     cluster.start()

@@ -37,7 +37,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _import_postgresql_backend() -> ImportError | None:
     try:
-        importlib.import_module("pytest_threadcreator.backends.postgresql")
+        importlib.import_module("pytest_threadcreator.backends.postgresql.backend")
         importlib.import_module("asyncpg")
     except ImportError as exc:
         return exc
@@ -57,7 +57,7 @@ def require_postgresql_backend(db: str) -> None:
         return
     exc = POSTGRESQL_IMPORT_ERROR
     pytest.fail(
-        "pytest_threadcreator.backends.postgresql does not import "
+        "pytest_threadcreator.backends.postgresql.backend does not import "
         f"({type(exc).__name__}: {exc}); the PostgreSQL examples need the backend to land",
         pytrace=False,
     )

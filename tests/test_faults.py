@@ -27,9 +27,9 @@ from pytest_threadcreator import (
     ThreadCreatorError,
     ThreadWithMessage,
 )
-from pytest_threadcreator.backends import sqlite as sqlite_backend
 from pytest_threadcreator.faults import FaultInjector, FaultRule
 from pytest_threadcreator.faults.steps import STEPS, FaultAction
+from pytest_threadcreator.store import sqlite as sqlite_backend
 
 # Safety net so a broken store fails the test instead of hanging it; never asserted on.
 HANG_GUARD_S = 30.0

@@ -27,8 +27,9 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from pytest_threadcreator.backends.pg_names import parse_database_name
-from pytest_threadcreator.backends.postgresql import _async_url, _connect_kwargs
+from pytest_threadcreator.backends.postgresql.janitor import parse_database_name
+from pytest_threadcreator.backends.postgresql.servers import async_url as _async_url
+from pytest_threadcreator.backends.postgresql.servers import connect_kwargs as _connect_kwargs
 
 from .conftest import PG_SERVER_URL, needs_marks, pg_server_missing
 

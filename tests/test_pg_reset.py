@@ -21,12 +21,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from pytest_threadcreator.backends.pg_names import new_run_id
-from pytest_threadcreator.backends.postgresql import (
-    PostgresBackend,
-    _async_url,
-    _connect_kwargs,
-)
+from pytest_threadcreator.backends.postgresql.backend import PostgresBackend
+from pytest_threadcreator.backends.postgresql.janitor import new_run_id
+from pytest_threadcreator.backends.postgresql.servers import async_url as _async_url
+from pytest_threadcreator.backends.postgresql.servers import connect_kwargs as _connect_kwargs
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.errors import DatabaseError
 from pytest_threadcreator.ids import new_message_id, new_thread_id

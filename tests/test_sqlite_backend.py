@@ -16,12 +16,13 @@ from sqlalchemy import func, select, text
 from sqlalchemy.pool import StaticPool
 
 from pytest_threadcreator import DatabaseError, ThreadCreator, UserExecutionContext
-from pytest_threadcreator.backends.sqlite import SqliteBackend, make_sqlite_engine
+from pytest_threadcreator.backends.sqlite import SqliteBackend
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.ids import new_thread_id
 from pytest_threadcreator.models import Message, Thread
 from pytest_threadcreator.rollback import RollbackDatabase
 from pytest_threadcreator.schema import default_schema
+from pytest_threadcreator.store.sqlite import make_sqlite_engine
 
 # Every test here is about the SQLite backend, whatever backend the suite runs on.
 pytestmark = pytest.mark.threadcreator(db="sqlite")

@@ -21,13 +21,14 @@ from sqlalchemy import JSON, ForeignKey, String, func, insert, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from pytest_threadcreator import DatabaseError, ThreadCreator, UserExecutionContext
-from pytest_threadcreator.backends.base import ThreadIdTaken
-from pytest_threadcreator.backends.postgresql import _async_url, _connect_kwargs
+from pytest_threadcreator.backends.postgresql.servers import async_url as _async_url
+from pytest_threadcreator.backends.postgresql.servers import connect_kwargs as _connect_kwargs
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.errors import InjectedFault
 from pytest_threadcreator.faults.steps import FaultAction
 from pytest_threadcreator.ids import new_message_id, new_thread_id
 from pytest_threadcreator.schema import NewThread, ThreadSchema, default_schema
+from pytest_threadcreator.store.base import ThreadIdTaken
 
 from .conftest import PG_SERVER_URL
 from .stores import BACKEND_PARAMS, open_database

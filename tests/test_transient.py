@@ -6,7 +6,7 @@ import sqlite3
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from pytest_threadcreator.backends.transient import (
+from pytest_threadcreator.store.transient import (
     is_pg_transient,
     is_sqlite_busy,
     is_transient_error,

@@ -24,20 +24,18 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from pytest_threadcreator import UserExecutionContext
-from pytest_threadcreator.backends.pg_local import LocalCluster
-from pytest_threadcreator.backends.pg_names import (
+from pytest_threadcreator.backends.postgresql.backend import PostgresBackend
+from pytest_threadcreator.backends.postgresql.janitor import (
     MAX_IDENTIFIER_BYTES,
+    RunLock,
     new_run_id,
     ownership_mark,
     parse_database_name,
     template_name,
 )
-from pytest_threadcreator.backends.postgresql import (
-    PostgresBackend,
-    RunLock,
-    _async_url,
-    _connect_kwargs,
-)
+from pytest_threadcreator.backends.postgresql.local import LocalCluster
+from pytest_threadcreator.backends.postgresql.servers import async_url as _async_url
+from pytest_threadcreator.backends.postgresql.servers import connect_kwargs as _connect_kwargs
 from pytest_threadcreator.backends.sqlite import SqliteBackend
 from pytest_threadcreator.creator import ThreadCreator
 from pytest_threadcreator.database import Database

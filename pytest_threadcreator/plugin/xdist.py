@@ -7,7 +7,7 @@ Registered by the plugin only when pytest-xdist is installed (its hooks are unkn
   ``postgresql-docker`` it launches one container (the workers wait until it accepts
   connections); both go to every worker through ``pytest_configure_node``
   (``node.workerinput``). On a server given by
-  URL it holds the run's lock (:class:`~.backends.postgresql.RunLock`), so that the shared
+  URL it holds the run's lock (:class:`~.backends.postgresql.janitor.RunLock`), so that the shared
   template outlives workers that finish early. Once the workers are down it drops what the run
   left on that server, stops the cluster (keeping its files if a worker kept a database in it)
   or removes the container (kept likewise), and removes the shared SQLite templates the workers report.
@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..backends.pg_names import new_run_id
+from ..backends.postgresql.janitor import new_run_id
+from ..backends.postgresql.servers import plan_server
 from ..errors import BackendUnavailableError, ThreadCreatorError
 from ..report.data import merge_report_data
 from ..runtime import XdistRun
@@ -38,9 +39,9 @@ from .state import state
 from .summary import run_report, show_report
 
 if TYPE_CHECKING:
-    from ..backends.pg_docker import DockerServer
-    from ..backends.pg_local import LocalCluster
-    from ..backends.postgresql import RunLock
+    from ..backends.postgresql.docker import DockerServer
+    from ..backends.postgresql.janitor import RunLock
+    from ..backends.postgresql.local import LocalCluster
 
 __all__ = ["XdistSupport", "register", "worker_run"]
 
@@ -122,23 +123,23 @@ class XdistSupport:
         """One local cluster for the run when the run's database is a local cluster; the run's
         lock on the server when it is a URL."""
         db = state(self.config).settings.db
-        env_url = os.environ.get("THREADCREATOR_POSTGRES_URL")
-        if "://" in db or (db == "postgresql" and env_url):
-            self._lock_run(db if "://" in db else str(env_url))
+        plan = plan_server(db, os.environ)
+        if plan.url is not None:
+            self._lock_run(plan.url)
             return {}
-        if db == "postgresql-docker":
+        if plan.docker:
             return {db: self._launch_container(explicit=True)}
-        if db not in ("postgresql-local", "postgresql"):
+        if not plan.local:
             return {}
         try:
-            from ..backends.pg_local import LocalCluster
+            from ..backends.postgresql.local import LocalCluster
         except ImportError:  # not POSIX: the workers report why, as without xdist
             return {}
         cluster = LocalCluster(max_connections=max(200, 10 + CONNECTIONS_PER_WORKER * workers))
         try:
             cluster.start_in_background()  # initdb overlaps the workers' start-up
         except BackendUnavailableError:
-            if db == "postgresql":  # the auto chain's last resort, as in each worker
+            if plan.fallback:  # the auto chain's last resort, as in each worker
                 handoff = self._launch_container(explicit=False)
                 return {db: handoff} if handoff else {}
             return {}  # no binaries: each worker tries and stops the run with the reason
@@ -149,7 +150,7 @@ class XdistSupport:
         """One container for the run; its start-up overlaps the workers'. On failure, with
         ``explicit``, a hand-off that gives every worker the same one-line error (no worker
         tries again); else nothing (each worker runs its own chain and reports it)."""
-        from ..backends.pg_docker import DEFAULT_IMAGE, DockerServer, failed_handoff
+        from ..backends.postgresql.docker import DEFAULT_IMAGE, DockerServer, failed_handoff
 
         docker = state(self.config).settings.docker
         server = DockerServer(
@@ -165,7 +166,7 @@ class XdistSupport:
     def _lock_run(self, url: str) -> None:
         """Take the run's lock on ``url`` on a thread (joined before any test is handed out)."""
         try:
-            from ..backends.postgresql import RunLock
+            from ..backends.postgresql.janitor import RunLock
 
             lock = RunLock(url, self.run_id)
         except (ImportError, ThreadCreatorError):

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendUnavailableError
+from ...errors import BackendUnavailableError
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -100,8 +100,6 @@ class DockerServer:
         self.name = ""
         #: True for a container another process of the run started (see :meth:`attach`)
         self.attached = False
-        #: containers of dead runs removed by :meth:`launch`
-        self.removed: list[str] = []
         self._client: Any = None
         self._container: Any = None  # testcontainers' PostgresContainer (launched here)
         self._docker_container: Any = None  # docker-py's Container
@@ -134,7 +132,7 @@ class DockerServer:
                 f"but Docker is not reachable ({reason}); {_USE_INSTEAD}"
             )
         self._client = _docker_client()
-        self.removed = remove_dead_containers(self._client)
+        remove_dead_containers(self._client)
         self._ensure_image()
         _ensure_reaper()
         password = secrets.token_hex(12)

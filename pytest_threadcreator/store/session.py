@@ -23,11 +23,12 @@ from .transient import is_transient_error
 
 __all__ = ["SessionStore"]
 
+#: Dialects whose writers queue on a ``BEGIN IMMEDIATE`` instead of failing later on the lock.
+_WRITERS_QUEUE_ON_BEGIN = frozenset({"sqlite"})
+
 
 class SessionStore(Store):
     """Creates and reads through sessions of an ``async_sessionmaker`` on the running loop."""
-
-    dialect_name = "unknown"
 
     def __init__(
         self,
@@ -44,7 +45,7 @@ class SessionStore(Store):
 
     async def _immediate(self, session: AsyncSession) -> None:
         conn = await session.connection()
-        if conn.dialect.name == "sqlite":
+        if conn.dialect.name in _WRITERS_QUEUE_ON_BEGIN:
             raw = await conn.get_raw_connection()
             driver = raw.driver_connection
             if driver is not None and not getattr(driver, "in_transaction", True):

@@ -28,12 +28,11 @@ import signal
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from ..errors import BackendUnavailableError
+from ...errors import BackendUnavailableError
 
 __all__ = ["LocalCluster", "find_pg_bindir"]
 
@@ -114,7 +113,7 @@ class LocalCluster:
     """A private PostgreSQL server in a temp directory; :meth:`start` it, :meth:`stop` it.
 
     After :meth:`start`: :attr:`socket_dir`, :attr:`port`, :attr:`url` (an async SQLAlchemy URL
-    for asyncpg over the unix socket), :attr:`version`, :attr:`start_seconds`.
+    for asyncpg over the unix socket), :attr:`version`.
     """
 
     def __init__(
@@ -135,7 +134,6 @@ class LocalCluster:
         self.directory: Path | None = None
         self.port = SOCKET_PORT
         self.version = ""
-        self.start_seconds = 0.0
         self._run_as: pwd.struct_passwd | None = None
         self._lock: IO[bytes] | None = None
         self._running = False
@@ -170,23 +168,18 @@ class LocalCluster:
         """``postgresql+asyncpg://postgres@/postgres?host=<socket dir>&port=<port>``."""
         return f"postgresql+asyncpg://postgres@/postgres?host={self.socket_dir}&port={self.port}"
 
-    def describe(self) -> str:
-        """E.g. ``/tmp/tc-ab12cd34, PostgreSQL 15``."""
-        return f"{self.directory}, PostgreSQL {self.version or '?'}"
-
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         """initdb + start; raises BackendUnavailableError saying what failed and what to do."""
         if self._running:
             return
-        began = time.perf_counter()
         try:
             self._prepare()
             self._boot()
         except BaseException:
             self.stop()
             raise
-        self._started(began)
+        self._started()
         atexit.register(self.stop)
 
     def start_in_background(self) -> None:
@@ -198,7 +191,6 @@ class LocalCluster:
         """
         if self._running or self._starter is not None:
             return
-        began = time.perf_counter()
         try:
             self._prepare()
             ready = open(self.data_dir.parent / _READY_LOCK, "wb")
@@ -211,7 +203,7 @@ class LocalCluster:
         def boot() -> None:
             try:
                 self._boot()
-                self._started(began)
+                self._started()
             except BaseException as exc:  # handed to wait_started() and to the workers
                 self._start_error = exc
                 with contextlib.suppress(OSError):
@@ -288,9 +280,8 @@ class LocalCluster:
         self._configure()
         self._pg_ctl_start()
 
-    def _started(self, began: float) -> None:
+    def _started(self) -> None:
         self.version = (self.data_dir / "PG_VERSION").read_text().strip()
-        self.start_seconds = time.perf_counter() - began
         self._running = True
 
     def _create_directory(self, parent: str) -> None:

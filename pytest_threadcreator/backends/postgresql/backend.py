@@ -1,0 +1,609 @@
+"""PostgreSQL backend: per-test databases cloned from a template, on any reachable server.
+
+Where the server comes from is :mod:`.servers` (a URL, local binaries, Docker, or the first of
+those that works); what the plugin owns on a shared server, how it tells and when it drops it
+is :mod:`.janitor`; pool sizes are :mod:`.pools`; the data path of each database is
+:class:`~pytest_threadcreator.store.postgresql.PgStore`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from ..._background import BackgroundLoop
+from ...database import Database
+from ...errors import BackendUnavailableError, ConfigurationError, DatabaseError
+from ...store.postgresql import ADMIN_TIMEOUT, PgStore, _asyncpg
+from ...store.postgresql_reset import _quote, copy_seed
+from ..base import Backend, BackendKind, BackendRequest
+from .docker import DEFAULT_IMAGE, KEPT_SUFFIX, DockerServer, _short_reason
+from .janitor import (
+    DB_PREFIX,
+    TEMPLATE_NOTE,
+    comment_sql,
+    create_marked,
+    database_name,
+    drop_if_ours,
+    drop_run_if_last,
+    finished_template_seed,
+    kept_note,
+    marked_databases,
+    normalise_worker_id,
+    ownership_mark,
+    remove_dead_runs,
+    run_lock_key,
+    template_lock_key,
+    template_name,
+)
+from .pools import PoolPlan, plan_pools, worker_count
+from .servers import (
+    MODES,
+    Mode,
+    ServerOptions,
+    address,
+    async_url,
+    check_environment,
+    check_url,
+    connect,
+    connect_kwargs,
+    reach_server,
+    safe_url,
+)
+
+if TYPE_CHECKING:
+    from ...schema import ThreadSchema
+    from .local import LocalCluster
+
+__all__ = ["KIND", "PostgresBackend", "make_postgres_backend"]
+
+T = TypeVar("T")
+
+#: How long a worker waits for another worker of its run to build the shared template (the
+#: setup hook may run migrations).
+TEMPLATE_WAIT_TIMEOUT = 600.0
+
+
+class PostgresBackend(Backend):
+    """Databases on a PostgreSQL server: per test ``CREATE DATABASE … TEMPLATE``.
+
+    ``mode``: ``"url"`` (``url`` required), ``"local"``, ``"docker"`` or ``"auto"`` (the
+    environment's URL, then local binaries, then Docker). Build it with
+    :func:`make_postgres_backend`; then :meth:`start`, :meth:`prepare_template`,
+    :meth:`create_database`/:meth:`drop_database`, :meth:`stop`.
+    """
+
+    name = "postgresql"
+
+    def __init__(
+        self,
+        mode: Mode,
+        *,
+        run_id: str,
+        worker_id: str = "master",
+        url: str | None = None,
+        pool_size: int | None = None,
+        workers: int | None = None,
+        bindir: str | None = None,
+        docker_image: str = DEFAULT_IMAGE,
+        docker_network: str = "bridge",
+        environ: Mapping[str, str] | None = None,
+        template_key: str | None = None,
+        shared_cluster: Mapping[str, str] | None = None,
+    ) -> None:
+        if mode == "url" and not url:
+            raise ConfigurationError("PostgresBackend(mode='url') needs a url")
+        self.mode: Mode = mode
+        self.run_id = run_id
+        self.worker_id = normalise_worker_id(worker_id)
+        template_name(run_id, self.worker_id)  # validates both ids
+        #: with a key, one template per run and schema, shared by the run's workers
+        self.shared_template = template_key is not None
+        self.template = template_name(run_id, template_key or self.worker_id)
+        #: LocalCluster.handoff() of a cluster another process of the run started (xdist)
+        self._shared_cluster = dict(shared_cluster) if shared_cluster is not None else None
+        self.pool_size = pool_size
+        self.workers = workers if workers is not None else worker_count()
+        self._given_url = url
+        self._bindir = bindir
+        self._docker_image = docker_image
+        self._docker_network = docker_network
+        self._environ = environ if environ is not None else os.environ
+        #: which source was used ("url", "local", "docker") once started
+        self.source = ""
+        self.version = ""
+        self.plan: PoolPlan | None = None
+        self.cluster: LocalCluster | None = None
+        self.container: DockerServer | None = None
+        self._url: URL | None = None
+        self._connect: dict[str, Any] = {}
+        self._background = BackgroundLoop(f"threadcreator-pg-{self.worker_id}")
+        self._admin: Any = None
+        self._admin_lock: asyncio.Lock | None = None
+        self._schema: ThreadSchema | None = None
+        self._template_ready = False
+        self._seeded: list[str] = []
+        self._keep_cluster = False
+        self._keep_container = False
+        self._databases: dict[str, Database] = {}
+        self._counter = 0
+        self._started = False
+        self._stopped = False
+        self._state_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<PostgresBackend {self.mode} run={self.run_id} worker={self.worker_id}>"
+
+    # -- description -------------------------------------------------------------------------
+    def describe(self) -> str:
+        """E.g. ``postgresql-local (/tmp/tc-ab12cd34, PostgreSQL 15.20)``."""
+        label = {"url": "postgresql", "local": "postgresql-local", "docker": "postgresql-docker"}
+        name = label.get(self.source, "postgresql")
+        where = self.cluster.socket_dir if self.cluster is not None else self.address
+        return f"{name} ({where}, PostgreSQL {self.version or '?'})"
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the server (the socket directory for a local cluster)."""
+        return address(self._connect) if self._connect else "(not started)"
+
+    @property
+    def url(self) -> str:
+        """The server URL the engines use (password included; use :attr:`safe_url` to show)."""
+        if self._url is None:
+            raise BackendUnavailableError("the PostgreSQL backend was not started")
+        return self._url.render_as_string(hide_password=False)
+
+    @property
+    def safe_url(self) -> str:
+        """The server URL with the password hidden."""
+        return safe_url(self._url) if self._url is not None else "(not started)"
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Reach or start the server, take the run's lock, remove dead runs' databases."""
+        if self._started:
+            return
+        if self._stopped:
+            raise BackendUnavailableError("this PostgreSQL backend was stopped; make a new one")
+        _asyncpg()
+        try:
+            self._start_server()
+            self._background.run(self._open_admin(), timeout=ADMIN_TIMEOUT)
+        except BaseException:
+            self._shutdown(strict=False)
+            raise
+        self._started = True
+        atexit.register(self._stop_at_exit)
+
+    def _start_server(self) -> None:
+        options = ServerOptions(
+            mode=self.mode,
+            run_id=self.run_id,
+            url=self._given_url,
+            bindir=self._bindir,
+            docker_image=self._docker_image,
+            docker_network=self._docker_network,
+            shared=self._shared_cluster,
+        )
+        server = reach_server(options, self._environ, self._probe_url)
+        self.cluster, self.container = server.cluster, server.container
+        self._url, self._connect, self.source = (
+            server.url,
+            connect_kwargs(server.url),
+            server.source,
+        )
+
+    def _probe_url(self, url: URL) -> None:
+        """Connect to ``url``'s server once (the auto chain's test of the environment's URL)."""
+        self._connect = connect_kwargs(url)
+        try:
+            self._background.run(self._probe(), timeout=ADMIN_TIMEOUT)
+        finally:
+            self._connect = {}
+
+    async def _probe(self) -> None:
+        conn = await self._connect_to("postgres")
+        await conn.close()
+
+    async def _connect_to(self, database: str) -> Any:
+        return await connect(dict(self._connect, database=database))
+
+    async def _open_admin(self) -> None:
+        """Admin connection to the maintenance database; the run's lock; dead runs' cleanup."""
+        asyncpg = _asyncpg()
+        self._admin_lock = asyncio.Lock()
+        try:
+            conn = await self._connect_to("postgres")
+        except asyncpg.InvalidCatalogNameError:
+            # No "postgres" database: fall back to the URL's own (locks are per database, so
+            # every run against this server then has to use the same one).
+            conn = await self._connect_to(str(self._connect.get("database") or "template1"))
+        self._admin = conn
+        row = await conn.fetchrow(
+            "SELECT current_setting('server_version') AS version, "
+            "current_setting('max_connections')::int AS max_connections, "
+            "current_setting('superuser_reserved_connections')::int AS reserved, "
+            "(SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user) AS can"
+        )
+        self.version = str(row["version"]).split()[0]
+        if not row["can"]:
+            raise BackendUnavailableError(
+                f"PostgreSQL at {self.address}: role {self._connect.get('user')!r} may not "
+                "create databases; grant it (ALTER ROLE … CREATEDB) or use another user"
+            )
+        self.plan = plan_pools(
+            int(row["max_connections"]),
+            reserved=int(row["reserved"]),
+            workers=self.workers,
+            requested=self.pool_size,
+        )
+        await conn.execute("SELECT pg_advisory_lock_shared($1, $2)", *run_lock_key(self.run_id))
+        await remove_dead_runs(conn, self.run_id)
+
+    # -- admin helpers ---------------------------------------------------------------------
+    def _admin_run(
+        self, make: Callable[[Any], Coroutine[Any, Any, T]], *, timeout: float = ADMIN_TIMEOUT
+    ) -> T:
+        """Run ``make(admin_connection)`` on the background loop, one admin job at a time."""
+        if not self._started:
+            raise BackendUnavailableError("start() the PostgreSQL backend first")
+
+        async def job() -> T:
+            assert self._admin_lock is not None
+            async with self._admin_lock:
+                if self._admin is None or self._admin.is_closed():
+                    await self._reopen_admin()
+                return await make(self._admin)
+
+        return self._background.run(job(), timeout=timeout)
+
+    async def _reopen_admin(self) -> None:
+        conn = await self._connect_to("postgres")
+        await conn.execute("SELECT pg_advisory_lock_shared($1, $2)", *run_lock_key(self.run_id))
+        self._admin = conn
+
+    # -- template ------------------------------------------------------------------------------
+    def prepare_template(
+        self, schema: ThreadSchema, setup: Callable[[Database], None] | None
+    ) -> None:
+        """Build the template (``create_all``, ``setup``, sealed), or reuse the run's one.
+
+        A shared template (``template_key``) is built by whichever worker of the run takes its
+        build lock first; the others wait on the lock and then find it finished.
+        """
+        self._template_ready = False
+        self._schema = schema
+        if not self.shared_template:
+            self._build_template(schema, setup)
+            self._template_ready = True
+            return
+        key = template_lock_key(self.template)
+
+        async def claim(conn: Any) -> Any:
+            await conn.execute("SELECT pg_advisory_lock($1, $2)", *key)
+            return await conn.fetchrow(
+                "SELECT datallowconn, shobj_description(oid, 'pg_database') AS note "
+                "FROM pg_database WHERE datname = $1",
+                self.template,
+            )
+
+        async def release(conn: Any) -> None:
+            await conn.execute("SELECT pg_advisory_unlock($1, $2)", *key)
+
+        row = self._admin_run(claim, timeout=TEMPLATE_WAIT_TIMEOUT)
+        try:
+            seeded = finished_template_seed(row, self.run_id)
+            if seeded is None:  # not there, or left half-built by a worker that died
+                self._build_template(schema, setup)
+            else:
+                self._seeded = seeded
+        finally:
+            self._admin_run(release)
+        self._template_ready = True
+
+    def _build_template(
+        self, schema: ThreadSchema, setup: Callable[[Database], None] | None
+    ) -> None:
+        """Create the template, ``create_all`` into it, run ``setup``, close it."""
+        tpl = _quote(self.template)
+
+        async def create(conn: Any) -> None:
+            # left half-built by a worker of this run that died: ours if marked, else not ours
+            await drop_if_ours(conn, self.template, self.run_id)
+            if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", self.template):
+                raise DatabaseError(
+                    f"PostgreSQL at {self.address}: a database named {self.template} exists but "
+                    "carries no pytest-threadcreator mark, so it is not the plugin's to drop; "
+                    "if it is a leftover of a run that died while creating it, drop it by hand "
+                    f'(DROP DATABASE "{self.template}") and run again'
+                )
+            await create_marked(conn, self.template, self.run_id)
+
+        self._admin_run(create)
+        self._background.run(self._create_all(schema), timeout=ADMIN_TIMEOUT)
+        if setup is not None:
+            database = self._open(self.template, label="template", isolation="template")
+            try:
+                setup(database)
+            finally:
+                database.close()
+            self._seeded = self._background.run(self._copy_seed(schema), timeout=ADMIN_TIMEOUT)
+
+        note = ownership_mark(self.run_id) + TEMPLATE_NOTE + json.dumps(self._seeded)
+
+        async def seal(conn: Any) -> None:
+            # Still the run's mark, now also "finished" to the other workers, and what was seeded.
+            await conn.execute(comment_sql(self.template, note))
+            # No session may stay on a template (CREATE DATABASE … TEMPLATE would wait and
+            # fail), and none may come back later.
+            await conn.execute(f"ALTER DATABASE {tpl} ALLOW_CONNECTIONS false")
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                self.template,
+            )
+
+        self._admin_run(seal)
+
+    async def _copy_seed(self, schema: ThreadSchema) -> list[str]:
+        """Keep the rows the setup hook left in the template; returns their tables."""
+        conn = await self._connect_to(self.template)
+        try:
+            return await copy_seed(conn, schema)
+        finally:
+            await conn.close()
+
+    async def _create_all(self, schema: ThreadSchema) -> None:
+        assert self._url is not None
+        url = self._url.set(drivername="postgresql+asyncpg", database=self.template)
+        engine = create_async_engine(url, poolclass=NullPool)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(schema.metadata.create_all)
+        finally:
+            await engine.dispose()
+
+    # -- databases -----------------------------------------------------------------------------
+    def create_database(self, label: str, *, isolation: str) -> Database:
+        """``CREATE DATABASE tc_<run>_<worker>_<n>_<label> TEMPLATE <template>``."""
+        if not self._template_ready:
+            raise ConfigurationError("prepare_template() must run before create_database()")
+        with self._state_lock:
+            self._counter += 1
+            name = database_name(self.run_id, self.worker_id, self._counter, label)
+
+        async def create(conn: Any) -> None:
+            await create_marked(conn, name, self.run_id, template=self.template)
+
+        self._admin_run(create)
+        database = self._open(name, label=label, isolation=isolation)
+        self._databases[name] = database
+        return database
+
+    def _open(self, name: str, *, label: str, isolation: str) -> Database:
+        assert self._url is not None and self._schema is not None and self.plan is not None
+        url = self._url.set(database=name)
+        plan = self.plan
+        store = PgStore(
+            schema=self._schema,
+            connect_kwargs=dict(self._connect, database=name),
+            background=self._background,
+            max_size=plan.store_max,
+            name=name,
+            seeded=self._seeded,
+        )
+
+        def engine_factory() -> AsyncEngine:
+            return create_async_engine(
+                url, pool_size=plan.engine_pool_size, max_overflow=plan.engine_max_overflow
+            )
+
+        return Database(
+            url=url.render_as_string(hide_password=False),
+            backend=KIND.name,
+            schema=self._schema,
+            store=store,
+            engine_factory=engine_factory,
+            isolation=isolation,
+            name=name,
+            location=f"{self.address}/{name}",
+        )
+
+    def drop_database(self, database: Database) -> None:
+        """Close the database's pools and ``DROP DATABASE … WITH (FORCE)`` if it carries this
+        run's mark (a database without it is left alone, whatever its name)."""
+        database.close()
+        self._databases.pop(database.name, None)
+        name = database.name
+
+        async def drop(conn: Any) -> None:
+            await drop_if_ours(conn, name, self.run_id)
+
+        self._admin_run(drop)
+
+    def keep_database(self, database: Database) -> str:
+        """Keep a database after the run (``--threadcreator-keep``); returns its final name.
+
+        Its mark gives way to a note saying it was kept (no run drops a database without the
+        mark), then it is renamed ``tk_…``; its ``name``, ``url`` and ``location`` are updated.
+        Drop it by hand when done.
+        """
+        database.close()
+        self._databases.pop(database.name, None)
+        kept = "tk_" + database.name.removeprefix(DB_PREFIX)
+        old, new = _quote(database.name), _quote(kept)
+
+        async def rename(conn: Any) -> None:
+            await conn.execute(comment_sql(database.name, kept_note(self.run_id, kept)))
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database.name,
+            )
+            await conn.execute(f"ALTER DATABASE {old} RENAME TO {new}")
+
+        self._admin_run(rename)
+        database.location = database.location.removesuffix(database.name) + kept
+        if self.cluster is not None:
+            # A throwaway cluster would vanish at exit: keep its files and say how to start it.
+            self._keep_cluster = True
+            database.location += f" (cluster kept; start it with: {self.cluster.start_command()})"
+        if self.container is not None:
+            # The container would be removed at exit: keep it running, out of later runs' sweeps.
+            self._keep_container = True
+            name = self.container.name + KEPT_SUFFIX
+            database.location += f" (container {name} kept; remove it with: docker rm -f -v {name})"
+        database.url = make_url(database.url).set(database=kept).render_as_string(False)
+        database.name = kept
+        return kept
+
+    def leftovers(self) -> list[str]:
+        """Databases of this run and worker still on the server (marked as the run's own)."""
+        if not self._started or self._stopped:
+            return []
+        prefix = f"{DB_PREFIX}{self.run_id}_{self.worker_id}_"
+
+        async def names(conn: Any) -> list[str]:
+            return await marked_databases(conn, prefix, self.run_id)
+
+        return self._admin_run(names)
+
+    # -- stop ------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Drop this run's databases and template, release the lock, stop what we started.
+
+        Idempotent. Raises DatabaseError after finishing all the cleanup it could do when
+        something failed on the way.
+        """
+        self._shutdown(strict=True)
+
+    def _stop_at_exit(self) -> None:
+        with contextlib.suppress(Exception):
+            self._shutdown(strict=False)
+
+    def _shutdown(self, *, strict: bool) -> None:
+        with self._state_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        with contextlib.suppress(Exception):
+            atexit.unregister(self._stop_at_exit)
+        problems: list[str] = []
+        databases = list(self._databases.values())
+        self._databases.clear()
+        for database in databases:
+            try:
+                database.close()
+            except Exception as exc:  # collected and reported
+                problems.append(f"closing {database.name}: {_short_reason(exc)}")
+        names = [d.name for d in databases]
+        if not self.shared_template:
+            names.append(self.template)
+        # a shared cluster (xdist) goes with everything in it once the controller stops it
+        attached = self.cluster is not None and self.cluster.attached
+        if self._admin is not None and not self._background.closed:
+
+            async def drop_all() -> None:
+                assert self._admin_lock is not None
+                async with self._admin_lock:
+                    for name in names:
+                        try:
+                            await drop_if_ours(self._admin, name, self.run_id)
+                        except Exception as exc:  # collected and reported
+                            problems.append(f"dropping {name}: {_short_reason(exc)}")
+                    if self.shared_template and not attached:
+                        problems.extend(await drop_run_if_last(self._admin, self.run_id))
+                    await self._admin.close(timeout=5)  # releases the run's advisory lock
+
+            try:
+                self._background.run(drop_all(), timeout=ADMIN_TIMEOUT)
+            except Exception as exc:  # collected and reported
+                problems.append(f"dropping databases: {_short_reason(exc)}")
+                with contextlib.suppress(Exception):
+                    self._admin.terminate()
+        self._admin = None
+        self._background.close()
+        if self.cluster is not None:
+            # an attached cluster (xdist) is the controller's to stop; its stop() does nothing
+            self.cluster.stop(keep_data=self._keep_cluster)
+        if self.container is not None:
+            # an attached container (xdist) is the controller's to remove
+            self.container.stop(keep=self._keep_container)
+        if problems and strict:
+            raise DatabaseError(
+                "stopping the PostgreSQL backend left work undone: " + "; ".join(problems)
+            )
+
+
+def make_postgres_backend(
+    value: str,
+    *,
+    worker_id: str,
+    run_id: str,
+    pool_size: int | None = None,
+    template_key: str | None = None,
+    shared_cluster: Mapping[str, str] | None = None,
+    docker_image: str | None = None,
+    docker_network: str | None = None,
+) -> PostgresBackend:
+    """The backend for a ``--threadcreator-db`` value (not started yet).
+
+    ``"postgresql"`` (auto: ``$THREADCREATOR_POSTGRES_URL``, else local binaries, else Docker),
+    ``"postgresql-local"``, ``"postgresql-docker"``, or an async SQLAlchemy URL.
+    ``template_key``: share one template per run (see the module docstring);
+    ``shared_cluster``: use the local cluster (or Docker container) another process of the run
+    started; ``docker_image``/``docker_network``: the container's image and network mode.
+    """
+    _asyncpg()
+    common: dict[str, Any] = {
+        "run_id": run_id,
+        "worker_id": worker_id,
+        "pool_size": pool_size,
+        "template_key": template_key,
+        "shared_cluster": shared_cluster,
+        "docker_image": docker_image or DEFAULT_IMAGE,
+        "docker_network": docker_network or "bridge",
+    }
+    value = value.strip()
+    if value in MODES:
+        return PostgresBackend(MODES[value], **common)
+    if "://" in value:
+        async_url(value, "--threadcreator-db")
+        return PostgresBackend("url", url=value, **common)
+    raise ConfigurationError(
+        f"{value!r} is not a PostgreSQL backend; valid values: postgresql, postgresql-local, "
+        "postgresql-docker, or an async URL such as postgresql+asyncpg://user@host:5432/postgres"
+    )
+
+
+def _make(request: BackendRequest) -> PostgresBackend:
+    return make_postgres_backend(
+        request.db,
+        worker_id=request.worker_id,
+        run_id=request.run_id,
+        template_key=request.template_key,
+        shared_cluster=request.shared_server,
+        docker_image=request.docker_image,
+        docker_network=request.docker_network,
+    )
+
+
+#: ``--threadcreator-db=postgresql``, ``postgresql-local``, ``postgresql-docker`` or a server URL
+KIND = BackendKind(
+    name="postgresql",
+    values=tuple(MODES),
+    make=_make,
+    check_url=check_url,
+    check_environment=check_environment,
+)

@@ -1,0 +1,72 @@
+"""Pool sizes of one worker within the server's ``max_connections`` (see :func:`plan_pools`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ...errors import ConfigurationError
+from ...store.postgresql import DEFAULT_STORE_POOL
+
+__all__ = ["PoolPlan", "plan_pools", "worker_count"]
+
+ENV_WORKER_COUNT = "PYTEST_XDIST_WORKER_COUNT"
+#: Connections of the server kept free for humans, monitoring and other tools.
+SERVER_HEADROOM = 5
+DEFAULT_ENGINE_POOL = 5
+DEFAULT_ENGINE_OVERFLOW = 10
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    """Connection budget of one worker; see :func:`plan_pools`."""
+
+    max_connections: int
+    workers: int
+    per_worker: int
+    store_max: int
+    engine_pool_size: int
+    engine_max_overflow: int
+
+
+def plan_pools(
+    max_connections: int,
+    *,
+    reserved: int = 3,
+    workers: int = 1,
+    requested: int | None = None,
+) -> PoolPlan:
+    """Split the server's connections so that every xdist worker's pools fit.
+
+    The rule: ``usable = max_connections - superuser_reserved_connections - 5`` (headroom for
+    psql and monitoring); each of the ``workers`` gets ``usable // workers``; one of those is
+    the admin connection; the rest is shared by at most two live databases (the worker's
+    ``clean`` database and a ``fresh`` one), and within a database half goes to the store pool
+    (ThreadCreator, integrity reads; default 10, or ``requested``) and the remainder to the
+    engine for the test's own code (``pool_size`` default 5, or ``requested``, plus overflow up
+    to 10). Raises ConfigurationError when a database would get fewer than 2 connections.
+    Another run sharing the server is not counted: give each CI job its own server or lower -n.
+    """
+    workers = max(1, workers)
+    usable = max_connections - reserved - SERVER_HEADROOM
+    per_worker = usable // workers
+    per_database = (per_worker - 1) // 2
+    if per_database < 2:
+        raise ConfigurationError(
+            f"PostgreSQL max_connections={max_connections} is too low for {workers} workers "
+            f"(each would get {max(per_worker, 0)} connections). Raise max_connections on the "
+            "server, run fewer xdist workers (-n), or use --threadcreator-db=postgresql-local "
+            "(its cluster allows 200)"
+        )
+    store_max = max(1, min(requested or DEFAULT_STORE_POOL, per_database // 2))
+    engine_total = per_database - store_max
+    engine_pool = max(1, min(requested or DEFAULT_ENGINE_POOL, engine_total))
+    overflow = max(0, min(DEFAULT_ENGINE_OVERFLOW, engine_total - engine_pool))
+    return PoolPlan(max_connections, workers, per_worker, store_max, engine_pool, overflow)
+
+
+def worker_count() -> int:
+    try:
+        return max(1, int(os.environ.get(ENV_WORKER_COUNT, "1")))
+    except ValueError:
+        return 1

@@ -1,0 +1,72 @@
+"""The kinds of backend, looked up by ``--threadcreator-db`` value.
+
+Everything above the backends asks this registry (or a backend, or a store) instead of comparing
+backend names: adding a kind means adding it to :data:`KINDS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..errors import ConfigurationError
+from .base import Backend, BackendKind, BackendRequest
+from .postgresql.backend import KIND as POSTGRESQL
+from .sqlite import KIND as SQLITE
+
+__all__ = [
+    "BACKEND_NAMES",
+    "KINDS",
+    "kind_of",
+    "make_backend",
+    "validate_db",
+    "validate_environment",
+]
+
+#: Every kind, the default first.
+KINDS: tuple[BackendKind, ...] = (SQLITE, POSTGRESQL)
+#: The ``--threadcreator-db`` values that name a backend (a server URL is the other kind).
+BACKEND_NAMES: tuple[str, ...] = tuple(value for kind in KINDS for value in kind.values)
+_URL_EXAMPLE = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+
+
+def _url_kind() -> BackendKind:
+    return next(kind for kind in KINDS if kind.check_url is not None)
+
+
+def validate_db(value: object, where: str) -> str:
+    """``value`` if it names a backend or a server URL a kind takes; else ConfigurationError
+    listing the valid values (``where`` names the setting)."""
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{where}: expected a str, got {type(value).__name__}")
+    value = value.strip()
+    if value in BACKEND_NAMES:
+        return value
+    if "://" in value:
+        check = _url_kind().check_url
+        assert check is not None
+        return check(value, where)
+    raise ConfigurationError(
+        f"{where}: {value!r} is not a valid database; valid values: "
+        + ", ".join(BACKEND_NAMES)
+        + f", or an async SQLAlchemy URL such as {_URL_EXAMPLE}"
+    )
+
+
+def validate_environment(environ: Mapping[str, str]) -> None:
+    """Check the environment variables every kind reads (ConfigurationError if one is bad)."""
+    for kind in KINDS:
+        if kind.check_environment is not None:
+            kind.check_environment(environ)
+
+
+def kind_of(db: str) -> BackendKind:
+    """The kind of backend a validated ``db`` value names."""
+    for kind in KINDS:
+        if db in kind.values:
+            return kind
+    return _url_kind()
+
+
+def make_backend(request: BackendRequest) -> Backend:
+    """A backend (not started) for ``request.db``."""
+    return kind_of(request.db).make(request)

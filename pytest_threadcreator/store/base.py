@@ -1,0 +1,130 @@
+"""The data path of one database: what ThreadCreator and the integrity checks use.
+
+A :class:`Store` is *loop-independent*: any event loop may await it (a SQLite writer thread, a
+PostgreSQL pool on a private background loop), so a database outlives the test's event loop and
+per-test setup costs no new connections. It knows nothing of servers (that is
+:mod:`pytest_threadcreator.backends`). What differs between databases is asked as a capability
+(:meth:`Store.lock_waits`, :attr:`Store.loop_free_connections`), never by a backend's name.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    from sqlalchemy.sql import Select
+    from sqlalchemy.sql.selectable import TextualSelect
+
+    from ..faults.steps import FaultDecider
+
+__all__ = [
+    "LoopFreeConnections",
+    "Query",
+    "StatementCallback",
+    "Store",
+    "ThreadIdTaken",
+]
+
+#: What a store's reads take: a SELECT, or a textual one with declared columns.
+Query = Union["Select[Any]", "TextualSelect"]
+
+#: Called with a connection label and the SQL text of each statement a store runs.
+StatementCallback = Callable[[str, str], None]
+
+
+class ThreadIdTaken(Exception):
+    """Internal: the explicit thread id exists; carries the owner so the caller can decide."""
+
+    def __init__(self, owner: str | None) -> None:
+        super().__init__("thread id taken")
+        self.owner = owner
+
+
+@dataclass(frozen=True, slots=True)
+class LoopFreeConnections:
+    """How to open a driver connection that any event loop may use (aiosqlite's run on a
+    thread of their own), so one connection can serve a whole run."""
+
+    #: statements each new connection runs first
+    pragmas: tuple[str, ...]
+    #: the driver's own wait for another connection's lock, in seconds
+    busy_timeout_s: float
+
+
+class Store(abc.ABC):
+    """Data path of one database. Every coroutine may be awaited from any event loop."""
+
+    #: Set when the database's driver connections are not tied to an event loop (SQLite); None
+    #: when each connection belongs to the loop that opened it (asyncpg).
+    loop_free_connections: LoopFreeConnections | None = None
+
+    @abc.abstractmethod
+    async def create(
+        self,
+        thread_row: Mapping[str, Any],
+        message_row: Mapping[str, Any],
+        *,
+        explicit_id: bool,
+        decide: FaultDecider | None = None,
+    ) -> None:
+        """Insert both rows in one transaction (both or neither).
+
+        Raises :class:`ThreadIdTaken` when ``explicit_id`` and the thread id exists; the
+        driver's own exception for anything else (the caller classifies and retries).
+        ``decide`` is consulted before each step in :data:`STEPS`.
+        """
+
+    @abc.abstractmethod
+    async def fetch_all(self, statement: Query) -> list[dict[str, Any]]:
+        """Run a SELECT; rows keyed by result column name, values processed by SQLAlchemy types."""
+
+    def fetch_all_sync(self, statement: Query) -> list[dict[str, Any]]:
+        """:meth:`fetch_all`, blocking, from code outside any event loop (failure reports)."""
+        result: list[list[dict[str, Any]]] = []
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                result.append(asyncio.run(self.fetch_all(statement)))
+            except BaseException as exc:  # handed back to the caller's thread
+                errors.append(exc)
+
+        worker = threading.Thread(target=run, name="threadcreator-sync-read")
+        worker.start()
+        worker.join()
+        if errors:
+            raise errors[0]
+        return result[0]
+
+    @abc.abstractmethod
+    def is_transient(self, exc: BaseException) -> bool:
+        """True for contention worth a retry (SQLite busy/locked, SQLSTATE 40001/40P01)."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Empty every table of the schema (synchronous; no event loop needed)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections and threads (synchronous, idempotent)."""
+
+    def checked_out(self) -> int:
+        """Connections currently in use by calls still running (for leak detection)."""
+        return 0
+
+    @abc.abstractmethod
+    async def watch_statements(self, callback: StatementCallback | None) -> None:
+        """Call ``callback(connection_label, sql)`` for every statement from now on (None: stop)."""
+
+    async def lock_waits(self) -> list[str]:
+        """Sessions of this database waiting for a lock, and who blocks them, one line each.
+
+        Empty where writers never wait on the database's locks (the SQLite store queues them
+        in-process).
+        """
+        return []
