@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,10 @@ def _import_postgresql_backend() -> ImportError | None:
 # while it was alive, and importing a Cython extension a second time in one interpreter crashes
 # it (asyncpg's protocol does, on the next PostgreSQL run).
 POSTGRESQL_IMPORT_ERROR = _import_postgresql_backend()
+try:  # the same for psycopg's binary extension (sync_app's driver on PostgreSQL)
+    importlib.import_module("psycopg")
+except ImportError:
+    pass  # test_sync_app fails naming it
 
 
 def require_postgresql_backend(db: str) -> None:
@@ -67,9 +72,12 @@ def test_every_example_folder_is_run_here() -> None:
     folders = {p.name for p in EXAMPLES.iterdir() if p.is_dir() and not p.name.startswith("_")}
     assert folders == {
         "alembic_migrated",
+        "app_engine",
+        "fastapi_app",
         "load_with_faults",
         "postgresql_url",
         "quickstart",
+        "sync_app",
         "team_models",
         "xdist",
     }
@@ -135,3 +143,74 @@ def test_postgresql_url(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*threadcreator: db=postgresql+asyncpg://* (from ini)*"])
+
+
+def require(module: str, extra_pin: str) -> None:
+    """Fail (never skip) when an example's dependency is missing: the test extra installs it."""
+    __tracebackhide__ = True
+    if importlib.util.find_spec(module) is None:
+        pytest.fail(
+            f"{module} is not installed; the test extra installs it ({extra_pin}): "
+            "pip install -e '.[test]'",
+            pytrace=False,
+        )
+
+
+@pytest.mark.parametrize("db", BACKENDS)
+def test_app_engine(pytester: pytest.Pytester, db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_postgresql_backend(db)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    pytester.copy_example("app_engine")
+    result = pytester.runpytest("-p", "no:cacheprovider", f"--threadcreator-db={db}")
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines(["*shake: 1 test(s), 20 repetition(s), 0 failed*"])
+    assert "DATABASE_URL" not in os.environ  # threadcreator_env put it back as it was
+
+
+@pytest.mark.parametrize("db", BACKENDS)
+def test_fastapi_app(pytester: pytest.Pytester, db: str) -> None:
+    require("fastapi", "fastapi>=0.110")
+    require("httpx", "httpx>=0.27")
+    require_postgresql_backend(db)
+    pytester.copy_example("fastapi_app")
+    result = pytester.runpytest("-p", "no:cacheprovider", f"--threadcreator-db={db}")
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines(["*1 concurrency run(s): 100 calls, 0 failed*"])
+
+
+@pytest.mark.parametrize("db", BACKENDS)
+def test_sync_app(pytester: pytest.Pytester, db: str) -> None:
+    if db != "sqlite":
+        require("psycopg", "psycopg[binary]>=3.1")
+    require_postgresql_backend(db)
+    pytester.copy_example("sync_app")
+    result = pytester.runpytest("-p", "no:cacheprovider", f"--threadcreator-db={db}")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*1 concurrency run(s): 30 calls, 0 failed*"])
+
+
+GUIDE = Path(__file__).parent.parent / "docs" / "your-code.md"
+APP_EXAMPLES = ("app_engine", "fastapi_app", "sync_app")
+
+
+def test_every_code_block_of_the_app_guide_is_example_code_or_runs() -> None:
+    """docs/your-code.md shows only code that runs: each python or ini block is a verbatim
+    excerpt of an example that this module runs, or a standalone program run here."""
+    sources = [
+        path.read_text()
+        for name in APP_EXAMPLES
+        for path in sorted((EXAMPLES / name).iterdir())
+        if path.suffix in (".py", ".ini")
+    ]
+    blocks = re.findall(r"^```(python|ini)\n(.*?)^```$", GUIDE.read_text(), re.M | re.S)
+    assert len(blocks) > 10
+    standalone = []
+    for language, code in blocks:
+        if any(code in source for source in sources):
+            continue
+        assert language == "python", f"this ini block is in no example's pytest.ini:\n{code}"
+        exec(compile(code, f"{GUIDE.name} block", "exec"), {"__name__": "guide_block"})
+        standalone.append(code)
+    # Only the ThreadSchema of "Apps whose tables differ" is a program of its own; any other
+    # block found in no example has drifted from the code it was copied from.
+    assert len(standalone) == 1, "blocks in no example:\n\n" + "\n\n".join(standalone)
