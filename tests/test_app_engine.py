@@ -437,3 +437,21 @@ def test_a_bad_threadcreator_env_line_is_refused_at_start_up(
     result.stderr.fnmatch_lines(
         [f"*threadcreator_env: *{says}; write lines NAME={{url}} or NAME={{sync_url}}*"]
     )
+
+
+def test_the_factories_bulk_writes_are_not_the_tests_code(app: pytest.Pytester) -> None:
+    app.makepyfile(
+        """
+        import pytest
+
+
+        @pytest.mark.asyncio
+        async def test_seed_while_a_step_rule_is_armed(threadcreator_db, thread_factory, fault_injector):
+            rule = fault_injector.fail("thread_insert")
+            threads = await thread_factory.create_batch(3, first_message=None)
+            assert len(threads) == 3 and rule.fired == 0
+            assert fault_injector.hits("thread_insert") == 0
+        """
+    )
+    result = app.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
