@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from typing import Any
 
-from sqlalchemy import String, event, func, literal_column, or_, select
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from . import instrument
-from .errors import ConfigurationError
+from . import instrument, integrity
 from .faults import FaultInjector
 from .faults.steps import FaultDecider
 from .queries import QueryCounter
@@ -262,15 +261,7 @@ class Database:
             for table in (s.thread_table, s.message_table):
                 stmt = select(func.count().label("n")).select_from(table)
                 lines.append(f"rows in {table.name}: {self.store.fetch_all_sync(stmt)[0]['n']}")
-            t, m = s.thread_table, s.message_table
-            tid = t.c[s.thread_id_column]
-            has_message = (
-                select(literal_column("1")).where(m.c[s.message_thread_column] == tid).exists()
-            )
-            orphans = [
-                r["id"]
-                for r in self.store.fetch_all_sync(select(tid.label("id")).where(~has_message))
-            ]
+            orphans = [r["id"] for r in self.store.fetch_all_sync(integrity.orphans_query(s))]
             lines.append(
                 f"orphan threads: {len(orphans)}" + (f" ({_ids(orphans)})" if orphans else "")
             )
@@ -308,75 +299,30 @@ class Database:
             closer()
         self.store.close()
 
-    # -- reads for assertions --------------------------------------------------------------
+    # -- reads for assertions (see :mod:`pytest_threadcreator.integrity`) -------------------
     async def count_threads(self, user_id: str | None = None) -> int:
         """Number of threads (soft-deleted included), optionally of one user."""
-        s = self.schema
-        stmt = select(func.count().label("n")).select_from(s.thread_table)
-        if user_id is not None:
-            stmt = stmt.where(s.thread_table.c[s.owner("count_threads(user_id=...)")] == user_id)
-        rows = await self.store.fetch_all(stmt)
-        return int(rows[0]["n"])
+        return await integrity.count_threads(self, user_id)
 
     async def count_messages(self, thread_id: str | None = None) -> int:
         """Number of messages, optionally of one thread."""
-        s = self.schema
-        stmt = select(func.count().label("n")).select_from(s.message_table)
-        if thread_id is not None:
-            stmt = stmt.where(s.message_table.c[s.message_thread_column] == thread_id)
-        rows = await self.store.fetch_all(stmt)
-        return int(rows[0]["n"])
+        return await integrity.count_messages(self, thread_id)
 
     async def orphan_threads(self) -> list[str]:
         """Ids of threads that have no message, in id order."""
-        s = self.schema
-        t, m = s.thread_table, s.message_table
-        tid = t.c[s.thread_id_column]
-        has_message = (
-            select(literal_column("1")).where(m.c[s.message_thread_column] == tid).exists()
-        )
-        rows = await self.store.fetch_all(select(tid.label("id")).where(~has_message).order_by(tid))
-        return [row["id"] for row in rows]
+        return await integrity.orphan_threads(self)
 
     async def messages_without_thread(self) -> list[str]:
         """Ids of messages whose thread row is missing (only possible without foreign keys)."""
-        s = self.schema
-        t, m = s.thread_table, s.message_table
-        mtid = m.c[s.message_thread_column]
-        has_thread = select(literal_column("1")).where(t.c[s.thread_id_column] == mtid).exists()
-        mid = m.c[s.message_id_column]
-        rows = await self.store.fetch_all(select(mid.label("id")).where(~has_thread).order_by(mid))
-        return [row["id"] for row in rows]
+        return await integrity.messages_without_thread(self)
 
     async def owner_mismatches(self) -> list[str]:
         """Ids of threads whose metadata owner differs from the owner column."""
-        s = self.schema
-        if s.owner_metadata_column is None or s.owner_column is None:
-            return []
-        t = s.thread_table
-        stmt = select(
-            t.c[s.thread_id_column].label("id"),
-            t.c[s.owner_column].label("owner"),
-            t.c[s.owner_metadata_column].label("meta"),
-        ).order_by(t.c[s.thread_id_column])
-        bad = []
-        for row in await self.store.fetch_all(stmt):
-            meta = row["meta"]
-            if not isinstance(meta, dict) or meta.get("user_id") != row["owner"]:
-                bad.append(row["id"])
-        return bad
+        return await integrity.owner_mismatches(self)
 
     async def ownerless_threads(self) -> list[str]:
         """Ids of threads whose owner is NULL or empty (none without an owner column)."""
-        s = self.schema
-        if s.owner_column is None:
-            return []
-        t = s.thread_table
-        owner, tid = t.c[s.owner_column], t.c[s.thread_id_column]
-        missing = or_(owner.is_(None), owner == "") if isinstance(owner.type, String) else None
-        stmt = select(tid.label("id")).where(owner.is_(None) if missing is None else missing)
-        stmt = stmt.order_by(tid)
-        return [row["id"] for row in await self.store.fetch_all(stmt)]
+        return await integrity.ownerless_threads(self)
 
     async def assert_user_isolation(
         self,
@@ -394,95 +340,7 @@ class Database:
         holds for them, naming other users' threads that leaked in.
         """
         __tracebackhide__ = True
-        s = self.schema
-        owner_column = s.owner("assert_user_isolation()")
-        t = s.thread_table
-        contexts = list(contexts)
-        live = select(
-            t.c[s.thread_id_column].label("id"), t.c[owner_column].label("owner")
-        ).order_by(t.c[s.thread_id_column])
-        if s.deleted_at_column is not None:
-            live = live.where(t.c[s.deleted_at_column].is_(None))
-        owners = {row["id"]: row["owner"] for row in await self.store.fetch_all(live)}
-        if read is None:
-            problems = await self._isolation_through_creator(contexts, owners)
-        else:
-            problems = []
-            for context in contexts:
-                user = getattr(context, "user_id", context)
-                shown = {self._shown_id(item) for item in await read(context)}
-                stored = {tid for tid, owner in owners.items() if owner == user}
-                foreign = sorted(tid for tid in shown - stored if tid in owners)
-                if foreign:
-                    others = sorted({str(owners[tid]) for tid in foreign})
-                    problems.append(
-                        f"{user}: shown {len(foreign)} thread(s) of other users "
-                        f"({', '.join(others)}): {_ids(foreign)}"
-                    )
-                missing, unknown = sorted(stored - shown), sorted(shown - set(owners))
-                if missing or unknown:
-                    problems.append(
-                        f"{user}: shown {len(shown)} thread(s), the table holds {len(stored)} "
-                        f"for them (missing: {_ids(missing)}; not in the table: {_ids(unknown)})"
-                    )
-        if problems:
-            raise AssertionError("user isolation violated:\n  " + "\n  ".join(problems))
-
-    def _shown_id(self, item: Any) -> Any:
-        """The thread id of one item an app's ``read`` returned: an id, a row or an object."""
-        if isinstance(item, (str, int)):
-            return item
-        s = self.schema
-        attr = s.attr_name(s.thread_table, s.thread_id_column)
-        for name in dict.fromkeys((attr, s.thread_id_column, "id")):
-            if isinstance(item, Mapping) and name in item:
-                return item[name]
-            if not isinstance(item, Mapping) and hasattr(item, name):
-                return getattr(item, name)
-        names = " or ".join(repr(n) for n in dict.fromkeys((attr, "id")))
-        raise ConfigurationError(
-            f"assert_user_isolation(read=...): read() returned {type(item).__name__} {item!r}; "
-            f"return thread ids, or rows or objects with an {names}"
-        )
-
-    async def _isolation_through_creator(
-        self, contexts: list[Any], owners: Mapping[Any, Any]
-    ) -> list[str]:
-        from .creator import ThreadCreator
-        from .errors import ThreadOwnershipError
-
-        s = self.schema
-        t = s.thread_table
-        owner_column = s.owner("assert_user_isolation()")
-        creator = ThreadCreator(self)
-        users = list(dict.fromkeys(getattr(c, "user_id", c) for c in contexts))
-        problems = []
-        for index, user in enumerate(users):
-            listed = await creator.list_threads(user)
-            listed_ids = [
-                s.thread_from_row(row) if isinstance(row, dict) else row for row in listed
-            ]
-            ids = {_attr(x, s.attr_name(t, s.thread_id_column)) for x in listed_ids}
-            listed_owners = {_attr(x, s.attr_name(t, owner_column)) for x in listed_ids}
-            stored = {tid for tid, owner in owners.items() if owner == user}
-            if listed_owners - {user}:
-                problems.append(f"{user}: list_threads returned threads of other users")
-            if ids != stored:
-                problems.append(
-                    f"{user}: list_threads returned {len(ids)} thread(s), the table holds "
-                    f"{len(stored)} (missing: {_ids(sorted(stored - ids))}; extra: "
-                    f"{_ids(sorted(ids - stored))})"
-                )
-            if ids and len(users) > 1:
-                other = users[(index + 1) % len(users)]
-                probe = sorted(ids)[0]
-                try:
-                    await creator.get_thread(probe, user_id=other)
-                except ThreadOwnershipError:
-                    pass
-                else:
-                    problems.append(f"{other} could read {user}'s thread {probe}")
-        return problems
+        await integrity.assert_user_isolation(self, contexts, read=read)
 
     async def lock_waits(self) -> list[str]:
         """Sessions of this database waiting for a lock, and who blocks them, one line each.
@@ -497,40 +355,7 @@ class Database:
         schema allows them), messages without a thread, threads without an owner or whose
         metadata owner differs, and what the schema's own ``checks`` report."""
         __tracebackhide__ = True
-        s = self.schema
-        problems = []
-        if s.require_first_message:
-            orphans = await self.orphan_threads()
-            if orphans:
-                problems.append(f"{len(orphans)} thread(s) without a message: {_ids(orphans)}")
-        homeless = await self.messages_without_thread()
-        if homeless:
-            problems.append(f"{len(homeless)} message(s) without a thread: {_ids(homeless)}")
-        ownerless = await self.ownerless_threads()
-        if ownerless:
-            problems.append(
-                f"{len(ownerless)} thread(s) whose {s.owner_column} is NULL or empty: "
-                f"{_ids(ownerless)}"
-            )
-        mismatched = await self.owner_mismatches()
-        if mismatched:
-            problems.append(
-                f"{len(mismatched)} thread(s) whose metadata owner differs from "
-                f"{s.owner_column}: {_ids(mismatched)}"
-            )
-        if s.checks:
-            async with self.session() as session:
-                for check in s.checks:
-                    name = getattr(check, "__name__", repr(check))
-                    problems.extend(f"{name}: {problem}" for problem in await check(session))
-        if problems:
-            raise AssertionError(
-                f"integrity check failed on {self.location}:\n  " + "\n  ".join(problems)
-            )
-
-
-def _attr(obj: Any, name: str) -> Any:
-    return obj[name] if isinstance(obj, dict) else getattr(obj, name)
+        await integrity.check_integrity(self)
 
 
 def _ids(ids: list[str], limit: int = 10) -> str:
