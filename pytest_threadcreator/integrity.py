@@ -118,15 +118,7 @@ async def assert_user_isolation(
     *,
     read: Callable[[Any], Awaitable[Iterable[Any]]] | None = None,
 ) -> None:
-    """Assert each user sees exactly their own live threads.
-
-    Without ``read``, through ThreadCreator's reads: ``list_threads`` returns only threads
-    owned by that user, and exactly the set the table holds for them; another user's
-    ``get_thread`` on one of them is refused. With ``read``, an async callable
-    ``read(context)`` returning what *your app* shows that user (thread ids, or rows or
-    objects with an id), it asserts that each user is shown exactly the threads the table
-    holds for them, naming other users' threads that leaked in.
-    """
+    """:meth:`Database.assert_user_isolation <pytest_threadcreator.Database.assert_user_isolation>`."""
     __tracebackhide__ = True
     s = database.schema
     owner_column = s.owner("assert_user_isolation()")
