@@ -38,7 +38,7 @@ from pytest_threadcreator.backends.postgresql.janitor import parse_database_name
 from pytest_threadcreator.config import DockerSettings, resolve_settings
 from pytest_threadcreator.errors import BackendUnavailableError, ConfigurationError
 
-from .conftest import needs
+from ..conftest import needs
 from .test_xdist import assert_one_database_per_worker, hook_calls, make_project, run_xdist, seen
 
 IMAGE = os.environ.get("THREADCREATOR_DOCKER_IMAGE", "").strip() or DEFAULT_IMAGE

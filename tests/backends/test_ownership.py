@@ -31,7 +31,7 @@ from pytest_threadcreator.backends.postgresql.janitor import parse_database_name
 from pytest_threadcreator.backends.postgresql.servers import async_url as _async_url
 from pytest_threadcreator.backends.postgresql.servers import connect_kwargs as _connect_kwargs
 
-from .conftest import PG_SERVER_URL, needs_marks, pg_server_missing
+from ..conftest import PG_SERVER_URL, needs_marks, pg_server_missing
 
 pytestmark = needs_marks(pg_server_missing())
 

@@ -30,7 +30,7 @@ from pytest_threadcreator.errors import DatabaseError
 from pytest_threadcreator.ids import new_message_id, new_thread_id
 from pytest_threadcreator.schema import NewThread, default_schema
 
-from .conftest import PG_SERVER_URL, needs_marks, pg_server_missing
+from ..conftest import PG_SERVER_URL, needs_marks, pg_server_missing
 
 pytestmark = needs_marks(pg_server_missing())
 SCHEMA = default_schema()

@@ -58,7 +58,7 @@ from pytest_threadcreator.schema import NewThread, default_schema
 from pytest_threadcreator.store.base import ThreadIdTaken
 from pytest_threadcreator.store.postgresql import PgStore
 
-from .conftest import needs, pg_binaries_missing, pg_server_missing
+from ..conftest import needs, pg_binaries_missing, pg_server_missing
 
 SERVER_URL = os.environ.get(
     "THREADCREATOR_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"

@@ -44,7 +44,7 @@ from pytest_threadcreator.plugin.xdist import run_id_from_testrunuid
 from pytest_threadcreator.runtime import Runtime, schema_key
 from pytest_threadcreator.schema import default_schema
 
-from .conftest import (
+from ..conftest import (
     _count_in_kept_cluster,
     needs,
     needs_marks,

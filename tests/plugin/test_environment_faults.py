@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import needs, pg_binaries_missing
+from ..conftest import needs, pg_binaries_missing
 
 INI = """
 [pytest]

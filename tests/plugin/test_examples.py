@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).parent.parent / "conftest_examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "conftest_examples"
 SERVER_URL = os.environ.get(
     "THREADCREATOR_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
@@ -189,7 +189,7 @@ def test_sync_app(pytester: pytest.Pytester, db: str) -> None:
     result.stdout.fnmatch_lines(["*1 concurrency run(s): 30 calls, 0 failed*"])
 
 
-GUIDE = Path(__file__).parent.parent / "docs" / "your-code.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "your-code.md"
 APP_EXAMPLES = ("app_engine", "fastapi_app", "sync_app")
 
 

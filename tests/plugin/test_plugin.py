@@ -11,7 +11,7 @@ import pytest
 
 import pytest_threadcreator
 
-from .conftest import BACKEND, count_threads_in_kept_database
+from ..conftest import BACKEND, count_threads_in_kept_database
 
 INI = """
 [pytest]

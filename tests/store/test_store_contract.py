@@ -30,7 +30,7 @@ from pytest_threadcreator.ids import new_message_id, new_thread_id
 from pytest_threadcreator.schema import NewThread, ThreadSchema, default_schema
 from pytest_threadcreator.store.base import ThreadIdTaken
 
-from .conftest import PG_SERVER_URL
+from ..conftest import PG_SERVER_URL
 from .stores import BACKEND_PARAMS, open_database
 
 

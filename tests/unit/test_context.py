@@ -644,7 +644,7 @@ def test_public_names_are_sorted_and_exist() -> None:
 
 def test_importing_context_does_not_import_pytest() -> None:
     # subprocess: this process has pytest loaded already, only a fresh interpreter can tell.
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
