@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import needs, pg_binaries_missing
+from ..helpers import needs, pg_binaries_missing
 
 INI = """
 [pytest]

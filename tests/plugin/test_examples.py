@@ -11,14 +11,16 @@ import importlib
 import importlib.util
 import os
 import re
-from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).parent.parent / "conftest_examples"
-SERVER_URL = os.environ.get(
-    "THREADCREATOR_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
+from ..helpers import PG_SERVER_URL as SERVER_URL
+from ..helpers import REPO_ROOT, require_postgresql_backend
+
+# The examples choose their backend by ini or option, and are no xdist workers.
+pytestmark = pytest.mark.usefixtures("clean_environment")
+
+EXAMPLES = REPO_ROOT / "conftest_examples"
 BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param(SERVER_URL, id="postgresql")]
 
 QUICKSTART_INI = """
@@ -26,46 +28,6 @@ QUICKSTART_INI = """
 asyncio_mode = strict
 asyncio_default_fixture_loop_scope = function
 """
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The examples choose their backend by ini or option, and are no xdist workers even when
-    this suite is."""
-    for name in ("THREADCREATOR_DB", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def _import_postgresql_backend() -> ImportError | None:
-    try:
-        importlib.import_module("pytest_threadcreator.backends.postgresql.backend")
-        importlib.import_module("asyncpg")
-    except ImportError as exc:
-        return exc
-    return None
-
-
-# At import, before any pytester fixture exists: pytester drops the modules first imported
-# while it was alive, and importing a Cython extension a second time in one interpreter crashes
-# it (asyncpg's protocol does, on the next PostgreSQL run).
-POSTGRESQL_IMPORT_ERROR = _import_postgresql_backend()
-try:  # the same for psycopg's binary extension (sync_app's driver on PostgreSQL)
-    importlib.import_module("psycopg")
-except ImportError:
-    pass  # test_sync_app fails naming it
-
-
-def require_postgresql_backend(db: str) -> None:
-    """Fail (never skip) when a PostgreSQL run meets a missing backend module."""
-    __tracebackhide__ = True
-    if db == "sqlite" or POSTGRESQL_IMPORT_ERROR is None:
-        return
-    exc = POSTGRESQL_IMPORT_ERROR
-    pytest.fail(
-        "pytest_threadcreator.backends.postgresql.backend does not import "
-        f"({type(exc).__name__}: {exc}); the PostgreSQL examples need the backend to land",
-        pytrace=False,
-    )
 
 
 def test_every_example_folder_is_run_here() -> None:
@@ -189,7 +151,7 @@ def test_sync_app(pytester: pytest.Pytester, db: str) -> None:
     result.stdout.fnmatch_lines(["*1 concurrency run(s): 30 calls, 0 failed*"])
 
 
-GUIDE = Path(__file__).parent.parent / "docs" / "your-code.md"
+GUIDE = REPO_ROOT / "docs" / "your-code.md"
 APP_EXAMPLES = ("app_engine", "fastapi_app", "sync_app")
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import pytest_threadcreator
 
-from .conftest import BACKEND, count_threads_in_kept_database
+from ..helpers import BACKEND, RECORD_KEPT_URLS, count_threads_in_kept_database
 
 INI = """
 [pytest]
@@ -300,18 +300,18 @@ def test_keep_names_the_failed_tests_database_and_leaves_it(
     pytester: pytest.Pytester, ini: object
 ) -> None:
     pytester.makepyfile(
-        """
-        import pytest
+        RECORD_KEPT_URLS
+        + """
+@pytest.mark.asyncio
+async def test_fails(threadcreator_db, thread_creator, user_context):
+    record(threadcreator_db)
+    await thread_creator.create_thread_with_message(user_context, "evidence")
+    assert False, "deliberate"
 
-        @pytest.mark.asyncio
-        async def test_fails(thread_creator, user_context):
-            await thread_creator.create_thread_with_message(user_context, "evidence")
-            assert False, "deliberate"
-
-        @pytest.mark.asyncio
-        async def test_after(threadcreator_db):
-            assert await threadcreator_db.count_threads() == 0
-        """
+@pytest.mark.asyncio
+async def test_after(threadcreator_db):
+    assert await threadcreator_db.count_threads() == 0
+"""
     )
     result = pytester.runpytest(
         "--threadcreator-keep", "-p", "no:cacheprovider", "--junitxml=out.xml"
@@ -324,7 +324,8 @@ def test_keep_names_the_failed_tests_database_and_leaves_it(
     found = re.search(r'name="threadcreator_kept_database" value="([^"]+)"', text)
     assert found is not None
     result.stdout.fnmatch_lines(["kept databases of failed tests:", f"  {found.group(1)}"])
-    assert count_threads_in_kept_database(found.group(1)) == 1
+    (url,) = (pytester.path / "kept-urls.txt").read_text().splitlines()
+    assert count_threads_in_kept_database(url) == 1
 
 
 def test_without_keep_nothing_is_left_behind(pytester: pytest.Pytester, ini: object) -> None:

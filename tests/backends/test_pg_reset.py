@@ -23,21 +23,15 @@ from sqlalchemy.engine import make_url
 
 from pytest_threadcreator.backends.postgresql.backend import PostgresBackend
 from pytest_threadcreator.backends.postgresql.janitor import new_run_id
-from pytest_threadcreator.backends.postgresql.servers import async_url as _async_url
-from pytest_threadcreator.backends.postgresql.servers import connect_kwargs as _connect_kwargs
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.errors import DatabaseError
 from pytest_threadcreator.ids import new_message_id, new_thread_id
 from pytest_threadcreator.schema import NewThread, default_schema
 
-from .conftest import PG_SERVER_URL, needs_marks, pg_server_missing
+from ..helpers import PG_SERVER_URL, needs_marks, pg_connect_kwargs, pg_server_missing
 
 pytestmark = needs_marks(pg_server_missing())
 SCHEMA = default_schema()
-
-
-def _kwargs(url: str, database: str) -> dict[str, Any]:
-    return dict(_connect_kwargs(_async_url(url, "test")), database=database)
 
 
 def _rows(user_id: str = "user_a") -> tuple[dict[str, Any], dict[str, Any]]:
@@ -67,30 +61,19 @@ async def _alive(conn: Any) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def backend() -> Iterator[PostgresBackend]:
-    if (reason := pg_server_missing()) is not None and not os.environ.get("CI"):
-        pytest.skip(reason)
-    backend = PostgresBackend("url", url=PG_SERVER_URL, run_id=new_run_id(), worker_id="gw4")
-    backend.start()
-    backend.prepare_template(SCHEMA, None)
-    yield backend
-    backend.stop()
-
-
 @pytest.fixture
-def db(backend: PostgresBackend) -> Iterator[Database]:
-    database = backend.create_database("clean", isolation="clean")
+def db(pg_backend: PostgresBackend) -> Iterator[Database]:
+    database = pg_backend.create_database("clean", isolation="clean")
     yield database
-    backend.drop_database(database)
+    pg_backend.drop_database(database)
 
 
 def test_a_session_left_holding_row_locks_is_ended_and_the_reset_succeeds(db: Database) -> None:
     async def scenario() -> tuple[bool, bool, bool, int]:
         await _fill(db, 3)
-        blocker = await asyncpg.connect(**_kwargs(PG_SERVER_URL, db.name))
-        idle = await asyncpg.connect(**_kwargs(PG_SERVER_URL, db.name))  # e.g. an app's pool
-        reader = await asyncpg.connect(**_kwargs(PG_SERVER_URL, db.name))
+        blocker = await asyncpg.connect(**pg_connect_kwargs(db.name))
+        idle = await asyncpg.connect(**pg_connect_kwargs(db.name))  # e.g. an app's pool
+        reader = await asyncpg.connect(**pg_connect_kwargs(db.name))
         try:
             # a transaction left open after updating rows: it holds their row locks
             await blocker.execute("BEGIN; UPDATE threads SET title = 'locked by a leftover'")
@@ -116,7 +99,7 @@ def test_a_session_left_holding_row_locks_is_ended_and_the_reset_succeeds(db: Da
 def test_a_big_reset_does_not_wait_for_an_open_read_transaction(db: Database) -> None:
     async def scenario() -> tuple[int, bool]:
         await _fill(db, 600)  # past the DELETE / TRUNCATE switch
-        reader = await asyncpg.connect(**_kwargs(PG_SERVER_URL, db.name))
+        reader = await asyncpg.connect(**pg_connect_kwargs(db.name))
         try:
             await reader.execute("BEGIN; SELECT count(*) FROM threads")  # blocks a TRUNCATE
             await asyncio.to_thread(db.store.reset)
@@ -151,7 +134,7 @@ def unendable_blocker_backend() -> Iterator[tuple[PostgresBackend, str]]:
     role, password = f"threadcreator_reset_{secrets.token_hex(4)}", secrets.token_hex(8)
 
     async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(**_kwargs(PG_SERVER_URL, "postgres"))
+        conn = await asyncpg.connect(**pg_connect_kwargs("postgres"))
         try:
             await conn.execute(sql)
         finally:
@@ -183,7 +166,7 @@ def test_a_blocker_that_cannot_be_ended_fails_the_reset_once_naming_it(
     async def scenario() -> tuple[int, str]:
         await _fill(db, 3)
         # the superuser's session, which a CREATEDB role may not end
-        blocker = await asyncpg.connect(**_kwargs(PG_SERVER_URL, db.name))
+        blocker = await asyncpg.connect(**pg_connect_kwargs(db.name))
         try:
             pid = int(await blocker.fetchval("SELECT pg_backend_pid()"))
             await blocker.execute("BEGIN; UPDATE threads SET title = 'held by the superuser'")

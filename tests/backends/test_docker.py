@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +36,7 @@ from pytest_threadcreator.backends.postgresql.janitor import parse_database_name
 from pytest_threadcreator.config import DockerSettings, resolve_settings
 from pytest_threadcreator.errors import BackendUnavailableError, ConfigurationError
 
-from .conftest import needs
+from ..helpers import kill_mid_test, needs, start_pytest
 from .test_xdist import assert_one_database_per_worker, hook_calls, make_project, run_xdist, seen
 
 IMAGE = os.environ.get("THREADCREATOR_DOCKER_IMAGE", "").strip() or DEFAULT_IMAGE
@@ -336,46 +334,21 @@ def test_a_killed_runs_container_is_removed_by_the_next_run(tmp_path: Path, clie
     (tmp_path / "test_quick.py").write_text("def test_quick(threadcreator_db):\n    pass\n")
     marker = tmp_path / "pid.txt"
 
-    def pytest_run(test_file: str) -> subprocess.Popen[bytes]:
-        # subprocess: the run under test must die by SIGKILL, which only a process can
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                test_file,
-                "--threadcreator-db=postgresql-docker",
-            ],
-            cwd=tmp_path,
-            env={**os.environ, "MARKER": str(marker)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+    def pytest_run(test_file: str) -> subprocess.Popen[str]:
+        db = "--threadcreator-db=postgresql-docker"
+        return start_pytest(tmp_path, test_file, db, MARKER=str(marker))
 
     stuck = pytest_run("test_stuck.py")
     owner = None
     try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():  # the inner test says its container serves it, mid-run
-            assert stuck.poll() is None, stuck.communicate()[0].decode()
-            assert time.monotonic() < deadline, "the inner run never reached its test"
-            time.sleep(0.05)
-        owner = owner_label(int(marker.read_text()))
-        stuck.send_signal(signal.SIGKILL)
-        stuck.wait(timeout=30)
+        owner = owner_label(int(kill_mid_test(stuck, marker, within_s=120)))
         (left,) = ours(client, owner)  # nothing had a chance to clean up
         quick = pytest_run("test_quick.py")
-        output = quick.communicate(timeout=180)[0].decode()
+        output = quick.communicate(timeout=180)[0]
         assert quick.returncode == 0, output
         assert ours(client, owner) == [], "the next run removes a killed run's container"
         assert left.id not in ids(ours(client))
     finally:
-        if stuck.poll() is None:
-            stuck.kill()
-            stuck.wait()
         for container in ours(client, owner) if owner else []:
             container.remove(force=True, v=True)
 

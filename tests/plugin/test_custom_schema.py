@@ -7,8 +7,6 @@ rest runs real suites through pytester, on SQLite and on the PostgreSQL server a
 
 from __future__ import annotations
 
-import importlib
-import os
 import sys
 import textwrap
 import uuid
@@ -22,43 +20,19 @@ from sqlalchemy import JSON, Column, ForeignKey, Integer, MetaData, String, Tabl
 from pytest_threadcreator import ConfigurationError, ThreadSchema
 from pytest_threadcreator.schema import load_schema
 
-SERVER_URL = os.environ.get(
-    "THREADCREATOR_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
+from ..helpers import PG_SERVER_URL as SERVER_URL
+from ..helpers import require_postgresql_backend
 
-
-def _postgresql_import_error() -> ImportError | None:
-    try:
-        importlib.import_module("pytest_threadcreator.backends.postgresql.backend")
-        importlib.import_module("asyncpg")
-    except ImportError as exc:
-        return exc
-    return None
-
-
-# At import, before any pytester fixture exists: pytester drops modules first imported while
-# it was alive, and a second import of asyncpg's Cython protocol in one process crashes it.
-POSTGRESQL_IMPORT_ERROR = _postgresql_import_error()
+# Runs choose their backend by option, and are no xdist workers even when this suite is.
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 @pytest.fixture(params=["sqlite", SERVER_URL], ids=["sqlite", "postgresql"])
 def db(request: pytest.FixtureRequest) -> str:
     """The --threadcreator-db value of a pytester run; PostgreSQL fails (never skips) if missing."""
-    if request.param != "sqlite" and POSTGRESQL_IMPORT_ERROR is not None:
-        pytest.fail(
-            "pytest_threadcreator.backends.postgresql.backend does not import "
-            f"({POSTGRESQL_IMPORT_ERROR}); these runs need the PostgreSQL backend",
-            pytrace=False,
-        )
+    require_postgresql_backend(request.param)
     value: str = request.param
     return value
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs choose their backend by option, and are no xdist workers even when this suite is."""
-    for name in ("THREADCREATOR_DB", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
-        monkeypatch.delenv(name, raising=False)
 
 
 # -- ThreadSchema itself ---------------------------------------------------------------------

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from pytest_threadcreator import ThreadCreator
 
-from .conftest import PG_SERVER_URL as PG_URL
+from ..helpers import PG_SERVER_URL as PG_URL
 
 
 @pytest.mark.threadcreator(db=PG_URL)

@@ -15,7 +15,6 @@ import struct
 import subprocess
 import zlib
 from collections import Counter
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ from pytest_threadcreator.concurrency import ConcurrencyReport, LatencyStats, ru
 from pytest_threadcreator.report.data import run_data
 from pytest_threadcreator.report.html import COLOURS, render_html
 
+from ..helpers import FakeClock
+
 # Safety nets so a broken runner or browser fails the test instead of hanging it; never asserted.
 HANG_GUARD_S = 30.0
 BROWSER_GUARD_S = 120.0
@@ -35,23 +36,6 @@ MALICIOUS_ID = "tests/test_evil.py::test_x[<script>alert(1)</script>]"
 ATTRIBUTE_BREAKER = '"><img src=x onerror=alert(2)>'
 
 IN_FLIGHT_ON_WHITE = (0xAF, 0x8D, 0xCE)  # the in-flight chart's #9467bd at 0.75 opacity
-
-
-class FakeClock:
-    """A clock that only moves when a test advances it."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def fake_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
-    clock = FakeClock()
-    monkeypatch.setattr(concurrency, "_clock", clock)
-    yield clock
 
 
 # --- runs to draw ---------------------------------------------------------------------------

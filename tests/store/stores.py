@@ -21,7 +21,7 @@ from pytest_threadcreator.backends.sqlite import SqliteBackend
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.schema import ThreadSchema
 
-from .conftest import PG_SERVER_URL, needs_marks, pg_server_missing
+from ..helpers import PG_SERVER_URL, needs_marks, pg_server_missing
 
 BACKEND_PARAMS = [
     pytest.param("sqlite", id="sqlite"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import re
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from pytest_threadcreator import UserExecutionContext
@@ -34,8 +32,6 @@ from pytest_threadcreator.backends.postgresql.janitor import (
     template_name,
 )
 from pytest_threadcreator.backends.postgresql.local import LocalCluster
-from pytest_threadcreator.backends.postgresql.servers import async_url as _async_url
-from pytest_threadcreator.backends.postgresql.servers import connect_kwargs as _connect_kwargs
 from pytest_threadcreator.backends.sqlite import SqliteBackend
 from pytest_threadcreator.creator import ThreadCreator
 from pytest_threadcreator.database import Database
@@ -44,34 +40,29 @@ from pytest_threadcreator.plugin.xdist import run_id_from_testrunuid
 from pytest_threadcreator.runtime import Runtime, schema_key
 from pytest_threadcreator.schema import default_schema
 
-from .conftest import (
-    _count_in_kept_cluster,
+from ..helpers import PG_SERVER_URL as SERVER_URL
+from ..helpers import (
+    RECORD_KEPT_URLS,
+    count_threads_in_kept_database,
     needs,
     needs_marks,
     pg_binaries_missing,
+    pg_fetch,
     pg_server_missing,
 )
 
-SERVER_URL = os.environ.get(
-    "THREADCREATOR_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
 SCHEMA = default_schema()
+
+# Inner runs choose their backend by option, and are no xdist workers even when this suite is
+# (their own workers get these variables from their controller).
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 # -- helpers ---------------------------------------------------------------------------------
-async def _fetch(sql: str, *args: Any) -> list[Any]:
-    kwargs = dict(_connect_kwargs(_async_url(SERVER_URL, "test")), database="postgres")
-    conn = await asyncpg.connect(**kwargs)
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
-
-
 def databases_of_run(run_id: str) -> list[str]:
     """The databases of ``run_id`` on the shared server."""
     pattern = f"tc_{run_id}_".replace("_", "\\_") + "%"
-    rows = asyncio.run(_fetch("SELECT datname FROM pg_database WHERE datname LIKE $1", pattern))
+    rows = asyncio.run(pg_fetch("SELECT datname FROM pg_database WHERE datname LIKE $1", pattern))
     return sorted(row["datname"] for row in rows)
 
 
@@ -80,14 +71,6 @@ needs_binaries = needs(pg_binaries_missing())
 
 SQLITE = pytest.param("sqlite", id="sqlite")
 POSTGRESQL = pytest.param(SERVER_URL, id="postgresql", marks=needs_marks(pg_server_missing()))
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Inner runs choose their backend by option, and are no xdist workers even when this
-    suite is (their own workers get these variables from their controller)."""
-    for name in ("THREADCREATOR_DB", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
-        monkeypatch.delenv(name, raising=False)
 
 
 INI = """
@@ -310,21 +293,23 @@ def test_postgresql_local_starts_one_cluster_for_the_run(pytester: pytest.Pytest
 def test_a_kept_database_keeps_the_runs_cluster(pytester: pytest.Pytester) -> None:
     make_project(pytester.path, tests=4)
     pytester.makepyfile(
-        test_fails="""
-        import pytest
-
-        @pytest.mark.asyncio
-        async def test_fails(thread_creator, user_context):
-            await thread_creator.create_thread_with_message(user_context, "evidence")
-            assert False, "deliberate"
-        """
+        test_fails=RECORD_KEPT_URLS
+        + """
+@pytest.mark.asyncio
+async def test_fails(threadcreator_db, thread_creator, user_context):
+    record(threadcreator_db)
+    await thread_creator.create_thread_with_message(user_context, "evidence")
+    assert False, "deliberate"
+"""
     )
     result = run_xdist(pytester, "postgresql-local", "-n", "2", "--threadcreator-keep")
     result.assert_outcomes(passed=4, failed=1)
     lines = result.outlines
     kept = lines[lines.index("kept databases of failed tests:") + 1].strip()
     assert " (cluster kept; start it with: " in kept
-    assert _count_in_kept_cluster(kept) == 2  # the seed row and the failed test's thread
+    (url,) = (pytester.path / "kept-urls.txt").read_text().splitlines()
+    # the seed row and the failed test's thread
+    assert count_threads_in_kept_database(url, "postgresql-local") == 2
 
 
 # -- the sharing protocols, on two backends of one run -----------------------------------------
@@ -404,9 +389,9 @@ def test_postgresql_template_left_half_built_is_rebuilt(
 ) -> None:
     first, second = two_pg_workers
     # a worker died while building: the template exists, marked as the run's, never sealed
-    asyncio.run(_fetch(f'CREATE DATABASE "{first.template}"'))
+    asyncio.run(pg_fetch(f'CREATE DATABASE "{first.template}"'))
     asyncio.run(
-        _fetch(f"COMMENT ON DATABASE \"{first.template}\" IS '{ownership_mark(first.run_id)}'")
+        pg_fetch(f"COMMENT ON DATABASE \"{first.template}\" IS '{ownership_mark(first.run_id)}'")
     )
     calls: list[str] = []
     first.prepare_template(SCHEMA, _seeding_hook(calls))
@@ -422,7 +407,7 @@ def test_an_unmarked_database_under_the_templates_name_is_left_alone(
 ) -> None:
     first, _ = two_pg_workers
     # a database the plugin did not mark: a user's, or one whose creator died before marking it
-    asyncio.run(_fetch(f'CREATE DATABASE "{first.template}"'))
+    asyncio.run(pg_fetch(f'CREATE DATABASE "{first.template}"'))
     try:
         with pytest.raises(DatabaseError) as failure:
             first.prepare_template(SCHEMA, _seeding_hook([]))
@@ -435,7 +420,7 @@ def test_an_unmarked_database_under_the_templates_name_is_left_alone(
         first.stop()
         assert databases_of_run(first.run_id) == [first.template]
     finally:
-        asyncio.run(_fetch(f'DROP DATABASE IF EXISTS "{first.template}" WITH (FORCE)'))
+        asyncio.run(pg_fetch(f'DROP DATABASE IF EXISTS "{first.template}" WITH (FORCE)'))
 
 
 @needs_server

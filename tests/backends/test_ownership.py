@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import os
 import secrets
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +24,16 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from pytest_threadcreator.backends.postgresql.janitor import parse_database_name
-from pytest_threadcreator.backends.postgresql.servers import async_url as _async_url
-from pytest_threadcreator.backends.postgresql.servers import connect_kwargs as _connect_kwargs
 
-from .conftest import PG_SERVER_URL, needs_marks, pg_server_missing
+from ..helpers import (
+    PG_SERVER_URL,
+    kill_mid_test,
+    needs_marks,
+    pg_connect_kwargs,
+    pg_databases_of_run,
+    pg_server_missing,
+    start_pytest,
+)
 
 pytestmark = needs_marks(pg_server_missing())
 
@@ -84,16 +86,11 @@ class Owner:
     password: str | None
 
     def connect_kwargs(self, database: str = "postgres") -> dict[str, Any]:
-        kwargs = dict(_connect_kwargs(_async_url(self.url, "test")), database=database)
-        return kwargs
-
-
-def _admin_kwargs(database: str = "postgres") -> dict[str, Any]:
-    return dict(_connect_kwargs(_async_url(PG_SERVER_URL, "test")), database=database)
+        return pg_connect_kwargs(database, url=self.url)
 
 
 async def _run_admin(sql: str, *args: Any) -> list[Any]:
-    conn = await asyncpg.connect(**_admin_kwargs())
+    conn = await asyncpg.connect(**pg_connect_kwargs())
     try:
         return list(await conn.fetch(sql, *args))
     finally:
@@ -127,7 +124,7 @@ async def _rows_in(names: list[str]) -> dict[str, int | None]:
         if name not in present:
             counts[name] = None
             continue
-        conn = await asyncpg.connect(**_admin_kwargs(name))
+        conn = await asyncpg.connect(**pg_connect_kwargs(name))
         try:
             counts[name] = int(await conn.fetchval("SELECT count(*) FROM orders"))
         finally:
@@ -140,12 +137,6 @@ def assert_all_survive(names: list[str], when: str) -> None:
     counts = asyncio.run(_rows_in(names))
     lost = {name: n for name, n in counts.items() if n != ROWS}
     assert not lost, f"{when}: the user's databases were dropped or emptied: {lost}"
-
-
-def _databases_of_run(run_id: str) -> list[str]:
-    rows = asyncio.run(_run_admin("SELECT datname FROM pg_database"))
-    names = [row["datname"] for row in rows]
-    return [n for n in names if (p := parse_database_name(n)) is not None and p.run_id == run_id]
 
 
 @pytest.fixture
@@ -201,38 +192,19 @@ def lookalikes(owner: Owner) -> Iterator[list[str]]:
     asyncio.run(drop())
 
 
-def _pytest_process(directory: Path, owner: Owner, *args: str, **env: str) -> subprocess.Popen[str]:
-    # subprocess: the run under test must die by SIGKILL, which only a process can
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            f"--threadcreator-db={owner.url}",
-            f"--basetemp={directory / 'tmp'}",
-            *args,
-        ],
-        cwd=directory,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+def _start_run(directory: Path, owner: Owner, *args: str, **env: str) -> subprocess.Popen[str]:
+    db = f"--threadcreator-db={owner.url}"
+    return start_pytest(directory, db, f"--basetemp={directory / 'tmp'}", *args, **env)
 
 
+@pytest.mark.usefixtures("clean_environment")
 def test_lookalike_databases_survive_runs_a_killed_run_and_the_sweep(
     pytester: pytest.Pytester,
-    monkeypatch: pytest.MonkeyPatch,
     owner: Owner,
     lookalikes: list[str],
 ) -> None:
     pytester.makeini(INI)
     pytester.makepyfile(test_runs=TESTS, test_stuck=STUCK)
-    for name in ("THREADCREATOR_DB", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
-        monkeypatch.delenv(name, raising=False)
 
     # 1. an ordinary run (its start sweeps for dead runs, its end drops its own databases)
     db = f"--threadcreator-db={owner.url}"
@@ -242,34 +214,22 @@ def test_lookalike_databases_survive_runs_a_killed_run_and_the_sweep(
 
     # 2. a run killed outright, mid-test: its databases stay behind
     marker = pytester.path / "database-name.txt"
-    stuck = _pytest_process(pytester.path, owner, "test_stuck.py", MARKER=str(marker))
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():  # the inner test says its database exists, mid-run
-            assert stuck.poll() is None, stuck.communicate()[0]
-            assert time.monotonic() < deadline, "the inner run never reached its test"
-            time.sleep(0.05)
-        stuck.send_signal(signal.SIGKILL)
-        stuck.wait(timeout=30)
-    finally:
-        if stuck.poll() is None:
-            stuck.kill()
-            stuck.wait()
-    parsed = parse_database_name(marker.read_text())
+    stuck = _start_run(pytester.path, owner, "test_stuck.py", MARKER=str(marker))
+    parsed = parse_database_name(kill_mid_test(stuck, marker))
     assert parsed is not None
     dead = parsed.run_id
-    assert _databases_of_run(dead), "a killed run leaves its databases"
+    assert pg_databases_of_run(dead), "a killed run leaves its databases"
     assert_all_survive(lookalikes, "after a killed run")
     # the user's databases named exactly as the killed run's would be
     same_run = [f"tc_{dead}_master_99_user_copy", f"tc_{dead}_gw5_template"]
     asyncio.run(_create_lookalikes(owner, same_run))
     try:
         # 3. the next run, under xdist: its workers sweep the killed run's databases
-        run = _pytest_process(pytester.path, owner, "-n", "2", "test_runs.py")
+        run = _start_run(pytester.path, owner, "-n", "2", "test_runs.py")
         output = run.communicate(timeout=180)[0]
         assert run.returncode == 0, output
         assert "5 passed" in output, output
-        assert sorted(_databases_of_run(dead)) == sorted(same_run), "only the killed run's own go"
+        assert sorted(pg_databases_of_run(dead)) == sorted(same_run), "only the killed run's own go"
         assert_all_survive([*lookalikes, *same_run], "after the sweep by a -n 2 run")
     finally:
 

@@ -24,7 +24,7 @@ from pytest_threadcreator.faults import FaultInjector
 from pytest_threadcreator.faults.steps import STEPS, FaultAction
 from pytest_threadcreator.ids import new_thread_id
 
-from .conftest import PG_SERVER_URL, needs_marks, pg_server_missing
+from ..helpers import PG_SERVER_URL, needs_marks, pg_server_missing
 
 # Safety net so a store that does not give up fails the test instead of hanging it.
 HANG_GUARD_S = 30.0

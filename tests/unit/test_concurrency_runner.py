@@ -9,36 +9,19 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from pytest_threadcreator import concurrency
 from pytest_threadcreator.concurrency import ConcurrencyReport, LatencyStats, run_concurrently
+
+from ..helpers import FakeClock
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup, ExceptionGroup
 
 # Safety net so a broken runner fails the test instead of hanging it; never asserted on.
 HANG_GUARD_S = 30.0
-
-
-class FakeClock:
-    """A clock that only moves when a test advances it."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def fake_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
-    clock = FakeClock()
-    monkeypatch.setattr(concurrency, "_clock", clock)
-    yield clock
 
 
 def other_tasks() -> set[asyncio.Task[Any]]:

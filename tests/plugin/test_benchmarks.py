@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .conftest import PG_SERVER_URL, needs, pg_server_missing
+from ..helpers import PG_SERVER_URL, REPO_ROOT, needs, pg_server_missing
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 RUN = ROOT / "benchmarks" / "run.py"
 BEGIN = "<!-- benchmark-table:begin -->"
 END = "<!-- benchmark-table:end -->"

@@ -58,11 +58,15 @@ from pytest_threadcreator.schema import NewThread, default_schema
 from pytest_threadcreator.store.base import ThreadIdTaken
 from pytest_threadcreator.store.postgresql import PgStore
 
-from .conftest import needs, pg_binaries_missing, pg_server_missing
-
-SERVER_URL = os.environ.get(
-    "THREADCREATOR_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+from ..helpers import PG_SERVER_URL as SERVER_URL
+from ..helpers import (
+    needs,
+    pg_binaries_missing,
+    pg_connect_kwargs,
+    pg_fetch,
+    pg_server_missing,
 )
+
 SCHEMA = default_schema()
 T = SCHEMA.thread_table
 M = SCHEMA.message_table
@@ -71,20 +75,8 @@ M = SCHEMA.message_table
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _server_kwargs(database: str = "postgres") -> dict[str, Any]:
-    return dict(_connect_kwargs(_async_url(SERVER_URL, "test")), database=database)
-
-
-async def _fetch(sql: str, *args: Any, database: str = "postgres") -> list[Any]:
-    conn = await asyncpg.connect(**_server_kwargs(database))
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
-
-
 def _sync_fetch(sql: str, *args: Any, database: str = "postgres") -> list[Any]:
-    return asyncio.run(_fetch(sql, *args, database=database))
+    return asyncio.run(pg_fetch(sql, *args, database=database))
 
 
 def _databases_like(prefix: str) -> list[str]:
@@ -107,7 +99,7 @@ def _notes(*names: str) -> dict[str, str | None]:
 async def _create_user_database(admin: Any, name: str) -> None:
     """A user's database (no mark) with rows in it."""
     await admin.execute(f'CREATE DATABASE "{name}"')
-    conn = await asyncpg.connect(**_server_kwargs(name))
+    conn = await asyncpg.connect(**pg_connect_kwargs(name))
     try:
         await conn.execute("CREATE TABLE orders AS SELECT g AS id FROM generate_series(1, 100) g")
     finally:
@@ -115,7 +107,7 @@ async def _create_user_database(admin: Any, name: str) -> None:
 
 
 async def _orders_in(name: str) -> int:
-    conn = await asyncpg.connect(**_server_kwargs(name))
+    conn = await asyncpg.connect(**pg_connect_kwargs(name))
     try:
         return int(await conn.fetchval("SELECT count(*) FROM orders"))
     finally:
@@ -143,7 +135,7 @@ def _rows(
 
 
 async def _idle_in_transaction(database: str) -> int:
-    rows = await _fetch(
+    rows = await pg_fetch(
         "SELECT count(*) AS n FROM pg_stat_activity "
         "WHERE datname = $1 AND state LIKE 'idle in transaction%'",
         database,
@@ -155,24 +147,11 @@ needs_server = needs(pg_server_missing())
 needs_binaries = needs(pg_binaries_missing())
 
 
-@pytest.fixture(scope="module")
-def backend() -> Iterator[PostgresBackend]:
-    """A started backend on the shared server with the default schema's template."""
-    if (reason := pg_server_missing()) is not None and not os.environ.get("CI"):
-        pytest.skip(reason)
-    backend = PostgresBackend("url", url=SERVER_URL, run_id=new_run_id(), worker_id="gw7")
-    backend.start()
-    backend.prepare_template(SCHEMA, None)
-    yield backend
-    backend.stop()
-    assert _databases_like(f"tc_{backend.run_id}_") == []
-
-
 @pytest.fixture
-def db(backend: PostgresBackend, request: pytest.FixtureRequest) -> Iterator[Database]:
-    database = backend.create_database(request.node.name, isolation="fresh")
+def db(pg_backend: PostgresBackend, request: pytest.FixtureRequest) -> Iterator[Database]:
+    database = pg_backend.create_database(request.node.name, isolation="fresh")
     yield database
-    backend.drop_database(database)
+    pg_backend.drop_database(database)
 
 
 # -- names -----------------------------------------------------------------------------------
@@ -438,11 +417,12 @@ def test_cancelling_a_submit_cancels_the_background_task_and_waits_for_its_clean
 
 @needs_server
 def test_clone_has_the_schema_and_no_session_stays_on_the_template(
-    backend: PostgresBackend, db: Database
+    pg_backend: PostgresBackend, db: Database
 ) -> None:
     assert db.backend == "postgresql"
-    assert db.name.startswith(f"tc_{backend.run_id}_gw7_") and len(db.name) <= 63
-    assert db.location == f"{backend.address}/{db.name}"
+    assert db.name.startswith(f"tc_{pg_backend.run_id}_{pg_backend.worker_id}_")
+    assert len(db.name) <= 63
+    assert db.location == f"{pg_backend.address}/{db.name}"
     tables = _sync_fetch(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", database=db.name
     )
@@ -450,10 +430,10 @@ def test_clone_has_the_schema_and_no_session_stays_on_the_template(
     template = _sync_fetch(
         "SELECT datallowconn, (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = d.datname)"
         " AS sessions FROM pg_database d WHERE datname = $1",
-        backend.template,
+        pg_backend.template,
     )
     assert template[0]["datallowconn"] is False and template[0]["sessions"] == 0
-    assert db.name in backend.leftovers()
+    assert db.name in pg_backend.leftovers()
 
 
 @needs_server
@@ -509,10 +489,10 @@ def test_reset_empties_the_tables_and_leaves_no_transaction_open(db: Database) -
 
 
 @needs_server
-def test_keep_database_renames_it_out_of_the_cleanup(backend: PostgresBackend) -> None:
-    database = backend.create_database("kept one", isolation="fresh")
+def test_keep_database_renames_it_out_of_the_cleanup(pg_backend: PostgresBackend) -> None:
+    database = pg_backend.create_database("kept one", isolation="fresh")
     old = database.name
-    kept = backend.keep_database(database)
+    kept = pg_backend.keep_database(database)
     try:
         assert kept == database.name == "tk_" + old.removeprefix("tc_")
         assert database.location.endswith("/" + kept)
@@ -527,12 +507,12 @@ def test_keep_database_renames_it_out_of_the_cleanup(backend: PostgresBackend) -
 
 @needs_server
 def test_every_database_is_marked_as_the_runs_own_when_created(
-    backend: PostgresBackend, db: Database
+    pg_backend: PostgresBackend, db: Database
 ) -> None:
-    notes = _notes(backend.template, db.name)
+    notes = _notes(pg_backend.template, db.name)
     assert {name: marked_run(note) for name, note in notes.items()} == {
-        backend.template: backend.run_id,
-        db.name: backend.run_id,
+        pg_backend.template: pg_backend.run_id,
+        db.name: pg_backend.run_id,
     }
 
 
@@ -552,7 +532,7 @@ def test_a_run_drops_only_what_it_marked_even_under_its_own_run_id() -> None:
     lookalikes = [database_name(run, "gw6", 99, "user copy"), template_name(run, "gw5")]
 
     async def create() -> None:
-        admin = await asyncpg.connect(**_server_kwargs())
+        admin = await asyncpg.connect(**pg_connect_kwargs())
         try:
             for name in lookalikes:
                 await _create_user_database(admin, name)
@@ -613,8 +593,8 @@ def test_a_dead_runs_databases_go_and_a_live_runs_stay() -> None:
     present: list[str] = []
 
     async def scenario() -> None:
-        admin = await asyncpg.connect(**_server_kwargs())
-        holder = await asyncpg.connect(**_server_kwargs())
+        admin = await asyncpg.connect(**pg_connect_kwargs())
+        holder = await asyncpg.connect(**pg_connect_kwargs())
         try:
             # The live run's process holds its lock, as a running backend does, from before its
             # databases exist (another run's cleanup may start at any moment on a shared server).
@@ -656,7 +636,7 @@ async def test_fast_path_writes_both_rows_with_json_as_python_objects(db: Databa
     assert messages == [message]
     assert messages[0]["content"][0]["text"]["value"] == "hello"
     # A plain connection of our own sees the committed rows (JSON as text).
-    raw = await _fetch(
+    raw = await pg_fetch(
         "SELECT t.id, t.metadata_::text AS meta, m.id AS mid FROM threads t JOIN messages m "
         "ON m.thread_id = t.id",
         database=db.name,
@@ -832,7 +812,7 @@ async def _serialization_conflict(
 @needs_server
 @pytest.mark.asyncio
 async def test_serialization_failures_are_transient_on_asyncpg_and_sqlalchemy(db: Database) -> None:
-    kwargs = _server_kwargs(db.name)
+    kwargs = pg_connect_kwargs(db.name)
     first, second = await asyncpg.connect(**kwargs), await asyncpg.connect(**kwargs)
     try:
 

@@ -14,7 +14,7 @@ from sqlalchemy import JSON, Column, ForeignKey, Integer, MetaData, String, Tabl
 from pytest_threadcreator import ConfigurationError, NewThread, ThreadSchema
 from pytest_threadcreator.ids import new_uuid
 
-from .conftest import PG_SERVER_URL
+from ..helpers import PG_SERVER_URL
 
 
 def chat_tables(id_length: int = 36) -> tuple[MetaData, Table, Table]:

@@ -21,8 +21,6 @@ from sqlalchemy import JSON, ForeignKey, String, func, insert, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from pytest_threadcreator import DatabaseError, ThreadCreator, UserExecutionContext
-from pytest_threadcreator.backends.postgresql.servers import async_url as _async_url
-from pytest_threadcreator.backends.postgresql.servers import connect_kwargs as _connect_kwargs
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.errors import InjectedFault
 from pytest_threadcreator.faults.steps import FaultAction
@@ -30,7 +28,7 @@ from pytest_threadcreator.ids import new_message_id, new_thread_id
 from pytest_threadcreator.schema import NewThread, ThreadSchema, default_schema
 from pytest_threadcreator.store.base import ThreadIdTaken
 
-from .conftest import PG_SERVER_URL
+from ..helpers import pg_connect_kwargs
 from .stores import BACKEND_PARAMS, open_database
 
 
@@ -255,8 +253,7 @@ async def _real_transient_error(db: Database) -> Exception:
             holder.execute("ROLLBACK")
             holder.close()
             waiter.close()
-    kwargs = dict(_connect_kwargs(_async_url(PG_SERVER_URL, "test")), database=db.name)
-    conn = await asyncpg.connect(**kwargs)
+    conn = await asyncpg.connect(**pg_connect_kwargs(db.name))
     try:
         with pytest.raises(asyncpg.PostgresError) as pg_info:
             await conn.execute(

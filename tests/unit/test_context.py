@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,6 +24,8 @@ from pytest_threadcreator.context import (
     validate_id,
 )
 from pytest_threadcreator.errors import InvalidContextError, ThreadCreatorError
+
+from ..helpers import REPO_ROOT
 
 # Written out here, not imported, so a change to the module's lists fails these tests.
 PLACEHOLDERS = (
@@ -644,7 +645,7 @@ def test_public_names_are_sorted_and_exist() -> None:
 
 def test_importing_context_does_not_import_pytest() -> None:
     # subprocess: this process has pytest loaded already, only a fresh interpreter can tell.
-    root = Path(__file__).resolve().parents[1]
+    root = REPO_ROOT
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
