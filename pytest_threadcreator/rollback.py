@@ -189,15 +189,10 @@ class _RollbackStore(SessionStore):
         super().__init__(_LockedSessions(database), database.base.schema)
         self._database = database
         self._state = _engine_state(database.engine)
-        dialect = database.engine.dialect
-        schema = database.base.schema
-        self._thread_rows = RowInsert(schema.thread_table, dialect)
-        self._message_rows = RowInsert(schema.message_table, dialect)
-        t = schema.thread_table
-        owner = select(t.c[schema.owner_column or schema.thread_id_column]).where(
-            t.c[schema.thread_id_column] == bindparam("thread_id")
-        )
-        self._owner_sql = str(owner.compile(dialect=dialect))
+        compiled = _compiled_for(database.base)
+        self._thread_rows = compiled.thread_rows
+        self._message_rows = compiled.message_rows
+        self._owner_sql = compiled.owner_sql
 
     async def lock_waits(self) -> list[str]:
         """The base database's lock waits (read on its own store, outside the test's
@@ -261,7 +256,34 @@ class _LockedSessions:
         return self._session(True)
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    """The SQL of a create in rollback isolation, compiled once per database, not per test."""
+
+    thread_rows: RowInsert
+    message_rows: RowInsert
+    owner_sql: str
+
+
+def _compiled_for(base: Database) -> _Compiled:
+    compiled = _COMPILED.get(base)
+    if compiled is None:
+        dialect = _rollback_engine(base).dialect
+        schema = base.schema
+        t = schema.thread_table
+        owner = select(t.c[schema.owner_column or schema.thread_id_column]).where(
+            t.c[schema.thread_id_column] == bindparam("thread_id")
+        )
+        compiled = _COMPILED[base] = _Compiled(
+            RowInsert(t, dialect),
+            RowInsert(schema.message_table, dialect),
+            str(owner.compile(dialect=dialect)),
+        )
+    return compiled
+
+
 _ENGINES: weakref.WeakKeyDictionary[Database, AsyncEngine] = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[Database, _Compiled] = weakref.WeakKeyDictionary()
 _STATES: weakref.WeakKeyDictionary[Any, _EngineState] = weakref.WeakKeyDictionary()
 
 #: What SQLite and PostgreSQL say when a session releases a savepoint another one already ended.
