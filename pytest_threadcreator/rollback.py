@@ -18,7 +18,7 @@ import contextlib
 import re
 import threading
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,9 +64,14 @@ class _Shared:
 
 @dataclass
 class _EngineState:
-    """What the events of one rollback engine report to: the test's query counters."""
+    """What the events of one rollback engine report to, and what they hold back."""
 
+    #: the running test's query counters
     watcher: StatementCallback | None = None
+    #: the test's transaction began for SQLAlchemy, but its BEGIN was not sent yet: it goes to
+    #: the driver with the first statement (a create's one job, or ahead of a session's SQL),
+    #: so opening the test's transaction costs no hop of its own
+    begin_pending: bool = False
 
 
 class _SharedBindSession(Session):
@@ -189,15 +194,10 @@ class _RollbackStore(SessionStore):
         super().__init__(_LockedSessions(database), database.base.schema)
         self._database = database
         self._state = _engine_state(database.engine)
-        dialect = database.engine.dialect
-        schema = database.base.schema
-        self._thread_rows = RowInsert(schema.thread_table, dialect)
-        self._message_rows = RowInsert(schema.message_table, dialect)
-        t = schema.thread_table
-        owner = select(t.c[schema.owner_column or schema.thread_id_column]).where(
-            t.c[schema.thread_id_column] == bindparam("thread_id")
-        )
-        self._owner_sql = str(owner.compile(dialect=dialect))
+        compiled = _compiled_for(database.base)
+        self._thread_rows = compiled.thread_rows
+        self._message_rows = compiled.message_rows
+        self._owner_sql = compiled.owner_sql
 
     async def lock_waits(self) -> list[str]:
         """The base database's lock waits (read on its own store, outside the test's
@@ -226,8 +226,10 @@ class _RollbackStore(SessionStore):
             owner_sql=self._owner_sql if explicit_id else None,
             thread_id=thread_row[self.schema.thread_id_column],
         )
+        state = self._state
         async with shared.lock:
-            ran = await shared.run(job)
+            begin, state.begin_pending = state.begin_pending, False
+            ran = await shared.run(job if not begin else _after_begin(job))
         watcher = self._state.watcher
         if watcher is not None:
             for sql in ran:
@@ -261,7 +263,34 @@ class _LockedSessions:
         return self._session(True)
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    """The SQL of a create in rollback isolation, compiled once per database, not per test."""
+
+    thread_rows: RowInsert
+    message_rows: RowInsert
+    owner_sql: str
+
+
+def _compiled_for(base: Database) -> _Compiled:
+    compiled = _COMPILED.get(base)
+    if compiled is None:
+        dialect = _rollback_engine(base).dialect
+        schema = base.schema
+        t = schema.thread_table
+        owner = select(t.c[schema.owner_column or schema.thread_id_column]).where(
+            t.c[schema.thread_id_column] == bindparam("thread_id")
+        )
+        compiled = _COMPILED[base] = _Compiled(
+            RowInsert(t, dialect),
+            RowInsert(schema.message_table, dialect),
+            str(owner.compile(dialect=dialect)),
+        )
+    return compiled
+
+
 _ENGINES: weakref.WeakKeyDictionary[Database, AsyncEngine] = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[Database, _Compiled] = weakref.WeakKeyDictionary()
 _STATES: weakref.WeakKeyDictionary[Any, _EngineState] = weakref.WeakKeyDictionary()
 
 #: What SQLite and PostgreSQL say when a session releases a savepoint another one already ended.
@@ -316,16 +345,28 @@ def _make_rollback_engine(base: Database, drivers: list[Any]) -> AsyncEngine:
         if run is None:
             conn.exec_driver_sql("BEGIN")
             return
-        await_only(run(_driver_begin))  # one hop, not three
-        state = _engine_state(engine)
-        if state.watcher is not None:
-            state.watcher(_LABEL, "BEGIN")
+        _engine_state(engine).begin_pending = True  # sent with the first statement
+
+    @event.listens_for(engine.sync_engine, "commit")
+    @event.listens_for(engine.sync_engine, "rollback")
+    def _end(_conn: Any) -> None:
+        _engine_state(engine).begin_pending = False  # never sent: nothing to end on the driver
 
     return engine
 
 
 def _driver_begin(conn: Any) -> None:
     conn.execute("BEGIN")
+
+
+def _after_begin(job: Callable[[Any], list[str]]) -> Callable[[Any], list[str]]:
+    """``job`` preceded by the test's pending BEGIN, in the same hop to the driver's thread."""
+
+    def begin_then_job(conn: Any) -> list[str]:
+        conn.execute("BEGIN")
+        return ["BEGIN", *job(conn)]
+
+    return begin_then_job
 
 
 def _watch(engine: AsyncEngine) -> None:
@@ -335,6 +376,13 @@ def _watch(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
     def _count(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if state.begin_pending:  # the test's BEGIN goes first, in one hop
+            state.begin_pending = False
+            run = driver_runner(conn.connection.driver_connection)
+            if run is not None:
+                await_only(run(_driver_begin))
+                if state.watcher is not None:
+                    state.watcher(_LABEL, "BEGIN")
         if state.watcher is not None:
             state.watcher(_LABEL, statement)
 

@@ -99,6 +99,8 @@ class SqliteBackend(Backend):
         try:
             with engine.begin() as conn:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                # a throwaway file, rebuilt by every run: no fsync per DDL statement
+                conn.exec_driver_sql("PRAGMA synchronous=OFF")
                 schema.metadata.create_all(conn)
         finally:
             engine.dispose()

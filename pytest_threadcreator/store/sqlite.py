@@ -12,6 +12,9 @@ Correct by construction (see the project's reliability notes):
   waits on the job's cancellation flag instead of sleeping, and the wait for another
   connection's lock runs in short busy-timeout slices with the flag checked between them, since
   neither ``Connection.interrupt()`` nor a progress handler stops SQLite's busy wait.
+* A reset between tests runs on the caller's thread, on a connection of its own, and is skipped
+  when that connection's ``PRAGMA data_version`` says nobody committed since its last wipe
+  (see :meth:`SqliteStore.reset`).
 """
 
 from __future__ import annotations
@@ -309,6 +312,11 @@ class SqliteStore(Store):
             sqlite_pragmas(busy_timeout_ms), busy_timeout_ms / 1000
         )
         self._writer = _Writer(path, busy_timeout_ms)
+        self._busy_timeout_ms = busy_timeout_ms
+        # reset(): its own connection, and its data_version right after its last wipe
+        self._reset_lock = threading.Lock()
+        self._reset_conn: sqlite3.Connection | None = None
+        self._wiped_at: int | None = None
         self._thread_insert = RowInsert(schema.thread_table, _DIALECT)
         self._message_insert = RowInsert(schema.message_table, _DIALECT)
         t = schema.thread_table
@@ -393,18 +401,49 @@ class SqliteStore(Store):
         return is_sqlite_busy(exc)
 
     def reset(self) -> None:
-        statements, seed = self._reset_sql, self._seed
-        patience_s = self._writer.patience_s
+        """Empty every table and put the seed rows back, unless nobody wrote since the last reset.
 
-        def wipe(conn: sqlite3.Connection) -> None:
-            _patiently(lambda: conn.execute("BEGIN IMMEDIATE"), patience_s)
-            for sql in statements:
-                conn.execute(sql)
-            for sql, rows in seed:
-                conn.executemany(sql, rows)
-            conn.execute("COMMIT")
+        Runs on the caller's thread, on a connection of its own (no hop to the writer thread).
+        That connection's ``PRAGMA data_version`` changes whenever *another* connection commits
+        (the writer thread, the test's engines, an app's own engine on ``url`` or ``sync_url``,
+        another process) and never for its own wipe, so an unchanged value read after a wipe
+        means the tables are still as that wipe left them: the reset is then one PRAGMA.
+        """
+        writer = self._writer
+        if writer.busy:  # jobs still queued (a caller that gave up): let them end first
+            writer.call(_nothing)
+        with self._reset_lock:
+            conn = self._reset_conn
+            if conn is None:
+                conn = self._reset_conn = self._open_reset_connection()
+            elif self._wiped_at is not None and _data_version(conn) == self._wiped_at:
+                return
+            self._wiped_at = None
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Read while this connection holds the write lock: whoever commits after the
+                # wipe changes it, whoever committed before is wiped.
+                version = _data_version(conn)
+                for sql in self._reset_sql:
+                    conn.execute(sql)
+                for sql, rows in self._seed:
+                    conn.executemany(sql, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self._wiped_at = version
 
-        self._writer.call(wipe)
+    def _open_reset_connection(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            for pragma in sqlite_pragmas(self._busy_timeout_ms):
+                conn.execute(pragma)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def checked_out(self) -> int:
         return max(self._writer.busy, 0)
@@ -416,6 +455,22 @@ class SqliteStore(Store):
 
     def close(self) -> None:
         self._writer.close()
+        with self._reset_lock:
+            conn, self._reset_conn = self._reset_conn, None
+            self._wiped_at = None
+        if conn is not None:
+            conn.close()
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    """``PRAGMA data_version``: changes when another connection commits to the database."""
+    # fetchall() steps the statement to its end, so no read transaction stays open
+    version: int = conn.execute("PRAGMA data_version").fetchall()[0][0]
+    return version
+
+
+def _nothing(_conn: sqlite3.Connection) -> None:
+    """A job that only waits for the jobs queued before it."""
 
 
 def _patiently(

@@ -22,7 +22,7 @@ from pytest_threadcreator.ids import new_thread_id
 from pytest_threadcreator.models import Message, Thread
 from pytest_threadcreator.rollback import RollbackDatabase
 from pytest_threadcreator.schema import default_schema
-from pytest_threadcreator.store.sqlite import make_sqlite_engine
+from pytest_threadcreator.store.sqlite import SqliteStore, make_sqlite_engine
 
 # Every test here is about the SQLite backend, whatever backend the suite runs on.
 pytestmark = pytest.mark.threadcreator(db="sqlite")
@@ -296,3 +296,128 @@ async def test_rollback_isolation_takes_concurrent_calls_one_at_a_time(
     )
     assert len({r.thread.id for r in results}) == 20
     assert await threadcreator_db.count_threads() == 20
+
+
+#: Each test of this suite first checks that the database is empty, then writes a thread with
+#: one writer: the rows of every writer must be gone when the next test starts.
+EVERY_WRITER_SUITE = '''
+import contextlib
+import sqlite3
+import time
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, insert
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from pytest_threadcreator import ThreadCreator, UserExecutionContext
+from pytest_threadcreator.factories import ThreadFactory
+from pytest_threadcreator.models import Thread
+
+WRITERS = ["thread_creator", "thread_factory", "db_session", "app_async_engine",
+           "app_sync_engine", "raw_sqlite3", "thread_creator_again"]
+
+
+def _row(user_id):
+    return {"id": "thread_" + uuid.uuid4().hex, "object": "thread", "user_id": user_id,
+            "status": "active", "created_at": int(time.time()), "metadata_": {"user_id": user_id}}
+
+
+def _committed(db):
+    """Rows in the file, read by a connection of this test's own."""
+    with contextlib.closing(sqlite3.connect(db.location)) as conn:
+        return sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                   for t in ("threads", "messages"))
+
+
+async def _write(db, writer):
+    if writer.startswith("thread_creator"):
+        await ThreadCreator(db).create_thread_with_message(UserExecutionContext(user_id="u1"), "x")
+    elif writer == "thread_factory":
+        await ThreadFactory.bind(db).create()
+    elif writer == "db_session":
+        async with db.session() as session:
+            session.add(Thread(**_row("u1")))
+            await session.commit()
+    elif writer == "app_async_engine":
+        engine = create_async_engine(db.url)
+        async with engine.begin() as conn:
+            await conn.execute(insert(Thread.__table__).values(**_row("u1")))
+        await engine.dispose()
+    elif writer == "app_sync_engine":
+        engine = create_engine(db.sync_url)
+        with engine.begin() as conn:
+            conn.execute(insert(Thread.__table__).values(**_row("u1")))
+        engine.dispose()
+    else:
+        with contextlib.closing(sqlite3.connect(db.location)) as conn, conn:
+            conn.execute("INSERT INTO threads (id, object, user_id, status, created_at, metadata_) "
+                         "VALUES ('thread_raw', 'thread', 'u1', 'active', 1, '{}')")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("writer", WRITERS)
+async def test_starts_empty_then_writes(threadcreator_db, writer):
+    assert _committed(threadcreator_db) == 0
+    await _write(threadcreator_db, writer)  # the test's first statement
+    assert await threadcreator_db.count_threads() == 1
+    rolled_back = threadcreator_db.isolation == "rollback" and writer in (
+        "thread_creator", "thread_factory", "db_session", "thread_creator_again")
+    # rollback isolation: only the test's own transaction holds the plugin's writes
+    assert (_committed(threadcreator_db) == 0) == rolled_back
+
+
+@pytest.mark.asyncio
+async def test_z_starts_empty_after_the_last_writer(threadcreator_db):
+    assert _committed(threadcreator_db) == 0
+    assert await threadcreator_db.count_threads() == 0
+'''
+
+
+@pytest.mark.parametrize("isolation", ["clean", "rollback"])
+def test_every_writers_rows_are_gone_in_the_next_test(
+    pytester: pytest.Pytester, isolation: str
+) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(EVERY_WRITER_SUITE)
+    result = pytester.runpytest(
+        "-p",
+        "no:cacheprovider",
+        "--threadcreator-db=sqlite",
+        f"--threadcreator-isolation={isolation}",
+    )
+    result.assert_outcomes(passed=8)
+
+
+def test_a_reset_wipes_only_after_a_commit_of_any_connection(backend: SqliteBackend) -> None:
+    database = backend.create_database("skip", isolation="clean")
+    store = database.store
+    assert isinstance(store, SqliteStore)
+    insert = (
+        "INSERT INTO threads (id, object, user_id, status, created_at, metadata_) "
+        "VALUES ('thread_other', 'thread', 'u1', 'active', 1, '{}')"
+    )
+    other = sqlite3.connect(database.location, isolation_level=None)
+    try:
+        store.reset()
+        assert store._reset_conn is not None
+        ran: list[str] = []
+        store._reset_conn.set_trace_callback(ran.append)
+
+        store.reset()  # nobody wrote since the last wipe: nothing to delete
+        other.execute("BEGIN")
+        other.execute(insert)
+        other.execute("ROLLBACK")  # rolled back (rollback isolation): still nothing to delete
+        store.reset()
+        assert not [sql for sql in ran if sql.startswith("DELETE")]
+
+        other.execute(insert)  # another connection commits
+        store.reset()
+        assert [sql for sql in ran if sql.startswith("DELETE")] == [
+            'DELETE FROM "messages"',
+            'DELETE FROM "threads"',
+        ]
+        assert other.execute("SELECT count(*) FROM threads").fetchone() == (0,)
+    finally:
+        other.close()
+        database.close()

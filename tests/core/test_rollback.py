@@ -60,6 +60,30 @@ async def test_a_create_on_sqlite_is_one_hop_to_the_driver_thread(
     assert await threadcreator_db.count_threads() == 2
 
 
+@pytest.mark.threadcreator(db="sqlite", isolation="rollback")  # counts hops to aiosqlite's thread
+async def test_the_first_create_of_a_test_sends_its_begin_in_the_same_hop(
+    threadcreator_db: Database,
+    thread_creator: ThreadCreator,
+    user_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await threadcreator_db._shared_for_loop()  # type: ignore[attr-defined]  # opened, no SQL yet
+    hops = 0
+    execute = aiosqlite.Connection._execute
+
+    async def counting(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal hops
+        hops += 1
+        return await execute(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+    async with threadcreator_db.count_queries() as queries:
+        await thread_creator.create_thread_with_message(user_context, "BEGIN goes with it")
+    assert hops == 1
+    assert [sql.split(" ")[0] for _, sql in queries.statements][:2] == ["BEGIN", "SAVEPOINT"]
+    assert await threadcreator_db.count_threads() == 1
+
+
 async def test_a_taken_thread_id_writes_nothing_and_the_test_goes_on(
     threadcreator_db: Database, thread_creator: ThreadCreator, make_user_context: Any
 ) -> None:
