@@ -63,6 +63,8 @@ store_steps: contextvars.ContextVar[bool] = contextvars.ContextVar(
 
 _targets: dict[tuple[str, str], _Target] = {}
 _keys: weakref.WeakKeyDictionary[Engine, tuple[str, str] | None] = weakref.WeakKeyDictionary()
+#: The target of each database, made on its first activation.
+_made: weakref.WeakKeyDictionary[Database, _Target] = weakref.WeakKeyDictionary()
 #: Engines the plugin made and counts itself (``Database.engine``, the rollback engine).
 _own: weakref.WeakSet[Engine] = weakref.WeakSet()
 _install_lock = threading.Lock()
@@ -95,10 +97,11 @@ def database_key(url: str | URL) -> tuple[str, str] | None:
 class _Target:
     """What instrumentation needs of one active database."""
 
-    __slots__ = ("checkouts", "database", "message_insert", "settings", "thread_insert")
+    __slots__ = ("checkouts", "database", "key", "message_insert", "settings", "thread_insert")
 
     def __init__(self, database: Database) -> None:
         self.database = database
+        self.key = database_key(database.url)
         schema = database.schema
         self.thread_insert = _insert_into(schema.thread_table.name)
         self.message_insert = _insert_into(schema.message_table.name)
@@ -128,20 +131,22 @@ def _insert_into(table: str) -> re.Pattern[str]:
 
 def activate(database: Database) -> None:
     """Instrument every engine connected to ``database`` until :func:`deactivate`."""
-    key = database_key(database.url)
-    if key is None:
+    target = _made.get(database)
+    if target is None:  # made once per database: a clean database serves many tests
+        target = _made[database] = _Target(database)
+    if target.key is None:
         return
     _install()
-    _targets[key] = _Target(database)
+    target.checkouts = weakref.WeakKeyDictionary()
+    _targets[target.key] = target
 
 
 def deactivate(database: Database) -> list[tuple[int, str]]:
     """Stop instrumenting ``database``; ``(connections, engine URL)`` of engines still holding some."""
-    key = database_key(database.url)
-    target = _targets.get(key) if key is not None else None
-    if target is None or target.database is not database:
+    target = _made.get(database)
+    if target is None or target.key is None or _targets.get(target.key) is not target:
         return []
-    del _targets[key]  # type: ignore[arg-type]
+    del _targets[target.key]
     held: dict[str, int] = {}
     for handle, url in list(target.checkouts.items()):
         if handle.dbapi_connection is not None:
