@@ -74,6 +74,33 @@ PG_SERVER_URL = os.environ.get(
     "THREADCREATOR_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 
+#: The MySQL/MariaDB server the suite uses where a test needs one regardless of THREADCREATOR_DB.
+MYSQL_SERVER_URL = os.environ.get("THREADCREATOR_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306/")
+
+
+@functools.cache
+def mysql_server_missing() -> str | None:
+    """Why the MySQL/MariaDB server of ``THREADCREATOR_MYSQL_URL`` cannot be reached, or None."""
+    import asyncmy
+
+    server = make_url(MYSQL_SERVER_URL)
+
+    async def probe() -> None:
+        conn = await asyncmy.connect(
+            host=server.host or "localhost",
+            port=server.port or 3306,
+            user=server.username or "root",
+            password=server.password or "",
+        )
+        conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        return f"no MySQL/MariaDB server at {MYSQL_SERVER_URL}: {exc}"
+    return None
+
+
 #: The backend this run of the suite exercises (THREADCREATOR_DB picks it, as for users).
 BACKEND = backend_kind(os.environ.get("THREADCREATOR_DB", "").strip() or "sqlite")
 
