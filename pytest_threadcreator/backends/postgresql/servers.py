@@ -58,12 +58,12 @@ _EXAMPLE = "postgresql+asyncpg://user@host:5432/postgres"
 def async_url(value: str, where: str) -> URL:
     """``value`` as the async SQLAlchemy URL to use, or ConfigurationError saying what to write.
 
-    The one check of a server URL, for ``--threadcreator-db`` and ``THREADCREATOR_POSTGRES_URL``
-    alike: ``postgresql+asyncpg://…`` and ``postgresql+psycopg://…`` are taken as given. A URL
-    that names no driver (``postgresql://…``, ``postgres://…``) is refused, since SQLAlchemy
-    reads it as the sync psycopg2, and so is a sync driver (``psycopg2``, ``pg8000``); the
-    error shows the URL to write instead. A MySQL/MariaDB URL is the MySQL backend's (the registry
-hands it there); here, where a PostgreSQL URL is wanted, it is refused.
+        The one check of a server URL, for ``--threadcreator-db`` and ``THREADCREATOR_POSTGRES_URL``
+        alike: ``postgresql+asyncpg://…`` and ``postgresql+psycopg://…`` are taken as given. A URL
+        that names no driver (``postgresql://…``, ``postgres://…``) is refused, since SQLAlchemy
+        reads it as the sync psycopg2, and so is a sync driver (``psycopg2``, ``pg8000``); the
+        error shows the URL to write instead. A MySQL/MariaDB URL is the MySQL backend's (the registry
+    hands it there); here, where a PostgreSQL URL is wanted, it is refused.
     """
     try:
         url = make_url(value.strip())
