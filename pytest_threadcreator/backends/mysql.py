@@ -71,7 +71,7 @@ def mysql_url(value: str, where: str) -> URL:
         raise ConfigurationError(
             f"{where}: {value!r} is not a valid URL ({exc}); write one like {_EXAMPLE}"
         ) from None
-    backend, _, driver = url.drivername.partition("+")
+    driver = url.drivername.partition("+")[2]
     if driver in _DRIVERS:
         return url.set(drivername=f"mysql+{driver}")
     shown = url.render_as_string(hide_password=True)
@@ -198,12 +198,14 @@ class MySqlBackend(Backend):
                 f"MySQL at {self.address}: the lock {self._lock} is held by another session; "
                 "two backends of one run and worker cannot share a server"
             )
-        await _query(
-            conn,
-            f"CREATE DATABASE IF NOT EXISTS {quote(REGISTRY)} {_CHARSET}; "
-            f"CREATE TABLE IF NOT EXISTS {_OWNED} (name VARCHAR(64) PRIMARY KEY, "
-            "run_id VARCHAR(20) NOT NULL, worker_id VARCHAR(12) NOT NULL) ENGINE=InnoDB",
-        )
+        registry = "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s"
+        if not await _query(conn, registry, (REGISTRY,)):
+            await _query(
+                conn,
+                f"CREATE DATABASE IF NOT EXISTS {quote(REGISTRY)} {_CHARSET}; "
+                f"CREATE TABLE IF NOT EXISTS {_OWNED} (name VARCHAR(64) PRIMARY KEY, "
+                "run_id VARCHAR(20) NOT NULL, worker_id VARCHAR(12) NOT NULL) ENGINE=InnoDB",
+            )
         self.swept = await self._remove_dead_runs(conn)
 
     @property
@@ -279,8 +281,7 @@ class MySqlBackend(Backend):
                 ddl.append(str((await _query(conn, f"SHOW CREATE TABLE {full}"))[0][1]))
                 if await _query(conn, f"SELECT 1 FROM {full} LIMIT 1"):
                     seeded.append(str(table))
-            ddl.append("SET FOREIGN_KEY_CHECKS = 1")
-            self._ddl = "; ".join(ddl)
+            self._ddl = "; ".join(ddl)  # foreign key checks stay off for the seed's copy
             self._seeded = seeded
 
         self._admin_run(capture)
@@ -301,7 +302,9 @@ class MySqlBackend(Backend):
 
     async def _create_registered(self, conn: Any, name: str, then: str) -> None:
         """``CREATE DATABASE`` with its registry row, then ``then``, in one round trip."""
-        if await _query(conn, "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,)):
+        if await _query(
+            conn, "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,)
+        ):
             raise DatabaseError(
                 f"MySQL at {self.address}: a database named {name} exists but is not in "
                 f"{REGISTRY}, so it is not the plugin's to drop; if it is a leftover of a run "
@@ -326,7 +329,10 @@ class MySqlBackend(Backend):
             name = database_name(self.run_id, self.worker_id, self._counter, label)
         ddl = self._ddl
         for table in self._seeded:
-            ddl += f"; INSERT INTO {quote(table)} SELECT * FROM {quote(self.template)}.{quote(table)}"
+            ddl += (
+                f"; INSERT INTO {quote(table)} SELECT * FROM {quote(self.template)}.{quote(table)}"
+            )
+        ddl += "; SET FOREIGN_KEY_CHECKS = 1"
 
         async def create(conn: Any) -> None:
             await self._create_registered(conn, name, ddl)
@@ -453,7 +459,9 @@ class MySqlBackend(Backend):
         self._admin = None
         self._background.close()
         if problems and strict:
-            raise DatabaseError("stopping the MySQL backend left work undone: " + "; ".join(problems))
+            raise DatabaseError(
+                "stopping the MySQL backend left work undone: " + "; ".join(problems)
+            )
 
 
 async def _query(conn: Any, sql: str, params: tuple[Any, ...] | None = None) -> list[Any]:
@@ -494,4 +502,3 @@ KIND = BackendKind(
     check_url=check_url,
     schemes=("mysql", "mariadb"),
 )
-

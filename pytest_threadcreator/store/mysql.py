@@ -38,7 +38,7 @@ MULTI_STATEMENTS = 1 << 16
 _DUPLICATE_KEY = 1062
 _INSTALL = "pip install 'pytest-threadcreator[mysql]'"
 
-_DIALECT = sa_asyncmy.dialect()  # type: ignore[no-untyped-call]
+_DIALECT = sa_asyncmy.dialect()
 _PREPARER = _DIALECT.identifier_preparer
 
 
@@ -231,7 +231,9 @@ class MySqlStore(Store):
         args = getattr(exc, "args", ())
         if not explicit or not args or args[0] != _DUPLICATE_KEY or not conn.connected:
             return
-        rows = await self._execute(conn, self._owner_sql, (thread_row[self.schema.thread_id_column],))
+        rows = await self._execute(
+            conn, self._owner_sql, (thread_row[self.schema.thread_id_column],)
+        )
         if rows:  # the transaction was rolled back: the thread is someone else's
             raise ThreadIdTaken(str(rows[0][0])) from None
 
