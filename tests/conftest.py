@@ -116,6 +116,8 @@ def count_threads_in_kept_database(location: str, url: str | None = None) -> int
         return _count_in_kept_container(location)
     server = make_url(url or os.environ["THREADCREATOR_DB"])
     name = location.rsplit("/", 1)[-1]
+    if server.get_backend_name() == "mysql":  # the server's own driver
+        return _count_in_kept_mysql_database(server, name)
 
     async def count_and_drop() -> int:
         conn = await asyncpg.connect(
@@ -133,6 +135,26 @@ def count_threads_in_kept_database(location: str, url: str | None = None) -> int
         finally:
             await admin.close()
         return int(n)
+
+    return asyncio.run(count_and_drop())
+
+
+def _count_in_kept_mysql_database(server: Any, name: str) -> int:
+    """Count in a kept MySQL/MariaDB database, then drop it."""
+    import asyncmy
+
+    async def count_and_drop() -> int:
+        conn = await asyncmy.connect(
+            host=server.host, port=server.port or 3306, user=server.username, autocommit=True
+        )
+        try:
+            async with conn.cursor() as cursor:
+                await cursor.execute(f"SELECT count(*) FROM `{name}`.threads")
+                (n,) = await cursor.fetchone()
+                await cursor.execute(f"DROP DATABASE `{name}`")
+            return int(n)
+        finally:
+            conn.close()
 
     return asyncio.run(count_and_drop())
 

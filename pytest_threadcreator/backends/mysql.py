@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sqlalchemy import JSON
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -297,6 +298,17 @@ class MySqlBackend(Backend):
                     await conn.exec_driver_sql(
                         f"ALTER TABLE {quote(table)} ENGINE=InnoDB, CONVERT TO {_CHARSET}"
                     )
+                for table, column, nullable in _json_columns(schema):
+                    ddl = (await conn.exec_driver_sql(f"SHOW CREATE TABLE {quote(table)}")).one()
+                    if f"json_valid({quote(column)})" not in str(ddl[1]):
+                        continue  # MySQL's own JSON type: nesting up to 100 levels
+                    # MariaDB's JSON is LONGTEXT CHECK (json_valid(…)), which refuses more than
+                    # 32 levels of nesting; the plugin promises 100 on every backend (it writes
+                    # only JSON it serialised itself), so the column keeps LONGTEXT without it.
+                    await conn.exec_driver_sql(
+                        f"ALTER TABLE {quote(table)} MODIFY {quote(column)} LONGTEXT "
+                        f"CHARACTER SET utf8mb4 COLLATE utf8mb4_bin {'NULL' if nullable else 'NOT NULL'}"
+                    )
         finally:
             await engine.dispose()
 
@@ -384,7 +396,8 @@ class MySqlBackend(Backend):
         self._admin_run(drop)
 
     def keep_database(self, database: Database) -> str:
-        """Keep a database after the run: its registry row goes, so no run drops it."""
+        """Keep a database after the run: its registry row goes, so no run drops it (drop it by
+        hand when done: ``DROP DATABASE `name```)."""
         database.close()
         self._databases.pop(database.name, None)
 
@@ -392,7 +405,6 @@ class MySqlBackend(Backend):
             await _query(conn, f"DELETE FROM {_OWNED} WHERE name = %s", (database.name,))
 
         self._admin_run(forget)
-        database.location += f" (kept; drop it by hand: DROP DATABASE `{database.name}`)"
         return database.name
 
     def leftovers(self) -> list[str]:
@@ -462,6 +474,17 @@ class MySqlBackend(Backend):
             raise DatabaseError(
                 "stopping the MySQL backend left work undone: " + "; ".join(problems)
             )
+
+
+def _json_columns(schema: ThreadSchema) -> list[tuple[str, str, bool]]:
+    """(table, column, nullable) of every JSON column of the schema without a server default."""
+    return [
+        (table.name, column.name, bool(column.nullable))
+        for table in schema.metadata.sorted_tables
+        if table.schema is None
+        for column in table.columns
+        if isinstance(column.type, JSON) and column.server_default is None
+    ]
 
 
 async def _query(conn: Any, sql: str, params: tuple[Any, ...] | None = None) -> list[Any]:

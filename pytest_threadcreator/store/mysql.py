@@ -90,7 +90,7 @@ class MySqlStore(Store):
                 f"INSERT INTO {quote(table)} SELECT * FROM {quote(template or '')}.{quote(table)}"
             )
         statements.append("SET FOREIGN_KEY_CHECKS = 1")
-        self._reset_sql = "; ".join(statements)
+        self._reset_sql = tuple(statements)
         thread_pk = schema.owner_column or schema.thread_id_column
         self._owner_sql = (
             f"SELECT {_PREPARER.quote(thread_pk)} FROM "
@@ -149,10 +149,16 @@ class MySqlStore(Store):
         """Report every statement packet the store sends from now on (None: stop)."""
         self._watcher = callback
 
-    async def _execute(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """Run ``sql`` (one or more statements) in one round trip; the first result's rows."""
+    async def _execute(
+        self, conn: Any, sql: str | Sequence[str], params: Sequence[Any] = ()
+    ) -> list[Any]:
+        """Run ``sql`` (a statement, or several in one packet) in one round trip; the first
+        result's rows. The watcher sees each statement."""
+        statements = [sql] if isinstance(sql, str) else list(sql)
         if self._watcher is not None:
-            self._watcher(f"store {self.name}", sql)
+            for statement in statements:
+                self._watcher(f"store {self.name}", statement)
+        sql = "; ".join(statements)
         async with conn.cursor() as cursor:
             await cursor.execute(sql, tuple(params))
             rows = list(await cursor.fetchall() or ())
@@ -199,8 +205,8 @@ class MySqlStore(Store):
         try:
             try:
                 if decide is None:
-                    sql = f"START TRANSACTION; {thread[0]}; {message[0]}; COMMIT"
-                    await self._execute(conn, sql, thread[1] + message[1])
+                    statements = ("START TRANSACTION", thread[0], message[0], "COMMIT")
+                    await self._execute(conn, statements, thread[1] + message[1])
                 else:
                     await self._execute(conn, "START TRANSACTION")
                     await apply_fault(decide, "thread_insert")
