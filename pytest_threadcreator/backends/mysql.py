@@ -299,8 +299,8 @@ class MySqlBackend(Backend):
                         f"ALTER TABLE {quote(table)} ENGINE=InnoDB, CONVERT TO {_CHARSET}"
                     )
                 for table, column, nullable in _json_columns(schema):
-                    ddl = (await conn.exec_driver_sql(f"SHOW CREATE TABLE {quote(table)}")).one()
-                    if f"json_valid({quote(column)})" not in str(ddl[1]):
+                    shown = await conn.exec_driver_sql(f"SHOW CREATE TABLE {quote(table)}")
+                    if f"json_valid({quote(column)})" not in str(list(shown.one())[1]):
                         continue  # MySQL's own JSON type: nesting up to 100 levels
                     # MariaDB's JSON is LONGTEXT CHECK (json_valid(…)), which refuses more than
                     # 32 levels of nesting; the plugin promises 100 on every backend (it writes
