@@ -11,9 +11,10 @@ foreign key checks off for its span, the setup hook's rows copied back from the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.dialects.mysql import asyncmy as sa_asyncmy
 
@@ -38,6 +39,8 @@ MULTI_STATEMENTS = 1 << 16
 _DUPLICATE_KEY = 1062
 _INSTALL = "pip install 'pytest-threadcreator[mysql]'"
 
+T = TypeVar("T")
+
 _DIALECT = sa_asyncmy.dialect()
 _PREPARER = _DIALECT.identifier_preparer
 
@@ -55,6 +58,35 @@ def asyncmy_module() -> Any:
 def quote(name: str) -> str:
     """A MySQL identifier in backquotes."""
     return "`" + name.replace("`", "``") + "`"
+
+
+async def _run(conn: Any, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    async with conn.cursor() as cursor:
+        await cursor.execute(sql, params)
+        rows = list(await cursor.fetchall() or ())
+        while await cursor.nextset():
+            pass
+    return rows
+
+
+async def _settled(job: Coroutine[Any, Any, T]) -> T:
+    """Await ``job`` (one round trip); if the caller is cancelled meanwhile, let the round trip
+    finish first, then raise CancelledError.
+
+    A statement cut off half-way would leave the connection out of step with the server (its
+    reply still unread) and its outcome unknown; this way, when CancelledError propagates, the
+    statement either ran or did not, and the connection is fit for a rollback and for reuse.
+    """
+    task = asyncio.ensure_future(job)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait((task,))
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation is what the caller sees
+        raise
 
 
 class MySqlStore(Store):
@@ -158,13 +190,7 @@ class MySqlStore(Store):
         if self._watcher is not None:
             for statement in statements:
                 self._watcher(f"store {self.name}", statement)
-        sql = "; ".join(statements)
-        async with conn.cursor() as cursor:
-            await cursor.execute(sql, tuple(params))
-            rows = list(await cursor.fetchall() or ())
-            while await cursor.nextset():
-                pass
-        return rows
+        return await _settled(_run(conn, "; ".join(statements), tuple(params)))
 
     # -- Store API ---------------------------------------------------------------------------
     async def create(
@@ -226,7 +252,7 @@ class MySqlStore(Store):
     async def _roll_back(self, conn: Any) -> None:
         """Roll back after a failure; a connection that cannot is closed (never reused)."""
         try:
-            await asyncio.shield(conn.rollback())
+            await _settled(conn.rollback())
         except BaseException:
             conn.close()
 
