@@ -7,8 +7,10 @@
   at most 63 characters, within MySQL's 64).
 * MySQL has no database comments, so the *mark* is a row in a registry the plugin owns (the
   database ``threadcreator_registry``, table ``owned``: name, run, worker), written in the same
-  round trip as the ``CREATE DATABASE``. Nothing is ever dropped without its row; a database
-  whose name merely looks like the plugin's is never touched. A kept database loses its row.
+  round trip right after the ``CREATE DATABASE``. Nothing is ever dropped without its row; a
+  database whose name merely looks like the plugin's is never touched (should a process die
+  between the two, an unregistered database of the plugin's stays: the price of never dropping
+  a user's). A kept database loses its row.
 * Each backend holds a named lock (``GET_LOCK``) for its run and worker on its admin connection
   for its whole life; the server frees it when the process dies. At start a backend drops the
   registered databases of every (run, worker) whose lock is free (a crashed or killed run),
@@ -313,7 +315,7 @@ class MySqlBackend(Backend):
             await engine.dispose()
 
     async def _create_registered(self, conn: Any, name: str, then: str) -> None:
-        """``CREATE DATABASE`` with its registry row, then ``then``, in one round trip."""
+        """``CREATE DATABASE``, its registry row, then ``then``, in one round trip."""
         if await _query(
             conn, "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,)
         ):
@@ -323,9 +325,11 @@ class MySqlBackend(Backend):
                 f"that died while creating it, drop it by hand (DROP DATABASE `{name}`) and run "
                 "again"
             )
+        # CREATE first: should it fail (a database of that name appeared meanwhile), the
+        # server stops there and no row claims a database that is not the plugin's.
         sql = (
-            f"INSERT INTO {_OWNED} (name, run_id, worker_id) VALUES (%s, %s, %s); "
-            f"CREATE DATABASE {quote(name)} {_CHARSET}"
+            f"CREATE DATABASE {quote(name)} {_CHARSET}; "
+            f"INSERT INTO {_OWNED} (name, run_id, worker_id) VALUES (%s, %s, %s)"
         )
         if then:
             sql += f"; USE {quote(name)}; {then}"
