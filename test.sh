@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: on SQLite, PostgreSQL and MySQL/MariaDB, serially and under pytest-xdist, plus the
-# throwaway-cluster and Docker backends. Extra arguments go to every pytest run (e.g. -x, -k name).
+# The whole test suite: on SQLite, PostgreSQL and MySQL/MariaDB, serially and under pytest-xdist,
+# plus the throwaway-cluster and Docker backends. Extra arguments go to every pytest run (e.g. -x,
+# -k name).
 #
 # PostgreSQL: THREADCREATOR_POSTGRES_URL, default postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 # MySQL/MariaDB: THREADCREATOR_MYSQL_URL, default mysql+asyncmy://root@127.0.0.1:3306/
