@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite: on SQLite and on PostgreSQL, serially and under pytest-xdist, plus the
-# throwaway-cluster and Docker backends. Extra arguments go to every pytest run (e.g. -x, -k name).
+# The whole test suite: on SQLite, PostgreSQL and MySQL/MariaDB, serially and under pytest-xdist,
+# plus the throwaway-cluster and Docker backends. Extra arguments go to every pytest run (e.g. -x,
+# -k name).
 #
 # PostgreSQL: THREADCREATOR_POSTGRES_URL, default postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
+# MySQL/MariaDB: THREADCREATOR_MYSQL_URL, default mysql+asyncmy://root@127.0.0.1:3306/
 # Docker: THREADCREATOR_DOCKER_IMAGE, default the project's image (docker/build-postgres-image.sh
 # builds it), with THREADCREATOR_DOCKER_NETWORK=host and without Ryuk; with a registry, e.g.
 # THREADCREATOR_DOCKER_IMAGE=postgres:16-alpine THREADCREATOR_DOCKER_NETWORK=bridge ./test.sh
@@ -11,6 +13,7 @@ cd "$(dirname "$0")"
 python=.venv/bin/python
 [ -x "$python" ] || { echo "no .venv here: run the README's install command first" >&2; exit 2; }
 pg_url=${THREADCREATOR_POSTGRES_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/postgres}
+mysql_url=${THREADCREATOR_MYSQL_URL:-mysql+asyncmy://root@127.0.0.1:3306/}
 export THREADCREATOR_DOCKER_IMAGE=${THREADCREATOR_DOCKER_IMAGE:-threadcreator-postgres:15}
 export THREADCREATOR_DOCKER_NETWORK=${THREADCREATOR_DOCKER_NETWORK:-host}
 export TESTCONTAINERS_RYUK_DISABLED=${TESTCONTAINERS_RYUK_DISABLED:-true}
@@ -27,5 +30,7 @@ run sqlite -m "not docker" "$@"
 run sqlite -n 2 -m "not docker" "$@"
 run "$pg_url" -m "not docker" "$@"
 run "$pg_url" -n 2 -m "not docker" "$@"
+run "$mysql_url" -m "not docker" "$@"
+run "$mysql_url" -n 2 -m "not docker" "$@"
 run postgresql-local -m "not docker" "$@"
 run postgresql-docker "$@"

@@ -134,6 +134,33 @@ def pg_server_missing() -> str | None:
     return None
 
 
+#: The MySQL/MariaDB server the suite uses where a test needs one regardless of THREADCREATOR_DB.
+MYSQL_SERVER_URL = os.environ.get("THREADCREATOR_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306/")
+
+
+@functools.cache
+def mysql_server_missing() -> str | None:
+    """Why the MySQL/MariaDB server of ``THREADCREATOR_MYSQL_URL`` cannot be reached, or None."""
+    import asyncmy
+
+    server = make_url(MYSQL_SERVER_URL)
+
+    async def probe() -> None:
+        conn = await asyncmy.connect(
+            host=server.host or "localhost",
+            port=server.port or 3306,
+            user=server.username or "root",
+            password=server.password or "",
+        )
+        conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        return f"no MySQL/MariaDB server at {MYSQL_SERVER_URL}: {exc}"
+    return None
+
+
 @functools.cache
 def pg_binaries_missing() -> str | None:
     """Why no local PostgreSQL binaries are found, or None."""
@@ -233,7 +260,36 @@ def count_threads_in_kept_database(url: str, db: str = DB) -> int:
         return _count_in_kept_cluster(url, Path(host))
     if db == "postgresql-docker":
         return _count_in_kept_container(url)
+    if address.get_backend_name() == "mysql":
+        return _count_and_drop_mysql(url)
     return _count_and_drop(url)
+
+
+def _count_and_drop_mysql(url: str) -> int:
+    """Count in a kept MySQL/MariaDB database (it keeps its name), then drop it."""
+    import asyncmy
+
+    address = make_url(url)
+    name = address.database or ""
+
+    async def count_and_drop() -> int:
+        conn = await asyncmy.connect(
+            host=address.host or "localhost",
+            port=address.port or 3306,
+            user=address.username or "root",
+            password=address.password or "",
+            autocommit=True,
+        )
+        try:
+            async with conn.cursor() as cursor:
+                await cursor.execute(f"SELECT count(*) FROM `{name}`.threads")
+                (n,) = await cursor.fetchone()
+                await cursor.execute(f"DROP DATABASE `{name}`")
+            return int(n)
+        finally:
+            conn.close()
+
+    return asyncio.run(count_and_drop())
 
 
 async def _count(url: str) -> int:

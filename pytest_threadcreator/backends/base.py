@@ -107,3 +107,5 @@ class BackendKind:
     check_url: Callable[[str, str], str] | None = None
     #: checks the environment variables the kind reads (ConfigurationError if one is bad)
     check_environment: Callable[[Mapping[str, str]], None] | None = None
+    #: the URL schemes (SQLAlchemy backend names, before any ``+driver``) whose URLs it takes
+    schemes: tuple[str, ...] = ()

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from ..errors import ConfigurationError
 from .base import Backend, BackendKind, BackendRequest
+from .mysql import KIND as MYSQL
 from .postgresql.backend import KIND as POSTGRESQL
 from .sqlite import KIND as SQLITE
 
@@ -23,14 +24,19 @@ __all__ = [
 ]
 
 #: Every kind, the default first.
-KINDS: tuple[BackendKind, ...] = (SQLITE, POSTGRESQL)
+KINDS: tuple[BackendKind, ...] = (SQLITE, POSTGRESQL, MYSQL)
 #: The ``--threadcreator-db`` values that name a backend (a server URL is the other kind).
 BACKEND_NAMES: tuple[str, ...] = tuple(value for kind in KINDS for value in kind.values)
 _URL_EXAMPLE = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+_MYSQL_EXAMPLE = "mysql+asyncmy://root@127.0.0.1:3306/"
 
 
-def _url_kind() -> BackendKind:
-    return next(kind for kind in KINDS if kind.check_url is not None)
+def _url_kind(url: str) -> BackendKind:
+    """The kind whose schemes name ``url``'s (else the first that takes URLs: it says what to
+    write)."""
+    scheme = url.strip().partition("://")[0].partition("+")[0].lower()
+    takes_urls = [kind for kind in KINDS if kind.check_url is not None]
+    return next((kind for kind in takes_urls if scheme in kind.schemes), takes_urls[0])
 
 
 def validate_db(value: object, where: str) -> str:
@@ -42,13 +48,13 @@ def validate_db(value: object, where: str) -> str:
     if value in BACKEND_NAMES:
         return value
     if "://" in value:
-        check = _url_kind().check_url
+        check = _url_kind(value).check_url
         assert check is not None
         return check(value, where)
     raise ConfigurationError(
         f"{where}: {value!r} is not a valid database; valid values: "
         + ", ".join(BACKEND_NAMES)
-        + f", or an async SQLAlchemy URL such as {_URL_EXAMPLE}"
+        + f", or an async SQLAlchemy URL such as {_URL_EXAMPLE} or {_MYSQL_EXAMPLE}"
     )
 
 
@@ -64,7 +70,7 @@ def kind_of(db: str) -> BackendKind:
     for kind in KINDS:
         if db in kind.values:
             return kind
-    return _url_kind()
+    return _url_kind(db)
 
 
 def make_backend(request: BackendRequest) -> Backend:

@@ -2,17 +2,20 @@
 
 SQLite: busy/locked (SQLITE_BUSY, SQLITE_LOCKED). PostgreSQL: SQLSTATE 40001 (serialization
 failure) and 40P01 (deadlock), which asyncpg raises as DBAPIError and psycopg as
-OperationalError once SQLAlchemy wraps them.
+OperationalError once SQLAlchemy wraps them. MySQL/MariaDB: error 1213 (deadlock) and 1205 (lock
+wait timeout), the first argument of asyncmy's, aiomysql's and PyMySQL's errors.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-__all__ = ["is_pg_transient", "is_sqlite_busy", "is_transient_error"]
+__all__ = ["is_mysql_transient", "is_pg_transient", "is_sqlite_busy", "is_transient_error"]
 
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
 _SQLITE_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary result codes)
+_MYSQL_TRANSIENT_CODES = (1213, 1205)  # ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT
+_MYSQL_DRIVERS = ("asyncmy", "aiomysql", "pymysql", "MySQLdb")
 
 
 def _chain(exc: BaseException | None) -> list[BaseException]:
@@ -58,6 +61,17 @@ def is_pg_transient(exc: BaseException | None) -> bool:
     return False
 
 
+def is_mysql_transient(exc: BaseException | None) -> bool:
+    """True for MySQL/MariaDB error 1213 or 1205 from a MySQL driver anywhere in the chain."""
+    for current in _chain(exc):
+        if not type(current).__module__.startswith(_MYSQL_DRIVERS):
+            continue
+        args = current.args
+        if args and isinstance(args[0], int) and args[0] in _MYSQL_TRANSIENT_CODES:
+            return True
+    return False
+
+
 def is_transient_error(exc: BaseException | None) -> bool:
-    """Contention worth a retry on either backend."""
-    return is_sqlite_busy(exc) or is_pg_transient(exc)
+    """Contention worth a retry on any backend."""
+    return is_sqlite_busy(exc) or is_pg_transient(exc) or is_mysql_transient(exc)

@@ -502,7 +502,7 @@ def test_a_factory_for_another_model_than_the_schema_names_the_fix() -> None:
 TEAM_MODELS = """
     from typing import Any
 
-    from sqlalchemy import JSON, ForeignKey, String
+    from sqlalchemy import JSON, ForeignKey, String, Text
     from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
     from pytest_threadcreator import ThreadSchema
@@ -528,7 +528,7 @@ TEAM_MODELS = """
         __tablename__ = "posts"
         pk: Mapped[str] = mapped_column("post_id", String(64), primary_key=True)
         conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.conversation_id"))
-        body: Mapped[str]
+        body: Mapped[str] = mapped_column(Text)  # MySQL wants a length or TEXT
         created: Mapped[int]
         conversation: Mapped[Conversation] = relationship(back_populates="posts", lazy="raise")
 

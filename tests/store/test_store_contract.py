@@ -1,4 +1,4 @@
-"""One contract, every store: the same tests against the SQLite and the PostgreSQL store.
+"""One contract, every store: the same tests against the SQLite, PostgreSQL and MySQL stores.
 
 A store is ThreadCreator's data path. Whatever SQL it compiles for its dialect, a row must come
 out as SQLAlchemy itself would write it (column defaults, ``None`` in JSON columns), a read must
@@ -15,9 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncmy
 import asyncpg
 import pytest
 from sqlalchemy import JSON, ForeignKey, String, func, insert, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from pytest_threadcreator import DatabaseError, ThreadCreator, UserExecutionContext
@@ -28,7 +30,7 @@ from pytest_threadcreator.ids import new_message_id, new_thread_id
 from pytest_threadcreator.schema import NewThread, ThreadSchema, default_schema
 from pytest_threadcreator.store.base import ThreadIdTaken
 
-from ..helpers import pg_connect_kwargs
+from ..helpers import MYSQL_SERVER_URL, pg_connect_kwargs
 from .stores import BACKEND_PARAMS, open_database
 
 
@@ -253,6 +255,8 @@ async def _real_transient_error(db: Database) -> Exception:
             holder.execute("ROLLBACK")
             holder.close()
             waiter.close()
+    if db.backend == "mysql":
+        return await _mysql_deadlock(db)
     conn = await asyncpg.connect(**pg_connect_kwargs(db.name))
     try:
         with pytest.raises(asyncpg.PostgresError) as pg_info:
@@ -263,6 +267,39 @@ async def _real_transient_error(db: Database) -> Exception:
         return pg_info.value
     finally:
         await conn.close()
+
+
+async def _mysql_deadlock(db: Database) -> Exception:
+    """A real deadlock (error 1213): two sessions each lock a row the other then wants."""
+    server = make_url(MYSQL_SERVER_URL)
+    kwargs = {"host": server.host, "port": server.port or 3306, "user": server.username}
+    first = await asyncmy.connect(db=db.name, **kwargs)
+    second = await asyncmy.connect(db=db.name, **kwargs)
+    try:
+        for thread, message in (_rows("a", "thread_a"), _rows("b", "thread_b")):
+            await db.store.create(thread, message, explicit_id=True)
+        lock = "SELECT id FROM threads WHERE id = %s FOR UPDATE"
+        async with first.cursor() as one, second.cursor() as two:
+            await one.execute("START TRANSACTION")
+            await two.execute("START TRANSACTION")
+            await one.execute(lock, ("thread_a",))
+            await two.execute(lock, ("thread_b",))
+            # Each now wants the other's row: InnoDB picks one as the deadlock's victim.
+            results = await asyncio.gather(
+                one.execute(lock, ("thread_b",)),
+                two.execute(lock, ("thread_a",)),
+                return_exceptions=True,
+            )
+            await one.execute("ROLLBACK")
+            await two.execute("ROLLBACK")
+        (victim,) = [r for r in results if isinstance(r, BaseException)]
+        assert isinstance(victim, asyncmy.errors.OperationalError), victim
+        assert victim.args[0] == 1213, victim
+        db.store.reset()
+        return victim
+    finally:
+        first.close()
+        second.close()
 
 
 @pytest.mark.asyncio

@@ -27,7 +27,6 @@ URLS = [
     "postgresql+asyncpg://u@h/db",
     "postgresql+psycopg://u@h/db",
     "postgresql+psycopg2://u:secret@h/db",
-    "mysql+asyncmy://root@127.0.0.1:3306/",
 ]
 
 
@@ -81,10 +80,22 @@ def test_what_the_url_check_accepts_and_what_it_says_to_write() -> None:
     psycopg2 = _by_option("postgresql+psycopg2://u:secret@h/db")
     assert psycopg2.endswith("the psycopg2 driver, which is not async")
     assert "secret" not in psycopg2
-    assert _by_option("mysql+asyncmy://root@127.0.0.1:3306/") == (
-        "error: mysql+asyncmy://root@127.0.0.1:3306/ is a MySQL/MariaDB URL, and MySQL and "
-        "MariaDB are not supported yet; use --threadcreator-db=sqlite, postgresql, or a "
-        "PostgreSQL URL such as postgresql+asyncpg://user@host:5432/postgres"
+    # MySQL/MariaDB URLs go to the MySQL kind: async drivers taken, the rest told what to write.
+    for url in ("mysql+asyncmy://root@127.0.0.1:3306/", "mysql+aiomysql://u:pw@h:3307/"):
+        assert _by_option(url) == url
+        assert kind_of(url).name == "mysql"
+    assert _by_option("mariadb+asyncmy://root@h/") == "mariadb+asyncmy://root@h/"
+    pymysql = _by_option("mysql+pymysql://u:secret@h/")
+    assert pymysql == (
+        "error: mysql+pymysql://u:***@h/ is not an async MySQL URL; use "
+        "mysql+asyncmy://u:***@h/ instead (or mysql+aiomysql://…): the pymysql driver is not async"
+    )
+    assert _by_option("mysql://root@h/").endswith("it names no driver")
+    # THREADCREATOR_POSTGRES_URL wants a PostgreSQL server, at start-up and in the auto chain.
+    assert _by_environment("mysql+asyncmy://root@127.0.0.1:3306/") == (
+        "error: mysql+asyncmy://root@127.0.0.1:3306/ is a MySQL/MariaDB URL, where a PostgreSQL "
+        "URL such as postgresql+asyncpg://user@host:5432/postgres is wanted; give a "
+        "MySQL/MariaDB URL as --threadcreator-db instead"
     )
 
 

@@ -58,11 +58,12 @@ _EXAMPLE = "postgresql+asyncpg://user@host:5432/postgres"
 def async_url(value: str, where: str) -> URL:
     """``value`` as the async SQLAlchemy URL to use, or ConfigurationError saying what to write.
 
-    The one check of a server URL, for ``--threadcreator-db`` and ``THREADCREATOR_POSTGRES_URL``
-    alike: ``postgresql+asyncpg://…`` and ``postgresql+psycopg://…`` are taken as given. A URL
-    that names no driver (``postgresql://…``, ``postgres://…``) is refused, since SQLAlchemy
-    reads it as the sync psycopg2, and so is a sync driver (``psycopg2``, ``pg8000``); the
-    error shows the URL to write instead. MySQL and MariaDB are not supported yet.
+        The one check of a server URL, for ``--threadcreator-db`` and ``THREADCREATOR_POSTGRES_URL``
+        alike: ``postgresql+asyncpg://…`` and ``postgresql+psycopg://…`` are taken as given. A URL
+        that names no driver (``postgresql://…``, ``postgres://…``) is refused, since SQLAlchemy
+        reads it as the sync psycopg2, and so is a sync driver (``psycopg2``, ``pg8000``); the
+        error shows the URL to write instead. A MySQL/MariaDB URL is the MySQL backend's (the registry
+    hands it there); here, where a PostgreSQL URL is wanted, it is refused.
     """
     try:
         url = make_url(value.strip())
@@ -73,9 +74,8 @@ def async_url(value: str, where: str) -> URL:
     backend, _, driver = url.drivername.partition("+")
     if backend in ("mysql", "mariadb"):
         raise ConfigurationError(
-            f"{where}: {safe_url(url)} is a MySQL/MariaDB URL, and MySQL and MariaDB are not "
-            "supported yet; use --threadcreator-db=sqlite, postgresql, or a PostgreSQL URL such "
-            f"as {_EXAMPLE}"
+            f"{where}: {safe_url(url)} is a MySQL/MariaDB URL, where a PostgreSQL URL such as "
+            f"{_EXAMPLE} is wanted; give a MySQL/MariaDB URL as --threadcreator-db instead"
         )
     if backend not in ("postgresql", "postgres"):
         raise ConfigurationError(

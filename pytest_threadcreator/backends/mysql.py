@@ -1,0 +1,531 @@
+"""MySQL/MariaDB backend: per-test databases on a server named by URL.
+
+``--threadcreator-db=mysql+asyncmy://user@host:3306/`` (or ``mysql+aiomysql://``,
+``mariadb+asyncmy://``). What the plugin owns on the server, and how it tells:
+
+* Names are PostgreSQL's (:func:`~.postgresql.janitor.database_name`: ``tc_<run>_<worker>_…``,
+  at most 63 characters, within MySQL's 64).
+* MySQL has no database comments, so the *mark* is a row in a registry the plugin owns (the
+  database ``threadcreator_registry``, table ``owned``: name, run, worker), written in the same
+  round trip right after the ``CREATE DATABASE``. Nothing is ever dropped without its row; a
+  database whose name merely looks like the plugin's is never touched (should a process die
+  between the two, an unregistered database of the plugin's stays: the price of never dropping
+  a user's). A kept database loses its row.
+* Each backend holds a named lock (``GET_LOCK``) for its run and worker on its admin connection
+  for its whole life; the server frees it when the process dies. At start a backend drops the
+  registered databases of every (run, worker) whose lock is free (a crashed or killed run),
+  taking that lock itself while it does so that two sweepers never race.
+* The schema is built once per worker into a template database (``create_all`` and the setup
+  hook); its DDL (``SHOW CREATE TABLE``) is captured and replayed into every new database in
+  the same round trip as its ``CREATE DATABASE`` (``CREATE TABLE … LIKE`` would lose the
+  foreign keys). Every database is ``utf8mb4`` with InnoDB tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import threading
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import JSON
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from .._background import BackgroundLoop
+from ..database import Database
+from ..errors import BackendUnavailableError, ConfigurationError, DatabaseError
+from ..store.mysql import ADMIN_TIMEOUT, MULTI_STATEMENTS, MySqlStore, asyncmy_module, quote
+from .base import Backend, BackendKind, BackendRequest
+from .postgresql.janitor import (
+    DB_PREFIX,
+    database_name,
+    normalise_worker_id,
+    parse_database_name,
+    template_name,
+)
+from .postgresql.pools import PoolPlan, plan_pools, worker_count
+
+if TYPE_CHECKING:
+    from ..schema import ThreadSchema
+
+__all__ = ["KIND", "REGISTRY", "MySqlBackend", "check_url", "lock_name", "mysql_url"]
+
+T = TypeVar("T")
+
+#: The plugin's own database on the server: which databases it made, for which run and worker.
+REGISTRY = "threadcreator_registry"
+_OWNED = f"{quote(REGISTRY)}.`owned`"
+_DRIVERS = ("asyncmy", "aiomysql")
+_EXAMPLE = "mysql+asyncmy://root@127.0.0.1:3306/"
+_CHARSET = "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+
+
+def mysql_url(value: str, where: str) -> URL:
+    """``value`` as the async MySQL URL to use, or ConfigurationError saying what to write."""
+    try:
+        url = make_url(value.strip())
+    except ArgumentError as exc:
+        raise ConfigurationError(
+            f"{where}: {value!r} is not a valid URL ({exc}); write one like {_EXAMPLE}"
+        ) from None
+    driver = url.drivername.partition("+")[2]
+    if driver in _DRIVERS:
+        return url.set(drivername=f"mysql+{driver}")
+    shown = url.render_as_string(hide_password=True)
+    fixed = url.set(drivername="mysql+asyncmy").render_as_string(hide_password=True)
+    reason = "it names no driver" if not driver else f"the {driver} driver is not async"
+    raise ConfigurationError(
+        f"{where}: {shown} is not an async MySQL URL; use {fixed} instead "
+        f"(or mysql+aiomysql://…): {reason}"
+    )
+
+
+def check_url(value: str, where: str) -> str:
+    """``value`` if :func:`mysql_url` takes it (the registry's check of a ``db`` URL)."""
+    mysql_url(value, where)
+    return value.strip()
+
+
+def lock_name(run_id: str, worker_id: str) -> str:
+    """The ``GET_LOCK`` name a backend of ``run_id`` and ``worker_id`` holds for its life."""
+    return f"threadcreator_{run_id}_{worker_id}"
+
+
+def _connect_kwargs(url: URL) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "host": url.host or "localhost",
+        "port": url.port or 3306,
+        "user": url.username or "root",
+        "password": url.password or "",
+    }
+    return kwargs
+
+
+class MySqlBackend(Backend):
+    """Databases on a MySQL/MariaDB server, from a per-worker template's DDL."""
+
+    name = "mysql"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        run_id: str,
+        worker_id: str = "master",
+        pool_size: int | None = None,
+        workers: int | None = None,
+    ) -> None:
+        self._url = mysql_url(url, "--threadcreator-db")
+        self.run_id = run_id
+        self.worker_id = normalise_worker_id(worker_id)
+        self.template = template_name(run_id, self.worker_id)  # validates both ids
+        self.pool_size = pool_size
+        self.workers = workers if workers is not None else worker_count()
+        self._connect = _connect_kwargs(self._url)
+        self._background = BackgroundLoop(f"threadcreator-mysql-{self.worker_id}")
+        self._admin: Any = None
+        self._admin_lock: asyncio.Lock | None = None
+        self.plan: PoolPlan | None = None
+        self.version = ""
+        self._schema: ThreadSchema | None = None
+        self._ddl = ""
+        self._seeded: list[str] = []
+        self._databases: dict[str, Database] = {}
+        self._counter = 0
+        self._started = False
+        self._stopped = False
+        self._state_lock = threading.Lock()
+        #: names dropped by this backend's sweep of dead runs at start
+        self.swept: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"<MySqlBackend run={self.run_id} worker={self.worker_id}>"
+
+    @property
+    def address(self) -> str:
+        return f"{self._connect['host']}:{self._connect['port']}"
+
+    def describe(self) -> str:
+        """E.g. ``mysql (127.0.0.1:3306, 10.11.6-MariaDB)``."""
+        return f"mysql ({self.address}, {self.version or '?'})"
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Reach the server, take the run's lock, remove dead runs' databases."""
+        if self._started:
+            return
+        if self._stopped:
+            raise BackendUnavailableError("this MySQL backend was stopped; make a new one")
+        asyncmy_module()
+        try:
+            self._background.run(self._open_admin(), timeout=ADMIN_TIMEOUT)
+        except BaseException:
+            self._shutdown(strict=False)
+            raise
+        self._started = True
+        atexit.register(self._stop_at_exit)
+
+    async def _connect_admin(self) -> Any:
+        try:
+            return await asyncmy_module().connect(
+                autocommit=True,
+                charset="utf8mb4",
+                client_flag=MULTI_STATEMENTS,
+                connect_timeout=10,
+                **self._connect,
+            )
+        except Exception as exc:  # becomes one readable line
+            raise BackendUnavailableError(
+                f"cannot connect to MySQL/MariaDB at {self.address} as {self._connect['user']}: "
+                f"{type(exc).__name__}: {exc}. Check that the server runs and the URL (user, "
+                "password, host, port) is right"
+            ) from None
+
+    async def _open_admin(self) -> None:
+        self._admin_lock = asyncio.Lock()
+        conn = self._admin = await self._connect_admin()
+        rows = await _query(conn, "SELECT VERSION(), @@max_connections")
+        self.version = str(rows[0][0])
+        self.plan = plan_pools(
+            int(rows[0][1]), reserved=1, workers=self.workers, requested=self.pool_size
+        )
+        held = await _query(conn, "SELECT GET_LOCK(%s, 0)", (self._lock,))
+        if held[0][0] != 1:
+            raise BackendUnavailableError(
+                f"MySQL at {self.address}: the lock {self._lock} is held by another session; "
+                "two backends of one run and worker cannot share a server"
+            )
+        registry = "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s"
+        if not await _query(conn, registry, (REGISTRY,)):
+            await _query(
+                conn,
+                f"CREATE DATABASE IF NOT EXISTS {quote(REGISTRY)} {_CHARSET}; "
+                f"CREATE TABLE IF NOT EXISTS {_OWNED} (name VARCHAR(64) PRIMARY KEY, "
+                "run_id VARCHAR(20) NOT NULL, worker_id VARCHAR(12) NOT NULL) ENGINE=InnoDB",
+            )
+        self.swept = await self._remove_dead_runs(conn)
+
+    @property
+    def _lock(self) -> str:
+        return lock_name(self.run_id, self.worker_id)
+
+    async def _remove_dead_runs(self, conn: Any) -> list[str]:
+        """Drop the registered databases of every other (run, worker) whose lock is free."""
+        rows = await _query(conn, f"SELECT name, run_id, worker_id FROM {_OWNED} ORDER BY name")
+        groups: dict[tuple[str, str], list[str]] = {}
+        for name, run, worker in rows:
+            if (run, worker) != (self.run_id, self.worker_id):
+                groups.setdefault((str(run), str(worker)), []).append(str(name))
+        removed: list[str] = []
+        for (run, worker), names in groups.items():
+            lock = lock_name(run, worker)
+            if (await _query(conn, "SELECT GET_LOCK(%s, 0)", (lock,)))[0][0] != 1:
+                continue  # a process of that run is alive (or another sweeper has it)
+            try:
+                for name in names:
+                    with contextlib.suppress(Exception):
+                        if await _drop_if_ours(conn, name, run):
+                            removed.append(name)
+            finally:
+                await _query(conn, "SELECT RELEASE_LOCK(%s)", (lock,))
+        return removed
+
+    def _admin_run(
+        self, make: Callable[[Any], Coroutine[Any, Any, T]], *, timeout: float = ADMIN_TIMEOUT
+    ) -> T:
+        if not self._started:
+            raise BackendUnavailableError("start() the MySQL backend first")
+
+        async def job() -> T:
+            assert self._admin_lock is not None
+            async with self._admin_lock:
+                return await make(self._admin)
+
+        return self._background.run(job(), timeout=timeout)
+
+    # -- template ------------------------------------------------------------------------------
+    def prepare_template(
+        self, schema: ThreadSchema, setup: Callable[[Database], None] | None
+    ) -> None:
+        """Build the worker's template (``create_all``, ``setup``) and capture its DDL."""
+        self._schema = schema
+        self._ddl = ""
+
+        async def create(conn: Any) -> None:
+            await _drop_if_ours(conn, self.template, self.run_id)
+            await self._create_registered(conn, self.template, "")
+
+        self._admin_run(create)
+        self._background.run(self._create_all(schema), timeout=ADMIN_TIMEOUT)
+        if setup is not None:
+            database = self._open(self.template, label="template", isolation="template")
+            try:
+                setup(database)
+            finally:
+                database.close()
+
+        async def capture(conn: Any) -> None:
+            tables = await _query(
+                conn,
+                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+                "AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
+                (self.template,),
+            )
+            ddl = ["SET FOREIGN_KEY_CHECKS = 0"]
+            seeded: list[str] = []
+            for (table,) in tables:
+                full = f"{quote(self.template)}.{quote(str(table))}"
+                ddl.append(str((await _query(conn, f"SHOW CREATE TABLE {full}"))[0][1]))
+                if await _query(conn, f"SELECT 1 FROM {full} LIMIT 1"):
+                    seeded.append(str(table))
+            self._ddl = "; ".join(ddl)  # foreign key checks stay off for the seed's copy
+            self._seeded = seeded
+
+        self._admin_run(capture)
+
+    async def _create_all(self, schema: ThreadSchema) -> None:
+        url = self._url.set(database=self.template, query={"charset": "utf8mb4"})
+        engine = create_async_engine(url, poolclass=NullPool)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(schema.metadata.create_all)
+                names = await conn.run_sync(lambda c: sa_inspect(c).get_table_names())
+                for table in names:  # whatever the schema says, InnoDB (foreign keys) and utf8mb4
+                    await conn.exec_driver_sql(
+                        f"ALTER TABLE {quote(table)} ENGINE=InnoDB, CONVERT TO {_CHARSET}"
+                    )
+                for table, column, nullable in _json_columns(schema):
+                    shown = await conn.exec_driver_sql(f"SHOW CREATE TABLE {quote(table)}")
+                    if f"json_valid({quote(column)})" not in str(list(shown.one())[1]):
+                        continue  # MySQL's own JSON type: nesting up to 100 levels
+                    # MariaDB's JSON is LONGTEXT CHECK (json_valid(…)), which refuses more than
+                    # 32 levels of nesting; the plugin promises 100 on every backend (it writes
+                    # only JSON it serialised itself), so the column keeps LONGTEXT without it.
+                    await conn.exec_driver_sql(
+                        f"ALTER TABLE {quote(table)} MODIFY {quote(column)} LONGTEXT "
+                        f"CHARACTER SET utf8mb4 COLLATE utf8mb4_bin {'NULL' if nullable else 'NOT NULL'}"
+                    )
+        finally:
+            await engine.dispose()
+
+    async def _create_registered(self, conn: Any, name: str, then: str) -> None:
+        """``CREATE DATABASE``, its registry row, then ``then``, in one round trip."""
+        if await _query(
+            conn, "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,)
+        ):
+            raise DatabaseError(
+                f"MySQL at {self.address}: a database named {name} exists but is not in "
+                f"{REGISTRY}, so it is not the plugin's to drop; if it is a leftover of a run "
+                f"that died while creating it, drop it by hand (DROP DATABASE `{name}`) and run "
+                "again"
+            )
+        # CREATE first: should it fail (a database of that name appeared meanwhile), the
+        # server stops there and no row claims a database that is not the plugin's.
+        sql = (
+            f"CREATE DATABASE {quote(name)} {_CHARSET}; "
+            f"INSERT INTO {_OWNED} (name, run_id, worker_id) VALUES (%s, %s, %s)"
+        )
+        if then:
+            sql += f"; USE {quote(name)}; {then}"
+        await _query(conn, sql, (name, self.run_id, self.worker_id))
+
+    # -- databases -----------------------------------------------------------------------------
+    def create_database(self, label: str, *, isolation: str) -> Database:
+        """``CREATE DATABASE tc_<run>_<worker>_<n>_<label>`` with the template's tables."""
+        if self._schema is None:
+            raise ConfigurationError("prepare_template() must run before create_database()")
+        with self._state_lock:
+            self._counter += 1
+            name = database_name(self.run_id, self.worker_id, self._counter, label)
+        ddl = self._ddl
+        for table in self._seeded:
+            ddl += (
+                f"; INSERT INTO {quote(table)} SELECT * FROM {quote(self.template)}.{quote(table)}"
+            )
+        ddl += "; SET FOREIGN_KEY_CHECKS = 1"
+
+        async def create(conn: Any) -> None:
+            await self._create_registered(conn, name, ddl)
+
+        self._admin_run(create)
+        database = self._open(name, label=label, isolation=isolation)
+        self._databases[name] = database
+        return database
+
+    def _open(self, name: str, *, label: str, isolation: str) -> Database:
+        assert self._schema is not None and self.plan is not None
+        url = self._url.set(database=name, query={"charset": "utf8mb4"})
+        plan = self.plan
+        store = MySqlStore(
+            schema=self._schema,
+            connect_kwargs=self._connect,
+            background=self._background,
+            max_size=plan.store_max,
+            name=name,
+            template=self.template,
+            seeded=self._seeded if name != self.template else (),
+        )
+
+        def engine_factory() -> AsyncEngine:
+            return create_async_engine(
+                url, pool_size=plan.engine_pool_size, max_overflow=plan.engine_max_overflow
+            )
+
+        return Database(
+            url=url.render_as_string(hide_password=False),
+            backend=KIND.name,
+            schema=self._schema,
+            store=store,
+            engine_factory=engine_factory,
+            isolation=isolation,
+            name=name,
+            location=f"{self.address}/{name}",
+        )
+
+    def drop_database(self, database: Database) -> None:
+        """Close the database's pools and drop it if the registry says it is this run's."""
+        database.close()
+        self._databases.pop(database.name, None)
+        name = database.name
+
+        async def drop(conn: Any) -> None:
+            await _drop_if_ours(conn, name, self.run_id)
+
+        self._admin_run(drop)
+
+    def keep_database(self, database: Database) -> str:
+        """Keep a database after the run: its registry row goes, so no run drops it (drop it by
+        hand when done: ``DROP DATABASE `name```)."""
+        database.close()
+        self._databases.pop(database.name, None)
+
+        async def forget(conn: Any) -> None:
+            await _query(conn, f"DELETE FROM {_OWNED} WHERE name = %s", (database.name,))
+
+        self._admin_run(forget)
+        return database.name
+
+    def leftovers(self) -> list[str]:
+        """Registered databases of this run and worker still on the server."""
+        if not self._started or self._stopped:
+            return []
+
+        async def names(conn: Any) -> list[str]:
+            rows = await _query(
+                conn,
+                f"SELECT o.name FROM {_OWNED} o JOIN information_schema.SCHEMATA s "
+                "ON s.SCHEMA_NAME = o.name WHERE o.run_id = %s AND o.worker_id = %s "
+                "ORDER BY o.name",
+                (self.run_id, self.worker_id),
+            )
+            return [str(row[0]) for row in rows]
+
+        return self._admin_run(names)
+
+    # -- stop ------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Drop this worker's databases and template, release the lock (idempotent)."""
+        self._shutdown(strict=True)
+
+    def _stop_at_exit(self) -> None:
+        with contextlib.suppress(Exception):
+            self._shutdown(strict=False)
+
+    def _shutdown(self, *, strict: bool) -> None:
+        with self._state_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        with contextlib.suppress(Exception):
+            atexit.unregister(self._stop_at_exit)
+        problems: list[str] = []
+        databases = list(self._databases.values())
+        self._databases.clear()
+        for database in databases:
+            try:
+                database.close()
+            except Exception as exc:  # collected and reported
+                problems.append(f"closing {database.name}: {exc}")
+        if self._admin is not None and not self._background.closed:
+
+            async def drop_all() -> None:
+                conn = self._admin
+                rows = await _query(
+                    conn,
+                    f"SELECT name FROM {_OWNED} WHERE run_id = %s AND worker_id = %s",
+                    (self.run_id, self.worker_id),
+                )
+                for (name,) in rows:
+                    try:
+                        await _drop_if_ours(conn, str(name), self.run_id)
+                    except Exception as exc:  # collected and reported
+                        problems.append(f"dropping {name}: {exc}")
+                conn.close()  # the server releases the run's lock with the session
+
+            try:
+                self._background.run(drop_all(), timeout=ADMIN_TIMEOUT)
+            except Exception as exc:  # collected and reported
+                problems.append(f"dropping databases: {exc}")
+        self._admin = None
+        self._background.close()
+        if problems and strict:
+            raise DatabaseError(
+                "stopping the MySQL backend left work undone: " + "; ".join(problems)
+            )
+
+
+def _json_columns(schema: ThreadSchema) -> list[tuple[str, str, bool]]:
+    """(table, column, nullable) of every JSON column of the schema without a server default."""
+    return [
+        (table.name, column.name, bool(column.nullable))
+        for table in schema.metadata.sorted_tables
+        if table.schema is None
+        for column in table.columns
+        if isinstance(column.type, JSON) and column.server_default is None
+    ]
+
+
+async def _query(conn: Any, sql: str, params: tuple[Any, ...] | None = None) -> list[Any]:
+    """Run ``sql`` (one or more statements) in one round trip; the first result's rows."""
+    async with conn.cursor() as cursor:
+        await cursor.execute(sql, params)
+        rows = list(await cursor.fetchall() or ())
+        while await cursor.nextset():
+            pass
+    return rows
+
+
+async def _drop_if_ours(conn: Any, name: str, run_id: str) -> bool:
+    """``DROP DATABASE name`` if the registry has it for ``run_id``; False (nothing done) else."""
+    parsed = parse_database_name(name)
+    if parsed is None or parsed.run_id != run_id or not name.startswith(DB_PREFIX):
+        return False
+    rows = await _query(conn, f"SELECT run_id FROM {_OWNED} WHERE name = %s", (name,))
+    if not rows or rows[0][0] != run_id:
+        return False
+    await _query(
+        conn,
+        f"DROP DATABASE IF EXISTS {quote(name)}; DELETE FROM {_OWNED} WHERE name = %s",
+        (name,),
+    )
+    return True
+
+
+def _make(request: BackendRequest) -> MySqlBackend:
+    return MySqlBackend(request.db, run_id=request.run_id, worker_id=request.worker_id)
+
+
+#: ``--threadcreator-db=mysql+asyncmy://…`` (or ``mysql+aiomysql://…``)
+KIND = BackendKind(
+    name="mysql",
+    values=(),
+    make=_make,
+    check_url=check_url,
+    schemes=("mysql", "mariadb"),
+)

@@ -1,0 +1,343 @@
+"""The data path of one MySQL/MariaDB database: :class:`MySqlStore`, on an asyncmy pool.
+
+The pool lives on one private background event loop (given by the backend), so a database
+outlives the test's event loop. ThreadCreator's create is one round trip: ``START TRANSACTION``,
+both INSERTs and ``COMMIT`` sent as one multi-statement packet (the server stops at the first
+failing statement; the store then rolls back). With a fault decider it steps through the same
+transaction one statement at a time. A reset is one round trip too (``DELETE`` of every table,
+foreign key checks off for its span, the setup hook's rows copied back from the template).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy.dialects.mysql import asyncmy as sa_asyncmy
+
+from .._background import BackgroundLoop
+from ..errors import BackendUnavailableError, ConfigurationError, DatabaseError
+from ..faults.steps import FaultDecider, apply_fault
+from .base import Query, StatementCallback, Store, ThreadIdTaken
+from .compile import compile_select, insert_plan
+from .transient import is_mysql_transient
+
+if TYPE_CHECKING:
+    from ..schema import ThreadSchema
+
+__all__ = ["ADMIN_TIMEOUT", "MULTI_STATEMENTS", "MySqlStore", "asyncmy_module", "quote"]
+
+DEFAULT_STORE_POOL = 10
+ACQUIRE_TIMEOUT = 30.0
+ADMIN_TIMEOUT = 60.0
+#: asyncmy's CLIENT.MULTI_STATEMENTS flag: several statements in one packet.
+MULTI_STATEMENTS = 1 << 16
+#: MySQL's error for a duplicate key.
+_DUPLICATE_KEY = 1062
+_INSTALL = "pip install 'pytest-threadcreator[mysql]'"
+
+T = TypeVar("T")
+
+_DIALECT = sa_asyncmy.dialect()
+_PREPARER = _DIALECT.identifier_preparer
+
+
+def asyncmy_module() -> Any:
+    """The asyncmy module, or BackendUnavailableError saying how to install it."""
+    try:
+        return importlib.import_module("asyncmy")
+    except ImportError:
+        raise BackendUnavailableError(
+            f"the MySQL/MariaDB backend needs the asyncmy driver: {_INSTALL}"
+        ) from None
+
+
+def quote(name: str) -> str:
+    """A MySQL identifier in backquotes."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+async def _run(conn: Any, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    async with conn.cursor() as cursor:
+        await cursor.execute(sql, params)
+        rows = list(await cursor.fetchall() or ())
+        while await cursor.nextset():
+            pass
+    return rows
+
+
+async def _settled(job: Coroutine[Any, Any, T]) -> T:
+    """Await ``job`` (one round trip); if the caller is cancelled meanwhile, let the round trip
+    finish first, then raise CancelledError.
+
+    A statement cut off half-way would leave the connection out of step with the server (its
+    reply still unread) and its outcome unknown; this way, when CancelledError propagates, the
+    statement either ran or did not, and the connection is fit for a rollback and for reuse.
+    """
+    task = asyncio.ensure_future(job)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait((task,))
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation is what the caller sees
+        raise
+
+
+class MySqlStore(Store):
+    """ThreadCreator's data path on one MySQL/MariaDB database (an asyncmy pool)."""
+
+    def __init__(
+        self,
+        *,
+        schema: ThreadSchema,
+        connect_kwargs: Mapping[str, Any],
+        background: BackgroundLoop,
+        max_size: int = DEFAULT_STORE_POOL,
+        name: str,
+        template: str | None = None,
+        seeded: Sequence[str] = (),
+    ) -> None:
+        if max_size < 1:
+            raise ConfigurationError(f"MySqlStore max_size must be >= 1, got {max_size}")
+        self.schema = schema
+        self.connect_kwargs = dict(connect_kwargs, db=name)
+        self.background = background
+        self.max_size = max_size
+        self.name = name
+        self._pool: Any = None
+        self._pool_lock: asyncio.Lock | None = None
+        self._checked_out = 0
+        self._closed = False
+        self._watcher: StatementCallback | None = None
+        tables = [_PREPARER.format_table(t) for t in reversed(schema.metadata.sorted_tables)]
+        statements = ["SET FOREIGN_KEY_CHECKS = 0"] + [f"DELETE FROM {t}" for t in tables]
+        for table in seeded:
+            statements.append(
+                f"INSERT INTO {quote(table)} SELECT * FROM {quote(template or '')}.{quote(table)}"
+            )
+        statements.append("SET FOREIGN_KEY_CHECKS = 1")
+        self._reset_sql = tuple(statements)
+        thread_pk = schema.owner_column or schema.thread_id_column
+        self._owner_sql = (
+            f"SELECT {_PREPARER.quote(thread_pk)} FROM "
+            f"{_PREPARER.format_table(schema.thread_table)} "
+            f"WHERE {_PREPARER.quote(schema.thread_id_column)} = %s"
+        )
+
+    def __repr__(self) -> str:
+        return f"<MySqlStore {self.name} checked_out={self._checked_out}>"
+
+    # -- pool ------------------------------------------------------------------------------
+    async def _get_pool(self) -> Any:
+        if self._pool is not None:
+            return self._pool
+        if self._closed:
+            raise DatabaseError(
+                f"the MySQL database {self.name} was released; request threadcreator_db in this "
+                "test to get a live one"
+            )
+        if self._pool_lock is None:
+            self._pool_lock = asyncio.Lock()
+        async with self._pool_lock:
+            if self._pool is None:
+                self._pool = await asyncmy_module().create_pool(
+                    minsize=1,
+                    maxsize=self.max_size,
+                    autocommit=True,
+                    charset="utf8mb4",
+                    client_flag=MULTI_STATEMENTS,
+                    **self.connect_kwargs,
+                )
+        return self._pool
+
+    async def _acquire(self) -> tuple[Any, Any]:
+        pool = await self._get_pool()
+        try:
+            conn = await asyncio.wait_for(pool.acquire(), ACQUIRE_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise DatabaseError(
+                f"no free connection to {self.name} within {ACQUIRE_TIMEOUT:.0f} s: all "
+                f"{self.max_size} store connections stayed busy. Lower the concurrency, or look "
+                "for tasks a test leaked that still hold connections"
+            ) from None
+        self._checked_out += 1
+        return pool, conn
+
+    def _release(self, pool: Any, conn: Any) -> None:
+        self._checked_out -= 1
+        pool.release(conn)  # a connection left inside a transaction is closed, not reused
+
+    def checked_out(self) -> int:
+        """Store connections acquired by calls still running."""
+        return self._checked_out
+
+    async def watch_statements(self, callback: StatementCallback | None) -> None:
+        """Report every statement packet the store sends from now on (None: stop)."""
+        self._watcher = callback
+
+    async def _execute(
+        self, conn: Any, sql: str | Sequence[str], params: Sequence[Any] = ()
+    ) -> list[Any]:
+        """Run ``sql`` (a statement, or several in one packet) in one round trip; the first
+        result's rows. The watcher sees each statement."""
+        statements = [sql] if isinstance(sql, str) else list(sql)
+        if self._watcher is not None:
+            for statement in statements:
+                self._watcher(f"store {self.name}", statement)
+        return await _settled(_run(conn, "; ".join(statements), tuple(params)))
+
+    # -- Store API ---------------------------------------------------------------------------
+    async def create(
+        self,
+        thread_row: Mapping[str, Any],
+        message_row: Mapping[str, Any],
+        *,
+        explicit_id: bool,
+        decide: FaultDecider | None = None,
+    ) -> None:
+        """Insert both rows in one transaction (see the module docstring)."""
+        t_plan = insert_plan(self.schema.thread_table, tuple(thread_row), _DIALECT)
+        m_plan = insert_plan(self.schema.message_table, tuple(message_row), _DIALECT)
+        if self.schema.message_thread_column not in m_plan.columns:
+            raise ConfigurationError(
+                f"the message row builder must set {self.schema.message_table.name}."
+                f"{self.schema.message_thread_column} (the message's thread id)"
+            )
+        await self.background.submit(
+            self._create(
+                (t_plan.sql, t_plan.params(thread_row)),
+                (m_plan.sql, m_plan.params(message_row)),
+                thread_row,
+                explicit_id,
+                decide,
+            )
+        )
+
+    async def _create(
+        self,
+        thread: tuple[str, tuple[Any, ...]],
+        message: tuple[str, tuple[Any, ...]],
+        thread_row: Mapping[str, Any],
+        explicit: bool,
+        decide: FaultDecider | None,
+    ) -> None:
+        pool, conn = await self._acquire()
+        try:
+            try:
+                if decide is None:
+                    statements = ("START TRANSACTION", thread[0], message[0], "COMMIT")
+                    await self._execute(conn, statements, thread[1] + message[1])
+                else:
+                    await self._execute(conn, "START TRANSACTION")
+                    await apply_fault(decide, "thread_insert")
+                    await self._execute(conn, *thread)
+                    await apply_fault(decide, "message_insert")
+                    await self._execute(conn, *message)
+                    await apply_fault(decide, "commit")
+                    await self._execute(conn, "COMMIT")
+            except BaseException as exc:
+                await self._roll_back(conn)
+                if isinstance(exc, Exception):
+                    await self._raise_if_taken(conn, exc, thread_row, explicit)
+                raise
+        finally:
+            self._release(pool, conn)
+
+    async def _roll_back(self, conn: Any) -> None:
+        """Roll back after a failure; a connection that cannot is closed (never reused)."""
+        try:
+            await _settled(conn.rollback())
+        except BaseException:
+            conn.close()
+
+    async def _raise_if_taken(
+        self, conn: Any, exc: Exception, thread_row: Mapping[str, Any], explicit: bool
+    ) -> None:
+        """Raise ThreadIdTaken when ``exc`` is a duplicate key and the thread id exists."""
+        args = getattr(exc, "args", ())
+        if not explicit or not args or args[0] != _DUPLICATE_KEY or not conn.connected:
+            return
+        rows = await self._execute(
+            conn, self._owner_sql, (thread_row[self.schema.thread_id_column],)
+        )
+        if rows:  # the transaction was rolled back: the thread is someone else's
+            raise ThreadIdTaken(str(rows[0][0])) from None
+
+    async def fetch_all(self, statement: Query) -> list[dict[str, Any]]:
+        """Run a SELECT; rows keyed by result column name, values as SQLAlchemy returns them."""
+        compiled = compile_select(statement, _DIALECT)
+        records = await self.background.submit(self._fetch(compiled.sql, compiled.params))
+        return compiled.rows(records)
+
+    def fetch_all_sync(self, statement: Query) -> list[dict[str, Any]]:
+        """Like :meth:`fetch_all`, blocking, for use outside an event loop."""
+        compiled = compile_select(statement, _DIALECT)
+        return compiled.rows(self.background.run(self._fetch(compiled.sql, compiled.params)))
+
+    async def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        pool, conn = await self._acquire()
+        try:
+            return await self._execute(conn, sql, params)
+        finally:
+            self._release(pool, conn)
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Deadlock (1213) or lock wait timeout (1205) anywhere in the chain."""
+        return is_mysql_transient(exc)
+
+    async def lock_waits(self) -> list[str]:
+        """Transactions on this server waiting for a row lock and who blocks them (InnoDB)."""
+        sql = (
+            "SELECT r.trx_mysql_thread_id, LEFT(COALESCE(r.trx_query, ''), 160), "
+            "b.trx_mysql_thread_id, LEFT(COALESCE(b.trx_query, ''), 160) "
+            "FROM information_schema.INNODB_LOCK_WAITS w "
+            "JOIN information_schema.INNODB_TRX r ON r.trx_id = w.requesting_trx_id "
+            "JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id"
+        )
+        try:
+            rows = await self.background.submit(self._fetch(sql, ()))
+        except Exception:  # MySQL 8 moved these tables; nothing to report then
+            return []
+        return [
+            f"lock wait: connection {r[0]} ({r[1]!r}) blocked by connection {r[2]} ({r[3]!r})"
+            for r in rows
+        ]
+
+    def reset(self) -> None:
+        """Empty every table of the schema in one round trip (see the module docstring)."""
+
+        async def reset() -> None:
+            pool, conn = await self._acquire()
+            try:
+                await self._execute(conn, self._reset_sql)
+            finally:
+                self._release(pool, conn)
+
+        self.background.run(reset(), timeout=ADMIN_TIMEOUT)
+
+    def close(self) -> None:
+        """Close the pool (connections still in use are closed at once)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pool is None or self.background.closed:
+            return
+        pool, self._pool = self._pool, None
+        if self.background.in_loop_thread():
+            pool.terminate()
+            return
+
+        async def close() -> None:
+            pool.close()
+            try:
+                await asyncio.wait_for(pool.wait_closed(), 5.0)
+            except (asyncio.TimeoutError, Exception):  # terminate whatever is left
+                pool.terminate()
+
+        self.background.run(close())

@@ -1,0 +1,287 @@
+"""The MySQL/MariaDB backend against a real server (``THREADCREATOR_MYSQL_URL``, default
+``mysql+asyncmy://root@127.0.0.1:3306/``): names, registry marks, run locks, the sweep of a
+killed run, lookalikes, utf8mb4, foreign keys and the store's transient errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import asyncmy
+import pytest
+from sqlalchemy import Integer, column, insert, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+
+from pytest_threadcreator import ThreadCreator, UserExecutionContext
+from pytest_threadcreator.backends.mysql import REGISTRY, MySqlBackend, lock_name
+from pytest_threadcreator.backends.postgresql.janitor import new_run_id
+from pytest_threadcreator.database import Database
+from pytest_threadcreator.schema import default_schema
+
+from ..helpers import MYSQL_SERVER_URL, mysql_server_missing, needs_marks
+
+pytestmark = needs_marks(mysql_server_missing())
+
+SCHEMA = default_schema()
+T = SCHEMA.thread_table
+M = SCHEMA.message_table
+
+
+def _server() -> dict[str, Any]:
+    url = make_url(MYSQL_SERVER_URL)
+    return {
+        "host": url.host or "localhost",
+        "port": url.port or 3306,
+        "user": url.username or "root",
+        "password": url.password or "",
+    }
+
+
+def _sql(sql: str, params: tuple[Any, ...] = (), db: str | None = None) -> list[Any]:
+    """Run one statement on the server with a connection of its own; its rows."""
+
+    async def run() -> list[Any]:
+        conn = await asyncmy.connect(autocommit=True, db=db, **_server())
+        try:
+            async with conn.cursor() as cursor:
+                await cursor.execute(sql, params)
+                return list(await cursor.fetchall() or ())
+        finally:
+            conn.close()
+
+    return asyncio.run(run())
+
+
+def _databases(prefix: str) -> set[str]:
+    rows = _sql(
+        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %s",
+        (prefix.replace("_", "\\_") + "%",),
+    )
+    return {str(row[0]) for row in rows}
+
+
+@pytest.fixture
+def backend() -> Iterator[MySqlBackend]:
+    backend = MySqlBackend(MYSQL_SERVER_URL, run_id=new_run_id(), worker_id="gw3")
+    backend.start()
+    try:
+        backend.prepare_template(SCHEMA, None)
+        yield backend
+    finally:
+        backend.stop()
+    assert not _databases(f"tc_{backend.run_id}_")
+
+
+@pytest.fixture
+def database(backend: MySqlBackend) -> Iterator[Database]:
+    database = backend.create_database("test_db", isolation="fresh")
+    yield database
+    database.dispose_engines()
+    backend.drop_database(database)
+
+
+def test_names_fit_in_64_characters_and_every_database_is_registered(
+    backend: MySqlBackend,
+) -> None:
+    label = "test_" + "a_very_long_parametrised_test_name" * 4
+    first = backend.create_database(label, isolation="fresh")
+    second = backend.create_database(label, isolation="fresh")
+    try:
+        assert first.name != second.name
+        assert max(len(first.name), len(second.name)) <= 64
+        registered = _sql(
+            f"SELECT name, run_id, worker_id FROM `{REGISTRY}`.owned WHERE run_id = %s ORDER BY name",
+            (backend.run_id,),
+        )
+        assert {tuple(row) for row in registered} == {
+            (name, backend.run_id, "gw3") for name in (first.name, second.name, backend.template)
+        }
+        assert set(backend.leftovers()) == {first.name, second.name, backend.template}
+        charset = _sql(
+            "SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA "
+            "WHERE SCHEMA_NAME = %s",
+            (first.name,),
+        )
+        assert charset == [("utf8mb4",)]
+        engines = _sql(
+            "SELECT DISTINCT ENGINE FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s",
+            (first.name,),
+        )
+        assert engines == [("InnoDB",)]
+    finally:
+        backend.drop_database(first)
+        backend.drop_database(second)
+    assert backend.leftovers() == [backend.template]
+
+
+def test_the_run_lock_is_held_for_the_backends_life(backend: MySqlBackend) -> None:
+    lock = lock_name(backend.run_id, backend.worker_id)
+    assert _sql("SELECT IS_FREE_LOCK(%s)", (lock,)) == [(0,)]
+    backend.stop()
+    assert _sql("SELECT IS_FREE_LOCK(%s)", (lock,)) == [(1,)]
+
+
+_KILLED_RUN = textwrap.dedent(
+    """
+    import sys, time
+    from pytest_threadcreator.backends.mysql import MySqlBackend
+    from pytest_threadcreator.schema import default_schema
+
+    backend = MySqlBackend(sys.argv[1], run_id=sys.argv[2], worker_id="gw0")
+    backend.start()
+    backend.prepare_template(default_schema(), None)
+    backend.create_database("killed_one", isolation="fresh")
+    backend.create_database("killed_two", isolation="clean")
+    print("ready", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_a_killed_runs_databases_are_swept_and_lookalikes_survive() -> None:
+    dead = new_run_id()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_RUN, MYSQL_SERVER_URL, dead],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        made = _databases(f"tc_{dead}_")
+        assert len(made) == 3  # the template and two databases
+        # A live run is never swept.
+        live_check = MySqlBackend(MYSQL_SERVER_URL, run_id=new_run_id(), worker_id="gw1")
+        live_check.start()
+        live_check.stop()
+        assert live_check.swept == []
+        assert _databases(f"tc_{dead}_") == made
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # Lookalikes: the dead run's name pattern without a registry row, and a registry row that
+    # names another run than the database's name does.
+    lookalike = f"tc_{dead}_gw0_zz_users_own"
+    mismatch = f"tc_{dead}_gw7_1_other_run"
+    _sql(f"CREATE DATABASE `{lookalike}`")
+    _sql(f"CREATE DATABASE `{mismatch}`")
+    _sql(
+        f"INSERT INTO `{REGISTRY}`.owned (name, run_id, worker_id) VALUES (%s, %s, %s)",
+        (mismatch, "someoneelse", "gw7"),
+    )
+    try:
+        sweeper = MySqlBackend(MYSQL_SERVER_URL, run_id=new_run_id(), worker_id="gw2")
+        sweeper.start()
+        sweeper.stop()
+        assert set(sweeper.swept) == made
+        assert _databases(f"tc_{dead}_") == {lookalike, mismatch}
+        assert _sql(f"SELECT name FROM `{REGISTRY}`.owned WHERE run_id = %s", (dead,)) == []
+    finally:
+        _sql(f"DROP DATABASE IF EXISTS `{lookalike}`")
+        _sql(f"DROP DATABASE IF EXISTS `{mismatch}`")
+        _sql(f"DELETE FROM `{REGISTRY}`.owned WHERE name = %s", (mismatch,))
+
+
+@pytest.mark.asyncio
+async def test_four_byte_characters_round_trip(database: Database) -> None:
+    text = "threads 🧵 and emoji 😀 in 𝔘𝔫𝔦𝔠𝔬𝔡𝔢"
+    creator = ThreadCreator(database)
+    made = await creator.create_thread_with_message(UserExecutionContext(user_id="u🧵"), text)
+    (row,) = await database.store.fetch_all(
+        select(M.c.content).where(M.c.thread_id == made.thread.id)
+    )
+    assert text in str(row["content"])
+    async with database.session() as session:
+        owner = (await session.execute(select(T.c.user_id))).scalar_one()
+    assert owner == "u🧵"
+
+
+@pytest.mark.asyncio
+async def test_foreign_keys_are_enforced(database: Database) -> None:
+    async with database.session() as session:
+        with pytest.raises(IntegrityError) as info:
+            async with session.begin():
+                await session.execute(
+                    insert(M).values(
+                        id="msg_orphan",
+                        object="thread.message",
+                        thread_id="thread_missing",
+                        role="user",
+                        content=[],
+                        created_at=1,
+                        metadata_={},
+                    )
+                )
+    assert info.value.orig is not None and info.value.orig.args[0] == 1452
+    assert await database.count_messages() == 0
+
+
+@pytest.mark.asyncio
+async def test_a_lock_wait_timeout_is_transient(database: Database) -> None:
+    creator = ThreadCreator(database)
+    made = await creator.create_thread_with_message(UserExecutionContext(user_id="u1"), "hi")
+    holder = await asyncmy.connect(db=database.name, **_server())
+    waiter = await asyncmy.connect(db=database.name, **_server())
+    try:
+        async with holder.cursor() as h, waiter.cursor() as w:
+            await h.execute("START TRANSACTION")
+            await h.execute("SELECT id FROM threads WHERE id = %s FOR UPDATE", (made.thread.id,))
+            await w.execute("SET SESSION innodb_lock_wait_timeout = 1")
+            with pytest.raises(asyncmy.errors.OperationalError) as info:
+                await w.execute("UPDATE threads SET title = 'x' WHERE id = %s", (made.thread.id,))
+            await h.execute("ROLLBACK")
+    finally:
+        holder.close()
+        waiter.close()
+    assert info.value.args[0] == 1205
+    assert database.store.is_transient(info.value)
+
+
+@pytest.mark.asyncio
+async def test_clean_reset_empties_every_table_with_foreign_keys_on(backend: MySqlBackend) -> None:
+    database = backend.create_database("clean_db", isolation="clean")
+    try:
+        creator = ThreadCreator(database)
+        for i in range(3):
+            await creator.create_thread_with_message(UserExecutionContext(user_id=f"u{i}"), "x")
+        database.store.reset()
+        assert (await database.count_threads(), await database.count_messages()) == (0, 0)
+        # the store's connection that ran the reset has foreign key checks on again
+        checks = text("SELECT @@FOREIGN_KEY_CHECKS AS fk").columns(column("fk", Integer))
+        assert await database.store.fetch_all(checks) == [{"fk": 1}]
+        await creator.create_thread_with_message(UserExecutionContext(user_id="again"), "x")
+        assert await database.count_threads() == 1
+    finally:
+        database.dispose_engines()
+        backend.drop_database(database)
+
+
+def test_a_setup_hooks_rows_are_in_every_new_database_and_survive_a_reset() -> None:
+    backend = MySqlBackend(MYSQL_SERVER_URL, run_id=new_run_id(), worker_id="gw4")
+    backend.start()
+    try:
+
+        def seed(template: Database) -> None:
+            async def create() -> None:
+                await ThreadCreator(template).create_thread_with_message(
+                    UserExecutionContext(user_id="seeded"), "from setup"
+                )
+
+            asyncio.run(create())
+
+        backend.prepare_template(SCHEMA, seed)
+        database = backend.create_database("seeded", isolation="clean")
+        rows = database.store.fetch_all_sync(select(T.c.user_id))
+        assert rows == [{"user_id": "seeded"}]
+        database.store.reset()
+        assert database.store.fetch_all_sync(select(T.c.user_id)) == rows
+        backend.drop_database(database)
+    finally:
+        backend.stop()
+    assert not _databases(f"tc_{backend.run_id}_")
