@@ -514,7 +514,9 @@ def test_keep_database_renames_it_out_of_the_cleanup(backend: PostgresBackend) -
     old = database.name
     kept = backend.keep_database(database)
     try:
-        assert kept == database.name == "tk_" + old.removeprefix("tc_")
+        # named after its test even when it came from the spares (named "…_fresh")
+        assert kept == database.name
+        assert kept.startswith(f"tk_{backend.run_id}_gw7_") and kept.endswith("_kept_one")
         assert database.location.endswith("/" + kept)
         assert _databases_like(kept) == [kept] and _databases_like(old) == []
         assert parse_database_name(kept) is None

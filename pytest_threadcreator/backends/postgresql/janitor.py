@@ -265,10 +265,19 @@ def comment_sql(name: str, note: str) -> str:
     return f"COMMENT ON DATABASE {_quote(name)} IS '{note.replace(chr(39), chr(39) * 2)}'"
 
 
-async def create_marked(conn: Any, name: str, run_id: str, template: str | None = None) -> None:
+async def create_marked(
+    conn: Any, name: str, run_id: str, template: str | None = None, *, file_copy: bool = False
+) -> None:
     """``CREATE DATABASE`` and mark it as ``run_id``'s at once (two statements: CREATE DATABASE
-    cannot share a transaction, and a clone does not inherit its template's comment)."""
+    cannot share a transaction, and a clone does not inherit its template's comment).
+
+    ``file_copy`` (PostgreSQL 15 and later): clone with ``STRATEGY FILE_COPY``, which copies the
+    template's few files instead of writing every block to the WAL (several times faster for a
+    small template).
+    """
     clone = f" TEMPLATE {_quote(template)}" if template is not None else ""
+    if template is not None and file_copy:
+        clone += " STRATEGY FILE_COPY"
     await conn.execute(f"CREATE DATABASE {_quote(name)}{clone}")
     await conn.execute(comment_sql(name, ownership_mark(run_id)))
 

@@ -15,6 +15,10 @@ ENV_WORKER_COUNT = "PYTEST_XDIST_WORKER_COUNT"
 SERVER_HEADROOM = 5
 DEFAULT_ENGINE_POOL = 5
 DEFAULT_ENGINE_OVERFLOW = 10
+#: ``fresh`` databases a worker keeps cloned ahead (each costs the template's size on disk).
+DEFAULT_SPARES = 2
+#: Connections of a worker that serve no database: the admin one, the spares' cloner and dropper.
+SERVICE_CONNECTIONS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +31,8 @@ class PoolPlan:
     store_max: int
     engine_pool_size: int
     engine_max_overflow: int
+    #: ``fresh`` databases cloned ahead by the worker's tender (never more than this at once)
+    spares: int = DEFAULT_SPARES
 
 
 def plan_pools(
@@ -39,8 +45,9 @@ def plan_pools(
     """Split the server's connections so that every xdist worker's pools fit.
 
     The rule: ``usable = max_connections - superuser_reserved_connections - 5`` (headroom for
-    psql and monitoring); each of the ``workers`` gets ``usable // workers``; one of those is
-    the admin connection; the rest is shared by at most two live databases (the worker's
+    psql and monitoring); each of the ``workers`` gets ``usable // workers``; three of those are
+    the admin connection and the tender's two (which clone ``fresh`` databases ahead and drop
+    used ones, :data:`DEFAULT_SPARES` at most, or none when connections are tight); the rest is shared by at most two live databases (the worker's
     ``clean`` database and a ``fresh`` one), and within a database half goes to the store pool
     (ThreadCreator, integrity reads; default 10, or ``requested``) and the remainder to the
     engine for the test's own code (``pool_size`` default 5, or ``requested``, plus overflow up
@@ -50,7 +57,10 @@ def plan_pools(
     workers = max(1, workers)
     usable = max_connections - reserved - SERVER_HEADROOM
     per_worker = usable // workers
-    per_database = (per_worker - 1) // 2
+    spares = DEFAULT_SPARES
+    per_database = (per_worker - SERVICE_CONNECTIONS) // 2
+    if per_database < 2:  # too tight for a tender: clone on demand, as without one
+        spares, per_database = 0, (per_worker - 1) // 2
     if per_database < 2:
         raise ConfigurationError(
             f"PostgreSQL max_connections={max_connections} is too low for {workers} workers "
@@ -62,7 +72,7 @@ def plan_pools(
     engine_total = per_database - store_max
     engine_pool = max(1, min(requested or DEFAULT_ENGINE_POOL, engine_total))
     overflow = max(0, min(DEFAULT_ENGINE_OVERFLOW, engine_total - engine_pool))
-    return PoolPlan(max_connections, workers, per_worker, store_max, engine_pool, overflow)
+    return PoolPlan(max_connections, workers, per_worker, store_max, engine_pool, overflow, spares)
 
 
 def worker_count() -> int:
