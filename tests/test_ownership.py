@@ -3,9 +3,9 @@
 The plugin drops only databases it marked as its own when it created them (SPEC §8). Here a
 user's databases with rows, named like the plugin's (the three names that a name-based sweep once
 dropped, and names of exactly the plugin's format, some with the run id of a killed run), sit on
-the server through a normal run, a SIGKILLed run and a ``-n 2`` run that sweeps the killed run's
-leftovers: as the superuser, and as an ordinary role with CREATEDB that owns them and runs the
-plugin.
+the server through a normal run, a SIGKILLed run (with fresh databases cloned ahead by its
+tender) and a ``-n 2`` run that sweeps the killed run's leftovers: as the superuser, and as an
+ordinary role with CREATEDB that owns them and runs the plugin.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from pytest_threadcreator.backends.postgresql.janitor import parse_database_name
+from pytest_threadcreator.backends.postgresql.janitor import marked_run, parse_database_name
 from pytest_threadcreator.backends.postgresql.servers import async_url as _async_url
 from pytest_threadcreator.backends.postgresql.servers import connect_kwargs as _connect_kwargs
 
@@ -65,6 +65,12 @@ async def test_fresh(threadcreator_db, thread_creator, user_context):
 STUCK = """
 import os, pathlib, time
 import pytest
+
+@pytest.mark.asyncio
+@pytest.mark.threadcreator(isolation="fresh")
+async def test_a_fresh_one_first(threadcreator_db, thread_creator, user_context):
+    # the backend's tender starts cloning spare fresh databases ahead
+    await thread_creator.create_thread_with_message(user_context, "fresh")
 
 @pytest.mark.asyncio
 async def test_stuck(threadcreator_db, thread_creator, user_context):
@@ -140,6 +146,18 @@ def assert_all_survive(names: list[str], when: str) -> None:
     counts = asyncio.run(_rows_in(names))
     lost = {name: n for name, n in counts.items() if n != ROWS}
     assert not lost, f"{when}: the user's databases were dropped or emptied: {lost}"
+
+
+def _marked_spares_of_run(run_id: str) -> list[str]:
+    """The run's fresh databases cloned ahead (``…_fresh``) that carry the run's mark."""
+    rows = asyncio.run(
+        _run_admin(
+            "SELECT datname, shobj_description(oid, 'pg_database') AS note FROM pg_database "
+            "WHERE starts_with(datname, $1) AND datname LIKE '%\\_fresh'",
+            f"tc_{run_id}_",
+        )
+    )
+    return sorted(row["datname"] for row in rows if marked_run(row["note"]) == run_id)
 
 
 def _databases_of_run(run_id: str) -> list[str]:
@@ -249,19 +267,28 @@ def test_lookalike_databases_survive_runs_a_killed_run_and_the_sweep(
             assert stuck.poll() is None, stuck.communicate()[0]
             assert time.monotonic() < deadline, "the inner run never reached its test"
             time.sleep(0.05)
+        parsed = parse_database_name(marker.read_text())
+        assert parsed is not None
+        while not _marked_spares_of_run(parsed.run_id):  # its tender cloned some ahead
+            assert stuck.poll() is None, stuck.communicate()[0]
+            assert time.monotonic() < deadline, "the inner run cloned no spare database"
+            time.sleep(0.05)
         stuck.send_signal(signal.SIGKILL)
         stuck.wait(timeout=30)
     finally:
         if stuck.poll() is None:
             stuck.kill()
             stuck.wait()
-    parsed = parse_database_name(marker.read_text())
-    assert parsed is not None
     dead = parsed.run_id
     assert _databases_of_run(dead), "a killed run leaves its databases"
+    assert _marked_spares_of_run(dead), "among them, marked, the fresh ones cloned ahead"
     assert_all_survive(lookalikes, "after a killed run")
     # the user's databases named exactly as the killed run's would be
-    same_run = [f"tc_{dead}_master_99_user_copy", f"tc_{dead}_gw5_template"]
+    same_run = [
+        f"tc_{dead}_master_99_user_copy",
+        f"tc_{dead}_gw5_template",
+        f"tc_{dead}_master_98_fresh",  # named like a spare
+    ]
     asyncio.run(_create_lookalikes(owner, same_run))
     try:
         # 3. the next run, under xdist: its workers sweep the killed run's databases

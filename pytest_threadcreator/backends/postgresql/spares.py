@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,6 +27,9 @@ __all__ = ["SpareTender"]
 
 class SpareTender:
     """Keeps ``target`` cloned databases ready and drops used ones, on ``background``'s loop.
+
+    A worker's databases on the server are thus at most its tests' own, ``target`` clones ready
+    or being made, and ``target`` waiting to be dropped.
 
     Two tasks, each on a connection of its own, so that a drop never holds up a clone: the
     cloner keeps ``target`` clones ready; the dropper drops what tests are done with.
@@ -62,6 +66,9 @@ class SpareTender:
         self._cloner: asyncio.Task[None] | None = None
         self._dropper: asyncio.Task[None] | None = None
         self._stopping = False
+        #: databases handed to discard() and not dropped yet (at most ``target``)
+        self._pending = 0
+        self._pending_lock = threading.Lock()
         #: why the tender stopped early, if it did
         self.failure: str | None = None
         #: drops that failed (the backend retries them at stop, with everything else marked)
@@ -93,9 +100,14 @@ class SpareTender:
         return name
 
     def discard(self, name: str) -> bool:
-        """Drop ``name`` in the background; False when the tender is gone (drop it yourself)."""
+        """Drop ``name`` in the background; False when the tender is gone or already has
+        ``target`` drops to do (drop it yourself: what waits for a drop stays bounded)."""
         if not _alive(self._dropper) or self._stopping:
             return False
+        with self._pending_lock:
+            if self._pending >= self.target:
+                return False
+            self._pending += 1
         self._background.loop.call_soon_threadsafe(self._doom, name)
         return True
 
@@ -189,6 +201,8 @@ class SpareTender:
                             raise
                     finally:
                         self._doomed.popleft()
+                        with self._pending_lock:
+                            self._pending -= 1
                     continue
                 self._drained.set()
                 if self._stopping:
