@@ -43,7 +43,11 @@ from pytest_threadcreator.backends.postgresql.janitor import (
     template_name,
 )
 from pytest_threadcreator.backends.postgresql.local import LocalCluster, remove_stale_clusters
-from pytest_threadcreator.backends.postgresql.pools import plan_pools
+from pytest_threadcreator.backends.postgresql.pools import (
+    DEFAULT_SPARES,
+    plan_pools,
+    service_connections,
+)
 from pytest_threadcreator.backends.postgresql.servers import async_url as _async_url
 from pytest_threadcreator.backends.postgresql.servers import connect_kwargs as _connect_kwargs
 from pytest_threadcreator.database import Database
@@ -252,10 +256,15 @@ def test_pool_plan_fits_max_connections() -> None:
     for workers in (1, 2, 3, 4, 8):
         plan = plan_pools(100, workers=workers)
         per_database = plan.store_max + plan.engine_pool_size + plan.engine_max_overflow
-        service = 3 if plan.spares else 1  # the admin connection, the tender's two
+        service = service_connections(plan.spares)  # the admin connection, the tender's
         assert workers * (service + 2 * per_database) <= 100 - 3 - 5
+        assert plan.spares > 0 and per_database >= 4, "spares never starve a database"
+    assert plan_pools(100, workers=2).spares == DEFAULT_SPARES
     assert plan_pools(100, workers=1, requested=4).store_max == 4
-    assert plan_pools(100, workers=8).spares == 2
+    assert service_connections(DEFAULT_SPARES) == DEFAULT_SPARES + 2
+    tighter = plan_pools(20, reserved=3, workers=1)  # 12 usable: room for fewer spares
+    assert 0 < tighter.spares < DEFAULT_SPARES
+    assert service_connections(tighter.spares) + 2 * 4 <= 12
     tight = plan_pools(14, reserved=3, workers=1)  # 6 usable: room for databases, not a tender
     assert (tight.spares, tight.store_max) == (0, 1)
 
@@ -623,7 +632,7 @@ def test_spares_are_marked_empty_schema_ready_and_take_no_schema_change_along() 
     backend.start()
     try:
         backend.prepare_template(SCHEMA, None)
-        assert backend.plan is not None and backend.plan.spares == 2
+        assert backend.plan is not None and backend.plan.spares == DEFAULT_SPARES
         first = backend.create_database("first", isolation="fresh")  # starts the tender
         # the first test changes the schema of its database and leaves rows behind
         for sql in ("ALTER TABLE threads ADD COLUMN leaked text", "CREATE TABLE leaked (id int)"):

@@ -31,8 +31,9 @@ class SpareTender:
     A worker's databases on the server are thus at most its tests' own, ``target`` clones ready
     or being made, and ``target`` waiting to be dropped.
 
-    Two tasks, each on a connection of its own, so that a drop never holds up a clone: the
-    cloner keeps ``target`` clones ready; the dropper drops what tests are done with.
+    Each task on a connection of its own, so that a drop never holds up a clone: ``target``
+    cloners keep ``target`` clones ready (clones made side by side share the server's
+    checkpoints, so two cost little more than one); the dropper drops what tests are done with.
     ``connect()`` opens a connection (holding the run's lock like the admin one);
     ``make_name()`` names the next clone; ``clone(conn, name)`` creates and marks it;
     ``drop(conn, name)`` drops it if it carries the run's mark.
@@ -58,12 +59,12 @@ class SpareTender:
         self._ready: collections.deque[str] = collections.deque()
         #: databases to drop, oldest first (only touched on the loop)
         self._doomed: collections.deque[str] = collections.deque()
-        self._cloning: str | None = None
+        self._cloning: set[str] = set()
         self._wake_cloner = asyncio.Event()
         self._made = asyncio.Event()
         self._wake_dropper = asyncio.Event()
         self._drained = asyncio.Event()
-        self._cloner: asyncio.Task[None] | None = None
+        self._cloners: list[asyncio.Task[None]] = []
         self._dropper: asyncio.Task[None] | None = None
         self._stopping = False
         #: databases handed to discard() and not dropped yet (at most ``target``)
@@ -80,13 +81,13 @@ class SpareTender:
 
     @property
     def running(self) -> bool:
-        """True while the cloner lives."""
-        return _alive(self._cloner)
+        """True while a cloner lives."""
+        return any(not task.done() for task in self._cloners)
 
     # -- from any thread -------------------------------------------------------------------
     def start(self) -> None:
         """Start tending (idempotent); returns at once."""
-        if self._cloner is None and not self._stopping:
+        if not self._cloners and not self._stopping:
             self._background.loop.call_soon_threadsafe(self._start)
 
     def take(self) -> str | None:
@@ -114,10 +115,7 @@ class SpareTender:
     # -- on the loop -----------------------------------------------------------------------
     def stock(self) -> set[str]:
         """The clones not handed out yet (ready, or being made)."""
-        names = set(self._ready)
-        if self._cloning is not None:
-            names.add(self._cloning)
-        return names
+        return set(self._ready) | self._cloning
 
     async def drained(self) -> None:
         """Wait until every database discarded so far is dropped (or the dropper stopped)."""
@@ -130,35 +128,32 @@ class SpareTender:
         self._stopping = True
         self._wake_cloner.set()
         self._wake_dropper.set()
-        tasks = [t for t in (self._cloner, self._dropper) if t is not None]
+        tasks = [*self._cloners, *([self._dropper] if self._dropper is not None else [])]
         if tasks:
             await asyncio.wait(tasks)
-        left = list(self._doomed) + list(self._ready)
-        if self._cloning is not None:  # it failed or was cancelled mid-clone: it may exist
-            left.append(self._cloning)
+        # and a clone that failed or was cancelled midway: it may exist
+        left = [*self._doomed, *self._ready, *sorted(self._cloning)]
         self._doomed.clear()
         self._ready.clear()
         return left
 
     async def _next(self) -> str | None:
         while not self._ready:
-            cloner = self._cloner
-            if cloner is None or cloner.done() or self._stopping:
+            if not self.running or self._stopping:
                 return None
-            self._made.clear()
+            self._made.clear()  # set by each clone made, and by each cloner that stops
             self._wake_cloner.set()
-            made = asyncio.ensure_future(self._made.wait())
-            try:
-                await asyncio.wait((made, cloner), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                made.cancel()
+            await self._made.wait()
         self._wake_cloner.set()
         return self._ready.popleft()
 
     def _start(self) -> None:
-        if self._cloner is None and not self._stopping:
+        if not self._cloners and not self._stopping:
             loop = asyncio.get_running_loop()
-            self._cloner = loop.create_task(self._keep_cloning(), name="threadcreator-pg-cloner")
+            self._cloners = [
+                loop.create_task(self._keep_cloning(), name=f"threadcreator-pg-cloner-{n}")
+                for n in range(self.target)
+            ]
             self._dropper = loop.create_task(self._keep_dropping(), name="threadcreator-pg-dropper")
 
     def _doom(self, name: str) -> None:
@@ -171,11 +166,12 @@ class SpareTender:
         try:
             conn = await self._connect()
             while not self._stopping:
-                if len(self._ready) < self.target:
-                    name = self._cloning = self._make_name()
+                if len(self._ready) + len(self._cloning) < self.target:
+                    name = self._make_name()
+                    self._cloning.add(name)
                     await self._clone(conn, name)
                     self._ready.append(name)
-                    self._cloning = None
+                    self._cloning.discard(name)
                     self._made.set()
                     continue
                 self._wake_cloner.clear()
