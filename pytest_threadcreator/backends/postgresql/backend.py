@@ -238,15 +238,15 @@ class PostgresBackend(Backend):
             # every run against this server then has to use the same one).
             conn = await self._connect_to(str(self._connect.get("database") or "template1"))
         self._admin = conn
-        self._admin_database = await conn.fetchval("SELECT current_database()")
         row = await conn.fetchrow(
-            "SELECT current_setting('server_version') AS version, "
+            "SELECT current_setting('server_version') AS version, current_database() AS db, "
             "current_setting('max_connections')::int AS max_connections, "
             "current_setting('superuser_reserved_connections')::int AS reserved, "
             "current_setting('server_version_num')::int AS version_num, "
             "(SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user) AS can"
         )
         self.version = str(row["version"]).split()[0]
+        self._admin_database = str(row["db"])  # where the tender's connections go too
         self._file_copy = int(row["version_num"]) >= 150000
         if not row["can"]:
             raise BackendUnavailableError(
@@ -284,7 +284,7 @@ class PostgresBackend(Backend):
 
     async def _locked_connection(self) -> Any:
         """A connection to the maintenance database holding the run's lock (shared)."""
-        conn = await self._connect_to(str(self._admin_database))
+        conn = await self._connect_to(self._admin_database)
         try:
             await conn.execute("SELECT pg_advisory_lock_shared($1, $2)", *run_lock_key(self.run_id))
         except BaseException:
