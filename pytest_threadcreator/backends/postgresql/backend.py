@@ -77,7 +77,8 @@ TEMPLATE_WAIT_TIMEOUT = 600.0
 
 
 class PostgresBackend(Backend):
-    """Databases on a PostgreSQL server: per test ``CREATE DATABASE … TEMPLATE``.
+    """Databases on a PostgreSQL server: per test ``CREATE DATABASE … TEMPLATE`` (for
+    ``fresh``, cloned ahead and dropped behind by a :class:`~.spares.SpareTender`).
 
     ``mode``: ``"url"`` (``url`` required), ``"local"``, ``"docker"`` or ``"auto"`` (the
     environment's URL, then local binaries, then Docker). Build it with
