@@ -24,7 +24,9 @@ How a backend behaves on a shared server:
 * It only ever drops a database that carries the mark of the run its name says, so a user's
   database that merely looks like the plugin's survives every run, crashed run and sweep.
   (Should a process die between the ``CREATE`` and the ``COMMENT``, an unmarked database of the
-  plugin's stays behind; that is the price of never dropping a user's.)
+  plugin's stays behind; that is the price of never dropping a user's. A run of ``fresh`` tests
+  clones ahead all the time (:mod:`.spares`), so a SIGKILL in the middle of one is the likely
+  way to leave such a ``tc_…_fresh`` database.)
 * Every backend holds a *shared* advisory lock keyed by its run id on its admin connection for
   its whole life. At start it lists the ``tc_`` databases of other runs and drops a run's
   databases only after taking that run's lock *exclusively*, i.e. only when no process of that
