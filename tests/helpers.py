@@ -199,8 +199,15 @@ def start_pytest(directory: Path, *args: str, **env: str) -> subprocess.Popen[st
     )
 
 
-def kill_mid_test(run: subprocess.Popen[str], marker: Path, *, within_s: float = 60) -> str:
-    """Wait until the run's test writes ``marker``, kill the run by SIGKILL, return the marker.
+def kill_mid_test(
+    run: subprocess.Popen[str],
+    marker: Path,
+    *,
+    within_s: float = 60,
+    ready: Callable[[str], bool] | None = None,
+) -> str:
+    """Wait until the run's test writes ``marker`` (and ``ready(marker text)`` holds, if given),
+    kill the run by SIGKILL, return the marker.
 
     The inner test writes the marker once its database (or container) exists, then blocks; the
     killed run has no chance to clean anything up. ``within_s`` only guards against a hang.
@@ -211,6 +218,10 @@ def kill_mid_test(run: subprocess.Popen[str], marker: Path, *, within_s: float =
         while not (marker.exists() and marker.read_text()):
             assert run.poll() is None, run.communicate()[0]
             assert time.monotonic() < deadline, "the inner run never reached its test"
+            time.sleep(0.05)
+        while ready is not None and not ready(marker.read_text()):
+            assert run.poll() is None, run.communicate()[0]
+            assert time.monotonic() < deadline, "the inner run never got ready to be killed"
             time.sleep(0.05)
         run.send_signal(signal.SIGKILL)
         run.wait(timeout=30)

@@ -3,9 +3,9 @@
 The plugin drops only databases it marked as its own when it created them (SPEC §8). Here a
 user's databases with rows, named like the plugin's (the three names that a name-based sweep once
 dropped, and names of exactly the plugin's format, some with the run id of a killed run), sit on
-the server through a normal run, a SIGKILLed run and a ``-n 2`` run that sweeps the killed run's
-leftovers: as the superuser, and as an ordinary role with CREATEDB that owns them and runs the
-plugin.
+the server through a normal run, a SIGKILLed run (with fresh databases cloned ahead by its
+tender) and a ``-n 2`` run that sweeps the killed run's leftovers: as the superuser, and as an
+ordinary role with CREATEDB that owns them and runs the plugin.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from pytest_threadcreator.backends.postgresql.janitor import parse_database_name
+from pytest_threadcreator.backends.postgresql.janitor import marked_run, parse_database_name
+from pytest_threadcreator.backends.postgresql.pools import DEFAULT_SPARES
 
 from ..helpers import (
     PG_SERVER_URL,
@@ -67,6 +68,12 @@ async def test_fresh(threadcreator_db, thread_creator, user_context):
 STUCK = """
 import os, pathlib, time
 import pytest
+
+@pytest.mark.asyncio
+@pytest.mark.threadcreator(isolation="fresh")
+async def test_a_fresh_one_first(threadcreator_db, thread_creator, user_context):
+    # the backend's tender starts cloning spare fresh databases ahead
+    await thread_creator.create_thread_with_message(user_context, "fresh")
 
 @pytest.mark.asyncio
 async def test_stuck(threadcreator_db, thread_creator, user_context):
@@ -137,6 +144,32 @@ def assert_all_survive(names: list[str], when: str) -> None:
     counts = asyncio.run(_rows_in(names))
     lost = {name: n for name, n in counts.items() if n != ROWS}
     assert not lost, f"{when}: the user's databases were dropped or emptied: {lost}"
+
+
+def _spares_of_run(run_id: str) -> tuple[list[str], list[str]]:
+    """The run's fresh databases cloned ahead (``…_fresh``): those that carry the run's mark,
+    and those that do not (yet: between their CREATE and their COMMENT)."""
+    rows = asyncio.run(
+        _run_admin(
+            "SELECT datname, shobj_description(oid, 'pg_database') AS note FROM pg_database "
+            "WHERE starts_with(datname, $1) AND datname LIKE '%\\_fresh'",
+            f"tc_{run_id}_",
+        )
+    )
+    marked = sorted(row["datname"] for row in rows if marked_run(row["note"]) == run_id)
+    return marked, sorted(row["datname"] for row in rows if row["datname"] not in marked)
+
+
+def _run_of(name: str) -> str:
+    parsed = parse_database_name(name)
+    assert parsed is not None, name
+    return parsed.run_id
+
+
+def _tender_idle(run_id: str) -> bool:
+    """All the run's spares are cloned and marked."""
+    marked, unmarked = _spares_of_run(run_id)
+    return not unmarked and len(marked) >= DEFAULT_SPARES
 
 
 @pytest.fixture
@@ -215,13 +248,19 @@ def test_lookalike_databases_survive_runs_a_killed_run_and_the_sweep(
     # 2. a run killed outright, mid-test: its databases stay behind
     marker = pytester.path / "database-name.txt"
     stuck = _start_run(pytester.path, owner, "test_stuck.py", MARKER=str(marker))
-    parsed = parse_database_name(kill_mid_test(stuck, marker))
-    assert parsed is not None
-    dead = parsed.run_id
+    # Killed once its tender has cloned and marked its spares: killed between a clone's CREATE
+    # and its COMMENT, a run leaves that clone unmarked, not provably the plugin's, so kept.
+    name = kill_mid_test(stuck, marker, ready=lambda name: _tender_idle(_run_of(name)))
+    dead = _run_of(name)
     assert pg_databases_of_run(dead), "a killed run leaves its databases"
+    assert _spares_of_run(dead)[0], "among them, marked, the fresh ones cloned ahead"
     assert_all_survive(lookalikes, "after a killed run")
     # the user's databases named exactly as the killed run's would be
-    same_run = [f"tc_{dead}_master_99_user_copy", f"tc_{dead}_gw5_template"]
+    same_run = [
+        f"tc_{dead}_master_99_user_copy",
+        f"tc_{dead}_gw5_template",
+        f"tc_{dead}_master_98_fresh",  # named like a spare
+    ]
     asyncio.run(_create_lookalikes(owner, same_run))
     try:
         # 3. the next run, under xdist: its workers sweep the killed run's databases

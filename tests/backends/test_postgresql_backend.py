@@ -43,7 +43,11 @@ from pytest_threadcreator.backends.postgresql.janitor import (
     template_name,
 )
 from pytest_threadcreator.backends.postgresql.local import LocalCluster, remove_stale_clusters
-from pytest_threadcreator.backends.postgresql.pools import plan_pools
+from pytest_threadcreator.backends.postgresql.pools import (
+    DEFAULT_SPARES,
+    plan_pools,
+    service_connections,
+)
 from pytest_threadcreator.backends.postgresql.servers import async_url as _async_url
 from pytest_threadcreator.backends.postgresql.servers import connect_kwargs as _connect_kwargs
 from pytest_threadcreator.database import Database
@@ -231,8 +235,17 @@ def test_pool_plan_fits_max_connections() -> None:
     for workers in (1, 2, 3, 4, 8):
         plan = plan_pools(100, workers=workers)
         per_database = plan.store_max + plan.engine_pool_size + plan.engine_max_overflow
-        assert workers * (1 + 2 * per_database) <= 100 - 3 - 5
+        service = service_connections(plan.spares)  # the admin connection, the tender's
+        assert workers * (service + 2 * per_database) <= 100 - 3 - 5
+        assert plan.spares > 0 and per_database >= 4, "spares never starve a database"
+    assert plan_pools(100, workers=2).spares == DEFAULT_SPARES
     assert plan_pools(100, workers=1, requested=4).store_max == 4
+    assert service_connections(DEFAULT_SPARES) == DEFAULT_SPARES + 2
+    tighter = plan_pools(20, reserved=3, workers=1)  # 12 usable: room for fewer spares
+    assert 0 < tighter.spares < DEFAULT_SPARES
+    assert service_connections(tighter.spares) + 2 * 4 <= 12
+    tight = plan_pools(14, reserved=3, workers=1)  # 6 usable: room for databases, not a tender
+    assert (tight.spares, tight.store_max) == (0, 1)
 
 
 def test_pool_plan_refuses_too_many_workers() -> None:
@@ -494,7 +507,9 @@ def test_keep_database_renames_it_out_of_the_cleanup(pg_backend: PostgresBackend
     old = database.name
     kept = pg_backend.keep_database(database)
     try:
-        assert kept == database.name == "tk_" + old.removeprefix("tc_")
+        # named after its test even when it came from the spares (named "…_fresh")
+        assert kept == database.name
+        assert kept.startswith(f"tk_{pg_backend.run_id}_gw7_") and kept.endswith("_kept_one")
         assert database.location.endswith("/" + kept)
         assert _databases_like(kept) == [kept] and _databases_like(old) == []
         assert parse_database_name(kept) is None
@@ -576,6 +591,153 @@ def test_psycopg_url_serves_user_engines_while_the_store_uses_asyncpg() -> None:
         database.dispose_engines()
     finally:
         backend.stop()
+
+
+# -- fresh databases cloned ahead ------------------------------------------------------------
+
+
+def _marked_of(run_id: str, worker: str) -> list[str]:
+    """The databases on the server that carry ``run_id``'s mark, of ``worker``, no template."""
+    notes = _notes(*_databases_like(f"tc_{run_id}_{worker}_"))
+    return sorted(
+        name
+        for name, note in notes.items()
+        if marked_run(note) == run_id and "template" not in name
+    )
+
+
+@needs_server
+def test_spares_are_marked_empty_schema_ready_and_take_no_schema_change_along() -> None:
+    backend = PostgresBackend("url", url=SERVER_URL, run_id=new_run_id(), worker_id="gw9")
+    backend.start()
+    try:
+        backend.prepare_template(SCHEMA, None)
+        assert backend.plan is not None and backend.plan.spares == DEFAULT_SPARES
+        first = backend.create_database("first", isolation="fresh")  # starts the tender
+        # the first test changes the schema of its database and leaves rows behind
+        for sql in ("ALTER TABLE threads ADD COLUMN leaked text", "CREATE TABLE leaked (id int)"):
+            _sync_fetch(sql, database=first.name)
+        asyncio.run(first.store.create(*_rows(), explicit_id=False))
+        backend.drop_database(first)
+        for label in ("second", "third", "fourth"):
+            database = backend.create_database(label, isolation="fresh")
+            assert database.name.endswith("_fresh"), "handed out from the spares"
+            assert marked_run(_notes(database.name)[database.name]) == backend.run_id
+            tables = _sync_fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+                database=database.name,
+            )
+            assert [row["tablename"] for row in tables] == ["messages", "threads"]
+            columns = _sync_fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'threads'",
+                database=database.name,
+            )
+            assert "leaked" not in {row["column_name"] for row in columns}
+            assert asyncio.run(database.count_threads()) == 0
+            assert asyncio.run(database.count_messages()) == 0
+            asyncio.run(database.store.create(*_rows(), explicit_id=False))  # it works
+            # the spares on the server: the ones being made or ready, within the bound
+            in_use = sorted([database.name, backend.template])
+            assert backend.leftovers() == in_use, "the dropped ones are gone"
+            stock = [n for n in _marked_of(backend.run_id, "gw9") if n != database.name]
+            assert len(stock) <= backend.plan.spares + backend.plan.spares, stock
+            backend.drop_database(database)
+    finally:
+        backend.stop()
+    assert _databases_like(f"tc_{backend.run_id}_") == [], "the spares go at stop"
+
+
+@needs_server
+def test_without_room_for_a_tender_fresh_databases_are_cloned_on_demand() -> None:
+    backend = PostgresBackend("url", url=SERVER_URL, run_id=new_run_id(), worker_id="gw9")
+    backend.start()
+    try:
+        backend.prepare_template(SCHEMA, None)
+        assert backend.plan is not None
+        backend.plan = plan_pools(14, reserved=3, workers=1)  # 6 usable: no tender
+        assert backend.plan.spares == 0
+        names = []
+        for label in ("one", "two"):
+            database = backend.create_database(label, isolation="fresh")
+            names.append(database.name)
+            backend.drop_database(database)
+            assert backend.leftovers() == [backend.template]
+        assert [name.rsplit("_", 1)[1] for name in names] == ["one", "two"]
+    finally:
+        backend.stop()
+    assert _databases_like(f"tc_{backend.run_id}_") == []
+
+
+SPARES_INNER = """
+import asyncio, os, pathlib
+
+import asyncpg
+import pytest
+from pytest_threadcreator.backends.postgresql.janitor import marked_run, parse_database_name
+
+SEEN = pathlib.Path(__file__).parent / "seen"
+
+
+async def marked_of_worker(name):
+    parsed = parse_database_name(name)
+    prefix = f"tc_{parsed.run_id}_{parsed.worker_id}_"
+    conn = await asyncpg.connect(os.environ["INNER_DSN"])
+    try:
+        rows = await conn.fetch(
+            "SELECT datname, shobj_description(oid, 'pg_database') AS note FROM pg_database "
+            "WHERE starts_with(datname, $1) AND datname NOT LIKE '%template'", prefix
+        )
+    finally:
+        await conn.close()
+    return [r["datname"] for r in rows if marked_run(r["note"]) == parsed.run_id]
+
+
+@pytest.mark.asyncio
+@pytest.mark.threadcreator(isolation="fresh")
+@pytest.mark.parametrize("n", range(24))
+async def test_fresh(n, threadcreator_db, thread_creator, user_context):
+    assert await threadcreator_db.count_threads() == 0
+    await thread_creator.create_thread_with_message(user_context, "hello")
+    present = await marked_of_worker(threadcreator_db.name)
+    SEEN.mkdir(exist_ok=True)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "master")
+    with open(SEEN / f"{worker}.txt", "a") as seen:
+        seen.write(f"{threadcreator_db.name}\\t{len(present)}\\n")
+"""
+
+
+@needs_server
+def test_spares_stay_within_their_bound_per_worker_and_nothing_is_left(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_spares=SPARES_INNER)
+    dsn = pg_connect_kwargs()
+    monkeypatch.setenv(
+        "INNER_DSN", f"postgresql://{dsn['user']}@{dsn['host']}:{dsn['port']}/postgres"
+    )
+    if dsn.get("password"):
+        monkeypatch.setenv("PGPASSWORD", str(dsn["password"]))
+    # subprocess: xdist workers are processes
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--threadcreator-db={SERVER_URL}", "-n", "2"
+    )
+    result.assert_outcomes(passed=24)
+    seen: dict[str, list[tuple[str, int]]] = {}
+    for path in sorted((pytester.path / "seen").glob("*.txt")):
+        for line in path.read_text().splitlines():
+            name, count = line.split("\t")
+            seen.setdefault(path.stem, []).append((name, int(count)))
+    assert sorted(seen) == ["gw0", "gw1"]
+    spares = plan_pools(200, workers=2).spares
+    runs = set()
+    for worker, rows in seen.items():
+        # the test's own, the spares ready or being made, the ones waiting to be dropped
+        assert max(count for _, count in rows) <= 1 + spares + spares, (worker, rows)
+        assert any(name.endswith("_fresh") for name, _ in rows), "the spares served tests"
+        runs |= {parse_database_name(name).run_id for name, _ in rows}  # type: ignore[union-attr]
+    (run,) = runs
+    assert _databases_like(f"tc_{run}_") == [], "nothing is left after the run"
 
 
 # -- leftovers of other runs -------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Where the server comes from is :mod:`.servers` (a URL, local binaries, Docker, or the first of
 those that works); what the plugin owns on a shared server, how it tells and when it drops it
-is :mod:`.janitor`; pool sizes are :mod:`.pools`; the data path of each database is
+is :mod:`.janitor`; pool sizes are :mod:`.pools`; ``fresh`` databases cloned ahead and
+dropped behind are :mod:`.spares`; the data path of each database is
 :class:`~pytest_threadcreator.store.postgresql.PgStore`.
 """
 
@@ -60,6 +61,7 @@ from .servers import (
     reach_server,
     safe_url,
 )
+from .spares import SpareTender
 
 if TYPE_CHECKING:
     from ...schema import ThreadSchema
@@ -75,7 +77,8 @@ TEMPLATE_WAIT_TIMEOUT = 600.0
 
 
 class PostgresBackend(Backend):
-    """Databases on a PostgreSQL server: per test ``CREATE DATABASE … TEMPLATE``.
+    """Databases on a PostgreSQL server: per test ``CREATE DATABASE … TEMPLATE`` (for
+    ``fresh``, cloned ahead and dropped behind by a :class:`~.spares.SpareTender`).
 
     ``mode``: ``"url"`` (``url`` required), ``"local"``, ``"docker"`` or ``"auto"`` (the
     environment's URL, then local binaries, then Docker). Build it with
@@ -130,12 +133,18 @@ class PostgresBackend(Backend):
         self._background = BackgroundLoop(f"threadcreator-pg-{self.worker_id}")
         self._admin: Any = None
         self._admin_lock: asyncio.Lock | None = None
+        self._admin_database = "postgres"
         self._schema: ThreadSchema | None = None
         self._template_ready = False
         self._seeded: list[str] = []
         self._keep_cluster = False
         self._keep_container = False
         self._databases: dict[str, Database] = {}
+        #: the test label of each database handed out from the spares (named ``…_fresh``)
+        self._labels: dict[str, str] = {}
+        self._spares: SpareTender | None = None
+        #: clone with STRATEGY FILE_COPY (PostgreSQL 15+; see janitor.create_marked)
+        self._file_copy = False
         self._counter = 0
         self._started = False
         self._stopped = False
@@ -231,12 +240,15 @@ class PostgresBackend(Backend):
             conn = await self._connect_to(str(self._connect.get("database") or "template1"))
         self._admin = conn
         row = await conn.fetchrow(
-            "SELECT current_setting('server_version') AS version, "
+            "SELECT current_setting('server_version') AS version, current_database() AS db, "
             "current_setting('max_connections')::int AS max_connections, "
             "current_setting('superuser_reserved_connections')::int AS reserved, "
+            "current_setting('server_version_num')::int AS version_num, "
             "(SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user) AS can"
         )
         self.version = str(row["version"]).split()[0]
+        self._admin_database = str(row["db"])  # where the tender's connections go too
+        self._file_copy = int(row["version_num"]) >= 150000
         if not row["can"]:
             raise BackendUnavailableError(
                 f"PostgreSQL at {self.address}: role {self._connect.get('user')!r} may not "
@@ -269,9 +281,17 @@ class PostgresBackend(Backend):
         return self._background.run(job(), timeout=timeout)
 
     async def _reopen_admin(self) -> None:
-        conn = await self._connect_to("postgres")
-        await conn.execute("SELECT pg_advisory_lock_shared($1, $2)", *run_lock_key(self.run_id))
-        self._admin = conn
+        self._admin = await self._locked_connection()
+
+    async def _locked_connection(self) -> Any:
+        """A connection to the maintenance database holding the run's lock (shared)."""
+        conn = await self._connect_to(self._admin_database)
+        try:
+            await conn.execute("SELECT pg_advisory_lock_shared($1, $2)", *run_lock_key(self.run_id))
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
 
     # -- template ------------------------------------------------------------------------------
     def prepare_template(
@@ -284,6 +304,7 @@ class PostgresBackend(Backend):
         """
         self._template_ready = False
         self._schema = schema
+        self._retire_spares()  # clones of an earlier template must not be handed out
         if not self.shared_template:
             self._build_template(schema, setup)
             self._template_ready = True
@@ -376,20 +397,74 @@ class PostgresBackend(Backend):
 
     # -- databases -----------------------------------------------------------------------------
     def create_database(self, label: str, *, isolation: str) -> Database:
-        """``CREATE DATABASE tc_<run>_<worker>_<n>_<label> TEMPLATE <template>``."""
+        """``CREATE DATABASE tc_<run>_<worker>_<n>_<label> TEMPLATE <template>``.
+
+        A ``fresh`` database comes from the spares the tender cloned ahead (named
+        ``…_<n>_fresh``) when one is ready; it is cloned on demand otherwise.
+        """
         if not self._template_ready:
             raise ConfigurationError("prepare_template() must run before create_database()")
-        with self._state_lock:
-            self._counter += 1
-            name = database_name(self.run_id, self.worker_id, self._counter, label)
+        name = None
+        if isolation == "fresh":
+            spares = self._tender()
+            name = spares.take() if spares is not None else None
+        if name is not None:
+            self._labels[name] = label
+        else:
+            name = self._next_name(label)
+            template, file_copy = self.template, self._file_copy
 
-        async def create(conn: Any) -> None:
-            await create_marked(conn, name, self.run_id, template=self.template)
+            async def create(conn: Any) -> None:
+                await create_marked(conn, name, self.run_id, template=template, file_copy=file_copy)
 
-        self._admin_run(create)
+            self._admin_run(create)
         database = self._open(name, label=label, isolation=isolation)
         self._databases[name] = database
         return database
+
+    def _next_name(self, label: str) -> str:
+        with self._state_lock:
+            self._counter += 1
+            return database_name(self.run_id, self.worker_id, self._counter, label)
+
+    def _tender(self) -> SpareTender | None:
+        """The spares' tender, started on the first ``fresh`` database; None when the pool plan
+        leaves no connection for it."""
+        spares = self._spares
+        if spares is None:
+            assert self.plan is not None
+            if self.plan.spares < 1 or self._stopped:
+                return None
+            template, file_copy = self.template, self._file_copy
+
+            async def clone(conn: Any, name: str) -> None:
+                await create_marked(conn, name, self.run_id, template=template, file_copy=file_copy)
+
+            async def drop(conn: Any, name: str) -> bool:
+                return await drop_if_ours(conn, name, self.run_id)
+
+            spares = self._spares = SpareTender(
+                background=self._background,
+                target=self.plan.spares,
+                connect=self._locked_connection,
+                make_name=lambda: self._next_name("fresh"),
+                clone=clone,
+                drop=drop,
+            )
+        spares.start()
+        return spares
+
+    def _retire_spares(self) -> None:
+        """Stop the tender and drop its clones (the template is about to change)."""
+        spares, self._spares = self._spares, None
+        if spares is None or not self._started:
+            return
+
+        async def retire(conn: Any) -> None:
+            for name in await spares.stop():
+                await drop_if_ours(conn, name, self.run_id)
+
+        self._admin_run(retire)
 
     def _open(self, name: str, *, label: str, isolation: str) -> Database:
         assert self._url is not None and self._schema is not None and self.plan is not None
@@ -425,7 +500,11 @@ class PostgresBackend(Backend):
         run's mark (a database without it is left alone, whatever its name)."""
         database.close()
         self._databases.pop(database.name, None)
+        self._labels.pop(database.name, None)
         name = database.name
+        spares = self._spares
+        if spares is not None and spares.discard(name):
+            return  # dropped in the background by the tender
 
         async def drop(conn: Any) -> None:
             await drop_if_ours(conn, name, self.run_id)
@@ -441,7 +520,10 @@ class PostgresBackend(Backend):
         """
         database.close()
         self._databases.pop(database.name, None)
-        kept = "tk_" + database.name.removeprefix(DB_PREFIX)
+        label = self._labels.pop(database.name, None)
+        # a spare is named ``…_fresh``: the kept copy is named after its test instead
+        base = database.name if label is None else self._next_name(label)
+        kept = "tk_" + base.removeprefix(DB_PREFIX)
         old, new = _quote(database.name), _quote(kept)
 
         async def rename(conn: Any) -> None:
@@ -469,13 +551,19 @@ class PostgresBackend(Backend):
         return kept
 
     def leftovers(self) -> list[str]:
-        """Databases of this run and worker still on the server (marked as the run's own)."""
+        """Databases of this run and worker still on the server (marked as the run's own),
+        once the background drops are done; the spares not handed out yet are not counted."""
         if not self._started or self._stopped:
             return []
         prefix = f"{DB_PREFIX}{self.run_id}_{self.worker_id}_"
+        spares = self._spares
 
         async def names(conn: Any) -> list[str]:
-            return await marked_databases(conn, prefix, self.run_id)
+            if spares is None:
+                return await marked_databases(conn, prefix, self.run_id)
+            await spares.drained()
+            stock = spares.stock()
+            return [n for n in await marked_databases(conn, prefix, self.run_id) if n not in stock]
 
         return self._admin_run(names)
 
@@ -510,14 +598,22 @@ class PostgresBackend(Backend):
         names = [d.name for d in databases]
         if not self.shared_template:
             names.append(self.template)
+        spares, self._spares = self._spares, None
+        prefix = f"{DB_PREFIX}{self.run_id}_{self.worker_id}_"
         # a shared cluster (xdist) goes with everything in it once the controller stops it
         attached = self.cluster is not None and self.cluster.attached
         if self._admin is not None and not self._background.closed:
 
             async def drop_all() -> None:
                 assert self._admin_lock is not None
+                if spares is not None:
+                    names.extend(await spares.stop())
                 async with self._admin_lock:
-                    for name in names:
+                    # and whatever else of this worker carries the run's mark (a clone that
+                    # failed to drop in the background, one cut short by a cancel)
+                    with contextlib.suppress(Exception):
+                        names.extend(await marked_databases(self._admin, prefix, self.run_id))
+                    for name in dict.fromkeys(names):
                         try:
                             await drop_if_ours(self._admin, name, self.run_id)
                         except Exception as exc:  # collected and reported

@@ -8,13 +8,17 @@ from dataclasses import dataclass
 from ...errors import ConfigurationError
 from ...store.postgresql import DEFAULT_STORE_POOL
 
-__all__ = ["PoolPlan", "plan_pools", "worker_count"]
+__all__ = ["PoolPlan", "plan_pools", "service_connections", "worker_count"]
 
 ENV_WORKER_COUNT = "PYTEST_XDIST_WORKER_COUNT"
 #: Connections of the server kept free for humans, monitoring and other tools.
 SERVER_HEADROOM = 5
 DEFAULT_ENGINE_POOL = 5
 DEFAULT_ENGINE_OVERFLOW = 10
+#: ``fresh`` databases a worker keeps cloned ahead (each costs the template's size on disk).
+DEFAULT_SPARES = 4
+#: Spares never leave a database fewer connections than this (its pools come first).
+MIN_DATABASE_WITH_SPARES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +31,8 @@ class PoolPlan:
     store_max: int
     engine_pool_size: int
     engine_max_overflow: int
+    #: ``fresh`` databases cloned ahead by the worker's tender (never more than this at once)
+    spares: int = DEFAULT_SPARES
 
 
 def plan_pools(
@@ -39,8 +45,10 @@ def plan_pools(
     """Split the server's connections so that every xdist worker's pools fit.
 
     The rule: ``usable = max_connections - superuser_reserved_connections - 5`` (headroom for
-    psql and monitoring); each of the ``workers`` gets ``usable // workers``; one of those is
-    the admin connection; the rest is shared by at most two live databases (the worker's
+    psql and monitoring); each of the ``workers`` gets ``usable // workers``; of those, :func:`service_connections` are
+    the admin connection and the tender's (which clones ``fresh`` databases ahead and drops
+    used ones: :data:`DEFAULT_SPARES`, fewer or none when that would leave a database fewer
+    than :data:`MIN_DATABASE_WITH_SPARES`); the rest is shared by at most two live databases (the worker's
     ``clean`` database and a ``fresh`` one), and within a database half goes to the store pool
     (ThreadCreator, integrity reads; default 10, or ``requested``) and the remainder to the
     engine for the test's own code (``pool_size`` default 5, or ``requested``, plus overflow up
@@ -50,7 +58,10 @@ def plan_pools(
     workers = max(1, workers)
     usable = max_connections - reserved - SERVER_HEADROOM
     per_worker = usable // workers
-    per_database = (per_worker - 1) // 2
+    for spares in range(DEFAULT_SPARES, -1, -1):  # fewer spares when connections are tight
+        per_database = (per_worker - service_connections(spares)) // 2
+        if per_database >= (MIN_DATABASE_WITH_SPARES if spares else 2):
+            break
     if per_database < 2:
         raise ConfigurationError(
             f"PostgreSQL max_connections={max_connections} is too low for {workers} workers "
@@ -62,7 +73,13 @@ def plan_pools(
     engine_total = per_database - store_max
     engine_pool = max(1, min(requested or DEFAULT_ENGINE_POOL, engine_total))
     overflow = max(0, min(DEFAULT_ENGINE_OVERFLOW, engine_total - engine_pool))
-    return PoolPlan(max_connections, workers, per_worker, store_max, engine_pool, overflow)
+    return PoolPlan(max_connections, workers, per_worker, store_max, engine_pool, overflow, spares)
+
+
+def service_connections(spares: int) -> int:
+    """Connections of a worker that serve no database: the admin one and, with spares, the
+    tender's (one per spare to clone it side by side, one to drop used databases)."""
+    return 1 + (spares + 1 if spares else 0)
 
 
 def worker_count() -> int:
