@@ -13,7 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ..helpers import PG_SERVER_URL, REPO_ROOT, needs, pg_server_missing
+
+#: The benchmark picks its own backends: run once per test.sh, not on every backend.
+pytestmark = pytest.mark.suite_independent
 
 ROOT = REPO_ROOT
 RUN = ROOT / "benchmarks" / "run.py"

@@ -18,7 +18,7 @@ from ..helpers import PG_SERVER_URL as SERVER_URL
 from ..helpers import REPO_ROOT, require_postgresql_backend
 
 # The examples choose their backend by ini or option, and are no xdist workers.
-pytestmark = pytest.mark.usefixtures("clean_environment")
+pytestmark = [pytest.mark.usefixtures("clean_environment"), pytest.mark.suite_independent]
 
 EXAMPLES = REPO_ROOT / "conftest_examples"
 BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param(SERVER_URL, id="postgresql")]
