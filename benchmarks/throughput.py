@@ -454,8 +454,8 @@ def measure_postgres(
     """
     result = ThroughputResult("postgresql", creates, batch, {name: [] for name, _, _ in VARIANTS})
     try:
-        from pytest_threadcreator.backends.postgresql.backend import make_postgres_backend
         from pytest_threadcreator.backends.postgresql.janitor import new_run_id
+        from pytest_threadcreator.backends.postgresql.kind import make_postgres_backend
 
         backend = make_postgres_backend(url, worker_id="bench", run_id=new_run_id())
         backend.start()

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from ..errors import ConfigurationError
 from .base import Backend, BackendKind, BackendRequest
 from .mysql import KIND as MYSQL
-from .postgresql.backend import KIND as POSTGRESQL
+from .postgresql.kind import KIND as POSTGRESQL
 from .sqlite import KIND as SQLITE
 
 __all__ = [

@@ -31,7 +31,7 @@ from pytest_threadcreator._background import (
     BackgroundLoopError,
 )
 from pytest_threadcreator.backends.postgresql import local as pg_local
-from pytest_threadcreator.backends.postgresql.backend import PostgresBackend, make_postgres_backend
+from pytest_threadcreator.backends.postgresql.backend import PostgresBackend
 from pytest_threadcreator.backends.postgresql.janitor import (
     MAX_IDENTIFIER_BYTES,
     database_name,
@@ -42,6 +42,7 @@ from pytest_threadcreator.backends.postgresql.janitor import (
     run_lock_key,
     template_name,
 )
+from pytest_threadcreator.backends.postgresql.kind import make_postgres_backend
 from pytest_threadcreator.backends.postgresql.local import LocalCluster, remove_stale_clusters
 from pytest_threadcreator.backends.postgresql.pools import (
     DEFAULT_SPARES,

@@ -27,7 +27,7 @@ from ...database import Database
 from ...errors import BackendUnavailableError, ConfigurationError, DatabaseError
 from ...store.postgresql import ADMIN_TIMEOUT, PgStore, _asyncpg
 from ...store.postgresql_reset import _quote, copy_seed
-from ..base import Backend, BackendKind, BackendRequest
+from ..base import Backend
 from .docker import DEFAULT_IMAGE, KEPT_SUFFIX, DockerServer, _short_reason
 from .janitor import (
     DB_PREFIX,
@@ -49,13 +49,9 @@ from .janitor import (
 )
 from .pools import PoolPlan, plan_pools, worker_count
 from .servers import (
-    MODES,
     Mode,
     ServerOptions,
     address,
-    async_url,
-    check_environment,
-    check_url,
     connect,
     connect_kwargs,
     reach_server,
@@ -67,9 +63,12 @@ if TYPE_CHECKING:
     from ...schema import ThreadSchema
     from .local import LocalCluster
 
-__all__ = ["KIND", "PostgresBackend", "make_postgres_backend"]
+__all__ = ["NAME", "PostgresBackend"]
 
 T = TypeVar("T")
+
+#: The backend's name, as ``Database.backend`` reports it.
+NAME = "postgresql"
 
 #: How long a worker waits for another worker of its run to build the shared template (the
 #: setup hook may run migrations).
@@ -486,7 +485,7 @@ class PostgresBackend(Backend):
 
         return Database(
             url=url.render_as_string(hide_password=False),
-            backend=KIND.name,
+            backend=NAME,
             schema=self._schema,
             store=store,
             engine_factory=engine_factory,
@@ -640,66 +639,3 @@ class PostgresBackend(Backend):
             raise DatabaseError(
                 "stopping the PostgreSQL backend left work undone: " + "; ".join(problems)
             )
-
-
-def make_postgres_backend(
-    value: str,
-    *,
-    worker_id: str,
-    run_id: str,
-    pool_size: int | None = None,
-    template_key: str | None = None,
-    shared_cluster: Mapping[str, str] | None = None,
-    docker_image: str | None = None,
-    docker_network: str | None = None,
-) -> PostgresBackend:
-    """The backend for a ``--threadcreator-db`` value (not started yet).
-
-    ``"postgresql"`` (auto: ``$THREADCREATOR_POSTGRES_URL``, else local binaries, else Docker),
-    ``"postgresql-local"``, ``"postgresql-docker"``, or an async SQLAlchemy URL.
-    ``template_key``: share one template per run (see the module docstring);
-    ``shared_cluster``: use the local cluster (or Docker container) another process of the run
-    started; ``docker_image``/``docker_network``: the container's image and network mode.
-    """
-    _asyncpg()
-    common: dict[str, Any] = {
-        "run_id": run_id,
-        "worker_id": worker_id,
-        "pool_size": pool_size,
-        "template_key": template_key,
-        "shared_cluster": shared_cluster,
-        "docker_image": docker_image or DEFAULT_IMAGE,
-        "docker_network": docker_network or "bridge",
-    }
-    value = value.strip()
-    if value in MODES:
-        return PostgresBackend(MODES[value], **common)
-    if "://" in value:
-        async_url(value, "--threadcreator-db")
-        return PostgresBackend("url", url=value, **common)
-    raise ConfigurationError(
-        f"{value!r} is not a PostgreSQL backend; valid values: postgresql, postgresql-local, "
-        "postgresql-docker, or an async URL such as postgresql+asyncpg://user@host:5432/postgres"
-    )
-
-
-def _make(request: BackendRequest) -> PostgresBackend:
-    return make_postgres_backend(
-        request.db,
-        worker_id=request.worker_id,
-        run_id=request.run_id,
-        template_key=request.template_key,
-        shared_cluster=request.shared_server,
-        docker_image=request.docker_image,
-        docker_network=request.docker_network,
-    )
-
-
-#: ``--threadcreator-db=postgresql``, ``postgresql-local``, ``postgresql-docker`` or a server URL
-KIND = BackendKind(
-    name="postgresql",
-    values=tuple(MODES),
-    make=_make,
-    check_url=check_url,
-    check_environment=check_environment,
-)
