@@ -14,16 +14,20 @@ LEAKS = """
 import asyncio
 import pytest
 
+# The leaked tasks are kept referenced, as a real leak's are (by a list, a callback, a client):
+# asyncio holds tasks weakly, and an unreferenced pending task may be garbage collected first.
+KEPT = []
+
 async def forgotten():
     await asyncio.Event().wait()
 
 @pytest.mark.asyncio(loop_scope="{scope}")
 async def test_leaks_before_any_database_call(threadcreator_db):
-    asyncio.get_running_loop().create_task(forgotten())
+    KEPT.append(asyncio.get_running_loop().create_task(forgotten()))
 
 @pytest.mark.asyncio(loop_scope="{scope}")
 async def test_leaks_then_writes(thread_creator, user_context):
-    asyncio.get_running_loop().create_task(forgotten())
+    KEPT.append(asyncio.get_running_loop().create_task(forgotten()))
     await thread_creator.create_thread_with_message(user_context, "hi")
 
 @pytest.mark.asyncio(loop_scope="{scope}")
@@ -64,12 +68,14 @@ def test_a_task_a_test_without_the_database_leaks_is_not_blamed_on_the_next(
         import asyncio
         import pytest
 
+        KEPT = []  # referenced, so garbage collection cannot end it before the next test
+
         async def forgotten():
             await asyncio.Event().wait()
 
         @pytest.mark.asyncio(loop_scope="module")
         async def test_without_the_plugin():
-            asyncio.get_running_loop().create_task(forgotten())
+            KEPT.append(asyncio.get_running_loop().create_task(forgotten()))
 
         @pytest.mark.asyncio(loop_scope="module")
         async def test_with_the_database(threadcreator_db):
