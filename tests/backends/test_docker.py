@@ -338,10 +338,17 @@ def test_a_killed_runs_container_is_removed_by_the_next_run(tmp_path: Path, clie
         db = "--threadcreator-db=postgresql-docker"
         return start_pytest(tmp_path, test_file, db, MARKER=str(marker))
 
+    owners: list[str] = []
+
+    def read_owner(pid: str) -> bool:
+        # while the process lives: the label carries its start time, gone once it is killed
+        owners.append(owner_label(int(pid)))
+        return True
+
     stuck = pytest_run("test_stuck.py")
-    owner = None
     try:
-        owner = owner_label(int(kill_mid_test(stuck, marker, within_s=120)))
+        kill_mid_test(stuck, marker, within_s=120, ready=read_owner)
+        owner = owners[-1]
         (left,) = ours(client, owner)  # nothing had a chance to clean up
         quick = pytest_run("test_quick.py")
         output = quick.communicate(timeout=180)[0]
@@ -349,7 +356,7 @@ def test_a_killed_runs_container_is_removed_by_the_next_run(tmp_path: Path, clie
         assert ours(client, owner) == [], "the next run removes a killed run's container"
         assert left.id not in ids(ours(client))
     finally:
-        for container in ours(client, owner) if owner else []:
+        for container in ours(client, owners[-1]) if owners else []:
             container.remove(force=True, v=True)
 
 
