@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,19 @@ if TYPE_CHECKING:
 __all__ = ["ADMIN_TIMEOUT", "DEFAULT_STORE_POOL", "PgStore"]
 
 DEFAULT_STORE_POOL = 10
+
+
+def _not_the_pool_floor(record: logging.LogRecord) -> bool:
+    """Drop asyncpg's warning, with a traceback, that a pool cannot reconnect its idle floor.
+
+    It comes from a background task once the server is gone; the plugin says that itself, in
+    one line that names the server and what to do (an environment fault), so the traceback would
+    only repeat it as noise, at any later moment, up to the end of the run.
+    """
+    return "connection floor" not in record.getMessage()
+
+
+logging.getLogger("asyncpg.pool").addFilter(_not_the_pool_floor)
 #: How long a create waits for a free store connection before failing with DatabaseError.
 ACQUIRE_TIMEOUT = 30.0
 #: How long admin work (CREATE/DROP DATABASE, a reset, the setup connection) may take.
