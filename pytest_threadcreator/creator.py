@@ -7,12 +7,13 @@ import random
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any
 
 from sqlalchemy import JSON, Table, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from . import _binding, shake
+from ._binding import BoundDatabase
 from .context import check_json, check_text, coerce_context, validate_id
 from .errors import (
     DatabaseError,
@@ -34,24 +35,7 @@ from .schema import (
 )
 from .store.base import Store, ThreadIdTaken
 
-if TYPE_CHECKING:
-    from .database import Database
-
 __all__ = ["BoundDatabase", "ThreadCreator", "ThreadWithMessage"]
-
-
-@runtime_checkable
-class BoundDatabase(Protocol):
-    """What ThreadCreator needs of the plugin's :class:`~pytest_threadcreator.Database`.
-
-    ThreadCreator depends on this, never on ``database.py``, which sits above it.
-    """
-
-    store: Store
-    schema: ThreadSchema
-    fault_decider: FaultDecider | None
-    retries: int
-    loops_seen: set[asyncio.AbstractEventLoop]
 
 
 ROLES = frozenset({"user", "assistant", "system"})
@@ -108,7 +92,7 @@ class ThreadCreator:
 
     def __init__(
         self,
-        database: Database | async_sessionmaker[AsyncSession] | None = None,
+        database: BoundDatabase | async_sessionmaker[AsyncSession] | None = None,
         *,
         schema: ThreadSchema | None = None,
         max_retries: int = 5,
@@ -138,7 +122,7 @@ class ThreadCreator:
         return f"<ThreadCreator on {target!r}>"
 
     # -- binding -----------------------------------------------------------------------------
-    def _target(self) -> tuple[Store, ThreadSchema, Database | None]:
+    def _target(self) -> tuple[Store, ThreadSchema, BoundDatabase | None]:
         database = self._database
         if database is None:
             database = _binding.current_database()
@@ -163,7 +147,7 @@ class ThreadCreator:
         return self._target()[1]
 
     @property
-    def database(self) -> Database | None:
+    def database(self) -> BoundDatabase | None:
         """The bound Database (None when built on a plain async_sessionmaker)."""
         return self._target()[2]
 

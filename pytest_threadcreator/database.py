@@ -11,14 +11,14 @@ from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from . import instrument, integrity
+from . import _binding, instrument, integrity
 from .faults import FaultInjector
 from .faults.steps import FaultDecider
 from .queries import QueryCounter
 from .schema import ThreadSchema
 from .store.base import Store
 
-__all__ = ["Database", "sync_url_of"]
+__all__ = ["Database", "bound_database", "sync_url_of"]
 
 #: The synchronous driver named in ``sync_url`` for each async driver the plugin uses.
 _SYNC_DRIVERS = {
@@ -364,3 +364,9 @@ def _ids(ids: list[str], limit: int = 10) -> str:
 
 
 GUARD_TASK_NAME = "threadcreator-engine-guard"
+
+
+def bound_database() -> Database | None:
+    """The running test's Database (see :func:`pytest_threadcreator._binding.current_database`)."""
+    database = _binding.current_database()
+    return database if isinstance(database, Database) else None

@@ -64,10 +64,9 @@ from factory.enums import CREATE_STRATEGY
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm.attributes import set_committed_value
 
-from . import _binding
 from .context import UserExecutionContext
 from .creator import PLUGIN_METADATA_KEYS, ThreadWithMessage
-from .database import Database
+from .database import Database, bound_database
 from .errors import (
     ConfigurationError,
     InvalidMessageError,
@@ -204,7 +203,7 @@ class ThreadCreatorFactory(Factory[T]):
 
     @classmethod
     def _write_target(cls) -> Database:
-        database = cls._options().database or _binding.current_database()
+        database = cls._options().database or bound_database()
         if database is None:
             raise NoDatabaseError(
                 f"{cls.__name__}.create() has no database to write to. In a test, use the "
@@ -268,7 +267,7 @@ class ThreadCreatorFactory(Factory[T]):
         database = cls._options().database
         schema = database.schema if database is not None else cls._options().schema
         if schema is None:
-            database = _binding.current_database()
+            database = bound_database()
             schema = database.schema if database is not None else default_schema()
         return _Generation(database, schema, writes=None)
 

@@ -1,6 +1,6 @@
 """Your code under test: every SQLAlchemy engine connected to the running test's database.
 
-While a test that uses ``threadcreator_db`` runs, its :class:`~pytest_threadcreator.Database` is
+While a test that uses ``threadcreator_db`` runs, its :class:`~pytest_threadcreator.InstrumentedDatabase` is
 *active* here (:func:`activate`, called when the test binds it). Three class-level SQLAlchemy
 events (``engine_connect``, ``before_cursor_execute``, ``commit`` on :class:`~sqlalchemy.engine.Engine`)
 then reach every engine, async or sync, whoever made it — the app's own engine built from its
@@ -33,7 +33,7 @@ import re
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
@@ -46,9 +46,12 @@ from .errors import InjectedFault
 from .faults.steps import FaultAction
 
 if TYPE_CHECKING:
-    from .database import Database
+    from .faults import FaultInjector
+    from .queries import QueryCounter
+    from .schema import ThreadSchema
 
 __all__ = [
+    "InstrumentedDatabase",
     "activate",
     "database_key",
     "deactivate",
@@ -61,11 +64,24 @@ store_steps: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "threadcreator_store_steps", default=False
 )
 
+
+class InstrumentedDatabase(Protocol):
+    """What instrumentation needs of a test's database (the plugin's ``InstrumentedDatabase``)."""
+
+    url: str
+    schema: ThreadSchema
+    connection_settings: tuple[str, ...]
+    fault_injector: FaultInjector | None
+    _counters: list[QueryCounter]
+
+    def _record_store_statement(self, label: str, sql: str) -> None: ...
+
+
 _targets: dict[tuple[str, str], _Target] = {}
 _keys: weakref.WeakKeyDictionary[Engine, tuple[str, str] | None] = weakref.WeakKeyDictionary()
 #: The target of each database, made on its first activation.
-_made: weakref.WeakKeyDictionary[Database, _Target] = weakref.WeakKeyDictionary()
-#: Engines the plugin made and counts itself (``Database.engine``, the rollback engine).
+_made: weakref.WeakKeyDictionary[InstrumentedDatabase, _Target] = weakref.WeakKeyDictionary()
+#: Engines the plugin made and counts itself (``InstrumentedDatabase.engine``, the rollback engine).
 _own: weakref.WeakSet[Engine] = weakref.WeakSet()
 _install_lock = threading.Lock()
 _installed = False
@@ -99,7 +115,7 @@ class _Target:
 
     __slots__ = ("checkouts", "database", "key", "message_insert", "settings", "thread_insert")
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: InstrumentedDatabase) -> None:
         self.database = database
         self.key = database_key(database.url)
         schema = database.schema
@@ -129,7 +145,7 @@ def _insert_into(table: str) -> re.Pattern[str]:
     )
 
 
-def activate(database: Database) -> None:
+def activate(database: InstrumentedDatabase) -> None:
     """Instrument every engine connected to ``database`` until :func:`deactivate`."""
     target = _made.get(database)
     if target is None:  # made once per database: a clean database serves many tests
@@ -141,7 +157,7 @@ def activate(database: Database) -> None:
     _targets[target.key] = target
 
 
-def deactivate(database: Database) -> list[tuple[int, str]]:
+def deactivate(database: InstrumentedDatabase) -> list[tuple[int, str]]:
     """Stop instrumenting ``database``; ``(connections, engine URL)`` of engines still holding some."""
     target = _made.get(database)
     if target is None or target.key is None or _targets.get(target.key) is not target:
@@ -185,7 +201,7 @@ def _on_connect(conn: Any) -> None:
     if target is None:
         return
     engine = conn.engine
-    if engine not in _own:  # the Database counts and closes its own engines
+    if engine not in _own:  # the InstrumentedDatabase counts and closes its own engines
         target.checkouts[conn.connection] = engine.url.render_as_string(hide_password=True)
     if target.settings:
         info = conn.connection.info

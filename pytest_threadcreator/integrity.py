@@ -7,18 +7,27 @@ It sits above both ThreadCreator and Database (it reads through ThreadCreator fo
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import String, func, literal_column, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
+from ._binding import BoundDatabase
 from .creator import ThreadCreator
 from .errors import ConfigurationError, ThreadOwnershipError
 from .schema import ThreadSchema
 
-if TYPE_CHECKING:
-    from .database import Database
+
+class CheckedDatabase(BoundDatabase, Protocol):
+    """What the integrity tools need of the plugin's ``Database`` (which calls them)."""
+
+    location: str
+
+    def session(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]: ...
+
 
 __all__ = [
     "assert_user_isolation",
@@ -43,7 +52,7 @@ def orphans_query(schema: ThreadSchema) -> Select[Any]:
     return select(tid.label("id")).where(~has_message).order_by(tid)
 
 
-async def count_threads(database: Database, user_id: str | None = None) -> int:
+async def count_threads(database: CheckedDatabase, user_id: str | None = None) -> int:
     """Number of threads (soft-deleted included), optionally of one user."""
     s = database.schema
     stmt = select(func.count().label("n")).select_from(s.thread_table)
@@ -53,7 +62,7 @@ async def count_threads(database: Database, user_id: str | None = None) -> int:
     return int(rows[0]["n"])
 
 
-async def count_messages(database: Database, thread_id: str | None = None) -> int:
+async def count_messages(database: CheckedDatabase, thread_id: str | None = None) -> int:
     """Number of messages, optionally of one thread."""
     s = database.schema
     stmt = select(func.count().label("n")).select_from(s.message_table)
@@ -63,13 +72,13 @@ async def count_messages(database: Database, thread_id: str | None = None) -> in
     return int(rows[0]["n"])
 
 
-async def orphan_threads(database: Database) -> list[str]:
+async def orphan_threads(database: CheckedDatabase) -> list[str]:
     """Ids of threads that have no message, in id order."""
     rows = await database.store.fetch_all(orphans_query(database.schema))
     return [row["id"] for row in rows]
 
 
-async def messages_without_thread(database: Database) -> list[str]:
+async def messages_without_thread(database: CheckedDatabase) -> list[str]:
     """Ids of messages whose thread row is missing (only possible without foreign keys)."""
     s = database.schema
     t, m = s.thread_table, s.message_table
@@ -80,7 +89,7 @@ async def messages_without_thread(database: Database) -> list[str]:
     return [row["id"] for row in rows]
 
 
-async def owner_mismatches(database: Database) -> list[str]:
+async def owner_mismatches(database: CheckedDatabase) -> list[str]:
     """Ids of threads whose metadata owner differs from the owner column."""
     s = database.schema
     if s.owner_metadata_column is None or s.owner_column is None:
@@ -99,7 +108,7 @@ async def owner_mismatches(database: Database) -> list[str]:
     return bad
 
 
-async def ownerless_threads(database: Database) -> list[str]:
+async def ownerless_threads(database: CheckedDatabase) -> list[str]:
     """Ids of threads whose owner is NULL or empty (none without an owner column)."""
     s = database.schema
     if s.owner_column is None:
@@ -113,7 +122,7 @@ async def ownerless_threads(database: Database) -> list[str]:
 
 
 async def assert_user_isolation(
-    database: Database,
+    database: CheckedDatabase,
     contexts: Iterable[Any],
     *,
     read: Callable[[Any], Awaitable[Iterable[Any]]] | None = None,
@@ -155,7 +164,7 @@ async def assert_user_isolation(
         raise AssertionError("user isolation violated:\n  " + "\n  ".join(problems))
 
 
-def _shown_id(database: Database, item: Any) -> Any:
+def _shown_id(database: CheckedDatabase, item: Any) -> Any:
     """The thread id of one item an app's ``read`` returned: an id, a row or an object."""
     if isinstance(item, (str, int)):
         return item
@@ -174,7 +183,7 @@ def _shown_id(database: Database, item: Any) -> Any:
 
 
 async def _isolation_through_creator(
-    database: Database, contexts: list[Any], owners: Mapping[Any, Any]
+    database: CheckedDatabase, contexts: list[Any], owners: Mapping[Any, Any]
 ) -> list[str]:
 
     s = database.schema
@@ -209,7 +218,7 @@ async def _isolation_through_creator(
     return problems
 
 
-async def check_integrity(database: Database) -> None:
+async def check_integrity(database: CheckedDatabase) -> None:
     """Raise AssertionError naming every problem: threads without a message (unless the
     schema allows them), messages without a thread, threads without an owner or whose
     metadata owner differs, and what the schema's own ``checks`` report."""

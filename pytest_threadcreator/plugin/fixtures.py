@@ -19,7 +19,7 @@ from ..concurrency import run_concurrently as run
 from ..config import Settings
 from ..context import UserExecutionContext
 from ..creator import ThreadCreator
-from ..database import Database
+from ..database import Database, bound_database
 from ..errors import BackendUnavailableError
 from ..faults import FaultInjector
 from ..fixture_types import RunConcurrently
@@ -179,7 +179,7 @@ def run_concurrently(request: pytest.FixtureRequest) -> RunConcurrently:
     nodeid = request.node.nodeid
 
     async def diagnose() -> list[str]:  # on a timeout: the lock waits of the test's database
-        database = _binding.current_database()
+        database = bound_database()
         return await database.lock_waits() if database is not None else []
 
     return functools.partial(
