@@ -12,7 +12,9 @@ import fcntl
 import os
 import random
 import re
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -1105,6 +1107,78 @@ def test_a_cluster_whose_owner_died_is_removed_by_the_next_start() -> None:
         for _ in range(100):  # pg_ctl stop -w has returned; the postmaster is gone or exiting
             os.kill(pid, 0)
             time.sleep(0.05)
+
+
+@pytest.fixture
+def cluster_parent() -> Iterator[Path]:
+    """A short parent directory of clusters (socket paths), traversable by the server's user."""
+    parent = Path(tempfile.mkdtemp(prefix="tcc-", dir="/tmp"))
+    parent.chmod(0o755)
+    yield parent
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+def _cached_initdb(parent: Path) -> Path:
+    caches = sorted(parent.glob("threadcreator-initdb-*"))
+    assert len(caches) == 1, caches
+    assert (caches[0] / "data" / "PG_VERSION").is_file()
+    assert not list(parent.glob(".threadcreator-initdb-*")), "no staging directory is left"
+    return caches[0]
+
+
+async def _fsync_setting(cluster: LocalCluster) -> str:
+    conn = await asyncpg.connect(
+        host=cluster.socket_dir, port=cluster.port, user="postgres", database="postgres"
+    )
+    try:
+        return str(await conn.fetchval("SHOW fsync"))
+    finally:
+        await conn.close()
+
+
+@needs_binaries
+def test_a_second_cluster_starts_from_the_cached_initdb_output(cluster_parent: Path) -> None:
+    first = LocalCluster(parent_dir=str(cluster_parent))
+    first.start()
+    first.stop()
+    cache = _cached_initdb(cluster_parent)
+    # a file initdb never writes: the next cluster has it only if its data came from the cache
+    (cache / "data" / "from-the-cache").write_text("1")
+
+    second = LocalCluster(parent_dir=str(cluster_parent))
+    second.start()
+    try:
+        assert (second.data_dir / "from-the-cache").is_file()
+        assert asyncio.run(_fsync_setting(second)) == "off"  # configured after the copy
+        assert "# pytest-threadcreator" not in (cache / "data" / "postgresql.conf").read_text()
+    finally:
+        second.stop()
+
+
+@needs_binaries
+@pytest.mark.parametrize("flaw", ["writable by others", "a link", "incomplete"])
+def test_a_cache_that_cannot_be_trusted_is_not_used(cluster_parent: Path, flaw: str) -> None:
+    first = LocalCluster(parent_dir=str(cluster_parent))
+    first.start()
+    first.stop()
+    cache = _cached_initdb(cluster_parent)
+    (cache / "data" / "from-the-cache").write_text("1")
+    if flaw == "writable by others":
+        cache.chmod(0o777)
+    elif flaw == "a link":
+        real = cluster_parent / "elsewhere"
+        cache.rename(real)
+        cache.symlink_to(real)
+    else:
+        (cache / "data" / "PG_VERSION").unlink()
+
+    second = LocalCluster(parent_dir=str(cluster_parent))
+    second.start()
+    try:
+        assert not (second.data_dir / "from-the-cache").exists(), "initdb ran instead"
+        assert asyncio.run(_fsync_setting(second)) == "off"
+    finally:
+        second.stop()
 
 
 @needs_binaries

@@ -6,6 +6,10 @@
   off; ``max_connections`` raised so pools of several xdist workers fit.
 * Works when pytest runs as root (CI containers): ``initdb`` refuses root, so the binaries run
   as the ``postgres`` system user, which owns the directory.
+* Starts from a pristine copy of ``initdb``'s output when one is cached beside the clusters
+  (``threadcreator-initdb-<uid>-<key>``, keyed by the binaries and the initdb arguments, kept
+  only when it belongs to the user the server runs as and nobody else can write it): copying is
+  about a third of what ``initdb`` costs. The first start fills the cache.
 * Removed at exit (``atexit``; Ctrl-C takes the normal exit path). A run killed outright leaves
   its directory behind, holding nobody's lock: the next cluster start stops and removes it.
 * Shared by the processes of one run (pytest-xdist): the controller calls
@@ -21,13 +25,16 @@ import atexit
 import contextlib
 import fcntl
 import glob
+import hashlib
 import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -127,6 +134,7 @@ class LocalCluster:
     ) -> None:
         self._bindir_hint = bindir
         self._parent_dir = parent_dir
+        self._parent = ""
         self.max_connections = max_connections
         self.settings = dict(settings or {})
         self.start_timeout = start_timeout
@@ -274,6 +282,7 @@ class LocalCluster:
         parent = self._parent_dir or _short_parent()
         remove_stale_clusters(parent)
         self._create_directory(parent)
+        self._parent = parent
 
     def _boot(self) -> None:
         self._initdb()
@@ -301,23 +310,56 @@ class LocalCluster:
             os.chown(directory, self._run_as.pw_uid, self._run_as.pw_gid)
 
     def _initdb(self) -> None:
+        """``initdb``, or a copy of its cached output; fills the cache when it has none."""
+        args = INITDB_ARGS
+        cache = initdb_cache_path(self._parent, self.bindir, args, self._run_as)
+        if self._copy_data_from(cache):
+            return
         self._run(
-            [
-                os.path.join(self.bindir, "initdb"),
-                "-D",
-                str(self.data_dir),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--no-locale",
-                "--no-sync",
-                "--no-instructions",
-            ],
-            what="initdb",
+            [os.path.join(self.bindir, "initdb"), "-D", str(self.data_dir), *args], what="initdb"
         )
+        self._fill_cache(cache)
+
+    def _copy_data_from(self, cache: Path) -> bool:
+        """Copy the cached ``initdb`` output into this cluster; False when there is none usable."""
+        if not _trusted_cache(cache, self._run_as) or not (cache / "data" / "PG_VERSION").is_file():
+            return False
+        copied = _spawn(
+            ["cp", "-a", str(cache / "data"), str(self.data_dir)],
+            cwd=self.socket_dir,
+            user=self._run_as,
+            timeout=120,
+        )
+        if copied.returncode == 0:
+            return True
+        shutil.rmtree(self.data_dir, ignore_errors=True)  # a partial copy: initdb instead
+        return False
+
+    def _fill_cache(self, cache: Path) -> None:
+        """Keep a copy of this fresh ``initdb`` output at ``cache`` (before the server runs).
+
+        Copied into a staging directory and renamed into place, so a cache is always whole and
+        two runs filling it at once keep one; any failure just leaves no cache.
+        """
+        if os.path.lexists(cache):
+            return
+        _remove_stale_staging(cache.parent)
+        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=cache.parent))
+        try:
+            if self._run_as is not None:
+                os.chown(staging, self._run_as.pw_uid, self._run_as.pw_gid)
+            copied = _spawn(
+                ["cp", "-a", str(self.data_dir), str(staging / "data")],
+                cwd=self.socket_dir,
+                user=self._run_as,
+                timeout=120,
+            )
+            if copied.returncode == 0:
+                os.rename(staging, cache)
+        except (OSError, subprocess.SubprocessError):
+            pass
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def _configure(self) -> None:
         settings = {
@@ -414,6 +456,57 @@ class LocalCluster:
             self._lock.close()
             self._lock = None
         self.directory = None
+
+
+#: initdb's arguments (after ``-D``): part of the cache key.
+INITDB_ARGS = (
+    "-A",
+    "trust",
+    "-U",
+    "postgres",
+    "-E",
+    "UTF8",
+    "--no-locale",
+    "--no-sync",
+    "--no-instructions",
+)
+_CACHE_PREFIX = "threadcreator-initdb-"
+_STAGING_PREFIX = ".threadcreator-initdb-"
+#: A staging directory older than this was left by a run killed while filling the cache.
+_STALE_STAGING_S = 600.0
+
+
+def initdb_cache_path(
+    parent: str, bindir: str, args: Sequence[str], user: pwd.struct_passwd | None
+) -> Path:
+    """Where the pristine ``initdb`` output for these binaries, arguments and user is cached."""
+    initdb = os.path.join(bindir, "initdb")
+    try:
+        info = os.stat(initdb)
+        binary = f"{os.path.realpath(initdb)}:{info.st_size}:{info.st_mtime_ns}"
+    except OSError:
+        binary = initdb
+    uid = os.geteuid() if user is None else user.pw_uid
+    key = hashlib.sha256("\0".join([binary, *args]).encode()).hexdigest()[:16]
+    return Path(parent) / f"{_CACHE_PREFIX}{uid}-{key}"
+
+
+def _trusted_cache(cache: Path, user: pwd.struct_passwd | None) -> bool:
+    """A directory (not a link) owned by the server's user that nobody else can write."""
+    try:
+        info = os.lstat(cache)
+    except OSError:
+        return False
+    uid = os.geteuid() if user is None else user.pw_uid
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == uid and not info.st_mode & 0o022
+
+
+def _remove_stale_staging(parent: Path) -> None:
+    """Remove staging directories that runs killed while filling the cache left behind."""
+    for path in parent.glob(_STAGING_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            if time.time() - path.lstat().st_mtime > _STALE_STAGING_S:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _short_parent() -> str:
