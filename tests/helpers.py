@@ -19,7 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -274,6 +274,19 @@ def count_threads_in_kept_database(url: str, db: str = DB) -> int:
     if address.get_backend_name() == "mysql":
         return _count_and_drop_mysql(url)
     return _count_and_drop(url)
+
+
+def remove_kept_databases(urls: Sequence[str], db: str = DB) -> None:
+    """Remove the databases a run kept; those of one kept cluster or container go with it."""
+    removed: set[tuple[object, ...]] = set()
+    for url in urls:
+        address = make_url(url)
+        place = (address.host, address.port, address.query.get("host"))
+        whole = db == "postgresql-docker" or isinstance(address.query.get("host"), str)
+        if whole and place in removed:
+            continue
+        removed.add(place)
+        count_threads_in_kept_database(url, db)
 
 
 def _count_and_drop_mysql(url: str) -> int:

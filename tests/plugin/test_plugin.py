@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import textwrap
 import typing
 from pathlib import Path
 
@@ -11,7 +12,12 @@ import pytest
 
 import pytest_threadcreator
 
-from ..helpers import BACKEND, RECORD_KEPT_URLS, count_threads_in_kept_database
+from ..helpers import (
+    BACKEND,
+    RECORD_KEPT_URLS,
+    count_threads_in_kept_database,
+    remove_kept_databases,
+)
 
 INI = """
 [pytest]
@@ -571,22 +577,25 @@ def test_the_documented_report_keys_are_the_keys_a_run_writes(
     from pytest_threadcreator.report.data import ReportData
 
     pytester.makepyfile(
-        """
-        import pytest
+        RECORD_KEPT_URLS
+        + textwrap.dedent(
+            """
+            @pytest.mark.asyncio
+            async def test_load(thread_creator, make_user_context, run_concurrently):
+                async def fail(i):
+                    raise ValueError(i)
 
-        @pytest.mark.asyncio
-        async def test_load(thread_creator, make_user_context, run_concurrently):
-            async def fail(i):
-                raise ValueError(i)
+                await run_concurrently(
+                    lambda c: thread_creator.create_thread_with_message(c, "hi"),
+                    make_user_context.many(3),
+                )
+                await run_concurrently(fail, 2)
 
-            await run_concurrently(
-                lambda c: thread_creator.create_thread_with_message(c, "hi"), make_user_context.many(3)
-            )
-            await run_concurrently(fail, 2)
-
-        def test_kept(threadcreator_db):
-            assert False
-        """
+            def test_kept(threadcreator_db):
+                record(threadcreator_db)
+                assert False
+            """
+        )
     )
     result = pytester.runpytest(
         "--threadcreator-report=report.json",
@@ -596,6 +605,9 @@ def test_the_documented_report_keys_are_the_keys_a_run_writes(
         "no:cacheprovider",
     )
     result.assert_outcomes(passed=1, failed=1)
+    kept = (pytester.path / "kept-urls.txt").read_text().splitlines()
+    assert kept  # one per repetition of the failing test (its seed is replayed)
+    remove_kept_databases(kept)  # a kept cluster or container too
     written = json.loads((pytester.path / "report.json").read_text())
     for key in ("setup", "concurrency_runs", "shake", "kept_databases"):
         assert written[key], key  # every list has an entry, so every key below it shows
