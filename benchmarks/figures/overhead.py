@@ -1,8 +1,9 @@
 """Per-test overhead per backend and isolation mode: (200 one-create tests − empty suite) / 200.
 
 Baselines: on SQLite a hand-rolled fixture (a file per test, ``metadata.create_all``, one ORM
-insert); on PostgreSQL the pytest-postgresql peer (:mod:`figures.pytest_postgresql_peer`). All
-suites of the figure run interleaved in one plan.
+insert); on PostgreSQL the pytest-postgresql peer (:mod:`figures.pytest_postgresql_peer`); on
+MySQL/MariaDB the pytest-mysql peer (:mod:`figures.pytest_mysql_peer`). All suites of the
+figure run interleaved in one plan.
 """
 
 from __future__ import annotations
@@ -11,31 +12,39 @@ from benchlib import Goal, Row, RowSpec, median
 from harness import BACKEND_NAMES, Context, Plan, Samples, run_plan
 from suites import create_all_suite, empty_suite, ours_create_suite
 
+from figures import pytest_mysql_peer as mysql_peer
 from figures import pytest_postgresql_peer as peer
 
-__all__ = ["PG_OVERHEAD_GOAL", "SQLITE_OVERHEAD_GOAL", "measure"]
+__all__ = ["MYSQL_OVERHEAD_GOAL", "PG_OVERHEAD_GOAL", "SQLITE_OVERHEAD_GOAL", "measure"]
 
 TESTS = 200
 ISOLATIONS = ("clean", "fresh", "rollback")
 SQLITE_OVERHEAD_GOAL = Goal("max_value", 2.0, "≤ 2 ms")
 PG_OVERHEAD_GOAL = Goal("min_ratio", 10.0, "≥ 10× lower")
+MYSQL_OVERHEAD_GOAL = Goal("min_ratio", 10.0, "≥ 10× lower")
+GOALS = {
+    "sqlite": SQLITE_OVERHEAD_GOAL,
+    "postgresql": PG_OVERHEAD_GOAL,
+    "mysql": MYSQL_OVERHEAD_GOAL,
+}
 #: Suites faster than this get extra repeats in a full run (closest to the noise).
 CHEAP_SUITE_S = 3.0
 
 EMPTY_ASYNC = "empty-async"
 CREATE_ALL = "create_all"
 #: Suite-name prefix of each backend's runs of the plugin's suite.
-PREFIX = {"sqlite": "sqlite", "postgresql": "pg"}
+PREFIX = {"sqlite": "sqlite", "postgresql": "pg", "mysql": "my"}
+#: The backends this figure has rows for.
+BACKENDS = ("sqlite", "postgresql", "mysql")
 
 
 def _spec(backend: str, isolation: str) -> RowSpec:
-    goal = SQLITE_OVERHEAD_GOAL if backend == "sqlite" else PG_OVERHEAD_GOAL
     return RowSpec(
         key=f"overhead.{backend}.{isolation}",
         group="overhead",
         figure=f"Per-test overhead, {BACKEND_NAMES[backend]} {isolation}",
         unit="ms/test",
-        goal=goal,
+        goal=GOALS[backend],
         ratio_label="× lower",
     )
 
@@ -98,7 +107,7 @@ def measure(ctx: Context) -> list[Row]:
     plan: Plan = {EMPTY_ASYNC: (ws.suite("empty-async", empty_suite(TESTS, is_async=True)), [])}
     ours_dir = ws.suite("ours-create", ours_create_suite(TESTS))
     reasons: dict[str, str | None] = {}
-    for backend, db, reason in ctx.targets():
+    for backend, db, reason in ctx.targets(BACKENDS):
         reasons[backend] = reason
         if reason is None:
             for iso in ISOLATIONS:
@@ -108,7 +117,10 @@ def measure(ctx: Context) -> list[Row]:
                 )
         if backend == "sqlite":
             plan[CREATE_ALL] = (ws.suite("create-all", create_all_suite(TESTS)), [])
-    peer_reason = peer.add_to_plan(ctx, plan, TESTS) if "postgresql" in ctx.backends else None
+    peer_reasons = {
+        "postgresql": peer.add_to_plan(ctx, plan, TESTS) if "postgresql" in reasons else None,
+        "mysql": mysql_peer.add_to_plan(ctx, plan, TESTS) if "mysql" in reasons else None,
+    }
 
     ws.run(*plan[EMPTY_ASYNC])  # warm the OS caches once, untimed
     per_test = _PerTest(run_plan(ctx, plan, TESTS, "overhead", cheap_s=CHEAP_SUITE_S))
@@ -118,12 +130,13 @@ def measure(ctx: Context) -> list[Row]:
         if backend == "sqlite":
             base_suite, base_empty, base_label = CREATE_ALL, EMPTY_ASYNC, "create_all/test"
         else:
-            base_suite, base_empty = peer.SUITE, peer.EMPTY
+            base_suite = peer.SUITE if backend == "postgresql" else mysql_peer.SUITE
+            base_empty, peer_reason = peer.EMPTY, peer_reasons[backend]
             measured = peer_reason is None and per_test.wall(base_suite, base_empty) is not None
             base_label = (
-                "pytest-postgresql"
+                base_suite
                 if measured
-                else "pytest-postgresql n/a: "
+                else f"{base_suite} n/a: "
                 + (peer_reason or per_test.samples.reason(base_suite, base_empty))
             )
         for iso in ISOLATIONS:
