@@ -18,6 +18,7 @@ from suites import Workspace, ours_create_suite
 __all__ = [
     "BACKEND_NAMES",
     "EXTRA_CHEAP_REPEATS",
+    "SMOKE_WARNING",
     "Context",
     "FigureFunction",
     "Plan",
@@ -34,6 +35,9 @@ BACKEND_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mysql": "MySQL
 
 #: The backends of the figures that have no MySQL rows yet (``Context.targets``' default).
 SQLITE_AND_POSTGRESQL = ("sqlite", "postgresql")
+
+#: The warning every row of a ``--smoke`` run carries.
+SMOKE_WARNING = "smoke run: reduced sizes, not a figure"
 
 #: Suites faster than a figure's ``cheap_s`` get this many more runs in a full run.
 EXTRA_CHEAP_REPEATS = 2
@@ -121,7 +125,14 @@ class Context:
     pg_url: str
     workspace: Workspace
     mysql_url: str = ""
+    #: ``--smoke``: the overhead and throughput figures at reduced sizes (checks that they run)
+    smoke: bool = False
     _probes: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def smoke_warning(self) -> str:
+        """:data:`SMOKE_WARNING` in a ``--smoke`` run, else empty."""
+        return SMOKE_WARNING if self.smoke else ""
 
     @property
     def full(self) -> bool:

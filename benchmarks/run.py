@@ -65,6 +65,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="benchmarks/run.py", description="pytest-threadcreator benchmarks"
     )
     parser.add_argument("--quick", action="store_true", help="one repeat instead of three")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="overhead and throughput at reduced sizes, to check that they run (not figures)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="repeats per figure (default 3)")
     parser.add_argument(
         "--only", default=",".join(FIGURES), help=f"comma list of {', '.join(FIGURES)}"
@@ -140,6 +145,7 @@ def measure(args: argparse.Namespace) -> list[Row]:
         pg_url=args.pg_url,
         workspace=workspace,
         mysql_url=args.mysql_url,
+        smoke=args.smoke,
     )
     log(f"workspace {workspace.root}; repeats={args.repeats}; figures={','.join(args.only)}")
     rows: list[Row] = []
@@ -178,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": [sys.executable, *sys.argv],
         "quick": args.quick,
+        "smoke": args.smoke,
         "repeats": args.repeats,
         "figures": args.only,
         "backends": args.backends,

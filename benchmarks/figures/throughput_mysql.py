@@ -17,8 +17,8 @@ from harness import Context, log
 
 from figures.throughput_common import (
     BATCH,
-    CREATES,
     common_extra,
+    creates,
     missing_all,
     paired,
     run_measure,
@@ -42,7 +42,7 @@ def measure(ctx: Context) -> list[Row]:
         return missing_all(row_specs, reason)
     result, reason = run_measure(
         "mysql",
-        lambda: throughput.measure_mysql(ctx.mysql_url, CREATES, ctx.repeats, BATCH, log),
+        lambda: throughput.measure_mysql(ctx.mysql_url, creates(ctx), ctx.repeats, BATCH, log),
     )
     if result is None:
         return missing_all(row_specs, reason)
@@ -61,6 +61,7 @@ def measure(ctx: Context) -> list[Row]:
                 ratio=median(ratios),
                 samples={k: list(v) for k, v in rates.items()},
                 extra={**extra, "ratio_per_repeat": ratios},
+                warning=ctx.smoke_warning,
             )
         )
     return rows
