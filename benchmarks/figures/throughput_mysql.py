@@ -8,6 +8,10 @@ plugin's MySQL store sends. Four separate awaits (one per statement) would cost 
 trips and flatter the plugin. Same rows, same ids (checked by reading one pair back from each
 side). Gathered creates are held to the raw concurrent loop; sequential awaits are information
 only.
+
+With both sides at one round trip per create, what is left between them is the plugin's own
+path, mostly the crossing to its background event loop and back for every create (see
+"What bounds MySQL throughput" in ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
