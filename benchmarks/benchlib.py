@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
+    "DEFAULT_MYSQL_URL",
     "DEFAULT_PG_URL",
     "RESULTS_DIR",
     "Goal",
@@ -29,6 +30,7 @@ __all__ = [
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+DEFAULT_MYSQL_URL = "mysql+asyncmy://root@127.0.0.1:3306/"
 
 #: Packages whose versions decide the figures; reported with every run.
 PACKAGES = (
@@ -37,10 +39,13 @@ PACKAGES = (
     "pytest-asyncio",
     "pytest-xdist",
     "pytest-postgresql",
+    "pytest-mysql",
     "SQLAlchemy",
     "aiosqlite",
     "asyncpg",
     "psycopg",
+    "asyncmy",
+    "PyMySQL",
     "matplotlib",
 )
 

@@ -18,18 +18,26 @@ from suites import Workspace, ours_create_suite
 __all__ = [
     "BACKEND_NAMES",
     "EXTRA_CHEAP_REPEATS",
+    "SMOKE_WARNING",
     "Context",
     "FigureFunction",
     "Plan",
     "Samples",
     "label_db",
     "log",
+    "mysql_parts",
     "pg_parts",
     "run_plan",
 ]
 
 #: How the table names each backend.
-BACKEND_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+BACKEND_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mysql": "MySQL"}
+
+#: The backends of the figures that have no MySQL rows yet (``Context.targets``' default).
+SQLITE_AND_POSTGRESQL = ("sqlite", "postgresql")
+
+#: The warning every row of a ``--smoke`` run carries.
+SMOKE_WARNING = "smoke run: reduced sizes, not a figure"
 
 #: Suites faster than a figure's ``cheap_s`` get this many more runs in a full run.
 EXTRA_CHEAP_REPEATS = 2
@@ -63,6 +71,35 @@ def pg_parts(url: str) -> tuple[str, int, str, str | None]:
     )
 
 
+def mysql_parts(url: str) -> tuple[str, int, str, str | None]:
+    """Host, port, user and password of a MySQL/MariaDB URL."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return (
+        parsed.host or "127.0.0.1",
+        parsed.port or 3306,
+        parsed.username or "root",
+        parsed.password,
+    )
+
+
+def _pytest_mysql_reason(url: str) -> str | None:
+    try:
+        import pymysql
+        import pytest_mysql  # noqa: F401
+    except ImportError as exc:
+        return f"pip install 'pytest-threadcreator[bench]' ({exc})"
+    host, port, user, password = mysql_parts(url)
+    try:
+        pymysql.connect(
+            host=host, port=port, user=user, password=password or "", connect_timeout=5
+        ).close()
+    except Exception as exc:
+        return short_reason(f"{type(exc).__name__}: {exc}")
+    return None
+
+
 def _pytest_postgresql_reason(url: str) -> str | None:
     try:
         import psycopg
@@ -87,7 +124,15 @@ class Context:
     backends: frozenset[str]
     pg_url: str
     workspace: Workspace
+    mysql_url: str = ""
+    #: ``--smoke``: the overhead and throughput figures at reduced sizes (checks that they run)
+    smoke: bool = False
     _probes: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def smoke_warning(self) -> str:
+        """:data:`SMOKE_WARNING` in a ``--smoke`` run, else empty."""
+        return SMOKE_WARNING if self.smoke else ""
 
     @property
     def full(self) -> bool:
@@ -122,13 +167,30 @@ class Context:
             log(f"probe pytest-postgresql: {self._probes[key] or 'ok'}")
         return self._probes[key]
 
-    def targets(self) -> list[tuple[str, str, str | None]]:
-        """(backend, ``--threadcreator-db`` value, why not available) of each chosen backend."""
+    def mysql_reason(self) -> str | None:
+        """Why the plugin's MySQL/MariaDB backend cannot be measured, or None."""
+        return self.plugin_backend_reason(self.mysql_url)
+
+    def pytest_mysql_reason(self) -> str | None:
+        """Why the pytest-mysql baseline cannot run, or None."""
+        key = "pytest-mysql"
+        if key not in self._probes:
+            self._probes[key] = _pytest_mysql_reason(self.mysql_url)
+            log(f"probe pytest-mysql: {self._probes[key] or 'ok'}")
+        return self._probes[key]
+
+    def targets(
+        self, kinds: Sequence[str] = SQLITE_AND_POSTGRESQL
+    ) -> list[tuple[str, str, str | None]]:
+        """(backend, ``--threadcreator-db`` value, why not available) of each chosen backend
+        among ``kinds`` (the backends the figure has rows for)."""
         out: list[tuple[str, str, str | None]] = []
-        if "sqlite" in self.backends:
+        if "sqlite" in self.backends and "sqlite" in kinds:
             out.append(("sqlite", "sqlite", None))
-        if "postgresql" in self.backends:
+        if "postgresql" in self.backends and "postgresql" in kinds:
             out.append(("postgresql", self.pg_url, self.pg_reason()))
+        if "mysql" in self.backends and "mysql" in kinds:
+            out.append(("mysql", self.mysql_url, self.mysql_reason()))
         return out
 
 

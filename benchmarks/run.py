@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    .venv/bin/python benchmarks/run.py [--quick] [--only NAME,...] [--backends sqlite,postgresql]
+    .venv/bin/python benchmarks/run.py [--quick] [--only NAME,...] [--backends sqlite,postgresql,mysql]
 
 Figures (``--only``): overhead, throughput, concurrent, xdist, startup, engine; each lives in its
 own module under ``benchmarks/figures/``. Prints one table (figure, ours, baseline, ratio, goal,
@@ -23,13 +23,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchlib import DEFAULT_PG_URL, RESULTS_DIR, Row, RowSpec, machine_info, short_reason
+from benchlib import (
+    DEFAULT_MYSQL_URL,
+    DEFAULT_PG_URL,
+    RESULTS_DIR,
+    Row,
+    RowSpec,
+    machine_info,
+    short_reason,
+)
 from figures import FIGURES
 from harness import Context, FigureFunction, label_db, log
 from suites import Workspace
 from table import BEGIN, END, render_table, rewrite_readme
 
-BACKENDS = ("sqlite", "postgresql")
+BACKENDS = ("sqlite", "postgresql", "mysql")
 
 
 def render_machine(machine: dict[str, Any]) -> str:
@@ -57,17 +65,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="benchmarks/run.py", description="pytest-threadcreator benchmarks"
     )
     parser.add_argument("--quick", action="store_true", help="one repeat instead of three")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="overhead and throughput at reduced sizes, to check that they run (not figures)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="repeats per figure (default 3)")
     parser.add_argument(
         "--only", default=",".join(FIGURES), help=f"comma list of {', '.join(FIGURES)}"
     )
     parser.add_argument(
-        "--backends", default=",".join(BACKENDS), help="comma list of sqlite, postgresql"
+        "--backends",
+        default=",".join(BACKENDS),
+        help=f"comma list of {', '.join(BACKENDS)} (mysql: overhead and throughput rows only)",
     )
     parser.add_argument(
         "--pg-url",
         default=os.environ.get("THREADCREATOR_POSTGRES_URL", DEFAULT_PG_URL),
         help="server for the PostgreSQL figures (default $THREADCREATOR_POSTGRES_URL or %(default)s)",
+    )
+    parser.add_argument(
+        "--mysql-url",
+        default=os.environ.get("THREADCREATOR_MYSQL_URL", DEFAULT_MYSQL_URL),
+        help="server for the MySQL/MariaDB figures (default $THREADCREATOR_MYSQL_URL or "
+        "%(default)s)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "latest.json")
     parser.add_argument("--keep-workspace", action="store_true", help="keep the generated suites")
@@ -123,6 +144,8 @@ def measure(args: argparse.Namespace) -> list[Row]:
         backends=frozenset(args.backends),
         pg_url=args.pg_url,
         workspace=workspace,
+        mysql_url=args.mysql_url,
+        smoke=args.smoke,
     )
     log(f"workspace {workspace.root}; repeats={args.repeats}; figures={','.join(args.only)}")
     rows: list[Row] = []
@@ -161,10 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": [sys.executable, *sys.argv],
         "quick": args.quick,
+        "smoke": args.smoke,
         "repeats": args.repeats,
         "figures": args.only,
         "backends": args.backends,
         "pg_url": label_db(args.pg_url),
+        "mysql_url": label_db(args.mysql_url),
         "duration_s": round(duration, 1),
         "machine": machine,
         "rows": [row.to_json() for row in rows],

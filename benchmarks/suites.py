@@ -30,6 +30,7 @@ __all__ = [
     "create_all_suite",
     "empty_suite",
     "ours_create_suite",
+    "pytest_mysql_suite",
     "pytest_postgresql_suite",
     "startup_suite",
     "ten_users_suite",
@@ -45,6 +46,7 @@ asyncio_mode = strict
 SCRUBBED_ENV = (
     "THREADCREATOR_DB",
     "THREADCREATOR_POSTGRES_URL",
+    "THREADCREATOR_MYSQL_URL",
     "PYTEST_ADDOPTS",
     "PYTEST_PLUGINS",
     "PYTEST_XDIST_WORKER",
@@ -318,6 +320,69 @@ def pytest_postgresql_suite(
                     ),
                 )
             postgresql.commit()
+        """
+    )
+
+
+def pytest_mysql_suite(
+    n: int, *, host: str, port: int, user: str, password: str | None, dbname: str, ddl: list[str]
+) -> str:
+    """Baseline: pytest-mysql's ``mysql_noproc`` + ``mysql`` (a database per test).
+
+    Each test creates the two tables and inserts one thread and its message with PyMySQL (the
+    connection pytest-mysql's fixture yields), then commits.
+    """
+    return _module(
+        f"""
+        import json
+        import time
+        import uuid
+
+        import pytest
+        from pytest_mysql import factories
+
+        mysql_noproc = factories.mysql_noproc(host={host!r}, port={port!r}, user={user!r})
+        mysql = factories.mysql(
+            "mysql_noproc",
+            passwd={password!r},
+            dbname={dbname!r},
+            charset="utf8mb4",
+            collation="utf8mb4_unicode_ci",
+        )
+
+        DDL = {json.dumps(ddl)}
+        THREAD_SQL = (
+            "INSERT INTO threads (id, object, user_id, title, status, created_at, metadata_) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)"
+        )
+        MESSAGE_SQL = (
+            "INSERT INTO messages (id, object, thread_id, `role`, content, created_at, "
+            "assistant_id, run_id, file_ids, metadata_) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        )
+
+
+        @pytest.mark.parametrize("i", range({n}))
+        def test_create(mysql, i):
+            now = int(time.time())
+            thread_id = "thread_" + uuid.uuid4().hex
+            user = f"user_{{i:05d}}"
+            meta = {{"user_id": user, "status": "active", "created_at": now}}
+            content = [{{"type": "text", "text": {{"value": "Hello", "annotations": []}}}}]
+            with mysql.cursor() as cur:
+                for statement in DDL:
+                    cur.execute(statement)
+                cur.execute(
+                    THREAD_SQL, (thread_id, "thread", user, None, "active", now, json.dumps(meta))
+                )
+                cur.execute(
+                    MESSAGE_SQL,
+                    (
+                        "msg_" + uuid.uuid4().hex, "thread.message", thread_id, "user",
+                        json.dumps(content), now, None, None, "[]",
+                        json.dumps({{"initial_message": True}}),
+                    ),
+                )
+            mysql.commit()
         """
     )
 

@@ -1,8 +1,9 @@
 """Throughput: ThreadCreator against the raw driver doing the same two inserts per transaction.
 
 Run: ``.venv/bin/python benchmarks/throughput.py [--creates N] [--repeats R]
-[--backends sqlite,postgresql] [--pg-url URL]``; or import :func:`measure_sqlite` /
-:func:`measure_postgres` (``benchmarks/run.py`` does).
+[--backends sqlite,postgresql,mysql] [--pg-url URL] [--mysql-url URL]``; or import
+:func:`measure_sqlite` / :func:`measure_postgres` / :func:`measure_mysql` (``benchmarks/run.py``
+does).
 
 Everything runs in this process, without pytest. Each measurement gets a fresh database cloned
 from the backend's template (the plugin's own ``create_database``), warms up with one untimed
@@ -18,6 +19,10 @@ Raw baselines, written the way a careful hand-written loop would be:
   their transactions from interleaving on it, which would otherwise fail).
 * asyncpg: a pool of 10; ``BEGIN; INSERT; INSERT; COMMIT`` per transaction, sequential and as
   concurrent tasks.
+* asyncmy: a pool as large as the plugin's store pool on that server (``maxsize`` from the
+  backend's pool plan, 10 by default; autocommit, utf8mb4, like the store's); ``START
+  TRANSACTION; INSERT thread; INSERT message; COMMIT`` sent as one multi-statement packet, the
+  one round trip the plugin's MySQL store sends too, sequential and as concurrent tasks.
 
 And the SQLite ceiling (``ceiling-sqlite3``): the same transaction in plain ``sqlite3``, one
 thread, no event loop, the same pragmas and rows. Nothing that talks to SQLite from asyncio can
@@ -53,6 +58,7 @@ __all__ = [
     "VARIANTS",
     "BenchmarkError",
     "ThroughputResult",
+    "measure_mysql",
     "measure_postgres",
     "measure_sqlite",
 ]
@@ -116,6 +122,8 @@ class ThroughputResult:
     rates: dict[str, list[float]] = field(default_factory=dict)
     #: why the backend could not be measured (None: it was)
     reason: str | None = None
+    #: details of the measurement worth keeping (e.g. the pool size, the server's version)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def median(self, variant: str) -> float:
         """Median creates/s of ``variant``."""
@@ -203,12 +211,16 @@ def raw_rows(context: UserExecutionContext) -> tuple[tuple[Any, ...], tuple[Any,
     return thread, message
 
 
-def _insert_sql(table: str, columns: Sequence[str], style: Literal["qmark", "dollar"]) -> str:
-    marks = (
-        ", ".join("?" for _ in columns)
-        if style == "qmark"
-        else ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-    )
+def _insert_sql(
+    table: str, columns: Sequence[str], style: Literal["qmark", "dollar", "format"]
+) -> str:
+    if style == "qmark":
+        marks = ", ".join("?" for _ in columns)
+    elif style == "dollar":
+        marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    else:  # MySQL: %s, and every column name in backquotes (``role`` is a keyword there)
+        marks = ", ".join("%s" for _ in columns)
+        columns = [f"`{c}`" for c in columns]
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
 
 
@@ -491,6 +503,150 @@ def measure_postgres(
     return result
 
 
+# -------------------------------------------------------------------------------------------
+# MySQL / MariaDB
+# -------------------------------------------------------------------------------------------
+
+
+def _asyncmy() -> Any:
+    """The asyncmy module (untyped; imported only for the MySQL figures)."""
+    return importlib.import_module("asyncmy")
+
+
+async def _mysql_readback(connect: dict[str, Any]) -> tuple[int, int, dict[str, Any]]:
+    conn = await _asyncmy().connect(charset="utf8mb4", **connect)
+    columns = ", ".join(f"`{c}`" for c in MESSAGE_COLUMNS)
+    try:
+        async with conn.cursor(_asyncmy().cursors.DictCursor) as cur:
+            await cur.execute("SELECT count(*) AS n FROM threads")
+            threads = (await cur.fetchone())["n"]
+            await cur.execute("SELECT count(*) AS n FROM messages")
+            messages = (await cur.fetchone())["n"]
+            await cur.execute(
+                f"SELECT {', '.join(THREAD_COLUMNS)}, deleted_at FROM threads ORDER BY id LIMIT 1"
+            )
+            thread = await cur.fetchone()
+            await cur.execute(
+                f"SELECT {columns} FROM messages WHERE thread_id = %s", (thread["id"],)
+            )
+            message = await cur.fetchone()
+        return int(threads), int(messages), _shape(dict(thread), dict(message))
+    finally:
+        conn.close()
+
+
+async def _mysql_raw_run(
+    connect: dict[str, Any],
+    pool_size: int,
+    contexts: Sequence[UserExecutionContext],
+    mode: Mode,
+    batch: int,
+) -> float:
+    from pytest_threadcreator.store.mysql import MULTI_STATEMENTS
+
+    pool = await _asyncmy().create_pool(
+        minsize=1,
+        maxsize=pool_size,
+        autocommit=True,
+        charset="utf8mb4",
+        client_flag=MULTI_STATEMENTS,
+        **connect,
+    )
+    # One packet, one round trip: what the plugin's store sends for a create.
+    sql = (
+        f"START TRANSACTION; {_insert_sql('threads', THREAD_COLUMNS, 'format')}; "
+        f"{_insert_sql('messages', MESSAGE_COLUMNS, 'format')}; COMMIT"
+    )
+
+    async def transaction(context: UserExecutionContext) -> None:
+        thread, message = raw_rows(context)
+        async with pool.acquire() as conn:
+            try:
+                async with conn.cursor() as cur:
+                    await cur.execute(sql, thread + message)
+                    while await cur.nextset():
+                        pass
+            except BaseException:
+                await conn.rollback()
+                raise
+
+    try:
+        return await _drive(transaction, contexts, mode, batch)
+    finally:
+        pool.close()
+        await pool.wait_closed()
+
+
+def _mysql_connect_kwargs(url: str, database: str) -> dict[str, Any]:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return {
+        "host": parsed.host or "localhost",
+        "port": parsed.port or 3306,
+        "user": parsed.username or "root",
+        "password": parsed.password or "",
+        "db": database,
+    }
+
+
+def measure_mysql(
+    url: str,
+    creates: int = DEFAULT_CREATES,
+    repeats: int = 3,
+    batch: int = DEFAULT_BATCH,
+    log: Log | None = None,
+) -> ThroughputResult:
+    """ThreadCreator on the plugin's MySQL/MariaDB backend (by URL) against raw asyncmy.
+
+    Returns a result with ``reason`` set when the backend cannot be built or started (no
+    driver, server unreachable).
+    """
+    result = ThroughputResult("mysql", creates, batch, {name: [] for name, _, _ in VARIANTS})
+    try:
+        from pytest_threadcreator.backends.mysql import MySqlBackend
+        from pytest_threadcreator.backends.postgresql.janitor import new_run_id
+
+        backend = MySqlBackend(url, run_id=new_run_id(), worker_id="bench")
+        backend.start()
+    except Exception as exc:
+        result.reason = f"{type(exc).__name__}: {exc}"
+        return result
+    assert backend.plan is not None
+    pool_size = backend.plan.store_max  # the plugin's store pool on this server
+    contexts = _contexts(creates + batch)
+    shapes: dict[str, dict[str, Any]] = {}
+    try:
+        backend.prepare_template(default_schema(), None)
+        for rep in range(repeats):
+            order = VARIANTS if rep % 2 == 0 else tuple(reversed(VARIANTS))
+            for name, side, mode in order:
+                database = backend.create_database(name.replace("-", "_"), isolation="clean")
+                connect = _mysql_connect_kwargs(url, database.name)
+                try:
+                    if side == "ours":
+                        elapsed = _run_ours(database, contexts, mode, batch)
+                    else:
+                        database.close()
+                        elapsed = asyncio.run(
+                            _mysql_raw_run(connect, pool_size, contexts, mode, batch)
+                        )
+                    threads, messages, shape = asyncio.run(_mysql_readback(connect))
+                finally:
+                    backend.drop_database(database)
+                _check_counts("mysql", name, threads, messages, len(contexts))
+                shapes.setdefault(side, shape)
+                result.rates[name].append(creates / elapsed)
+                if log is not None:
+                    log(f"throughput mysql {name}: {creates / elapsed:,.0f}/s")
+            _compare_shapes("mysql", shapes)
+    finally:
+        backend.stop()
+    result.extra["pool_size"] = pool_size
+    result.extra["server"] = backend.version
+    return result
+
+
 def _print(result: ThroughputResult) -> None:
     if result.reason is not None:
         print(f"{result.backend}: not available: {result.reason}")
@@ -521,12 +677,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--creates", type=int, default=DEFAULT_CREATES)
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--backends", default="sqlite,postgresql,mysql")
     parser.add_argument(
         "--pg-url",
         default=os.environ.get(
             "THREADCREATOR_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
         ),
+    )
+    parser.add_argument(
+        "--mysql-url",
+        default=os.environ.get("THREADCREATOR_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306/"),
     )
     args = parser.parse_args(argv)
     backends = {b.strip() for b in args.backends.split(",") if b.strip()}
@@ -538,6 +698,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print(measure_sqlite(args.creates, args.repeats, args.batch, log))
     if "postgresql" in backends:
         _print(measure_postgres(args.pg_url, args.creates, args.repeats, args.batch, log))
+    if "mysql" in backends:
+        _print(measure_mysql(args.mysql_url, args.creates, args.repeats, args.batch, log))
     return 0
 
 

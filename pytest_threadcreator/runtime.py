@@ -270,6 +270,12 @@ class EnvironmentFault(BackendUnavailableError):
 _SERVER_GONE_STATES = ("57P01", "57P02", "57P03")
 #: driver exceptions (by class name: the drivers are optional) meaning the connection is gone
 _SERVER_GONE_TYPES = ("ConnectionDoesNotExistError", "ConnectionFailureError", "InterfaceError")
+#: MySQL/MariaDB client errors (``args[0]`` of the driver's OperationalError) meaning the server
+#: is gone: cannot connect (2002, 2003), gone away (2006), lost mid-query (2013, 2055); and the
+#: server's own: shutting down (1053), connection killed (MariaDB 1927)
+_MYSQL_SERVER_GONE_CODES = frozenset({2002, 2003, 2006, 2013, 2055, 1053, 1927})
+#: The variable that names each server backend's URL, for the "went away" line.
+_URL_VARIABLES = {"mysql": "THREADCREATOR_MYSQL_URL"}
 _AGAIN = "then run the tests again; the run stops here"
 
 
@@ -299,10 +305,10 @@ def environment_fault(backend: Backend, exc: BaseException) -> EnvironmentFault 
         return None
     gone = next((e for e in chain if _is_server_gone(e)), None)
     if gone is not None:
+        variable = _URL_VARIABLES.get(backend.name, "THREADCREATOR_POSTGRES_URL")
         return EnvironmentFault(
             f"{backend.describe()}: the server went away mid-run ({_brief(gone)}); check that it "
-            f"is running (restart it, or fix THREADCREATOR_POSTGRES_URL/--threadcreator-db), "
-            f"{_AGAIN}"
+            f"is running (restart it, or fix {variable}/--threadcreator-db), {_AGAIN}"
         )
     return None
 
@@ -344,6 +350,9 @@ def _is_server_gone(exc: BaseException) -> bool:
     if state.startswith("08") or state in _SERVER_GONE_STATES:
         return True
     name = type(exc).__name__
+    if name == "OperationalError" and type(exc).__module__.startswith(("asyncmy", "pymysql")):
+        code = exc.args[0] if exc.args else None
+        return code in _MYSQL_SERVER_GONE_CODES
     return name in _SERVER_GONE_TYPES and (name != "InterfaceError" or "closed" in str(exc))
 
 

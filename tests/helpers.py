@@ -9,17 +9,19 @@ module also imports the PostgreSQL drivers, see :data:`POSTGRESQL_IMPORT_ERROR`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import importlib
 import os
 import pwd
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -172,6 +174,90 @@ def pg_binaries_missing() -> str | None:
     except BackendUnavailableError as exc:
         return str(exc)
     return None
+
+
+MARIADBD = "/usr/sbin/mariadbd"
+MARIADB_INSTALL_DB = "/usr/bin/mariadb-install-db"
+
+
+@functools.cache
+def private_mariadb_missing() -> str | None:
+    """Why a private MariaDB server cannot be started here (see :func:`private_mariadb`)."""
+    for binary in (MARIADBD, MARIADB_INSTALL_DB):
+        if not os.access(binary, os.X_OK):
+            return f"no {binary} (apt-get install mariadb-server)"
+    if os.geteuid() != 0:
+        return "starting a private MariaDB server as the mysql user needs root"
+    try:
+        pwd.getpwnam("mysql")
+    except KeyError:
+        return "no mysql user to run a private MariaDB server as"
+    return None
+
+
+@contextlib.contextmanager
+def private_mariadb() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A MariaDB server of the test's own (its URL and process): a new data directory under
+    the temporary directory, a free port on 127.0.0.1, run as the mysql user; killed and removed
+    after. For tests that stop a server: never the shared one."""
+    import tempfile
+
+    mysql = pwd.getpwnam("mysql")
+    root = Path(tempfile.mkdtemp(prefix="tc-mariadb-"))
+    os.chown(root, mysql.pw_uid, mysql.pw_gid)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run(
+            [
+                MARIADB_INSTALL_DB,
+                "--no-defaults",
+                f"--datadir={root / 'data'}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            user="mysql",
+            cwd=root,
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+        server = subprocess.Popen(
+            [
+                MARIADBD,
+                "--no-defaults",
+                f"--datadir={root / 'data'}",
+                f"--port={port}",
+                "--bind-address=127.0.0.1",
+                f"--socket={root / 'mysqld.sock'}",
+                f"--pid-file={root / 'mysqld.pid'}",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=32M",
+            ],
+            user="mysql",
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the private MariaDB server did not start on {port}"
+                    ) from None
+                time.sleep(0.1)
+        yield f"mysql+asyncmy://root@127.0.0.1:{port}/", server
+    finally:
+        if server is not None and server.poll() is None:
+            server.kill()
+            server.wait(30)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # -- a fake clock ----------------------------------------------------------------------------

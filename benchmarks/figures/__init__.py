@@ -13,6 +13,7 @@ from figures import (
     concurrent,
     overhead,
     startup,
+    throughput_mysql,
     throughput_postgresql,
     throughput_sqlite,
     xdist,
@@ -23,7 +24,11 @@ __all__ = ["FIGURES"]
 #: ``--only`` name → the figure functions it runs, in table order.
 FIGURES: dict[str, tuple[FigureFunction, ...]] = {
     "overhead": (overhead.measure,),
-    "throughput": (throughput_sqlite.measure, throughput_postgresql.measure),
+    "throughput": (
+        throughput_sqlite.measure,
+        throughput_postgresql.measure,
+        throughput_mysql.measure,
+    ),
     "concurrent": (concurrent.measure,),
     "xdist": (xdist.measure,),
     "startup": (startup.measure,),

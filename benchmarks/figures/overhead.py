@@ -1,8 +1,9 @@
 """Per-test overhead per backend and isolation mode: (200 one-create tests − empty suite) / 200.
 
 Baselines: on SQLite a hand-rolled fixture (a file per test, ``metadata.create_all``, one ORM
-insert); on PostgreSQL the pytest-postgresql peer (:mod:`figures.pytest_postgresql_peer`). All
-suites of the figure run interleaved in one plan.
+insert); on PostgreSQL the pytest-postgresql peer (:mod:`figures.pytest_postgresql_peer`); on
+MySQL/MariaDB the pytest-mysql peer (:mod:`figures.pytest_mysql_peer`). All suites of the
+figure run interleaved in one plan.
 """
 
 from __future__ import annotations
@@ -11,31 +12,41 @@ from benchlib import Goal, Row, RowSpec, median
 from harness import BACKEND_NAMES, Context, Plan, Samples, run_plan
 from suites import create_all_suite, empty_suite, ours_create_suite
 
+from figures import pytest_mysql_peer as mysql_peer
 from figures import pytest_postgresql_peer as peer
 
-__all__ = ["PG_OVERHEAD_GOAL", "SQLITE_OVERHEAD_GOAL", "measure"]
+__all__ = ["MYSQL_OVERHEAD_GOAL", "PG_OVERHEAD_GOAL", "SQLITE_OVERHEAD_GOAL", "measure"]
 
 TESTS = 200
+#: Tests per suite in a ``--smoke`` run.
+SMOKE_TESTS = 40
 ISOLATIONS = ("clean", "fresh", "rollback")
 SQLITE_OVERHEAD_GOAL = Goal("max_value", 2.0, "≤ 2 ms")
 PG_OVERHEAD_GOAL = Goal("min_ratio", 10.0, "≥ 10× lower")
+MYSQL_OVERHEAD_GOAL = Goal("min_ratio", 10.0, "≥ 10× lower")
+GOALS = {
+    "sqlite": SQLITE_OVERHEAD_GOAL,
+    "postgresql": PG_OVERHEAD_GOAL,
+    "mysql": MYSQL_OVERHEAD_GOAL,
+}
 #: Suites faster than this get extra repeats in a full run (closest to the noise).
 CHEAP_SUITE_S = 3.0
 
 EMPTY_ASYNC = "empty-async"
 CREATE_ALL = "create_all"
 #: Suite-name prefix of each backend's runs of the plugin's suite.
-PREFIX = {"sqlite": "sqlite", "postgresql": "pg"}
+PREFIX = {"sqlite": "sqlite", "postgresql": "pg", "mysql": "my"}
+#: The backends this figure has rows for.
+BACKENDS = ("sqlite", "postgresql", "mysql")
 
 
 def _spec(backend: str, isolation: str) -> RowSpec:
-    goal = SQLITE_OVERHEAD_GOAL if backend == "sqlite" else PG_OVERHEAD_GOAL
     return RowSpec(
         key=f"overhead.{backend}.{isolation}",
         group="overhead",
         figure=f"Per-test overhead, {BACKEND_NAMES[backend]} {isolation}",
         unit="ms/test",
-        goal=goal,
+        goal=GOALS[backend],
         ratio_label="× lower",
     )
 
@@ -43,19 +54,20 @@ def _spec(backend: str, isolation: str) -> RowSpec:
 class _PerTest:
     """Per-test milliseconds of a suite over its empty suite, in wall and CPU time."""
 
-    def __init__(self, samples: Samples) -> None:
+    def __init__(self, samples: Samples, tests: int) -> None:
         self.samples = samples
+        self.tests = tests
 
     def wall(self, name: str, empty: str) -> float | None:
         if not self.samples.ok(name, empty):
             return None
-        return (self.samples.median(name) - self.samples.median(empty)) / TESTS * 1000
+        return (self.samples.median(name) - self.samples.median(empty)) / self.tests * 1000
 
     def cpu(self, name: str, empty: str) -> float | None:
         s = self.samples
         if not s.ok(name, empty):
             return None
-        return (median(s.cpu[name]) - median(s.cpu[empty])) / TESTS * 1000
+        return (median(s.cpu[name]) - median(s.cpu[empty])) / self.tests * 1000
 
 
 def _row(
@@ -65,6 +77,7 @@ def _row(
     base_suite: str,
     base_empty: str,
     base_label: str,
+    smoke_warning: str,
 ) -> Row:
     """One isolation mode's row: ``suite`` minus the empty async suite, per test."""
     samples = per_test.samples
@@ -78,7 +91,11 @@ def _row(
         baseline=base,
         baseline_label=base_label,
         ratio=base / ours if base is not None and ours > 0 else None,
-        warning=samples.warning(suite, EMPTY_ASYNC, base_suite, base_empty),
+        warning="; ".join(
+            w
+            for w in (smoke_warning, samples.warning(suite, EMPTY_ASYNC, base_suite, base_empty))
+            if w
+        ),
         extra={
             "cpu_ms_per_test": per_test.cpu(suite, EMPTY_ASYNC),
             f"{base_key}_cpu_ms_per_test": per_test.cpu(base_suite, base_empty),
@@ -95,10 +112,11 @@ def _row(
 def measure(ctx: Context) -> list[Row]:
     """Per-test overhead of every chosen backend and isolation mode against its baseline."""
     ws = ctx.workspace
-    plan: Plan = {EMPTY_ASYNC: (ws.suite("empty-async", empty_suite(TESTS, is_async=True)), [])}
-    ours_dir = ws.suite("ours-create", ours_create_suite(TESTS))
+    tests = SMOKE_TESTS if ctx.smoke else TESTS
+    plan: Plan = {EMPTY_ASYNC: (ws.suite("empty-async", empty_suite(tests, is_async=True)), [])}
+    ours_dir = ws.suite("ours-create", ours_create_suite(tests))
     reasons: dict[str, str | None] = {}
-    for backend, db, reason in ctx.targets():
+    for backend, db, reason in ctx.targets(BACKENDS):
         reasons[backend] = reason
         if reason is None:
             for iso in ISOLATIONS:
@@ -107,23 +125,28 @@ def measure(ctx: Context) -> list[Row]:
                     [f"--threadcreator-db={db}", f"--threadcreator-isolation={iso}"],
                 )
         if backend == "sqlite":
-            plan[CREATE_ALL] = (ws.suite("create-all", create_all_suite(TESTS)), [])
-    peer_reason = peer.add_to_plan(ctx, plan, TESTS) if "postgresql" in ctx.backends else None
+            plan[CREATE_ALL] = (ws.suite("create-all", create_all_suite(tests)), [])
+    peer_reasons = {
+        "postgresql": peer.add_to_plan(ctx, plan, tests) if "postgresql" in reasons else None,
+        "mysql": mysql_peer.add_to_plan(ctx, plan, tests) if "mysql" in reasons else None,
+    }
 
     ws.run(*plan[EMPTY_ASYNC])  # warm the OS caches once, untimed
-    per_test = _PerTest(run_plan(ctx, plan, TESTS, "overhead", cheap_s=CHEAP_SUITE_S))
+    samples = run_plan(ctx, plan, tests, "overhead", cheap_s=CHEAP_SUITE_S)
+    per_test = _PerTest(samples, tests)
 
     rows: list[Row] = []
     for backend, reason in reasons.items():
         if backend == "sqlite":
             base_suite, base_empty, base_label = CREATE_ALL, EMPTY_ASYNC, "create_all/test"
         else:
-            base_suite, base_empty = peer.SUITE, peer.EMPTY
+            base_suite = peer.SUITE if backend == "postgresql" else mysql_peer.SUITE
+            base_empty, peer_reason = peer.EMPTY, peer_reasons[backend]
             measured = peer_reason is None and per_test.wall(base_suite, base_empty) is not None
             base_label = (
-                "pytest-postgresql"
+                base_suite
                 if measured
-                else "pytest-postgresql n/a: "
+                else f"{base_suite} n/a: "
                 + (peer_reason or per_test.samples.reason(base_suite, base_empty))
             )
         for iso in ISOLATIONS:
@@ -132,5 +155,7 @@ def measure(ctx: Context) -> list[Row]:
                 rows.append(spec.missing(reason))
                 continue
             suite = f"{PREFIX[backend]}-{iso}"
-            rows.append(_row(spec, per_test, suite, base_suite, base_empty, base_label))
+            rows.append(
+                _row(spec, per_test, suite, base_suite, base_empty, base_label, ctx.smoke_warning)
+            )
     return rows

@@ -7,11 +7,15 @@ baseline, interleaved with the plugin's suites so that both see the same server 
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 from harness import Context, Plan, pg_parts
 from suites import empty_suite, pytest_postgresql_suite
 
-__all__ = ["EMPTY", "SUITE", "add_to_plan", "postgres_ddl"]
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Dialect
+
+__all__ = ["EMPTY", "SUITE", "add_to_plan", "postgres_ddl", "schema_ddl"]
 
 #: The peer's suite and the empty sync suite it is measured against, as named in the plan.
 SUITE = "pytest-postgresql"
@@ -21,11 +25,16 @@ EMPTY = "empty-sync"
 def postgres_ddl() -> list[str]:
     """CREATE TABLE / CREATE INDEX statements of the plugin's default schema, for PostgreSQL."""
     from sqlalchemy.dialects import postgresql
+
+    return schema_ddl(postgresql.dialect())  # type: ignore[no-untyped-call]
+
+
+def schema_ddl(dialect: Dialect) -> list[str]:
+    """CREATE TABLE / CREATE INDEX statements of the plugin's default schema for ``dialect``."""
     from sqlalchemy.schema import CreateIndex, CreateTable
 
     from pytest_threadcreator.schema import default_schema
 
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     out: list[str] = []
     for table in default_schema().metadata.sorted_tables:
         out.append(str(CreateTable(table).compile(dialect=dialect)).strip())

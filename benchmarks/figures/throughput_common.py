@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from benchlib import Goal, Row, RowSpec, short_reason
-from harness import BACKEND_NAMES, log
+from harness import BACKEND_NAMES, Context, log
 
 if TYPE_CHECKING:
     import throughput
@@ -19,7 +19,9 @@ __all__ = [
     "BATCH",
     "CREATES",
     "MODES",
+    "SMOKE_CREATES",
     "common_extra",
+    "creates",
     "missing_all",
     "paired",
     "run_measure",
@@ -27,8 +29,15 @@ __all__ = [
 ]
 
 CREATES = 5_000
+#: Timed creates per measurement in a ``--smoke`` run.
+SMOKE_CREATES = 400
 BATCH = 200
 MODES = ("sequential", "concurrent")
+
+
+def creates(ctx: Context) -> int:
+    """Timed creates per measurement: :data:`CREATES`, or :data:`SMOKE_CREATES` with ``--smoke``."""
+    return SMOKE_CREATES if ctx.smoke else CREATES
 
 
 def specs(backend: str, goals: dict[str, Goal | None]) -> dict[str, RowSpec]:

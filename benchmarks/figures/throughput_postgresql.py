@@ -10,8 +10,8 @@ from harness import Context, log
 
 from figures.throughput_common import (
     BATCH,
-    CREATES,
     common_extra,
+    creates,
     missing_all,
     paired,
     run_measure,
@@ -35,7 +35,7 @@ def measure(ctx: Context) -> list[Row]:
         return missing_all(row_specs, reason)
     result, reason = run_measure(
         "postgresql",
-        lambda: throughput.measure_postgres(ctx.pg_url, CREATES, ctx.repeats, BATCH, log),
+        lambda: throughput.measure_postgres(ctx.pg_url, creates(ctx), ctx.repeats, BATCH, log),
     )
     if result is None:
         return missing_all(row_specs, reason)
@@ -54,6 +54,7 @@ def measure(ctx: Context) -> list[Row]:
                 ratio=median(ratios),
                 samples={k: list(v) for k, v in rates.items()},
                 extra={**extra, "ratio_per_repeat": ratios},
+                warning=ctx.smoke_warning,
             )
         )
     return rows

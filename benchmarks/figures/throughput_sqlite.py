@@ -12,9 +12,9 @@ from harness import EXTRA_CHEAP_REPEATS, Context, log
 
 from figures.throughput_common import (
     BATCH,
-    CREATES,
     MODES,
     common_extra,
+    creates,
     missing_all,
     paired,
     run_measure,
@@ -46,7 +46,7 @@ def measure(ctx: Context) -> list[Row]:
     # The SQLite variants sit closest to the noise: a full run gives them extra repeats.
     repeats = ctx.repeats + (EXTRA_CHEAP_REPEATS if ctx.full else 0)
     result, reason = run_measure(
-        "sqlite", lambda: throughput.measure_sqlite(CREATES, repeats, BATCH, log)
+        "sqlite", lambda: throughput.measure_sqlite(creates(ctx), repeats, BATCH, log)
     )
     if result is None:
         return missing_all(row_specs, reason)
@@ -68,6 +68,7 @@ def measure(ctx: Context) -> list[Row]:
                 ratio=median(ratios),
                 samples={k: list(v) for k, v in rates.items()},
                 extra={**extra, "ratio_per_repeat": ratios},
+                warning=ctx.smoke_warning,
             )
         )
     ceiling = rates.get("ceiling-sqlite3")
@@ -82,6 +83,7 @@ def measure(ctx: Context) -> list[Row]:
                 ratio=median(ratios),
                 samples={"ours-concurrent": list(ours), "ceiling": list(ceiling)},
                 extra={"ratio_per_repeat": ratios},
+                warning=ctx.smoke_warning,
             )
         )
     return rows

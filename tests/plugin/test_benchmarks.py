@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from ..helpers import PG_SERVER_URL, REPO_ROOT, needs, pg_server_missing
+from ..helpers import (
+    MYSQL_SERVER_URL,
+    PG_SERVER_URL,
+    REPO_ROOT,
+    mysql_server_missing,
+    needs,
+    pg_server_missing,
+)
 
 #: The benchmark picks its own backends: run once per test.sh, not on every backend.
 pytestmark = pytest.mark.suite_independent
@@ -179,3 +186,75 @@ def test_app_engine_figure_on_sqlite(tmp_path: Path) -> None:
 @needs(pg_server_missing())
 def test_app_engine_figure_on_postgresql(tmp_path: Path) -> None:
     check_engine_figure(tmp_path, "postgresql")
+
+
+def run_mysql_figure(tmp_path: Path, figure: str) -> list[dict[str, Any]]:
+    """``figure`` on ``--backends=mysql``, one repeat at ``--smoke`` sizes: its rows, every one
+    measured and marked as a smoke run."""
+    output = tmp_path / "results.json"
+
+    proc = run_benchmark(
+        f"--only={figure}",
+        "--backends=mysql",
+        f"--mysql-url={MYSQL_SERVER_URL}",
+        "--repeats=1",
+        "--smoke",
+        f"--output={output}",
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    data = load(output)
+    assert data["backends"] == ["mysql"] and data["smoke"] is True
+    rows: list[dict[str, Any]] = data["rows"]
+    for row in rows:
+        assert row["note"] == "", row["note"]
+        assert row["warning"] == "smoke run: reduced sizes, not a figure", row["warning"]
+        assert f"{row['figure']} [!]" in data["table"]
+    return rows
+
+
+@needs(mysql_server_missing())
+def test_overhead_figure_on_mysql_against_pytest_mysql(tmp_path: Path) -> None:
+    rows = run_mysql_figure(tmp_path, "overhead")
+
+    assert [row["key"] for row in rows] == [
+        "overhead.mysql.clean",
+        "overhead.mysql.fresh",
+        "overhead.mysql.rollback",
+    ]
+    for row in rows:
+        assert row["baseline_label"] == "pytest-mysql"
+        assert row["goal"] == {"kind": "min_ratio", "value": 10.0, "text": "≥ 10× lower"}
+        # At smoke sizes a suite can come out as fast as the empty one: no ratio then.
+        expected = row["baseline"] / row["ours"] if row["ours"] > 0 else None
+        assert row["ratio"] == expected
+        assert row["met"] is (None if expected is None else expected >= 10.0)
+        assert len(row["samples"]["suite_s"]) == len(row["samples"]["pytest_mysql_suite_s"]) == 1
+        assert len(row["samples"]["empty_sync_suite_s"]) == 1
+
+
+@needs(mysql_server_missing())
+def test_throughput_figure_on_mysql_against_raw_asyncmy(tmp_path: Path) -> None:
+    rows = run_mysql_figure(tmp_path, "throughput")
+
+    assert [row["key"] for row in rows] == [
+        "throughput.mysql.sequential",
+        "throughput.mysql.concurrent",
+    ]
+    sequential, concurrent = rows
+    assert sequential["goal"] is None and sequential["baseline_label"] == "raw asyncmy seq"
+    assert concurrent["goal"] == {"kind": "min_ratio", "value": 1.0, "text": "≥ 1.0×"}
+    assert concurrent["baseline_label"] == "raw asyncmy conc"
+    assert concurrent["met"] is (concurrent["ratio"] >= 1.0)
+    for row in rows:
+        assert set(row["samples"]) == {
+            "ours-sequential",
+            "raw-sequential",
+            "ours-concurrent",
+            "raw-concurrent",
+        }
+        assert all(len(values) == 1 for values in row["samples"].values())
+        assert row["extra"]["ratio_per_repeat"] == [row["ratio"]]
+        assert row["extra"]["pool_size"] >= 1
+        assert row["extra"]["server"]

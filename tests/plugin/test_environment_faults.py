@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ..helpers import needs, pg_binaries_missing
+from ..helpers import needs, pg_binaries_missing, private_mariadb, private_mariadb_missing
 
 INI = """
 [pytest]
@@ -106,6 +106,40 @@ def test_a_server_that_goes_away_mid_run_stops_the_run_in_one_line(
         "postgresql (*, PostgreSQL *): the server went away mid-run (*); check that it is "
         "running (restart it, or fix THREADCREATOR_POSTGRES_URL/--threadcreator-db), then run "
         "the tests again; the run stops here",
+    )
+
+
+@pytest.mark.suite_independent
+@needs(private_mariadb_missing())
+def test_a_mysql_server_that_goes_away_mid_run_stops_the_run_in_one_line(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A private server: the shared one must keep running for everyone else.
+    with private_mariadb() as (url, server):
+        monkeypatch.setenv("KILL_THE_SERVER", str(server.pid))
+        pytester.makeini(INI)
+        pytester.makepyfile(
+            textwrap.dedent(
+                """
+            import os, signal
+            import pytest
+
+            @pytest.mark.asyncio
+            async def test_a_writes(thread_creator, user_context):
+                await thread_creator.create_thread_with_message(user_context, "hi")
+
+            def test_b_stops_the_server(threadcreator_db):
+                os.kill(int(os.environ["KILL_THE_SERVER"]), signal.SIGKILL)
+            """
+            )
+            + AFTER_THE_FAULT
+        )
+        result = pytester.runpytest("-p", "no:cacheprovider", f"--threadcreator-db={url}")
+    assert_stopped_once(
+        result,
+        "mysql (*, *MariaDB*): the server went away mid-run (*); check that it is running "
+        "(restart it, or fix THREADCREATOR_MYSQL_URL/--threadcreator-db), then run the tests "
+        "again; the run stops here",
     )
 
 
