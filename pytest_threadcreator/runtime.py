@@ -274,8 +274,6 @@ _SERVER_GONE_TYPES = ("ConnectionDoesNotExistError", "ConnectionFailureError", "
 #: is gone: cannot connect (2002, 2003), gone away (2006), lost mid-query (2013, 2055); and the
 #: server's own: shutting down (1053), connection killed (MariaDB 1927)
 _MYSQL_SERVER_GONE_CODES = frozenset({2002, 2003, 2006, 2013, 2055, 1053, 1927})
-#: The variable that names each server backend's URL, for the "went away" line.
-_URL_VARIABLES = {"mysql": "THREADCREATOR_MYSQL_URL"}
 _AGAIN = "then run the tests again; the run stops here"
 
 
@@ -305,10 +303,9 @@ def environment_fault(backend: Backend, exc: BaseException) -> EnvironmentFault 
         return None
     gone = next((e for e in chain if _is_server_gone(e)), None)
     if gone is not None:
-        variable = _URL_VARIABLES.get(backend.name, "THREADCREATOR_POSTGRES_URL")
         return EnvironmentFault(
             f"{backend.describe()}: the server went away mid-run ({_brief(gone)}); check that it "
-            f"is running (restart it, or fix {variable}/--threadcreator-db), {_AGAIN}"
+            f"is running (restart it, or fix {backend.server_settings}), {_AGAIN}"
         )
     return None
 

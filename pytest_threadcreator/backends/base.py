@@ -30,6 +30,8 @@ class Backend(abc.ABC):
     #: where its database files live, when it keeps them on this machine's disk (SQLite); None
     #: for a server, whose disk is the server's
     directory: Path | None = None
+    #: the settings that name its server, for the line that says a server went away
+    server_settings: str = "--threadcreator-db"
 
     @abc.abstractmethod
     def describe(self) -> str:

@@ -138,7 +138,7 @@ def test_a_mysql_server_that_goes_away_mid_run_stops_the_run_in_one_line(
     assert_stopped_once(
         result,
         "mysql (*, *MariaDB*): the server went away mid-run (*); check that it is running "
-        "(restart it, or fix THREADCREATOR_MYSQL_URL/--threadcreator-db), then run the tests "
+        "(restart it, or fix --threadcreator-db), then run the tests "
         "again; the run stops here",
     )
 

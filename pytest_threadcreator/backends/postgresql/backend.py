@@ -86,6 +86,7 @@ class PostgresBackend(Backend):
     """
 
     name = "postgresql"
+    server_settings = "THREADCREATOR_POSTGRES_URL/--threadcreator-db"
 
     def __init__(
         self,
