@@ -116,6 +116,10 @@ class MySqlStore(Store):
         self._closed = False
         self._watcher: StatementCallback | None = None
         tables = [_PREPARER.format_table(t) for t in reversed(schema.metadata.sorted_tables)]
+        # seeded tables outside the schema (a migration tool's version table) are emptied too,
+        # so that the seed's copy below does not meet its own rows
+        names = {t.name for t in schema.metadata.sorted_tables}
+        tables += [quote(t) for t in seeded if t not in names]
         statements = ["SET FOREIGN_KEY_CHECKS = 0"] + [f"DELETE FROM {t}" for t in tables]
         for table in seeded:
             statements.append(

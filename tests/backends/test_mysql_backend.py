@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncmy
 import pytest
-from sqlalchemy import Integer, column, insert, select, text
+from sqlalchemy import Integer, column, insert, select, table, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -272,15 +272,25 @@ def test_a_setup_hooks_rows_are_in_every_new_database_and_survive_a_reset() -> N
                 await ThreadCreator(template).create_thread_with_message(
                     UserExecutionContext(user_id="seeded"), "from setup"
                 )
+                # a table outside the schema, as a migration tool's version table
+                async with template.engine.begin() as conn:
+                    await conn.exec_driver_sql(
+                        "CREATE TABLE version_table (num VARCHAR(32) PRIMARY KEY)"
+                    )
+                    await conn.exec_driver_sql("INSERT INTO version_table VALUES ('0001')")
 
             asyncio.run(create())
 
         backend.prepare_template(SCHEMA, seed)
         database = backend.create_database("seeded", isolation="clean")
+        versions = select(column("num")).select_from(table("version_table"))
         rows = database.store.fetch_all_sync(select(T.c.user_id))
         assert rows == [{"user_id": "seeded"}]
-        database.store.reset()
-        assert database.store.fetch_all_sync(select(T.c.user_id)) == rows
+        assert database.store.fetch_all_sync(versions) == [{"num": "0001"}]
+        for _ in range(2):
+            database.store.reset()
+            assert database.store.fetch_all_sync(select(T.c.user_id)) == rows
+            assert database.store.fetch_all_sync(versions) == [{"num": "0001"}]
         backend.drop_database(database)
     finally:
         backend.stop()

@@ -2,7 +2,8 @@
 
 Each example is a ready-to-copy folder with its own pytest.ini (the quickstart has none: it
 shows that none is needed). They run through ``pytester.copy_example`` on SQLite and, where the
-example is not tied to one backend, on the PostgreSQL server at ``$THREADCREATOR_POSTGRES_URL``.
+example is not tied to one backend, on the PostgreSQL server at ``$THREADCREATOR_POSTGRES_URL``
+and the MySQL/MariaDB server at ``$THREADCREATOR_MYSQL_URL``.
 """
 
 from __future__ import annotations
@@ -14,14 +15,24 @@ import re
 
 import pytest
 
+from ..helpers import (
+    MYSQL_SERVER_URL,
+    REPO_ROOT,
+    mysql_server_missing,
+    needs_marks,
+    require_postgresql_backend,
+)
 from ..helpers import PG_SERVER_URL as SERVER_URL
-from ..helpers import REPO_ROOT, require_postgresql_backend
 
 # The examples choose their backend by ini or option, and are no xdist workers.
 pytestmark = [pytest.mark.usefixtures("clean_environment"), pytest.mark.suite_independent]
 
 EXAMPLES = REPO_ROOT / "conftest_examples"
-BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param(SERVER_URL, id="postgresql")]
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param(SERVER_URL, id="postgresql"),
+    pytest.param(MYSQL_SERVER_URL, id="mysql", marks=needs_marks(mysql_server_missing())),
+]
 
 QUICKSTART_INI = """
 [pytest]
