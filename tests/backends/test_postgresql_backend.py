@@ -51,6 +51,7 @@ from pytest_threadcreator.backends.postgresql.pools import (
 )
 from pytest_threadcreator.backends.postgresql.servers import async_url as _async_url
 from pytest_threadcreator.backends.postgresql.servers import connect_kwargs as _connect_kwargs
+from pytest_threadcreator.backends.postgresql.servers import settle_ssl
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.errors import (
     BackendUnavailableError,
@@ -261,6 +262,26 @@ def test_pool_plan_refuses_too_many_workers() -> None:
 
 
 # -- URLs and errors without a server ----------------------------------------------------------
+
+
+def test_ssl_is_decided_once_per_run_unless_the_url_names_a_mode() -> None:
+    kwargs = {"host": "db", "port": 5432}
+    assert settle_ssl(kwargs, on_ssl=False) == {**kwargs, "ssl": False}
+    assert settle_ssl(kwargs, on_ssl=True) == kwargs, "the server speaks SSL: keep asking"
+    assert settle_ssl(kwargs, on_ssl=None) == kwargs, "not known: keep asking"
+    assert settle_ssl({**kwargs, "ssl": "prefer"}, on_ssl=False)["ssl"] == "prefer"
+
+
+@needs_server
+@pytest.mark.asyncio
+async def test_every_connection_of_a_database_goes_as_the_first_one_found_the_server(
+    db: Database,
+) -> None:
+    server_ssl = (await pg_fetch("SHOW ssl"))[0]["ssl"] == "on"
+    assert db.connect_args == ({} if server_ssl else {"ssl": False})
+    assert await db.count_threads() == 0  # the store's connections
+    async with db.engine.connect() as conn:  # the test's engine
+        assert (await conn.execute(text("SELECT 1"))).scalar() == 1
 
 
 def test_urls_are_normalised_to_async_drivers() -> None:

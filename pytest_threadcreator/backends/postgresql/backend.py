@@ -56,6 +56,7 @@ from .servers import (
     connect_kwargs,
     reach_server,
     safe_url,
+    settle_ssl,
 )
 from .spares import SpareTender
 
@@ -243,8 +244,10 @@ class PostgresBackend(Backend):
             "current_setting('max_connections')::int AS max_connections, "
             "current_setting('superuser_reserved_connections')::int AS reserved, "
             "current_setting('server_version_num')::int AS version_num, "
-            "(SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user) AS can"
+            "(SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user) AS can, "
+            "(SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()) AS ssl"
         )
+        self._connect = settle_ssl(self._connect, on_ssl=row["ssl"])
         self.version = str(row["version"]).split()[0]
         self._admin_database = str(row["db"])  # where the tender's connections go too
         self._file_copy = int(row["version_num"]) >= 150000
@@ -491,9 +494,19 @@ class PostgresBackend(Backend):
             pool=pool,
         )
 
+        # SSL as the run decided it (asyncpg only: a psycopg URL's engines keep their own)
+        engine_args = (
+            {"ssl": False}
+            if self._connect.get("ssl") is False and url.drivername == "postgresql+asyncpg"
+            else {}
+        )
+
         def engine_factory() -> AsyncEngine:
             return create_async_engine(
-                url, pool_size=plan.engine_pool_size, max_overflow=plan.engine_max_overflow
+                url,
+                pool_size=plan.engine_pool_size,
+                max_overflow=plan.engine_max_overflow,
+                connect_args=engine_args,
             )
 
         return Database(
@@ -505,6 +518,7 @@ class PostgresBackend(Backend):
             isolation=isolation,
             name=name,
             location=f"{self.address}/{name}",
+            connect_args=engine_args,
         )
 
     def drop_database(self, database: Database) -> None:
