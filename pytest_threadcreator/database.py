@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import event, func, select
@@ -60,6 +60,7 @@ class Database:
         name: str = "",
         location: str = "",
         connection_settings: tuple[str, ...] = (),
+        connect_args: Mapping[str, Any] | None = None,
     ) -> None:
         self.url = url
         self.backend = backend
@@ -72,6 +73,9 @@ class Database:
         #: statements run once on every new connection of an engine on this database (SQLite
         #: PRAGMAs), the app's engines included
         self.connection_settings = connection_settings
+        #: driver arguments of the engines the plugin itself makes on this database (the
+        #: rollback engine), as the backend decided them for the run (PostgreSQL's SSL)
+        self.connect_args: dict[str, Any] = dict(connect_args or {})
         self._engine_factory = engine_factory
         # Each engine is tied to the event loop of its first connection; None until then.
         self._engines: list[AsyncEngine] = []

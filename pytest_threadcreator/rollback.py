@@ -96,6 +96,7 @@ class RollbackDatabase(Database):
             isolation="rollback",
             name=base.name,
             location=base.location,
+            connect_args=base.connect_args,
         )
         self.base = base
         self._shared: dict[asyncio.AbstractEventLoop, _Shared] = {}
@@ -316,7 +317,7 @@ def _make_rollback_engine(base: Database, drivers: list[Any]) -> AsyncEngine:
     """The engine; ``drivers`` collects its driver connections so they can be closed loop-free."""
     setup = base.store.loop_free_connections
     if setup is None:  # connections belong to their loop: none is kept between tests
-        engine = create_async_engine(base.url, poolclass=NullPool)
+        engine = create_async_engine(base.url, poolclass=NullPool, connect_args=base.connect_args)
         _watch(engine)
         return engine
 

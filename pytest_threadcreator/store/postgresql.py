@@ -31,7 +31,7 @@ from .transient import is_pg_transient
 if TYPE_CHECKING:
     from ..schema import ThreadSchema
 
-__all__ = ["ADMIN_TIMEOUT", "DEFAULT_STORE_POOL", "PgStore"]
+__all__ = ["ADMIN_TIMEOUT", "DEFAULT_STORE_POOL", "PgStore", "close_pool", "open_pool"]
 
 DEFAULT_STORE_POOL = 10
 
@@ -170,13 +170,59 @@ async def _keep_session(conn: Any) -> None:
     """
 
 
+async def open_pool(
+    connect_kwargs: Mapping[str, Any],
+    *,
+    max_size: int,
+    min_size: int = 1,
+    schema: ThreadSchema | None = None,
+) -> Any:
+    """A store pool on one database (on the running loop, which it is bound to).
+
+    With ``schema``, its first connection has also looked at every table of the schema, so the
+    server has loaded what a create there needs (on a brand-new database, the first session
+    builds its catalog caches).
+    """
+    pool = await _asyncpg().create_pool(
+        min_size=min(min_size, max_size),
+        max_size=max_size,
+        init=_init_connection,
+        reset=_keep_session,
+        max_inactive_connection_lifetime=60.0,
+        server_settings={"application_name": "pytest-threadcreator"},
+        **connect_kwargs,
+    )
+    if schema is not None:
+        try:
+            looks = " ".join(
+                f"SELECT FROM {_PREPARER.format_table(table)} LIMIT 0;"
+                for table in schema.metadata.sorted_tables
+            )
+            if looks:
+                async with pool.acquire() as conn:
+                    await conn.execute(looks)
+        except BaseException:
+            await close_pool(pool)
+            raise
+    return pool
+
+
+async def close_pool(pool: Any) -> None:
+    """Close a store pool (waits up to 5 s for connections in use, then terminates them)."""
+    try:
+        await asyncio.wait_for(pool.close(), 5.0)
+    except (asyncio.TimeoutError, Exception):  # terminate whatever is left
+        pool.terminate()
+
+
 class PgStore(Store):
     """ThreadCreator's data path on one PostgreSQL database (an asyncpg pool).
 
     The pool lives on the backend's :class:`BackgroundLoop` and is made on first use; any event
     loop may await the coroutines. :meth:`create` without a fault decider is a single
     statement (both rows or neither, one round trip); with one it is an explicit transaction
-    that consults the decider before each step.
+    that consults the decider before each step. ``pool``: one made ahead by :func:`open_pool`
+    on ``background``'s loop with these sizes, which the store then owns.
     """
 
     def __init__(
@@ -190,6 +236,7 @@ class PgStore(Store):
         acquire_timeout: float = ACQUIRE_TIMEOUT,
         name: str = "",
         seeded: Sequence[str] = (),
+        pool: Any = None,
     ) -> None:
         if max_size < 1:
             raise ConfigurationError(f"PgStore max_size must be >= 1, got {max_size}")
@@ -200,7 +247,7 @@ class PgStore(Store):
         self.min_size = min(min_size, max_size)
         self.acquire_timeout = acquire_timeout
         self.name = name or str(self.connect_kwargs.get("database", ""))
-        self._pool: Any = None
+        self._pool: Any = pool
         self._pool_task: asyncio.Task[Any] | None = None
         self._checked_out = 0
         self._closed = False
@@ -242,15 +289,7 @@ class PgStore(Store):
             raise
 
     async def _make_pool(self) -> Any:
-        pool = await _asyncpg().create_pool(
-            min_size=self.min_size,
-            max_size=self.max_size,
-            init=_init_connection,
-            reset=_keep_session,
-            max_inactive_connection_lifetime=60.0,
-            server_settings={"application_name": "pytest-threadcreator"},
-            **self.connect_kwargs,
-        )
+        pool = await open_pool(self.connect_kwargs, max_size=self.max_size, min_size=self.min_size)
         self._pool = pool
         return pool
 
@@ -489,6 +528,17 @@ class PgStore(Store):
             "SELECT pg_terminate_backend(pid)"
         )
 
+    def detach(self) -> Any:
+        """Close the store and hand its pool over (None if it has none yet): whoever takes it
+        closes it, on the background loop (see :func:`close_pool`). A pool still being made is
+        closed here instead."""
+        if self._closed or (self._pool_task is not None and not self._pool_task.done()):
+            self.close()
+            return None
+        self._closed = True
+        pool, self._pool, self._pool_task = self._pool, None, None
+        return pool
+
     def close(self) -> None:
         """Close the pool (waits up to 5 s for connections in use, then terminates them)."""
         if self._closed:
@@ -509,10 +559,7 @@ class PgStore(Store):
             await asyncio.wait((task,))
         pool, self._pool = self._pool, None
         if pool is not None:
-            try:
-                await asyncio.wait_for(pool.close(), 5.0)
-            except (asyncio.TimeoutError, Exception):  # terminate whatever is left
-                pool.terminate()
+            await close_pool(pool)
 
 
 #: Sessions of the database waiting for a lock, with the sessions that block them.

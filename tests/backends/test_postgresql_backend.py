@@ -53,6 +53,7 @@ from pytest_threadcreator.backends.postgresql.pools import (
 )
 from pytest_threadcreator.backends.postgresql.servers import async_url as _async_url
 from pytest_threadcreator.backends.postgresql.servers import connect_kwargs as _connect_kwargs
+from pytest_threadcreator.backends.postgresql.servers import settle_ssl
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.errors import (
     BackendUnavailableError,
@@ -238,15 +239,21 @@ def test_pool_plan_fits_max_connections() -> None:
     for workers in (1, 2, 3, 4, 8):
         plan = plan_pools(100, workers=workers)
         per_database = plan.store_max + plan.engine_pool_size + plan.engine_max_overflow
-        service = service_connections(plan.spares)  # the admin connection, the tender's
+        # the admin connection, the tender's
+        service = service_connections(plan.spares, warm=plan.warm_spares)
         assert workers * (service + 2 * per_database) <= 100 - 3 - 5
         assert plan.spares > 0 and per_database >= 4, "spares never starve a database"
     assert plan_pools(100, workers=2).spares == DEFAULT_SPARES
     assert plan_pools(100, workers=1, requested=4).store_max == 4
-    assert service_connections(DEFAULT_SPARES) == DEFAULT_SPARES + 2
+    # the admin one; a cloner and a warm connection per spare; the dropper
+    assert service_connections(DEFAULT_SPARES) == 2 * DEFAULT_SPARES + 2
     tighter = plan_pools(20, reserved=3, workers=1)  # 12 usable: room for fewer spares
     assert 0 < tighter.spares < DEFAULT_SPARES
-    assert service_connections(tighter.spares) + 2 * 4 <= 12
+    assert service_connections(tighter.spares, warm=tighter.warm_spares) + 2 * 4 <= 12
+    assert plan_pools(100, workers=2).warm_spares, "with room, each spare holds a connection"
+    crowded = plan_pools(100, workers=8)  # 11 per worker: a spare, but no connection kept for it
+    assert (crowded.spares, crowded.warm_spares) == (1, False)
+    assert service_connections(1, warm=False) == 3
     tight = plan_pools(14, reserved=3, workers=1)  # 6 usable: room for databases, not a tender
     assert (tight.spares, tight.store_max) == (0, 1)
 
@@ -257,6 +264,26 @@ def test_pool_plan_refuses_too_many_workers() -> None:
 
 
 # -- URLs and errors without a server ----------------------------------------------------------
+
+
+def test_ssl_is_decided_once_per_run_unless_the_url_names_a_mode() -> None:
+    kwargs = {"host": "db", "port": 5432}
+    assert settle_ssl(kwargs, on_ssl=False) == {**kwargs, "ssl": False}
+    assert settle_ssl(kwargs, on_ssl=True) == kwargs, "the server speaks SSL: keep asking"
+    assert settle_ssl(kwargs, on_ssl=None) == kwargs, "not known: keep asking"
+    assert settle_ssl({**kwargs, "ssl": "prefer"}, on_ssl=False)["ssl"] == "prefer"
+
+
+@needs_server
+@pytest.mark.asyncio
+async def test_every_connection_of_a_database_goes_as_the_first_one_found_the_server(
+    db: Database,
+) -> None:
+    server_ssl = (await pg_fetch("SHOW ssl"))[0]["ssl"] == "on"
+    assert db.connect_args == ({} if server_ssl else {"ssl": False})
+    assert await db.count_threads() == 0  # the store's connections
+    async with db.engine.connect() as conn:  # the test's engine
+        assert (await conn.execute(text("SELECT 1"))).scalar() == 1
 
 
 def test_urls_are_normalised_to_async_drivers() -> None:
@@ -625,6 +652,8 @@ def test_spares_are_marked_empty_schema_ready_and_take_no_schema_change_along() 
         for label in ("second", "third", "fourth"):
             database = backend.create_database(label, isolation="fresh")
             assert database.name.endswith("_fresh"), "handed out from the spares"
+            # with its store's first connection already open: the tender opened it
+            assert _sessions_on(database.name) >= 1
             assert marked_run(_notes(database.name)[database.name]) == backend.run_id
             tables = _sync_fetch(
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
@@ -645,9 +674,18 @@ def test_spares_are_marked_empty_schema_ready_and_take_no_schema_change_along() 
             stock = [n for n in _marked_of(backend.run_id, "gw9") if n != database.name]
             assert len(stock) <= backend.plan.spares + backend.plan.spares, stock
             backend.drop_database(database)
+            assert backend.leftovers() == [backend.template]  # waits for the background drops
+            assert _sessions_on(database.name) == 0, "its connections closed before the drop"
     finally:
         backend.stop()
     assert _databases_like(f"tc_{backend.run_id}_") == [], "the spares go at stop"
+    assert _sessions_on(f"tc_{backend.run_id}_%") == 0, "and every connection the tender opened"
+
+
+def _sessions_on(name: str) -> int:
+    """Sessions connected to the database ``name`` (a LIKE pattern)."""
+    rows = _sync_fetch("SELECT count(*) AS n FROM pg_stat_activity WHERE datname LIKE $1", name)
+    return int(rows[0]["n"])
 
 
 @needs_server

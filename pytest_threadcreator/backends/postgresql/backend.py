@@ -25,7 +25,7 @@ from sqlalchemy.pool import NullPool
 from ..._background import BackgroundLoop
 from ...database import Database
 from ...errors import BackendUnavailableError, ConfigurationError, DatabaseError
-from ...store.postgresql import ADMIN_TIMEOUT, PgStore, _asyncpg
+from ...store.postgresql import ADMIN_TIMEOUT, PgStore, _asyncpg, close_pool, open_pool
 from ...store.postgresql_reset import _quote, copy_seed
 from ..base import Backend
 from .docker import DEFAULT_IMAGE, KEPT_SUFFIX, DockerServer, _short_reason
@@ -56,6 +56,7 @@ from .servers import (
     connect_kwargs,
     reach_server,
     safe_url,
+    settle_ssl,
 )
 from .spares import SpareTender
 
@@ -244,8 +245,10 @@ class PostgresBackend(Backend):
             "current_setting('max_connections')::int AS max_connections, "
             "current_setting('superuser_reserved_connections')::int AS reserved, "
             "current_setting('server_version_num')::int AS version_num, "
-            "(SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user) AS can"
+            "(SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user) AS can, "
+            "(SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()) AS ssl"
         )
+        self._connect = settle_ssl(self._connect, on_ssl=row["ssl"])
         self.version = str(row["version"]).split()[0]
         self._admin_database = str(row["db"])  # where the tender's connections go too
         self._file_copy = int(row["version_num"]) >= 150000
@@ -400,14 +403,17 @@ class PostgresBackend(Backend):
         """``CREATE DATABASE tc_<run>_<worker>_<n>_<label> TEMPLATE <template>``.
 
         A ``fresh`` database comes from the spares the tender cloned ahead (named
-        ``…_<n>_fresh``) when one is ready; it is cloned on demand otherwise.
+        ``…_<n>_fresh``), with its store's pool already connected, when one is ready; it is
+        cloned on demand otherwise.
         """
         if not self._template_ready:
             raise ConfigurationError("prepare_template() must run before create_database()")
-        name = None
+        name, pool = None, None
         if isolation == "fresh":
             spares = self._tender()
-            name = spares.take() if spares is not None else None
+            spare = spares.take() if spares is not None else None
+            if spare is not None:
+                name, pool = spare
         if name is not None:
             self._labels[name] = label
         else:
@@ -418,7 +424,7 @@ class PostgresBackend(Backend):
                 await create_marked(conn, name, self.run_id, template=template, file_copy=file_copy)
 
             self._admin_run(create)
-        database = self._open(name, label=label, isolation=isolation)
+        database = self._open(name, label=label, isolation=isolation, pool=pool)
         self._databases[name] = database
         return database
 
@@ -443,6 +449,13 @@ class PostgresBackend(Backend):
             async def drop(conn: Any, name: str) -> bool:
                 return await drop_if_ours(conn, name, self.run_id)
 
+            schema, connect, plan = self._schema, self._connect, self.plan
+            assert schema is not None
+
+            async def warm(name: str) -> Any:  # the store's pool, as _open() would size it
+                kwargs = dict(connect, database=name)
+                return await open_pool(kwargs, max_size=plan.store_max, schema=schema)
+
             spares = self._spares = SpareTender(
                 background=self._background,
                 target=self.plan.spares,
@@ -450,6 +463,8 @@ class PostgresBackend(Backend):
                 make_name=lambda: self._next_name("fresh"),
                 clone=clone,
                 drop=drop,
+                warm=warm if plan.warm_spares else None,
+                unwarm=close_pool,
             )
         spares.start()
         return spares
@@ -466,7 +481,7 @@ class PostgresBackend(Backend):
 
         self._admin_run(retire)
 
-    def _open(self, name: str, *, label: str, isolation: str) -> Database:
+    def _open(self, name: str, *, label: str, isolation: str, pool: Any = None) -> Database:
         assert self._url is not None and self._schema is not None and self.plan is not None
         url = self._url.set(database=name)
         plan = self.plan
@@ -477,11 +492,22 @@ class PostgresBackend(Backend):
             max_size=plan.store_max,
             name=name,
             seeded=self._seeded,
+            pool=pool,
+        )
+
+        # SSL as the run decided it (asyncpg only: a psycopg URL's engines keep their own)
+        engine_args = (
+            {"ssl": False}
+            if self._connect.get("ssl") is False and url.drivername == "postgresql+asyncpg"
+            else {}
         )
 
         def engine_factory() -> AsyncEngine:
             return create_async_engine(
-                url, pool_size=plan.engine_pool_size, max_overflow=plan.engine_max_overflow
+                url,
+                pool_size=plan.engine_pool_size,
+                max_overflow=plan.engine_max_overflow,
+                connect_args=engine_args,
             )
 
         return Database(
@@ -493,18 +519,27 @@ class PostgresBackend(Backend):
             isolation=isolation,
             name=name,
             location=f"{self.address}/{name}",
+            connect_args=engine_args,
         )
 
     def drop_database(self, database: Database) -> None:
         """Close the database's pools and ``DROP DATABASE … WITH (FORCE)`` if it carries this
-        run's mark (a database without it is left alone, whatever its name)."""
+        run's mark (a database without it is left alone, whatever its name).
+
+        With the tender running, both happen in the background: it closes the store's pool and
+        then drops the database, off the test's path."""
+        spares = self._spares
+        store = database.store
+        # the store's pool goes to whoever drops the database (closed by database.close() else)
+        pool = store.detach() if spares is not None and isinstance(store, PgStore) else None
         database.close()
         self._databases.pop(database.name, None)
         self._labels.pop(database.name, None)
         name = database.name
-        spares = self._spares
-        if spares is not None and spares.discard(name):
-            return  # dropped in the background by the tender
+        if spares is not None and spares.discard(name, pool):
+            return  # closed and dropped in the background by the tender
+        if pool is not None:
+            self._background.run(close_pool(pool), timeout=ADMIN_TIMEOUT)
 
         async def drop(conn: Any) -> None:
             await drop_if_ours(conn, name, self.run_id)

@@ -33,6 +33,8 @@ class PoolPlan:
     engine_max_overflow: int
     #: ``fresh`` databases cloned ahead by the worker's tender (never more than this at once)
     spares: int = DEFAULT_SPARES
+    #: whether each ready spare holds its first connection open (see :mod:`.spares`)
+    warm_spares: bool = True
 
 
 def plan_pools(
@@ -46,9 +48,9 @@ def plan_pools(
 
     The rule: ``usable = max_connections - superuser_reserved_connections - 5`` (headroom for
     psql and monitoring); each of the ``workers`` gets ``usable // workers``; of those, :func:`service_connections` are
-    the admin connection and the tender's (which clones ``fresh`` databases ahead and drops
-    used ones: :data:`DEFAULT_SPARES`, fewer or none when that would leave a database fewer
-    than :data:`MIN_DATABASE_WITH_SPARES`); the rest is shared by at most two live databases (the worker's
+    the admin connection and the tender's (which clones ``fresh`` databases ahead, each with a
+    connection open, and drops used ones: :data:`DEFAULT_SPARES`, fewer or none when that would leave a database fewer
+    than :data:`MIN_DATABASE_WITH_SPARES`, or spares without a connection open); the rest is shared by at most two live databases (the worker's
     ``clean`` database and a ``fresh`` one), and within a database half goes to the store pool
     (ThreadCreator, integrity reads; default 10, or ``requested``) and the remainder to the
     engine for the test's own code (``pool_size`` default 5, or ``requested``, plus overflow up
@@ -58,8 +60,9 @@ def plan_pools(
     workers = max(1, workers)
     usable = max_connections - reserved - SERVER_HEADROOM
     per_worker = usable // workers
-    for spares in range(DEFAULT_SPARES, -1, -1):  # fewer spares when connections are tight
-        per_database = (per_worker - service_connections(spares)) // 2
+    # fewer spares, then spares without a connection each, when connections are tight
+    for spares, warm in ((n, w) for n in range(DEFAULT_SPARES, -1, -1) for w in (True, False)):
+        per_database = (per_worker - service_connections(spares, warm=warm)) // 2
         if per_database >= (MIN_DATABASE_WITH_SPARES if spares else 2):
             break
     if per_database < 2:
@@ -73,13 +76,16 @@ def plan_pools(
     engine_total = per_database - store_max
     engine_pool = max(1, min(requested or DEFAULT_ENGINE_POOL, engine_total))
     overflow = max(0, min(DEFAULT_ENGINE_OVERFLOW, engine_total - engine_pool))
-    return PoolPlan(max_connections, workers, per_worker, store_max, engine_pool, overflow, spares)
+    return PoolPlan(
+        max_connections, workers, per_worker, store_max, engine_pool, overflow, spares, warm
+    )
 
 
-def service_connections(spares: int) -> int:
-    """Connections of a worker that serve no database: the admin one and, with spares, the
-    tender's (one per spare to clone it side by side, one to drop used databases)."""
-    return 1 + (spares + 1 if spares else 0)
+def service_connections(spares: int, *, warm: bool = True) -> int:
+    """Connections of a worker that serve no test's database: the admin one and, with spares,
+    the tender's (one per spare to clone it side by side, one to drop used databases) and the
+    one each ready spare holds open for its test when ``warm`` (see :mod:`.spares`)."""
+    return 1 + ((2 if warm else 1) * spares + 1 if spares else 0)
 
 
 def worker_count() -> int:

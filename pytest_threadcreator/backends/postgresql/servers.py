@@ -131,6 +131,20 @@ def connect_kwargs(url: URL) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
+def settle_ssl(kwargs: Mapping[str, Any], *, on_ssl: bool | None) -> dict[str, Any]:
+    """``kwargs`` with SSL decided once for the run.
+
+    Asked for no SSL mode, asyncpg asks the server for SSL first on every new connection (one
+    more round trip each, and a refusal); when the first connection (``on_ssl``: whether it
+    runs over SSL) found the server without it, the later ones go without at once
+    (``ssl=False``). A mode the URL names is kept as it is.
+    """
+    settled = dict(kwargs)
+    if "ssl" not in settled and on_ssl is False:
+        settled["ssl"] = False
+    return settled
+
+
 def address(kwargs: Mapping[str, Any]) -> str:
     """``host:port`` of connect arguments."""
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 5432)}"

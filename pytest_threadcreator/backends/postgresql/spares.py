@@ -7,6 +7,12 @@ as the run's own the moment it exists, like every database of the plugin, so a l
 them if this one is killed) and drops the databases tests are done with. Handing a ``fresh``
 database out is then a pop from a queue.
 
+With a ``warm`` step, each clone also gets its first connection opened (and its catalog caches
+loaded) by the tender: a brand-new database's first connection is the slowest one it will ever
+get, and the test then starts on a connection that is already there. Whatever ``warm`` made is
+handed out with the clone, and closed by the tender (``unwarm``) when the clone is dropped unused
+or the test is done with it.
+
 Should a tender's connection fail, it stops; the backend then clones on demand and drops what is left itself, as it would
 without a tender, and the same failure reaches the test there.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,7 +43,9 @@ class SpareTender:
     checkpoints, so two cost little more than one); the dropper drops what tests are done with.
     ``connect()`` opens a connection (holding the run's lock like the admin one);
     ``make_name()`` names the next clone; ``clone(conn, name)`` creates and marks it;
-    ``drop(conn, name)`` drops it if it carries the run's mark.
+    ``drop(conn, name)`` drops it if it carries the run's mark; ``warm(name)`` (optional)
+    opens what the test will use on a new clone (a failure there only hands the clone out cold)
+    and ``unwarm(handle)`` closes it.
     """
 
     def __init__(
@@ -48,6 +57,8 @@ class SpareTender:
         make_name: Callable[[], str],
         clone: Callable[[Any, str], Awaitable[None]],
         drop: Callable[[Any, str], Awaitable[object]],
+        warm: Callable[[str], Awaitable[Any]] | None = None,
+        unwarm: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
         self.target = target
         self._background = background
@@ -55,10 +66,14 @@ class SpareTender:
         self._make_name = make_name
         self._clone = clone
         self._drop = drop
-        #: clones ready to hand out (appended on the loop, popped from any thread)
-        self._ready: collections.deque[str] = collections.deque()
-        #: databases to drop, oldest first (only touched on the loop)
-        self._doomed: collections.deque[str] = collections.deque()
+        self._warm = warm
+        self._unwarm = unwarm
+        #: clones ready to hand out with what ``warm`` made for each, or None (appended on the
+        #: loop, popped from any thread)
+        self._ready: collections.deque[tuple[str, Any]] = collections.deque()
+        #: databases to drop, oldest first, each with the closing of its warm handle, if any
+        #: (only touched on the loop)
+        self._doomed: collections.deque[tuple[str, asyncio.Task[None] | None]] = collections.deque()
         self._cloning: set[str] = set()
         self._wake_cloner = asyncio.Event()
         self._made = asyncio.Event()
@@ -90,32 +105,34 @@ class SpareTender:
         if not self._cloners and not self._stopping:
             self._background.loop.call_soon_threadsafe(self._start)
 
-    def take(self) -> str | None:
-        """A ready clone, waiting for the one being made if none is; None when the tender is
-        not running (then clone on demand)."""
+    def take(self) -> tuple[str, Any] | None:
+        """A ready clone and its warm handle (None if it has none), waiting for the one being
+        made if none is ready; None when the tender is not running (then clone on demand).
+        The handle is the caller's from now on, until it gives it back to :meth:`discard`."""
         try:
-            name = self._ready.popleft()
+            spare = self._ready.popleft()
         except IndexError:
             return self._background.run(self._next()) if self.running else None
         self._background.loop.call_soon_threadsafe(self._wake_cloner.set)
-        return name
+        return spare
 
-    def discard(self, name: str) -> bool:
-        """Drop ``name`` in the background; False when the tender is gone or already has
-        ``target`` drops to do (drop it yourself: what waits for a drop stays bounded)."""
+    def discard(self, name: str, handle: Any = None) -> bool:
+        """Drop ``name`` in the background, closing ``handle`` (a warm handle) first; False when
+        the tender is gone or already has ``target`` drops to do (then close and drop them
+        yourself: what waits for a drop stays bounded)."""
         if not _alive(self._dropper) or self._stopping:
             return False
         with self._pending_lock:
             if self._pending >= self.target:
                 return False
             self._pending += 1
-        self._background.loop.call_soon_threadsafe(self._doom, name)
+        self._background.loop.call_soon_threadsafe(self._doom, name, handle)
         return True
 
     # -- on the loop -----------------------------------------------------------------------
     def stock(self) -> set[str]:
         """The clones not handed out yet (ready, or being made)."""
-        return set(self._ready) | self._cloning
+        return {name for name, _ in self._ready} | self._cloning
 
     async def drained(self) -> None:
         """Wait until every database discarded so far is dropped (or the dropper stopped)."""
@@ -131,13 +148,22 @@ class SpareTender:
         tasks = [*self._cloners, *([self._dropper] if self._dropper is not None else [])]
         if tasks:
             await asyncio.wait(tasks)
+        # what was warmed for the ones left is closed before they are dropped
+        closing = [task for _, task in self._doomed if task is not None]
+        closing += [self._close_soon(handle) for _, handle in self._ready if handle is not None]
+        if closing:
+            await asyncio.wait(closing)
         # and a clone that failed or was cancelled midway: it may exist
-        left = [*self._doomed, *self._ready, *sorted(self._cloning)]
+        left = [
+            *(name for name, _ in self._doomed),
+            *(name for name, _ in self._ready),
+            *sorted(self._cloning),
+        ]
         self._doomed.clear()
         self._ready.clear()
         return left
 
-    async def _next(self) -> str | None:
+    async def _next(self) -> tuple[str, Any] | None:
         while not self._ready:
             if not self.running or self._stopping:
                 return None
@@ -156,10 +182,18 @@ class SpareTender:
             ]
             self._dropper = loop.create_task(self._keep_dropping(), name="threadcreator-pg-dropper")
 
-    def _doom(self, name: str) -> None:
-        self._doomed.append(name)
+    def _doom(self, name: str, handle: Any) -> None:
+        # closed now, not when its turn to be dropped comes: its connections count meanwhile
+        closing = self._close_soon(handle) if handle is not None else None
+        self._doomed.append((name, closing))
         self._drained.clear()
         self._wake_dropper.set()
+
+    def _close_soon(self, handle: Any) -> asyncio.Task[None]:
+        assert self._unwarm is not None
+        return asyncio.get_running_loop().create_task(
+            _quietly(self._unwarm(handle)), name="threadcreator-pg-unwarm"
+        )
 
     async def _keep_cloning(self) -> None:
         conn: Any = None
@@ -170,7 +204,8 @@ class SpareTender:
                     name = self._make_name()
                     self._cloning.add(name)
                     await self._clone(conn, name)
-                    self._ready.append(name)
+                    handle = await self._warmed(name)
+                    self._ready.append((name, handle))
                     self._cloning.discard(name)
                     self._made.set()
                     continue
@@ -188,8 +223,10 @@ class SpareTender:
             conn = await self._connect()
             while True:
                 if self._doomed:
-                    name = self._doomed[0]
+                    name, closing = self._doomed[0]
                     try:
+                        if closing is not None:
+                            await asyncio.wait((closing,))
                         await self._drop(conn, name)
                     except Exception as exc:  # the backend retries at stop
                         self.problems.append(f"dropping {name}: {_short_reason(exc)}")
@@ -210,6 +247,20 @@ class SpareTender:
         finally:
             self._drained.set()
             await _close(conn)
+
+    async def _warmed(self, name: str) -> Any:
+        """What ``warm`` made for the new clone ``name``, or None (a cold clone still serves)."""
+        if self._warm is None or self._stopping:
+            return None
+        try:
+            return await self._warm(name)
+        except Exception:  # the test opens its own connections, and meets any real failure
+            return None
+
+
+async def _quietly(closing: Awaitable[None]) -> None:
+    with contextlib.suppress(Exception):  # its database is dropped WITH (FORCE) next
+        await closing
 
 
 def _alive(task: asyncio.Task[None] | None) -> bool:

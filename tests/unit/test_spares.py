@@ -1,0 +1,144 @@
+"""The spares' tender on its own (no server): warm connections go with their clone and are
+closed by whoever drops it."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pytest_threadcreator._background import BackgroundLoop
+from pytest_threadcreator.backends.postgresql.spares import SpareTender
+
+
+class _Conn:
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def close(self, timeout: float | None = None) -> None:
+        self.closed = True
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    def terminate(self) -> None:
+        self.closed = True
+
+
+class _Warm:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.closed = False
+
+
+class _Server:
+    """Records what the tender does, in order."""
+
+    def __init__(self, *, warm_fails: bool = False) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.warmed: list[_Warm] = []
+        self.conns: list[_Conn] = []
+        self.warm_fails = warm_fails
+        self._names = (f"db_{n}_fresh" for n in itertools.count(1))
+
+    async def connect(self) -> _Conn:
+        conn = _Conn()
+        self.conns.append(conn)
+        return conn
+
+    def make_name(self) -> str:
+        return next(self._names)
+
+    async def clone(self, _conn: Any, name: str) -> None:
+        self.events.append(("clone", name))
+
+    async def drop(self, _conn: Any, name: str) -> bool:
+        self.events.append(("drop", name))
+        return True
+
+    async def warm(self, name: str) -> _Warm:
+        if self.warm_fails:
+            raise OSError("too many connections")
+        handle = _Warm(name)
+        self.warmed.append(handle)
+        return handle
+
+    async def unwarm(self, handle: _Warm) -> None:
+        handle.closed = True
+        self.events.append(("unwarm", handle.name))
+
+    def tender(self, background: BackgroundLoop, target: int = 2) -> SpareTender:
+        return SpareTender(
+            background=background,
+            target=target,
+            connect=self.connect,
+            make_name=self.make_name,
+            clone=self.clone,
+            drop=self.drop,
+            warm=self.warm,
+            unwarm=self.unwarm,
+        )
+
+
+async def _nothing() -> None:
+    pass
+
+
+def _started(tender: SpareTender, background: BackgroundLoop) -> SpareTender:
+    tender.start()
+    background.run(_nothing())  # queued after the start: the cloners exist once it returns
+    assert tender.running
+    return tender
+
+
+@pytest.fixture
+def background() -> Iterator[BackgroundLoop]:
+    loop = BackgroundLoop("test-spares")
+    yield loop
+    loop.close()
+
+
+def test_a_spare_comes_with_its_own_warm_handle_and_the_drop_closes_it_first(
+    background: BackgroundLoop,
+) -> None:
+    server = _Server()
+    tender = _started(server.tender(background), background)
+    spare = tender.take()
+    assert spare is not None
+    name, handle = spare
+    assert isinstance(handle, _Warm) and handle.name == name and not handle.closed
+    assert tender.discard(name, handle)
+    background.run(tender.drained())
+    assert handle.closed
+    assert server.events.index(("unwarm", name)) < server.events.index(("drop", name))
+    background.run(tender.stop())
+
+
+def test_stop_closes_what_was_warmed_for_the_spares_left_and_returns_them(
+    background: BackgroundLoop,
+) -> None:
+    server = _Server()
+    tender = _started(server.tender(background, target=3), background)
+    taken = tender.take()
+    assert taken is not None
+    left = background.run(tender.stop())
+    assert taken[0] not in left, "a spare handed out is its taker's"
+    assert sorted(left) == sorted(h.name for h in server.warmed if h.name != taken[0])
+    assert all(h.closed for h in server.warmed if h.name != taken[0])
+    assert not taken[1].closed, "the handle handed out is its taker's to give back"
+    assert all(conn.closed for conn in server.conns), "the tender's own connections too"
+    assert not tender.discard(taken[0], taken[1]), "a stopped tender takes no more drops"
+
+
+def test_a_spare_that_could_not_be_warmed_is_handed_out_cold(background: BackgroundLoop) -> None:
+    server = _Server(warm_fails=True)
+    tender = _started(server.tender(background), background)
+    spare = tender.take()
+    assert spare is not None and spare[1] is None
+    assert tender.running, "a failed warm-up does not stop the tender"
+    assert tender.discard(spare[0])
+    background.run(tender.drained())
+    assert ("drop", spare[0]) in server.events
+    background.run(tender.stop())
