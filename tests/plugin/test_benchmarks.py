@@ -7,6 +7,7 @@ fastest figures with one repeat, and check what it writes, never how fast anythi
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -223,6 +224,14 @@ def test_overhead_figure_on_mysql_against_pytest_mysql(tmp_path: Path) -> None:
         "overhead.mysql.fresh",
         "overhead.mysql.rollback",
     ]
+    if importlib.util.find_spec("pytest_mysql") is None:
+        # the test extra leaves the peer out (the bench extra brings it): the rows say so
+        for row in rows:
+            assert row["baseline_label"].startswith(
+                "pytest-mysql n/a: pip install 'pytest-threadcreator[bench]'"
+            ), row["baseline_label"]
+            assert row["baseline"] is None and row["ratio"] is None and row["ours"] is not None
+        return
     for row in rows:
         assert row["baseline_label"] == "pytest-mysql"
         assert row["goal"] == {"kind": "min_ratio", "value": 10.0, "text": "≥ 10× lower"}
