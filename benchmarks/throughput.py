@@ -17,8 +17,9 @@ Raw baselines, written the way a careful hand-written loop would be:
   ``BEGIN IMMEDIATE; INSERT thread; INSERT message; COMMIT`` = 4 awaits per transaction, as a
   sequential loop and as concurrent tasks sharing the connection (an ``asyncio.Lock`` keeps
   their transactions from interleaving on it, which would otherwise fail).
-* asyncpg: a pool of 10; ``BEGIN; INSERT; INSERT; COMMIT`` per transaction, sequential and as
-  concurrent tasks.
+* asyncpg: a pool of 10; per create the single statement the plugin's PostgreSQL store sends
+  (``WITH t AS (INSERT thread … RETURNING id) INSERT message …``, the message's thread id taken
+  from the CTE), one round trip, atomic on its own; sequential and as concurrent tasks.
 * asyncmy: a pool as large as the plugin's store pool on that server (``maxsize`` from the
   backend's pool plan, 10 by default; autocommit, utf8mb4, like the store's); ``START
   TRANSACTION; INSERT thread; INSERT message; COMMIT`` sent as one multi-statement packet, the
@@ -419,18 +420,36 @@ async def _pg_readback(connect: dict[str, Any]) -> tuple[int, int, dict[str, Any
         await conn.close()
 
 
+def _pg_cte_sql() -> str:
+    """Both inserts as one statement, the message taking its thread id from the thread's
+    ``RETURNING``: the single data-modifying CTE the plugin's PostgreSQL store sends."""
+    n = len(THREAD_COLUMNS)
+    thread = _insert_sql("threads", THREAD_COLUMNS, "dollar")
+    marks, i = [], n
+    for column in MESSAGE_COLUMNS:
+        if column == "thread_id":
+            marks.append("(SELECT id FROM t)")
+        else:
+            i += 1
+            marks.append(f"${i}")
+    message = f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) VALUES ({', '.join(marks)})"
+    return f"WITH t AS ({thread} RETURNING id) {message}"
+
+
+_PG_MESSAGE_THREAD = MESSAGE_COLUMNS.index("thread_id")
+
+
 async def _pg_raw_run(
     connect: dict[str, Any], contexts: Sequence[UserExecutionContext], mode: Mode, batch: int
 ) -> float:
     pool = await _asyncpg().create_pool(min_size=PG_POOL_SIZE, max_size=PG_POOL_SIZE, **connect)
-    thread_sql = _insert_sql("threads", THREAD_COLUMNS, "dollar")
-    message_sql = _insert_sql("messages", MESSAGE_COLUMNS, "dollar")
+    sql = _pg_cte_sql()
+    skip = _PG_MESSAGE_THREAD
 
     async def transaction(context: UserExecutionContext) -> None:
         thread, message = raw_rows(context)
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(thread_sql, *thread)
-            await conn.execute(message_sql, *message)
+        async with pool.acquire() as conn:
+            await conn.execute(sql, *thread, *message[:skip], *message[skip + 1 :])
 
     try:
         return await _drive(transaction, contexts, mode, batch)
@@ -474,7 +493,36 @@ def measure_postgres(
     except Exception as exc:
         result.reason = f"{type(exc).__name__}: {exc}"
         return result
-    contexts = _contexts(creates + batch)
+    _measure_server(
+        result,
+        backend,
+        connect=lambda name: _pg_connect_kwargs(backend.url, name),
+        raw=_pg_raw_run,
+        readback=_pg_readback,
+        repeats=repeats,
+        log=log,
+    )
+    return result
+
+
+def _measure_server(
+    result: ThroughputResult,
+    backend: Any,
+    *,
+    connect: Callable[[str], dict[str, Any]],
+    raw: Callable[[dict[str, Any], Sequence[UserExecutionContext], Mode, int], Awaitable[float]],
+    readback: Callable[[dict[str, Any]], Awaitable[tuple[int, int, dict[str, Any]]]],
+    repeats: int,
+    log: Log | None,
+) -> None:
+    """Every variant ``repeats`` times on a started server backend (stopped at the end), each in
+    a new database of its own, order reversed every other repeat; rates into ``result``.
+
+    ``connect(database)``: the raw driver's connect kwargs; ``raw(connect, contexts, mode,
+    batch)``: the raw loop's seconds; ``readback(connect)``: thread and message counts and the
+    shape of one pair, checked against every other variant's.
+    """
+    contexts = _contexts(result.creates + result.batch)
     shapes: dict[str, dict[str, Any]] = {}
     try:
         backend.prepare_template(default_schema(), None)
@@ -482,25 +530,25 @@ def measure_postgres(
             order = VARIANTS if rep % 2 == 0 else tuple(reversed(VARIANTS))
             for name, side, mode in order:
                 database = backend.create_database(name.replace("-", "_"), isolation="clean")
-                connect = _pg_connect_kwargs(backend.url, database.name)
+                kwargs = connect(database.name)
                 try:
                     if side == "ours":
-                        elapsed = _run_ours(database, contexts, mode, batch)
+                        elapsed = _run_ours(database, contexts, mode, result.batch)
                     else:
                         database.close()
-                        elapsed = asyncio.run(_pg_raw_run(connect, contexts, mode, batch))
-                    threads, messages, shape = asyncio.run(_pg_readback(connect))
+                        elapsed = asyncio.run(raw(kwargs, contexts, mode, result.batch))
+                    threads, messages, shape = asyncio.run(readback(kwargs))
                 finally:
                     backend.drop_database(database)
-                _check_counts("postgresql", name, threads, messages, len(contexts))
+                _check_counts(result.backend, name, threads, messages, len(contexts))
                 shapes.setdefault(side, shape)
-                result.rates[name].append(creates / elapsed)
+                rate = result.creates / elapsed
+                result.rates[name].append(rate)
                 if log is not None:
-                    log(f"throughput postgresql {name}: {creates / elapsed:,.0f}/s")
-            _compare_shapes("postgresql", shapes)
+                    log(f"throughput {result.backend} {name}: {rate:,.0f}/s")
+            _compare_shapes(result.backend, shapes)
     finally:
         backend.stop()
-    return result
 
 
 # -------------------------------------------------------------------------------------------
@@ -614,34 +662,21 @@ def measure_mysql(
         return result
     assert backend.plan is not None
     pool_size = backend.plan.store_max  # the plugin's store pool on this server
-    contexts = _contexts(creates + batch)
-    shapes: dict[str, dict[str, Any]] = {}
-    try:
-        backend.prepare_template(default_schema(), None)
-        for rep in range(repeats):
-            order = VARIANTS if rep % 2 == 0 else tuple(reversed(VARIANTS))
-            for name, side, mode in order:
-                database = backend.create_database(name.replace("-", "_"), isolation="clean")
-                connect = _mysql_connect_kwargs(url, database.name)
-                try:
-                    if side == "ours":
-                        elapsed = _run_ours(database, contexts, mode, batch)
-                    else:
-                        database.close()
-                        elapsed = asyncio.run(
-                            _mysql_raw_run(connect, pool_size, contexts, mode, batch)
-                        )
-                    threads, messages, shape = asyncio.run(_mysql_readback(connect))
-                finally:
-                    backend.drop_database(database)
-                _check_counts("mysql", name, threads, messages, len(contexts))
-                shapes.setdefault(side, shape)
-                result.rates[name].append(creates / elapsed)
-                if log is not None:
-                    log(f"throughput mysql {name}: {creates / elapsed:,.0f}/s")
-            _compare_shapes("mysql", shapes)
-    finally:
-        backend.stop()
+
+    async def raw(
+        connect: dict[str, Any], contexts: Sequence[UserExecutionContext], mode: Mode, batch: int
+    ) -> float:
+        return await _mysql_raw_run(connect, pool_size, contexts, mode, batch)
+
+    _measure_server(
+        result,
+        backend,
+        connect=lambda name: _mysql_connect_kwargs(url, name),
+        raw=raw,
+        readback=_mysql_readback,
+        repeats=repeats,
+        log=log,
+    )
     result.extra["pool_size"] = pool_size
     result.extra["server"] = backend.version
     return result

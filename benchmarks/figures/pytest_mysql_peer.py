@@ -17,12 +17,10 @@ DeprecationWarning per test (it passes ``passwd=``), which the suite leaves in p
 
 from __future__ import annotations
 
-import uuid
-
 from harness import Context, Plan, mysql_parts
-from suites import empty_suite, pytest_mysql_suite
+from suites import pytest_mysql_suite
 
-from figures.pytest_postgresql_peer import EMPTY, schema_ddl
+from figures.pytest_postgresql_peer import EMPTY, add_peer, schema_ddl
 
 __all__ = ["EMPTY", "SUITE", "add_to_plan", "mysql_ddl"]
 
@@ -40,19 +38,14 @@ def mysql_ddl() -> list[str]:
 def add_to_plan(ctx: Context, plan: Plan, n: int) -> str | None:
     """Add the peer's ``n``-test suite and its empty suite to ``plan``; None, or why not."""
     reason = ctx.pytest_mysql_reason()
-    if reason is not None:
-        return reason
-    host, port, user, password = mysql_parts(ctx.mysql_url)
-    ws = ctx.workspace
-    plan[EMPTY] = (ws.suite("empty-sync", empty_suite(n, is_async=False)), [])
-    module = pytest_mysql_suite(
-        n,
-        host=host,
-        port=port,
-        user=user,
-        password=password,
-        dbname=f"tcbench_{uuid.uuid4().hex[:8]}",
-        ddl=mysql_ddl(),
-    )
-    plan[SUITE] = (ws.suite("pytest-mysql", module), [])
-    return None
+    if reason is None:
+        add_peer(
+            ctx,
+            plan,
+            n,
+            name=SUITE,
+            parts=mysql_parts(ctx.mysql_url),
+            suite=pytest_mysql_suite,
+            ddl=mysql_ddl(),
+        )
+    return reason

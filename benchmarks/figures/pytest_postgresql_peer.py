@@ -7,6 +7,7 @@ baseline, interleaved with the plugin's suites so that both see the same server 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from harness import Context, Plan, pg_parts
@@ -15,7 +16,7 @@ from suites import empty_suite, pytest_postgresql_suite
 if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
 
-__all__ = ["EMPTY", "SUITE", "add_to_plan", "postgres_ddl", "schema_ddl"]
+__all__ = ["EMPTY", "SUITE", "add_peer", "add_to_plan", "postgres_ddl", "schema_ddl"]
 
 #: The peer's suite and the empty sync suite it is measured against, as named in the plan.
 SUITE = "pytest-postgresql"
@@ -43,22 +44,44 @@ def schema_ddl(dialect: Dialect) -> list[str]:
     return out
 
 
-def add_to_plan(ctx: Context, plan: Plan, n: int) -> str | None:
-    """Add the peer's ``n``-test suite and its empty suite to ``plan``; None, or why not."""
-    reason = ctx.pytest_postgresql_reason()
-    if reason is not None:
-        return reason
-    host, port, user, password = pg_parts(ctx.pg_url)
+def add_peer(
+    ctx: Context,
+    plan: Plan,
+    n: int,
+    *,
+    name: str,
+    parts: tuple[str, int, str, str | None],
+    suite: Callable[..., str],
+    ddl: list[str],
+) -> None:
+    """Add a peer's ``n``-test suite (``suite(n, host=…, dbname=…, ddl=…)``) as ``name`` and the
+    empty sync suite it is measured against to ``plan``."""
+    host, port, user, password = parts
     ws = ctx.workspace
-    plan[EMPTY] = (ws.suite("empty-sync", empty_suite(n, is_async=False)), [])
-    module = pytest_postgresql_suite(
+    plan[EMPTY] = (ws.suite(EMPTY, empty_suite(n, is_async=False)), [])
+    module = suite(
         n,
         host=host,
         port=port,
         user=user,
         password=password,
         dbname=f"tcbench_{uuid.uuid4().hex[:8]}",
-        ddl=postgres_ddl(),
+        ddl=ddl,
     )
-    plan[SUITE] = (ws.suite("pytest-postgresql", module), [])
-    return None
+    plan[name] = (ws.suite(name, module), [])
+
+
+def add_to_plan(ctx: Context, plan: Plan, n: int) -> str | None:
+    """Add the peer's ``n``-test suite and its empty suite to ``plan``; None, or why not."""
+    reason = ctx.pytest_postgresql_reason()
+    if reason is None:
+        add_peer(
+            ctx,
+            plan,
+            n,
+            name=SUITE,
+            parts=pg_parts(ctx.pg_url),
+            suite=pytest_postgresql_suite,
+            ddl=postgres_ddl(),
+        )
+    return reason

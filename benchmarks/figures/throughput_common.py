@@ -1,4 +1,4 @@
-"""What the two throughput figures share: running :mod:`throughput` and its per-repeat rates.
+"""What the throughput figures share: running :mod:`throughput` and its per-repeat rates.
 
 The measurement itself lives in ``benchmarks/throughput.py`` (importable and runnable alone);
 the figure modules turn its :class:`throughput.ThroughputResult` into rows.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from benchlib import Goal, Row, RowSpec, short_reason
+from benchlib import Goal, Row, RowSpec, median, short_reason
 from harness import BACKEND_NAMES, Context, log
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ __all__ = [
     "missing_all",
     "paired",
     "run_measure",
+    "server_rows",
     "specs",
 ]
 
@@ -33,6 +34,7 @@ CREATES = 5_000
 SMOKE_CREATES = 400
 BATCH = 200
 MODES = ("sequential", "concurrent")
+_SHORT = {"sequential": "seq", "concurrent": "conc"}
 
 
 def creates(ctx: Context) -> int:
@@ -93,3 +95,45 @@ def common_extra(result: throughput.ThroughputResult) -> dict[str, Any]:
 def missing_all(row_specs: dict[str, RowSpec], reason: str | None) -> list[Row]:
     """Every row of the figure, not available for ``reason``."""
     return [spec.missing(short_reason(reason or "no result")) for spec in row_specs.values()]
+
+
+def server_rows(
+    ctx: Context,
+    backend: str,
+    goal: Goal,
+    driver: str,
+    reason: Callable[[], str | None],
+    measure: Callable[[], throughput.ThroughputResult],
+) -> list[Row]:
+    """The sequential and gathered rows of a server backend: ThreadCreator against the raw
+    ``driver`` loop of the same mode, ratios paired per repeat; only the gathered row has a goal.
+
+    ``reason()``: why the server cannot be measured (then every row says so), or None.
+    """
+    if backend not in ctx.backends:
+        return []
+    row_specs = specs(backend, {"sequential": None, "concurrent": goal})
+    why = reason()
+    if why is not None:
+        return missing_all(row_specs, why)
+    result, why = run_measure(backend, measure)
+    if result is None:
+        return missing_all(row_specs, why)
+    rates = result.rates
+    extra = {**common_extra(result), **result.extra}
+    rows: list[Row] = []
+    for mode, spec in row_specs.items():
+        ours, base = rates[f"ours-{mode}"], rates[f"raw-{mode}"]
+        ratios = paired(ours, base)
+        rows.append(
+            spec.measured(
+                median(ours),
+                baseline=median(base),
+                baseline_label=f"raw {driver} {_SHORT[mode]}",
+                ratio=median(ratios),
+                samples={k: list(v) for k, v in rates.items()},
+                extra={**extra, "ratio_per_repeat": ratios},
+                warning=ctx.smoke_warning,
+            )
+        )
+    return rows
