@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pytest_threadcreator.backends.postgresql.janitor import parse_database_name
 
 from ..helpers import PG_SERVER_URL, kill_mid_test, pg_databases_of_run, start_pytest
+
+pytestmark = pytest.mark.suite_independent
 
 INI = """
 [pytest]

@@ -27,7 +27,7 @@ from pytest_threadcreator.schema import default_schema
 
 from ..helpers import MYSQL_SERVER_URL, mysql_server_missing, needs_marks
 
-pytestmark = needs_marks(mysql_server_missing())
+pytestmark = [*needs_marks(mysql_server_missing()), pytest.mark.suite_independent]
 
 SCHEMA = default_schema()
 T = SCHEMA.thread_table

@@ -230,6 +230,7 @@ def _start_run(directory: Path, owner: Owner, *args: str, **env: str) -> subproc
     return start_pytest(directory, db, f"--basetemp={directory / 'tmp'}", *args, **env)
 
 
+@pytest.mark.suite_independent
 @pytest.mark.usefixtures("clean_environment")
 def test_lookalike_databases_survive_runs_a_killed_run_and_the_sweep(
     pytester: pytest.Pytester,

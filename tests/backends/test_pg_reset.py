@@ -30,7 +30,7 @@ from pytest_threadcreator.schema import NewThread, default_schema
 
 from ..helpers import PG_SERVER_URL, needs_marks, pg_connect_kwargs, pg_server_missing
 
-pytestmark = needs_marks(pg_server_missing())
+pytestmark = [*needs_marks(pg_server_missing()), pytest.mark.suite_independent]
 SCHEMA = default_schema()
 
 

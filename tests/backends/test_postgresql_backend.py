@@ -75,6 +75,8 @@ from ..helpers import (
     pg_server_missing,
 )
 
+pytestmark = pytest.mark.suite_independent
+
 SCHEMA = default_schema()
 T = SCHEMA.thread_table
 M = SCHEMA.message_table

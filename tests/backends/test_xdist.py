@@ -55,7 +55,7 @@ SCHEMA = default_schema()
 
 # Inner runs choose their backend by option, and are no xdist workers even when this suite is
 # (their own workers get these variables from their controller).
-pytestmark = pytest.mark.usefixtures("clean_environment")
+pytestmark = [pytest.mark.usefixtures("clean_environment"), pytest.mark.suite_independent]
 
 
 # -- helpers ---------------------------------------------------------------------------------

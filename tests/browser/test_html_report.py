@@ -28,6 +28,8 @@ from pytest_threadcreator.report.html import COLOURS, render_html
 
 from ..helpers import FakeClock
 
+pytestmark = pytest.mark.suite_independent
+
 # Safety nets so a broken runner or browser fails the test instead of hanging it; never asserted.
 HANG_GUARD_S = 30.0
 BROWSER_GUARD_S = 120.0

@@ -24,7 +24,7 @@ from ..helpers import PG_SERVER_URL as SERVER_URL
 from ..helpers import require_postgresql_backend
 
 # Runs choose their backend by option, and are no xdist workers even when this suite is.
-pytestmark = pytest.mark.usefixtures("clean_environment")
+pytestmark = [pytest.mark.usefixtures("clean_environment"), pytest.mark.suite_independent]
 
 
 @pytest.fixture(params=["sqlite", SERVER_URL], ids=["sqlite", "postgresql"])

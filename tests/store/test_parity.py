@@ -30,7 +30,7 @@ from pytest_threadcreator.schema import NewThread, ThreadSchema, default_schema
 
 from .stores import BACKEND_PARAMS, open_database
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.suite_independent]
 
 MAX_DEPTH = 100
 

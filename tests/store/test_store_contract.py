@@ -33,6 +33,8 @@ from pytest_threadcreator.store.base import ThreadIdTaken
 from ..helpers import MYSQL_SERVER_URL, pg_connect_kwargs
 from .stores import BACKEND_PARAMS, open_database
 
+pytestmark = pytest.mark.suite_independent
+
 
 class ContractBase(DeclarativeBase):
     """A schema with every kind of column default and both flavours of JSON column."""
