@@ -26,8 +26,9 @@ run() {
 }
 
 # The tests that start containers choose their backend themselves: they run once, on Docker.
-# The examples and the benchmark's smoke tests pick their own backends (SQLite and the
-# PostgreSQL server) whatever THREADCREATOR_DB says: they run once, in the first run.
+# The examples, the benchmark's smoke tests, the backend and store-contract suites and the inner
+# runs pick their own backends whatever THREADCREATOR_DB says (marker suite_independent): they
+# run once, in the first run.
 others="not suite_independent"
 run sqlite -m "not docker" "$@"
 run sqlite -n 2 -m "not docker and $others" "$@"
