@@ -26,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import JSON
@@ -41,7 +40,7 @@ from .._background import BackgroundLoop
 from ..database import Database
 from ..errors import BackendUnavailableError, ConfigurationError, DatabaseError
 from ..store.mysql import ADMIN_TIMEOUT, MULTI_STATEMENTS, MySqlStore, asyncmy_module, quote
-from .base import Backend, BackendKind, BackendRequest
+from .base import BackendKind, BackendRequest
 from .postgresql.janitor import (
     DB_PREFIX,
     database_name,
@@ -50,6 +49,7 @@ from .postgresql.janitor import (
     template_name,
 )
 from .postgresql.pools import PoolPlan, plan_pools, worker_count
+from .server import ServerBackend, short_reason
 
 if TYPE_CHECKING:
     from ..schema import ThreadSchema
@@ -107,10 +107,12 @@ def _connect_kwargs(url: URL) -> dict[str, Any]:
     return kwargs
 
 
-class MySqlBackend(Backend):
+class MySqlBackend(ServerBackend):
     """Databases on a MySQL/MariaDB server, from a per-worker template's DDL."""
 
     name = "mysql"
+    label = "MySQL"
+    admin_timeout = ADMIN_TIMEOUT
 
     def __init__(
         self,
@@ -128,19 +130,13 @@ class MySqlBackend(Backend):
         self.pool_size = pool_size
         self.workers = workers if workers is not None else worker_count()
         self._connect = _connect_kwargs(self._url)
-        self._background = BackgroundLoop(f"threadcreator-mysql-{self.worker_id}")
-        self._admin: Any = None
-        self._admin_lock: asyncio.Lock | None = None
+        self._init_server(BackgroundLoop(f"threadcreator-mysql-{self.worker_id}"))
         self.plan: PoolPlan | None = None
         self.version = ""
         self._schema: ThreadSchema | None = None
         self._ddl = ""
         self._seeded: list[str] = []
-        self._databases: dict[str, Database] = {}
         self._counter = 0
-        self._started = False
-        self._stopped = False
-        self._state_lock = threading.Lock()
         #: names dropped by this backend's sweep of dead runs at start
         self.swept: list[str] = []
 
@@ -235,19 +231,6 @@ class MySqlBackend(Backend):
             finally:
                 await _query(conn, "SELECT RELEASE_LOCK(%s)", (lock,))
         return removed
-
-    def _admin_run(
-        self, make: Callable[[Any], Coroutine[Any, Any, T]], *, timeout: float = ADMIN_TIMEOUT
-    ) -> T:
-        if not self._started:
-            raise BackendUnavailableError("start() the MySQL backend first")
-
-        async def job() -> T:
-            assert self._admin_lock is not None
-            async with self._admin_lock:
-                return await make(self._admin)
-
-        return self._background.run(job(), timeout=timeout)
 
     # -- template ------------------------------------------------------------------------------
     def prepare_template(
@@ -429,55 +412,19 @@ class MySqlBackend(Backend):
         return self._admin_run(names)
 
     # -- stop ------------------------------------------------------------------------------------
-    def stop(self) -> None:
-        """Drop this worker's databases and template, release the lock (idempotent)."""
-        self._shutdown(strict=True)
-
-    def _stop_at_exit(self) -> None:
-        with contextlib.suppress(Exception):
-            self._shutdown(strict=False)
-
-    def _shutdown(self, *, strict: bool) -> None:
-        with self._state_lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        with contextlib.suppress(Exception):
-            atexit.unregister(self._stop_at_exit)
-        problems: list[str] = []
-        databases = list(self._databases.values())
-        self._databases.clear()
-        for database in databases:
+    async def _drop_all(self, databases: list[Database], problems: list[str]) -> None:
+        conn = self._admin
+        rows = await _query(
+            conn,
+            f"SELECT name FROM {_OWNED} WHERE run_id = %s AND worker_id = %s",
+            (self.run_id, self.worker_id),
+        )
+        for (name,) in rows:
             try:
-                database.close()
+                await _drop_if_ours(conn, str(name), self.run_id)
             except Exception as exc:  # collected and reported
-                problems.append(f"closing {database.name}: {exc}")
-        if self._admin is not None and not self._background.closed:
-
-            async def drop_all() -> None:
-                conn = self._admin
-                rows = await _query(
-                    conn,
-                    f"SELECT name FROM {_OWNED} WHERE run_id = %s AND worker_id = %s",
-                    (self.run_id, self.worker_id),
-                )
-                for (name,) in rows:
-                    try:
-                        await _drop_if_ours(conn, str(name), self.run_id)
-                    except Exception as exc:  # collected and reported
-                        problems.append(f"dropping {name}: {exc}")
-                conn.close()  # the server releases the run's lock with the session
-
-            try:
-                self._background.run(drop_all(), timeout=ADMIN_TIMEOUT)
-            except Exception as exc:  # collected and reported
-                problems.append(f"dropping databases: {exc}")
-        self._admin = None
-        self._background.close()
-        if problems and strict:
-            raise DatabaseError(
-                "stopping the MySQL backend left work undone: " + "; ".join(problems)
-            )
+                problems.append(f"dropping {name}: {short_reason(exc)}")
+        conn.close()  # the server releases the run's lock with the session
 
 
 def _json_columns(schema: ThreadSchema) -> list[tuple[str, str, bool]]:

@@ -14,8 +14,7 @@ import atexit
 import contextlib
 import json
 import os
-import threading
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.engine import URL, make_url
@@ -27,8 +26,9 @@ from ...database import Database
 from ...errors import BackendUnavailableError, ConfigurationError, DatabaseError
 from ...store.postgresql import ADMIN_TIMEOUT, PgStore, _asyncpg, close_pool, open_pool
 from ...store.postgresql_reset import _quote, copy_seed
-from ..base import Backend
-from .docker import DEFAULT_IMAGE, KEPT_SUFFIX, DockerServer, _short_reason
+from ..server import ServerBackend
+from ..server import short_reason as _short_reason
+from .docker import DEFAULT_IMAGE, KEPT_SUFFIX, DockerServer
 from .janitor import (
     DB_PREFIX,
     TEMPLATE_NOTE,
@@ -76,7 +76,7 @@ NAME = "postgresql"
 TEMPLATE_WAIT_TIMEOUT = 600.0
 
 
-class PostgresBackend(Backend):
+class PostgresBackend(ServerBackend):
     """Databases on a PostgreSQL server: per test ``CREATE DATABASE … TEMPLATE`` (for
     ``fresh``, cloned ahead and dropped behind by a :class:`~.spares.SpareTender`).
 
@@ -87,6 +87,8 @@ class PostgresBackend(Backend):
     """
 
     name = "postgresql"
+    label = "PostgreSQL"
+    admin_timeout = ADMIN_TIMEOUT
     server_settings = "THREADCREATOR_POSTGRES_URL/--threadcreator-db"
 
     def __init__(
@@ -131,25 +133,19 @@ class PostgresBackend(Backend):
         self.container: DockerServer | None = None
         self._url: URL | None = None
         self._connect: dict[str, Any] = {}
-        self._background = BackgroundLoop(f"threadcreator-pg-{self.worker_id}")
-        self._admin: Any = None
-        self._admin_lock: asyncio.Lock | None = None
+        self._init_server(BackgroundLoop(f"threadcreator-pg-{self.worker_id}"))
         self._admin_database = "postgres"
         self._schema: ThreadSchema | None = None
         self._template_ready = False
         self._seeded: list[str] = []
         self._keep_cluster = False
         self._keep_container = False
-        self._databases: dict[str, Database] = {}
         #: the test label of each database handed out from the spares (named ``…_fresh``)
         self._labels: dict[str, str] = {}
         self._spares: SpareTender | None = None
         #: clone with STRATEGY FILE_COPY (PostgreSQL 15+; see janitor.create_marked)
         self._file_copy = False
         self._counter = 0
-        self._started = False
-        self._stopped = False
-        self._state_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<PostgresBackend {self.mode} run={self.run_id} worker={self.worker_id}>"
@@ -267,21 +263,9 @@ class PostgresBackend(Backend):
         await remove_dead_runs(conn, self.run_id)
 
     # -- admin helpers ---------------------------------------------------------------------
-    def _admin_run(
-        self, make: Callable[[Any], Coroutine[Any, Any, T]], *, timeout: float = ADMIN_TIMEOUT
-    ) -> T:
-        """Run ``make(admin_connection)`` on the background loop, one admin job at a time."""
-        if not self._started:
-            raise BackendUnavailableError("start() the PostgreSQL backend first")
-
-        async def job() -> T:
-            assert self._admin_lock is not None
-            async with self._admin_lock:
-                if self._admin is None or self._admin.is_closed():
-                    await self._reopen_admin()
-                return await make(self._admin)
-
-        return self._background.run(job(), timeout=timeout)
+    async def _admin_ready(self) -> None:
+        if self._admin is None or self._admin.is_closed():
+            await self._reopen_admin()
 
     async def _reopen_admin(self) -> None:
         self._admin = await self._locked_connection()
@@ -603,33 +587,7 @@ class PostgresBackend(Backend):
         return self._admin_run(names)
 
     # -- stop ------------------------------------------------------------------------------------
-    def stop(self) -> None:
-        """Drop this run's databases and template, release the lock, stop what we started.
-
-        Idempotent. Raises DatabaseError after finishing all the cleanup it could do when
-        something failed on the way.
-        """
-        self._shutdown(strict=True)
-
-    def _stop_at_exit(self) -> None:
-        with contextlib.suppress(Exception):
-            self._shutdown(strict=False)
-
-    def _shutdown(self, *, strict: bool) -> None:
-        with self._state_lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        with contextlib.suppress(Exception):
-            atexit.unregister(self._stop_at_exit)
-        problems: list[str] = []
-        databases = list(self._databases.values())
-        self._databases.clear()
-        for database in databases:
-            try:
-                database.close()
-            except Exception as exc:  # collected and reported
-                problems.append(f"closing {database.name}: {_short_reason(exc)}")
+    async def _drop_all(self, databases: list[Database], problems: list[str]) -> None:
         names = [d.name for d in databases]
         if not self.shared_template:
             names.append(self.template)
@@ -637,41 +595,32 @@ class PostgresBackend(Backend):
         prefix = f"{DB_PREFIX}{self.run_id}_{self.worker_id}_"
         # a shared cluster (xdist) goes with everything in it once the controller stops it
         attached = self.cluster is not None and self.cluster.attached
-        if self._admin is not None and not self._background.closed:
+        assert self._admin_lock is not None
+        if spares is not None:
+            names.extend(await spares.stop())
+        async with self._admin_lock:
+            # and whatever else of this worker carries the run's mark (a clone that failed to
+            # drop in the background, one cut short by a cancel)
+            with contextlib.suppress(Exception):
+                names.extend(await marked_databases(self._admin, prefix, self.run_id))
+            for name in dict.fromkeys(names):
+                try:
+                    await drop_if_ours(self._admin, name, self.run_id)
+                except Exception as exc:  # collected and reported
+                    problems.append(f"dropping {name}: {_short_reason(exc)}")
+            if self.shared_template and not attached:
+                problems.extend(await drop_run_if_last(self._admin, self.run_id))
+            await self._admin.close(timeout=5)  # releases the run's advisory lock
 
-            async def drop_all() -> None:
-                assert self._admin_lock is not None
-                if spares is not None:
-                    names.extend(await spares.stop())
-                async with self._admin_lock:
-                    # and whatever else of this worker carries the run's mark (a clone that
-                    # failed to drop in the background, one cut short by a cancel)
-                    with contextlib.suppress(Exception):
-                        names.extend(await marked_databases(self._admin, prefix, self.run_id))
-                    for name in dict.fromkeys(names):
-                        try:
-                            await drop_if_ours(self._admin, name, self.run_id)
-                        except Exception as exc:  # collected and reported
-                            problems.append(f"dropping {name}: {_short_reason(exc)}")
-                    if self.shared_template and not attached:
-                        problems.extend(await drop_run_if_last(self._admin, self.run_id))
-                    await self._admin.close(timeout=5)  # releases the run's advisory lock
+    def _abort_admin(self) -> None:
+        with contextlib.suppress(Exception):
+            self._admin.terminate()
 
-            try:
-                self._background.run(drop_all(), timeout=ADMIN_TIMEOUT)
-            except Exception as exc:  # collected and reported
-                problems.append(f"dropping databases: {_short_reason(exc)}")
-                with contextlib.suppress(Exception):
-                    self._admin.terminate()
-        self._admin = None
-        self._background.close()
+    def _after_stop(self) -> None:
+        self._spares = None
         if self.cluster is not None:
             # an attached cluster (xdist) is the controller's to stop; its stop() does nothing
             self.cluster.stop(keep_data=self._keep_cluster)
         if self.container is not None:
             # an attached container (xdist) is the controller's to remove
             self.container.stop(keep=self._keep_container)
-        if problems and strict:
-            raise DatabaseError(
-                "stopping the PostgreSQL backend left work undone: " + "; ".join(problems)
-            )

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import BackendUnavailableError
+from ..server import short_reason as _short_reason
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -497,24 +498,3 @@ def _free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _short_reason(exc: BaseException) -> str:
-    """The innermost cause's message, one line, no traceback."""
-    inner: BaseException = exc
-    for _ in range(10):
-        nxt = inner.__cause__ or inner.__context__
-        if nxt is None:
-            break
-        inner = nxt
-    for arg in getattr(inner, "args", ()):
-        # requests/urllib3 nest the OSError inside their own exceptions' args
-        if isinstance(arg, BaseException):
-            inner = arg
-    if isinstance(inner, OSError) and inner.strerror:
-        return inner.strerror
-    explanation = getattr(inner, "explanation", None)  # docker.errors.APIError
-    if explanation:
-        return str(explanation).strip().splitlines()[0][:200]
-    text = str(inner).strip().splitlines()
-    return (text[0] if text else type(inner).__name__)[:200]

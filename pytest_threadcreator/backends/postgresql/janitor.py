@@ -59,7 +59,7 @@ from ..._background import BackgroundLoop
 from ...errors import BackendUnavailableError, ConfigurationError
 from ...store.postgresql import ADMIN_TIMEOUT, _asyncpg
 from ...store.postgresql_reset import _quote
-from .docker import _short_reason
+from ..server import short_reason as _short_reason
 from .servers import address, async_url, connect_kwargs
 
 __all__ = [

@@ -17,7 +17,8 @@ from sqlalchemy.exc import ArgumentError
 
 from ...errors import BackendUnavailableError, ConfigurationError, ThreadCreatorError
 from ...store.postgresql import _asyncpg
-from .docker import DockerServer, _short_reason
+from ..server import short_reason as _short_reason
+from .docker import DockerServer
 
 if TYPE_CHECKING:
     from .local import LocalCluster

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..._background import BackgroundLoop
-from .docker import _short_reason
+from ..server import short_reason as _short_reason
 
 __all__ = ["SpareTender"]
 
