@@ -20,6 +20,14 @@ asyncio_mode = strict
 asyncio_default_fixture_loop_scope = function
 """
 
+BEFORE_THE_FAULT = """
+import pytest
+
+@pytest.mark.asyncio
+async def test_a_writes(thread_creator, user_context):
+    await thread_creator.create_thread_with_message(user_context, "hi")
+"""
+
 AFTER_THE_FAULT = """
 
 @pytest.mark.asyncio
@@ -33,6 +41,14 @@ async def test_d_not_run(threadcreator_db):
 def test_e_not_run():
     pass
 """
+
+
+def run_to_the_fault(pytester: pytest.Pytester, fault: str, *args: str) -> pytest.RunResult:
+    """Run a module of a test that writes, ``fault`` (the source of ``test_b_…``, which
+    brings the fault), then the tests after it, with ``args``."""
+    pytester.makeini(INI)
+    pytester.makepyfile(BEFORE_THE_FAULT + textwrap.dedent(fault) + AFTER_THE_FAULT)
+    return pytester.runpytest("-p", "no:cacheprovider", *args)
 
 
 def assert_stopped_once(result: pytest.RunResult, line: str, *, in_setup: bool = True) -> None:
@@ -81,24 +97,13 @@ def test_a_server_that_goes_away_mid_run_stops_the_run_in_one_line(
     try:
         stop = cluster.start_command().replace(" start", " stop -m immediate -w -s")
         monkeypatch.setenv("STOP_THE_SERVER", stop)
-        pytester.makeini(INI)
-        pytester.makepyfile(
-            textwrap.dedent(
-                """
+        fault = """
             import os, subprocess
-            import pytest
-
-            @pytest.mark.asyncio
-            async def test_a_writes(thread_creator, user_context):
-                await thread_creator.create_thread_with_message(user_context, "hi")
 
             def test_b_stops_the_server(threadcreator_db):
                 subprocess.run(os.environ["STOP_THE_SERVER"].split(), check=True)
             """
-            )
-            + AFTER_THE_FAULT
-        )
-        result = pytester.runpytest("-p", "no:cacheprovider", f"--threadcreator-db={cluster.url}")
+        result = run_to_the_fault(pytester, fault, f"--threadcreator-db={cluster.url}")
     finally:
         cluster.stop()
     assert_stopped_once(
@@ -117,24 +122,13 @@ def test_a_mysql_server_that_goes_away_mid_run_stops_the_run_in_one_line(
     # A private server: the shared one must keep running for everyone else.
     with private_mariadb() as (url, server):
         monkeypatch.setenv("KILL_THE_SERVER", str(server.pid))
-        pytester.makeini(INI)
-        pytester.makepyfile(
-            textwrap.dedent(
-                """
+        fault = """
             import os, signal
-            import pytest
-
-            @pytest.mark.asyncio
-            async def test_a_writes(thread_creator, user_context):
-                await thread_creator.create_thread_with_message(user_context, "hi")
 
             def test_b_stops_the_server(threadcreator_db):
                 os.kill(int(os.environ["KILL_THE_SERVER"]), signal.SIGKILL)
             """
-            )
-            + AFTER_THE_FAULT
-        )
-        result = pytester.runpytest("-p", "no:cacheprovider", f"--threadcreator-db={url}")
+        result = run_to_the_fault(pytester, fault, f"--threadcreator-db={url}")
     assert_stopped_once(
         result,
         "mysql (*, *MariaDB*): the server went away mid-run (*); check that it is running "
@@ -163,16 +157,7 @@ def small_disk(path: Path, size: str) -> Iterator[Path]:
 
 
 def test_a_full_disk_stops_the_run_in_one_line(pytester: pytest.Pytester) -> None:
-    pytester.makeini(INI)
-    pytester.makepyfile(
-        textwrap.dedent(
-            """
-        import pytest
-
-        @pytest.mark.asyncio
-        async def test_a_writes(thread_creator, user_context):
-            await thread_creator.create_thread_with_message(user_context, "hi")
-
+    fault = """
         def test_b_fills_the_disk(threadcreator_db, tmp_path):
             with open(tmp_path / "filler", "wb") as filler:
                 with pytest.raises(OSError, match="No space left on device"):
@@ -180,13 +165,10 @@ def test_a_full_disk_stops_the_run_in_one_line(pytester: pytest.Pytester) -> Non
                         filler.write(b"x" * 65536)
                         filler.flush()
         """
-        )
-        + AFTER_THE_FAULT
-    )
     with small_disk(pytester.path / "disk", "3m") as disk:
         # sqlite is this test's subject whatever THREADCREATOR_DB the suite runs under
-        result = pytester.runpytest(
-            "-p", "no:cacheprovider", "--threadcreator-db=sqlite", f"--basetemp={disk / 'bt'}"
+        result = run_to_the_fault(
+            pytester, fault, "--threadcreator-db=sqlite", f"--basetemp={disk / 'bt'}"
         )
     # Where the full disk shows first depends on the room SQLite's WAL file kept: at the next
     # reset (setup) or in the test's own write.
@@ -203,16 +185,8 @@ def test_a_full_disk_stops_the_run_in_one_line(pytester: pytest.Pytester) -> Non
 def test_a_basetemp_another_run_empties_stops_the_run_in_one_line(
     pytester: pytest.Pytester,
 ) -> None:
-    pytester.makeini(INI)
-    pytester.makepyfile(
-        textwrap.dedent(
-            """
+    fault = """
         import shutil
-        import pytest
-
-        @pytest.mark.asyncio
-        async def test_a_writes(thread_creator, user_context):
-            await thread_creator.create_thread_with_message(user_context, "hi")
 
         @pytest.mark.asyncio
         async def test_b_another_run_starts(threadcreator_db, tmp_path_factory):
@@ -220,13 +194,10 @@ def test_a_basetemp_another_run_empties_stops_the_run_in_one_line(
             # what pytest does first in a run given the same --basetemp: empty it
             shutil.rmtree(tmp_path_factory.getbasetemp())
         """
-        )
-        + AFTER_THE_FAULT
-    )
     basetemp = pytester.path / "shared"
-    result = pytester.runpytest(
-        "-p",
-        "no:cacheprovider",
+    result = run_to_the_fault(
+        pytester,
+        fault,
         "--threadcreator-db=sqlite",
         "--threadcreator-isolation=fresh",
         f"--basetemp={basetemp}",
