@@ -5,10 +5,11 @@ Every session of the test joins that connection's transaction through a SAVEPOIN
 test's later sessions and nothing survives the test. Sessions share the one connection one at a
 time: this mode is for single-flow logic tests; concurrency guarantees are for ``clean``/``fresh``.
 
-The engine behind it is made once per database and serves every test, whatever its event loop:
-on SQLite it holds one aiosqlite connection for the whole run (aiosqlite connections are not
-tied to a loop), on PostgreSQL it keeps no pool (asyncpg connections are), so a test pays for
-no engine and, on SQLite, for no connection.
+The engine behind it is made once per database and serves every test, whatever its event loop,
+and holds one connection for the whole run: on SQLite an aiosqlite connection (not tied to a
+loop), on PostgreSQL an asyncpg connection kept on the backend's background loop and reached
+through a stand-in (:mod:`.store.pg_standin`; asyncpg connections belong to their loop). A test
+pays for no engine and no connection; on MySQL it opens one.
 """
 
 from __future__ import annotations
@@ -316,7 +317,11 @@ def _rollback_engine(base: Database) -> AsyncEngine:
 def _make_rollback_engine(base: Database, drivers: list[Any]) -> AsyncEngine:
     """The engine; ``drivers`` collects its driver connections so they can be closed loop-free."""
     setup = base.store.loop_free_connections
-    if setup is None:  # connections belong to their loop: none is kept between tests
+    if setup is None:
+        held = _held_connection_engine(base)
+        if held is not None:
+            return held
+        # connections belong to their loop: none is kept between tests
         engine = create_async_engine(base.url, poolclass=NullPool, connect_args=base.connect_args)
         _watch(engine)
         return engine
@@ -353,6 +358,20 @@ def _make_rollback_engine(base: Database, drivers: list[Any]) -> AsyncEngine:
     def _end(_conn: Any) -> None:
         _engine_state(engine).begin_pending = False  # never sent: nothing to end on the driver
 
+    return engine
+
+
+def _held_connection_engine(base: Database) -> AsyncEngine | None:
+    """An engine on one connection the store keeps for the whole run (see the module
+    docstring), or None where the store keeps none."""
+    held = base.store.held_connections()
+    if held is None:
+        return None
+    engine = create_async_engine(
+        base.url, poolclass=StaticPool, pool_reset_on_return=None, async_creator=held.connect
+    )
+    _watch(engine)
+    base.on_close(held.close)
     return engine
 
 

@@ -1,7 +1,7 @@
 """The suite's shared fixtures; the plain helpers behind them are in ``helpers.py``.
 
 Importing ``helpers`` here, at collection and before any pytester run, also imports the
-PostgreSQL drivers once for the whole process (see ``helpers.POSTGRESQL_IMPORT_ERROR``).
+database drivers once for the whole process (see ``helpers.POSTGRESQL_IMPORT_ERROR``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ skips that never hide a failure under CI, a fake clock, pytest runs killed mid-t
 the rows of a kept database.
 
 Plain constants and functions; the fixtures built on them are in ``conftest.py``. Importing this
-module also imports the PostgreSQL drivers, see :data:`POSTGRESQL_IMPORT_ERROR`.
+module also imports the database drivers, see :data:`POSTGRESQL_IMPORT_ERROR`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 from pytest_threadcreator.config import backend_kind
 
 
-def _import_postgresql_drivers() -> ImportError | None:
+def _import_drivers() -> ImportError | None:
     # pytester's in-process runs unload the modules first imported while they ran, and a C
     # extension imported a second time in one interpreter crashes it (asyncpg's protocol,
     # psycopg's binary module): import them all here, at collection, before any inner run.
@@ -41,15 +41,17 @@ def _import_postgresql_drivers() -> ImportError | None:
         importlib.import_module("pytest_threadcreator.backends.postgresql.backend")
     except ImportError as exc:
         return exc
-    try:
-        importlib.import_module("psycopg")
-    except ImportError:
-        pass  # only the sync examples use it, and they fail naming it
+    for optional in ("psycopg", "asyncmy", "asyncmy.cursors"):
+        # psycopg: only the sync examples use it, and they fail naming it. asyncmy: a module
+        # imported first inside an inner run is dropped after it, and the package imported
+        # again lacks its ``cursors`` attribute, which SQLAlchemy's streaming results need.
+        with contextlib.suppress(ImportError):
+            importlib.import_module(optional)
     return None
 
 
 #: Why the PostgreSQL backend does not import, or None; PostgreSQL runs fail on it, never skip.
-POSTGRESQL_IMPORT_ERROR = _import_postgresql_drivers()
+POSTGRESQL_IMPORT_ERROR = _import_drivers()
 
 #: The repository's root (``conftest_examples/``, ``docs/``, ``benchmarks/``).
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,8 @@ A :class:`Store` is *loop-independent*: any event loop may await it (a SQLite wr
 PostgreSQL pool on a private background loop), so a database outlives the test's event loop and
 per-test setup costs no new connections. It knows nothing of servers (that is
 :mod:`pytest_threadcreator.backends`). What differs between databases is asked as a capability
-(:meth:`Store.lock_waits`, :attr:`Store.loop_free_connections`), never by a backend's name.
+(:meth:`Store.lock_waits`, :attr:`Store.loop_free_connections`, :meth:`Store.held_connections`),
+never by a backend's name.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from ..faults.steps import FaultDecider
 
 __all__ = [
+    "HeldConnections",
     "LoopFreeConnections",
     "Query",
     "StatementCallback",
@@ -56,12 +58,28 @@ class LoopFreeConnections:
     busy_timeout_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class HeldConnections:
+    """Driver connections kept on a loop of the store's own and usable from any event loop,
+    so one connection can serve a whole run where the driver ties connections to their loop."""
+
+    #: an ``async_creator`` for SQLAlchemy: opens one such connection
+    connect: Callable[[], Awaitable[Any]]
+    #: closes every connection ``connect`` opened (from any thread but the store's loop)
+    close: Callable[[], None]
+
+
 class Store(abc.ABC):
     """Data path of one database. Every coroutine may be awaited from any event loop."""
 
     #: Set when the database's driver connections are not tied to an event loop (SQLite); None
     #: when each connection belongs to the loop that opened it (asyncpg).
     loop_free_connections: LoopFreeConnections | None = None
+
+    def held_connections(self) -> HeldConnections | None:
+        """A way to keep loop-bound driver connections for a whole run (asyncpg's, on the
+        store's background loop), or None where the store has none."""
+        return None
 
     @abc.abstractmethod
     async def create(

@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import asyncpg as sa_asyncpg
 from .._background import BackgroundLoop
 from ..errors import BackendUnavailableError, ConfigurationError, DatabaseError
 from ..faults.steps import FaultDecider, apply_fault
-from .base import Query, StatementCallback, Store, ThreadIdTaken
+from .base import HeldConnections, Query, StatementCallback, Store, ThreadIdTaken
 from .compile import CompiledSelect, InsertPlan, compile_select, insert_plan
 from .postgresql_reset import _LOCK_HOLDERS, _STILL_THERE, RESET_LOCK_TIMEOUT, _reset_sql
 from .transient import is_pg_transient
@@ -263,6 +263,12 @@ class PgStore(Store):
 
     def __repr__(self) -> str:
         return f"<PgStore {self.name} checked_out={self._checked_out}>"
+
+    def held_connections(self) -> HeldConnections:
+        """asyncpg connections kept on the background loop, usable from any test's loop."""
+        from .pg_standin import held_on
+
+        return held_on(self.background, _asyncpg().connect, self.connect_kwargs)
 
     # -- pool ------------------------------------------------------------------------------
     async def _get_pool(self) -> Any:

@@ -117,3 +117,15 @@ async def test_overlapping_sessions_fail_with_a_pointer_to_clean_isolation(
     assert "one at a time" in message
     assert "--threadcreator-isolation=clean" in message
     assert "@pytest.mark.threadcreator(isolation='clean')" in message
+
+
+async def test_streamed_results_come_through_a_server_side_cursor(
+    threadcreator_db: Database, thread_creator: ThreadCreator, make_user_context: Any
+) -> None:
+    users = make_user_context.many(3)
+    for user in users:
+        await thread_creator.create_thread_with_message(user, "streamed")
+    async with threadcreator_db.session() as session:
+        result = await session.stream(text("SELECT user_id FROM threads ORDER BY user_id"))
+        owners = [row[0] async for row in result]
+    assert owners == sorted(user.user_id for user in users)

@@ -302,6 +302,50 @@ def test_every_test_starts_on_an_empty_database(
     result.assert_outcomes(passed=4)
 
 
+BROKEN_THEN_EMPTY = """
+import asyncio
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+@pytest.mark.asyncio
+async def test_a_breaks_its_transaction(threadcreator_db, thread_creator, user_context):
+    await thread_creator.create_thread_with_message(user_context, "must not survive")
+    async with threadcreator_db.session() as session:
+        with pytest.raises(DBAPIError):
+            await session.execute(text("SELECT * FROM no_such_table"))
+
+@pytest.mark.asyncio
+async def test_b_is_cancelled_mid_statement(threadcreator_db, thread_creator, user_context):
+    assert await threadcreator_db.count_threads() == 0
+    await thread_creator.create_thread_with_message(user_context, "must not survive")
+    if threadcreator_db.backend != "postgresql":
+        pytest.skip("only PostgreSQL cancels a running statement")
+    async with threadcreator_db.session() as session:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(session.execute(text("SELECT pg_sleep(30)")), 0.2)
+
+@pytest.mark.asyncio
+async def test_c_starts_empty_and_writes(threadcreator_db, thread_creator, user_context):
+    assert await threadcreator_db.count_threads() == 0
+    await thread_creator.create_thread_with_message(user_context, "fine")
+    assert await threadcreator_db.count_threads() == 1
+"""
+
+
+@pytest.mark.parametrize("isolation", ["clean", "rollback"])
+def test_a_broken_or_cancelled_test_leaves_the_next_one_empty_and_working(
+    pytester: pytest.Pytester, ini: object, isolation: str
+) -> None:
+    pytester.makepyfile(BROKEN_THEN_EMPTY)
+    result = pytester.runpytest(f"--threadcreator-isolation={isolation}", "-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0 and outcomes.get("error", 0) == 0, result.stdout.str()
+    assert outcomes["passed"] + outcomes.get("skipped", 0) == 3
+    if BACKEND == "postgresql":
+        assert outcomes["passed"] == 3, "the cancelled statement was not run"
+
+
 def test_keep_names_the_failed_tests_database_and_leaves_it(
     pytester: pytest.Pytester, ini: object
 ) -> None:
