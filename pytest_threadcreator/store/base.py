@@ -63,8 +63,10 @@ class HeldConnections:
     """Driver connections kept on a loop of the store's own and usable from any event loop,
     so one connection can serve a whole run where the driver ties connections to their loop."""
 
-    #: an ``async_creator`` for SQLAlchemy: opens one such connection
-    connect: Callable[[], Awaitable[Any]]
+    #: SQLAlchemy's name for the driver (``asyncpg``): only an engine of that driver takes them
+    driver: str
+    #: opens one such connection from the keyword arguments the engine's dialect would pass
+    connect: Callable[[Mapping[str, Any]], Awaitable[Any]]
     #: closes every connection ``connect`` opened (from any thread but the store's loop)
     close: Callable[[], None]
 

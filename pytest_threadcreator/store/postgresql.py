@@ -26,6 +26,7 @@ from ..faults.steps import FaultDecider, apply_fault
 from .base import HeldConnections, Query, StatementCallback, Store, ThreadIdTaken
 from .compile import CompiledSelect, InsertPlan, compile_select, insert_plan
 from .postgresql_reset import _LOCK_HOLDERS, _STILL_THERE, RESET_LOCK_TIMEOUT, _reset_sql
+from .standin import Driver, held_on
 from .transient import is_pg_transient
 
 if TYPE_CHECKING:
@@ -55,6 +56,41 @@ _INSTALL_ASYNCPG = "pip install 'pytest-threadcreator[postgresql]'"
 
 _DIALECT = sa_asyncpg.dialect()  # type: ignore[no-untyped-call]
 _PREPARER = _DIALECT.identifier_preparer
+
+
+#: What SQLAlchemy's asyncpg dialect takes for itself from the connect arguments.
+_ADAPTER_ARGS = frozenset(
+    {
+        "async_fallback",
+        "async_creator_fn",
+        "prepared_statement_cache_size",
+        "prepared_statement_name_func",
+    }
+)
+
+
+def _standin_driver() -> Driver:
+    """asyncpg as :mod:`.standin` drives it."""
+    from asyncpg import cursor, prepared_stmt, transaction  # type: ignore[import-untyped]
+
+    async def connect(kwargs: Mapping[str, Any]) -> Any:
+        return await _asyncpg().connect(
+            **{key: value for key, value in kwargs.items() if key not in _ADAPTER_ARGS}
+        )
+
+    return Driver(
+        name="asyncpg",
+        connect=connect,
+        wrapped=(
+            prepared_stmt.PreparedStatement,
+            transaction.Transaction,
+            cursor.Cursor,
+            cursor.CursorFactory,
+        ),
+        loop_only=frozenset({"terminate"}),
+        close=lambda conn: conn.close(timeout=2),
+        force_close=lambda conn: conn.terminate(),
+    )
 
 
 def _asyncpg() -> Any:
@@ -266,9 +302,7 @@ class PgStore(Store):
 
     def held_connections(self) -> HeldConnections:
         """asyncpg connections kept on the background loop, usable from any test's loop."""
-        from .pg_standin import held_on
-
-        return held_on(self.background, _asyncpg().connect, self.connect_kwargs)
+        return held_on(self.background, _standin_driver())
 
     # -- pool ------------------------------------------------------------------------------
     async def _get_pool(self) -> Any:
