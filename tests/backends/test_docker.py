@@ -10,9 +10,12 @@ belong to dead runs, is tested on containers that are created but never started 
 from __future__ import annotations
 
 import functools
+import gc
 import os
+import socket
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -102,6 +105,23 @@ def ended_process_owner() -> str:
     child.stdin.close()
     child.wait(timeout=30)
     return label
+
+
+# -- reachability ------------------------------------------------------------------------------
+def test_no_daemon_is_a_reason_and_leaves_no_socket_open(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    silent = tmp_path / "docker.sock"  # a socket file nothing listens on
+    with socket.socket(socket.AF_UNIX) as bound:
+        bound.bind(str(silent))
+    for host, why in [(NO_DOCKER, "No such file or directory"), (f"unix://{silent}", "refused")]:
+        monkeypatch.setenv("DOCKER_HOST", host)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            reason = docker_unreachable_reason()
+            gc.collect()  # an unclosed socket warns when it is collected
+        assert reason is not None and reason.startswith(f"no Docker daemon at {host}: ")
+        assert why in reason
 
 
 # -- owners ------------------------------------------------------------------------------------

@@ -432,16 +432,26 @@ def docker_unreachable_reason() -> str | None:
         docker = importlib.import_module("docker")
     except ImportError:
         return f"the docker package is not installed: {_INSTALL_DOCKER}"
+    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     try:
+        if where.startswith("unix://"):
+            # docker's client leaves its socket unclosed when the connect fails: probe first
+            _connect_unix(where[len("unix://") :])
         client = docker.from_env(timeout=5)
         try:
             client.ping()
         finally:
             client.close()
     except Exception as exc:  # turned into one line
-        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         return f"no Docker daemon at {where}: {_short_reason(exc)}"
     return None
+
+
+def _connect_unix(path: str) -> None:
+    """Connect to the Unix socket at ``path`` and close it; OSError when nothing listens."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(5)
+        probe.connect(path)
 
 
 def _docker_client() -> Any:
