@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,9 @@ class _EngineState:
     #: the driver with the first statement (a create's one job, or ahead of a session's SQL),
     #: so opening the test's transaction costs no hop of its own
     begin_pending: bool = False
+    #: puts a held connection's session back as new after the test's rollback (what the
+    #: store's :class:`HeldConnections` offers), or None where each test has its own connection
+    reset_session: Callable[[Any], Awaitable[None]] | None = None
 
 
 class _SharedBindSession(Session):
@@ -139,8 +143,13 @@ class RollbackDatabase(Database):
                 transaction = await connection.begin()
                 raw = await connection.get_raw_connection()
                 run = driver_runner(raw.driver_connection)
+                reset = _engine_state(self.engine).reset_session
+                after: Callable[[], Awaitable[None]] | None = None
+                if reset is not None:
+                    after = functools.partial(reset, raw.driver_connection)
                 guard = loop.create_task(
-                    _roll_back_when_cancelled(connection, transaction, run), name=_GUARD_NAME
+                    _roll_back_when_cancelled(connection, transaction, run, after),
+                    name=_GUARD_NAME,
                 )
                 shared = _Shared(connection, transaction, asyncio.Lock(), guard, run)
                 self._shared[loop] = shared
@@ -170,7 +179,10 @@ class RollbackDatabase(Database):
 
 
 async def _roll_back_when_cancelled(
-    connection: AsyncConnection, transaction: AsyncTransaction, run: DriverRunner[Any] | None
+    connection: AsyncConnection,
+    transaction: AsyncTransaction,
+    run: DriverRunner[Any] | None,
+    reset_session: Callable[[], Awaitable[None]] | None,
 ) -> None:
     try:
         await asyncio.Event().wait()
@@ -181,6 +193,14 @@ async def _roll_back_when_cancelled(
             if run is not None:  # the engine skips the reset on return: end it at the driver
                 with contextlib.suppress(Exception):
                     await run(_driver_rollback)
+        if reset_session is not None:
+            # What outlives a rollback (session advisory locks, LISTEN, SET SESSION outside
+            # the transaction, open cursors) must not reach the next test on this connection.
+            try:
+                await reset_session()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await connection.invalidate()  # the next test opens a new one
         with contextlib.suppress(Exception):
             await connection.close()  # back to the engine: the connection itself stays open
 
@@ -379,6 +399,7 @@ def _held_connection_engine(base: Database) -> AsyncEngine | None:
         base.url, poolclass=StaticPool, pool_reset_on_return=None, async_creator=connect
     )
     _watch(engine)
+    _engine_state(engine).reset_session = held.reset
     base.on_close(held.close)
     return engine
 

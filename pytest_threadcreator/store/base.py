@@ -67,6 +67,8 @@ class HeldConnections:
     driver: str
     #: opens one such connection from the keyword arguments the engine's dialect would pass
     connect: Callable[[Mapping[str, Any]], Awaitable[Any]]
+    #: puts one of them back as a new session (given what ``connect`` returned), between tests
+    reset: Callable[[Any], Awaitable[None]]
     #: closes every connection ``connect`` opened (from any thread but the store's loop)
     close: Callable[[], None]
 

@@ -88,6 +88,7 @@ def _standin_driver() -> Driver:
             cursor.CursorFactory,
         ),
         loop_only=frozenset({"terminate"}),
+        reset=lambda conn: conn.reset(timeout=5),
         close=lambda conn: conn.close(timeout=2),
         force_close=lambda conn: conn.terminate(),
     )

@@ -30,7 +30,7 @@ __all__ = ["Driver", "OnLoop", "held_on"]
 class Driver:
     """What the stand-in needs to know of a driver."""
 
-    #: SQLAlchemy's name for it (``asyncpg``, ``asyncmy``): only that dialect takes these
+    #: SQLAlchemy's name for it (``asyncpg``): only that dialect takes these
     name: str
     #: opens a connection from the keyword arguments SQLAlchemy's dialect would pass
     connect: Callable[[Mapping[str, Any]], Awaitable[Any]]
@@ -38,6 +38,8 @@ class Driver:
     wrapped: tuple[type, ...]
     #: synchronous connection methods that touch the socket (run on the loop's thread)
     loop_only: frozenset[str]
+    #: puts a connection back as a new session (awaited on the loop)
+    reset: Callable[[Any], Awaitable[Any]]
     #: closes a connection politely (awaited on the loop)
     close: Callable[[Any], Awaitable[Any]]
     #: closes a connection without a word to the server (called on the loop's thread)
@@ -83,11 +85,11 @@ class OnLoop:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             result = value(*args, **kwargs)
-            if isinstance(result, self._driver.wrapped):  # some are awaitable: await the stand-in
-                return OnLoop(result, self._background, self._driver)
-            if inspect.isawaitable(result):
+            # a driver object that is awaitable itself is wrapped, and awaiting the stand-in
+            # awaits it on its loop
+            if not isinstance(result, self._driver.wrapped) and inspect.isawaitable(result):
                 return self._later(result)
-            return result
+            return self._wrap(result)
 
         return call
 
@@ -129,6 +131,9 @@ def held_on(background: BackgroundLoop, driver: Driver) -> HeldConnections:
         opened.append(standin)
         return standin
 
+    async def reset(standin: OnLoop) -> None:
+        await background.submit(_awaited(driver.reset(standin.target)))
+
     def force(conn: Any) -> None:
         if not background.closed:
             background.loop.call_soon_threadsafe(driver.force_close, conn)
@@ -146,4 +151,4 @@ def held_on(background: BackgroundLoop, driver: Driver) -> HeldConnections:
             except Exception:  # its database is dropped next, whatever holds it
                 force(conn)
 
-    return HeldConnections(driver=driver.name, connect=open_one, close=close_all)
+    return HeldConnections(driver=driver.name, connect=open_one, reset=reset, close=close_all)

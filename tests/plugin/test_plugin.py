@@ -308,16 +308,31 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+SESSION_LOCKS = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+async def assert_nothing_left(db):
+    assert await db.count_threads() == 0
+    if db.backend == "postgresql":
+        async with db.session() as session:
+            locks = (await session.execute(text(SESSION_LOCKS))).scalar()
+        assert locks == 0, "a previous test's session lock is still held"
+
 @pytest.mark.asyncio
 async def test_a_breaks_its_transaction(threadcreator_db, thread_creator, user_context):
     await thread_creator.create_thread_with_message(user_context, "must not survive")
+    if threadcreator_db.backend == "postgresql":
+        async with threadcreator_db.session() as session:  # a lock that outlives a rollback
+            await session.execute(text("SELECT pg_advisory_lock(4242)"))
     async with threadcreator_db.session() as session:
         with pytest.raises(DBAPIError):
             await session.execute(text("SELECT * FROM no_such_table"))
 
 @pytest.mark.asyncio
 async def test_b_is_cancelled_mid_statement(threadcreator_db, thread_creator, user_context):
-    assert await threadcreator_db.count_threads() == 0
+    await assert_nothing_left(threadcreator_db)
     await thread_creator.create_thread_with_message(user_context, "must not survive")
     if threadcreator_db.backend != "postgresql":
         pytest.skip("only PostgreSQL cancels a running statement")
@@ -327,7 +342,7 @@ async def test_b_is_cancelled_mid_statement(threadcreator_db, thread_creator, us
 
 @pytest.mark.asyncio
 async def test_c_starts_empty_and_writes(threadcreator_db, thread_creator, user_context):
-    assert await threadcreator_db.count_threads() == 0
+    await assert_nothing_left(threadcreator_db)
     await thread_creator.create_thread_with_message(user_context, "fine")
     assert await threadcreator_db.count_threads() == 1
 """

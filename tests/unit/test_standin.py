@@ -70,6 +70,7 @@ DRIVER = Driver(
     loop_only=frozenset({"terminate"}),
     close=_close,
     force_close=_Conn.terminate,
+    reset=lambda conn: conn.execute("RESET"),
 )
 
 
