@@ -77,7 +77,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--backends",
         default=",".join(BACKENDS),
-        help=f"comma list of {', '.join(BACKENDS)} (mysql: overhead and throughput rows only)",
+        help=f"comma list of {', '.join(BACKENDS)} (mysql: overhead, throughput and 10k-concurrent rows only)",
     )
     parser.add_argument(
         "--pg-url",
