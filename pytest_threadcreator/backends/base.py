@@ -111,3 +111,6 @@ class BackendKind:
     check_environment: Callable[[Mapping[str, str]], None] | None = None
     #: the URL schemes (SQLAlchemy backend names, before any ``+driver``) whose URLs it takes
     schemes: tuple[str, ...] = ()
+    #: the environment variables ``check_environment`` reads: it runs only when one is set
+    #: (empty: always)
+    environment: tuple[str, ...] = ()

@@ -40,7 +40,7 @@ from .._background import BackgroundLoop
 from ..database import Database
 from ..errors import BackendUnavailableError, ConfigurationError, DatabaseError
 from ..store.mysql import ADMIN_TIMEOUT, MULTI_STATEMENTS, MySqlStore, asyncmy_module, quote
-from .base import BackendKind, BackendRequest
+from .base import BackendRequest
 from .postgresql.janitor import (
     DB_PREFIX,
     database_name,
@@ -54,7 +54,10 @@ from .server import ServerBackend, short_reason
 if TYPE_CHECKING:
     from ..schema import ThreadSchema
 
-__all__ = ["KIND", "REGISTRY", "MySqlBackend", "check_url", "lock_name", "mysql_url"]
+__all__ = ["NAME", "REGISTRY", "MySqlBackend", "check_url", "lock_name", "make", "mysql_url"]
+
+#: ``Database.backend`` of its databases
+NAME = "mysql"
 
 T = TypeVar("T")
 
@@ -70,9 +73,10 @@ def mysql_url(value: str, where: str) -> URL:
     """``value`` as the async MySQL URL to use, or ConfigurationError saying what to write."""
     try:
         url = make_url(value.strip())
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: SQLAlchemy's int() of the port
+        why = "its port is not a number" if isinstance(exc, ValueError) else str(exc)
         raise ConfigurationError(
-            f"{where}: {value!r} is not a valid URL ({exc}); write one like {_EXAMPLE}"
+            f"{where}: {value!r} is not a valid URL ({why}); write one like {_EXAMPLE}"
         ) from None
     driver = url.drivername.partition("+")[2]
     if driver in _DRIVERS:
@@ -362,7 +366,7 @@ class MySqlBackend(ServerBackend):
 
         return Database(
             url=url.render_as_string(hide_password=False),
-            backend=KIND.name,
+            backend=NAME,
             schema=self._schema,
             store=store,
             engine_factory=engine_factory,
@@ -464,15 +468,6 @@ async def _drop_if_ours(conn: Any, name: str, run_id: str) -> bool:
     return True
 
 
-def _make(request: BackendRequest) -> MySqlBackend:
+def make(request: BackendRequest) -> MySqlBackend:
+    """The backend for a request (the registry's entry, which loads this module on first use)."""
     return MySqlBackend(request.db, run_id=request.run_id, worker_id=request.worker_id)
-
-
-#: ``--threadcreator-db=mysql+asyncmy://…`` (or ``mysql+aiomysql://…``)
-KIND = BackendKind(
-    name="mysql",
-    values=(),
-    make=_make,
-    check_url=check_url,
-    schemes=("mysql", "mariadb"),
-)

@@ -1,17 +1,19 @@
 """The kinds of backend, looked up by ``--threadcreator-db`` value.
 
 Everything above the backends asks this registry (or a backend, or a store) instead of comparing
-backend names: adding a kind means adding it to :data:`KINDS`.
+backend names: adding a kind means adding it to :data:`KINDS`. A server kind's code (its driver's
+SQLAlchemy dialect, its store, its janitor) loads when a run first uses it, not with the plugin:
+a SQLite run never imports them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..errors import ConfigurationError
 from .base import Backend, BackendKind, BackendRequest
-from .mysql import KIND as MYSQL
-from .postgresql.kind import KIND as POSTGRESQL
 from .sqlite import KIND as SQLITE
 
 __all__ = [
@@ -23,6 +25,35 @@ __all__ = [
     "validate_environment",
 ]
 
+
+def _later(module: str, name: str) -> Callable[..., Any]:
+    """``module.name`` (relative to this package), imported on the first call."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module, __package__), name)(*args, **kwargs)
+
+    call.__qualname__ = f"{module.lstrip('.')}.{name}"
+    return call
+
+
+#: ``--threadcreator-db=postgresql``, ``postgresql-local``, ``postgresql-docker`` or a server URL
+#: (``postgresql.servers.MODES`` and ``ENV_POSTGRES_URL``; a unit test keeps them the same)
+POSTGRESQL = BackendKind(
+    name="postgresql",
+    values=("postgresql", "postgresql-local", "postgresql-docker"),
+    make=_later(".postgresql.kind", "make"),
+    check_url=_later(".postgresql.servers", "check_url"),
+    check_environment=_later(".postgresql.servers", "check_environment"),
+    environment=("THREADCREATOR_POSTGRES_URL",),
+)
+#: ``--threadcreator-db=mysql+asyncmy://…`` (or ``mysql+aiomysql://…``, ``mariadb+…``)
+MYSQL = BackendKind(
+    name="mysql",
+    values=(),
+    make=_later(".mysql", "make"),
+    check_url=_later(".mysql", "check_url"),
+    schemes=("mysql", "mariadb"),
+)
 #: Every kind, the default first.
 KINDS: tuple[BackendKind, ...] = (SQLITE, POSTGRESQL, MYSQL)
 #: The ``--threadcreator-db`` values that name a backend (a server URL is the other kind).
@@ -61,7 +92,9 @@ def validate_db(value: object, where: str) -> str:
 def validate_environment(environ: Mapping[str, str]) -> None:
     """Check the environment variables every kind reads (ConfigurationError if one is bad)."""
     for kind in KINDS:
-        if kind.check_environment is not None:
+        if kind.check_environment is None:
+            continue
+        if not kind.environment or any(environ.get(name, "").strip() for name in kind.environment):
             kind.check_environment(environ)
 
 

@@ -30,8 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..backends.postgresql.janitor import new_run_id
-from ..backends.postgresql.servers import plan_server
 from ..errors import BackendUnavailableError, ThreadCreatorError
 from ..report.data import merge_report_data
 from ..runtime import XdistRun
@@ -97,7 +95,7 @@ class XdistSupport:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.run_id = new_run_id()
+        self._run_id: str | None = None
         #: the cluster this controller started for the run, if any
         self.cluster: LocalCluster | None = None
         #: the container this controller launched for the run, if any
@@ -112,6 +110,16 @@ class XdistSupport:
         #: the workers' report data (summary and --threadcreator-report), as they finish
         self._reports: list[dict[str, Any]] = []
 
+    @property
+    def run_id(self) -> str:
+        """The run's id, made by the controller when its first worker is configured (the
+        PostgreSQL janitor's format; imported only in a distributed run)."""
+        if self._run_id is None:
+            from ..backends.postgresql.janitor import new_run_id
+
+            self._run_id = new_run_id()
+        return self._run_id
+
     # -- controller --------------------------------------------------------------------------
     def pytest_configure_node(self, node: Any) -> None:
         """Give the worker the run id and the servers started for the run (before it starts)."""
@@ -122,6 +130,8 @@ class XdistSupport:
     def _start_servers(self, workers: int) -> dict[str, dict[str, str]]:
         """One local cluster for the run when the run's database is a local cluster; the run's
         lock on the server when it is a URL."""
+        from ..backends.postgresql.servers import plan_server
+
         db = state(self.config).settings.db
         plan = plan_server(db, os.environ)
         if plan.url is not None:

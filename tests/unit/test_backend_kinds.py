@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,6 +111,55 @@ def test_every_db_value_has_exactly_one_kind() -> None:
     ]
     assert kind_of("postgresql+asyncpg://u@h/db").name == "postgresql"
     assert len({kind.name for kind in KINDS}) == len(KINDS)
+
+
+def test_the_registry_knows_each_server_kind_as_its_module_does() -> None:
+    from pytest_threadcreator.backends import mysql
+    from pytest_threadcreator.backends.postgresql import backend, servers
+    from pytest_threadcreator.backends.registry import MYSQL, POSTGRESQL
+
+    assert POSTGRESQL.values == tuple(servers.MODES)
+    assert POSTGRESQL.environment == (ENV_POSTGRES_URL,)
+    assert (POSTGRESQL.name, MYSQL.name) == (backend.NAME, mysql.NAME)
+
+
+def test_a_sqlite_run_loads_no_server_kind() -> None:
+    """The PostgreSQL and MySQL backends, their dialects and drivers load on first use."""
+    code = (
+        "import sys, pytest_threadcreator.plugin\n"
+        "from pytest_threadcreator.config import resolve_settings\n"
+        "from pytest_threadcreator.backends.registry import validate_environment\n"
+        "resolve_settings(cli={}, ini={}, env={})\n"
+        "validate_environment({})\n"
+        "heavy = ('asyncpg', 'asyncmy', 'sqlalchemy.dialects.postgresql',\n"
+        "         'sqlalchemy.dialects.mysql', 'pytest_threadcreator.backends.postgresql',\n"
+        "         'pytest_threadcreator.backends.mysql', 'pytest_threadcreator.store.postgresql')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_bad_postgres_url_in_the_environment_is_still_refused() -> None:
+    from pytest_threadcreator.backends.registry import validate_environment
+
+    with pytest.raises(ConfigurationError, match=ENV_POSTGRES_URL):
+        validate_environment({ENV_POSTGRES_URL: "mysql+asyncmy://root@h/"})
+
+
+@pytest.mark.parametrize(
+    ("url", "example"),
+    [
+        ("postgresql://u@h:notaport/db", "postgresql+asyncpg://"),
+        ("mysql+asyncmy://root@h:54x/", "mysql+asyncmy://"),
+    ],
+)
+def test_a_url_whose_port_is_not_a_number_is_refused_saying_so(url: str, example: str) -> None:
+    error = _by_option(url)
+    assert error.startswith(f"error: {url!r} is not a valid URL (its port is not a number)")
+    assert example in error
 
 
 def _backend_names() -> set[str]:

@@ -1,5 +1,5 @@
-"""The ``postgresql`` backend kind: which ``--threadcreator-db`` values it takes and how it
-makes a :class:`~.backend.PostgresBackend` for one (the registry's entry)."""
+"""How the ``postgresql`` backend kind makes a :class:`~.backend.PostgresBackend` for a
+``--threadcreator-db`` value (the registry's entry; the registry loads this on first use)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Any
 
 from ...errors import ConfigurationError
 from ...store.postgresql import _asyncpg
-from ..base import BackendKind, BackendRequest
-from .backend import NAME, PostgresBackend
+from ..base import BackendRequest
+from .backend import PostgresBackend
 from .docker import DEFAULT_IMAGE
-from .servers import MODES, async_url, check_environment, check_url
+from .servers import MODES, async_url
 
-__all__ = ["KIND", "make_postgres_backend"]
+__all__ = ["make", "make_postgres_backend"]
 
 
 def make_postgres_backend(
@@ -57,7 +57,8 @@ def make_postgres_backend(
     )
 
 
-def _make(request: BackendRequest) -> PostgresBackend:
+def make(request: BackendRequest) -> PostgresBackend:
+    """The backend for a request (the registry's entry, which loads this module on first use)."""
     return make_postgres_backend(
         request.db,
         worker_id=request.worker_id,
@@ -67,13 +68,3 @@ def _make(request: BackendRequest) -> PostgresBackend:
         docker_image=request.docker_image,
         docker_network=request.docker_network,
     )
-
-
-#: ``--threadcreator-db=postgresql``, ``postgresql-local``, ``postgresql-docker`` or a server URL
-KIND = BackendKind(
-    name=NAME,
-    values=tuple(MODES),
-    make=_make,
-    check_url=check_url,
-    check_environment=check_environment,
-)

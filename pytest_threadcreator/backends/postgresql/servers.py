@@ -68,9 +68,10 @@ def async_url(value: str, where: str) -> URL:
     """
     try:
         url = make_url(value.strip())
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: SQLAlchemy's int() of the port
+        why = "its port is not a number" if isinstance(exc, ValueError) else str(exc)
         raise ConfigurationError(
-            f"{where}: {value!r} is not a valid URL ({exc}); write one like {_EXAMPLE}"
+            f"{where}: {value!r} is not a valid URL ({why}); write one like {_EXAMPLE}"
         ) from None
     backend, _, driver = url.drivername.partition("+")
     if backend in ("mysql", "mariadb"):
