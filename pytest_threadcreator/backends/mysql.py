@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -88,6 +89,20 @@ def mysql_url(value: str, where: str) -> URL:
         f"{where}: {shown} is not an async MySQL URL; use {fixed} instead "
         f"(or mysql+aiomysql://…): {reason}"
     )
+
+
+def _engine_driver(url: URL) -> None:
+    """The driver the tests' engines use, imported now: BackendUnavailableError naming what to
+    install when it is not there (the plugin's own connections use asyncmy either way)."""
+    driver = url.get_driver_name()
+    try:
+        importlib.import_module(driver)
+    except ImportError:
+        fixed = url.set(drivername="mysql+asyncmy").render_as_string(hide_password=True)
+        raise BackendUnavailableError(
+            f"{url.render_as_string(hide_password=True)} needs the {driver} driver, which is "
+            f"not installed: pip install {driver}, or use {fixed}"
+        ) from None
 
 
 def check_url(value: str, where: str) -> str:
@@ -163,6 +178,7 @@ class MySqlBackend(ServerBackend):
         if self._stopped:
             raise BackendUnavailableError("this MySQL backend was stopped; make a new one")
         asyncmy_module()
+        _engine_driver(self._url)
         try:
             self._background.run(self._open_admin(), timeout=ADMIN_TIMEOUT)
         except BaseException:

@@ -23,6 +23,7 @@ from pytest_threadcreator import ThreadCreator, UserExecutionContext
 from pytest_threadcreator.backends.mysql import REGISTRY, MySqlBackend, lock_name
 from pytest_threadcreator.backends.postgresql.janitor import new_run_id
 from pytest_threadcreator.database import Database
+from pytest_threadcreator.errors import BackendUnavailableError
 from pytest_threadcreator.schema import default_schema
 
 from ..helpers import MYSQL_SERVER_URL, mysql_server_missing, needs_marks
@@ -119,6 +120,21 @@ def test_names_fit_in_64_characters_and_every_database_is_registered(
         backend.drop_database(first)
         backend.drop_database(second)
     assert backend.leftovers() == [backend.template]
+
+
+def test_an_engine_driver_that_is_not_installed_is_named_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "aiomysql", None)  # import aiomysql raises ImportError
+    url = MYSQL_SERVER_URL.replace("+asyncmy", "+aiomysql")
+    backend = MySqlBackend(url, run_id=new_run_id(), worker_id="gw0")
+    with pytest.raises(BackendUnavailableError) as info:
+        backend.start()
+    assert str(info.value).endswith(
+        "needs the aiomysql driver, which is not installed: pip install aiomysql, or use "
+        + make_url(MYSQL_SERVER_URL).render_as_string(hide_password=True)
+    )
+    backend.stop()
 
 
 def test_the_run_lock_is_held_for_the_backends_life(backend: MySqlBackend) -> None:
