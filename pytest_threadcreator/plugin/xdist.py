@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ..backends import registry
+from ..backends.run_id import new_run_id
 from ..errors import BackendUnavailableError, ThreadCreatorError
 from ..report.data import merge_report_data
 from ..runtime import XdistRun
@@ -112,11 +114,8 @@ class XdistSupport:
 
     @property
     def run_id(self) -> str:
-        """The run's id, made by the controller when its first worker is configured (the
-        PostgreSQL janitor's format; imported only in a distributed run)."""
+        """The run's id, made by the controller when its first worker is configured."""
         if self._run_id is None:
-            from ..backends.postgresql.janitor import new_run_id
-
             self._run_id = new_run_id()
         return self._run_id
 
@@ -130,9 +129,11 @@ class XdistSupport:
     def _start_servers(self, workers: int) -> dict[str, dict[str, str]]:
         """One local cluster for the run when the run's database is a local cluster; the run's
         lock on the server when it is a URL."""
+        db = state(self.config).settings.db
+        if registry.kind_of(db) is not registry.POSTGRESQL:
+            return {}  # SQLite needs nothing; MySQL's workers take their own locks
         from ..backends.postgresql.servers import plan_server
 
-        db = state(self.config).settings.db
         plan = plan_server(db, os.environ)
         if plan.url is not None:
             self._lock_run(plan.url)

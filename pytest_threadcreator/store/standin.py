@@ -15,6 +15,7 @@ SQLAlchemy's async dialects take it as their driver connection
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -50,6 +51,10 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
+def _release(target: Any) -> None:
+    """Called on the loop's thread with an object whose last reference then goes there."""
+
+
 class OnLoop:
     """Stands in for a driver object living on ``background``'s loop (see the module
     docstring). Plain attributes and other synchronous methods are read and called directly."""
@@ -70,6 +75,17 @@ class OnLoop:
 
     def __repr__(self) -> str:
         return f"<OnLoop {self._target!r} on {self._background.name}>"
+
+    def __del__(self) -> None:
+        # The driver's objects finalise themselves on their connection (asyncpg's prepared
+        # statements queue their own close): let the last reference go on the loop's thread.
+        background = getattr(self, "_background", None)
+        target = getattr(self, "_target", None)
+        if background is None or target is None or background.closed:
+            return
+        if not background.in_loop_thread():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                background.loop.call_soon_threadsafe(_release, target)
 
     @property
     def target(self) -> Any:
@@ -123,13 +139,17 @@ class OnLoop:
 def held_on(background: BackgroundLoop, driver: Driver) -> HeldConnections:
     """Connections of ``driver`` opened on ``background``'s loop, and a ``close`` that closes
     them all there (or drops them without a word to the server when it cannot)."""
-    opened: list[OnLoop] = []
+    opened: list[Any] = []
+
+    async def connect_there(connect_kwargs: Mapping[str, Any]) -> Any:
+        conn = await driver.connect(connect_kwargs)
+        # recorded on the loop, so a caller cancelled as the connect ends leaks nothing
+        opened.append(conn)
+        return conn
 
     async def open_one(connect_kwargs: Mapping[str, Any]) -> OnLoop:
-        conn = await background.submit(_awaited(driver.connect(connect_kwargs)))
-        standin = OnLoop(conn, background, driver, driver.loop_only)
-        opened.append(standin)
-        return standin
+        conn = await background.submit(connect_there(connect_kwargs))
+        return OnLoop(conn, background, driver, driver.loop_only)
 
     async def reset(standin: OnLoop) -> None:
         await background.submit(_awaited(driver.reset(standin.target)))
@@ -140,7 +160,7 @@ def held_on(background: BackgroundLoop, driver: Driver) -> HeldConnections:
 
     def close_all() -> None:
         while opened:
-            conn = opened.pop().target
+            conn = opened.pop()
             if background.closed:
                 return  # the loop's shutdown closed its connections
             if background.in_loop_thread():

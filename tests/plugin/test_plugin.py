@@ -313,6 +313,12 @@ SESSION_LOCKS = (
     "(SELECT oid FROM pg_database WHERE datname = current_database())"
 )
 
+PIDS = []
+
+async def server_pid(db):
+    async with db.session() as session:
+        return (await session.execute(text("SELECT pg_backend_pid()"))).scalar()
+
 async def assert_nothing_left(db):
     assert await db.count_threads() == 0
     if db.backend == "postgresql":
@@ -324,6 +330,7 @@ async def assert_nothing_left(db):
 async def test_a_breaks_its_transaction(threadcreator_db, thread_creator, user_context):
     await thread_creator.create_thread_with_message(user_context, "must not survive")
     if threadcreator_db.backend == "postgresql":
+        PIDS.append(await server_pid(threadcreator_db))
         async with threadcreator_db.session() as session:  # a lock that outlives a rollback
             await session.execute(text("SELECT pg_advisory_lock(4242)"))
     async with threadcreator_db.session() as session:
@@ -333,6 +340,9 @@ async def test_a_breaks_its_transaction(threadcreator_db, thread_creator, user_c
 @pytest.mark.asyncio
 async def test_b_is_cancelled_mid_statement(threadcreator_db, thread_creator, user_context):
     await assert_nothing_left(threadcreator_db)
+    if threadcreator_db.backend == "postgresql" and threadcreator_db.isolation == "rollback":
+        # rollback keeps its server session between tests: a's lock went with the reset
+        assert await server_pid(threadcreator_db) == PIDS[0]
     await thread_creator.create_thread_with_message(user_context, "must not survive")
     if threadcreator_db.backend != "postgresql":
         pytest.skip("only PostgreSQL cancels a running statement")
@@ -342,7 +352,7 @@ async def test_b_is_cancelled_mid_statement(threadcreator_db, thread_creator, us
 
 @pytest.mark.asyncio
 async def test_c_starts_empty_and_writes(threadcreator_db, thread_creator, user_context):
-    await assert_nothing_left(threadcreator_db)
+    await assert_nothing_left(threadcreator_db)  # on a new session: b's was cancelled mid-statement
     await thread_creator.create_thread_with_message(user_context, "fine")
     assert await threadcreator_db.count_threads() == 1
 """

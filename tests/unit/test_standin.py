@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -131,3 +131,21 @@ def test_close_drops_a_connection_whose_polite_close_fails(background: Backgroun
     background.run(asyncio.sleep(0))
     assert conn.target.closed == "terminated on test-standin"
     held.close()  # a second close has nothing left to close
+
+
+class _Finalised:
+    """Records the thread its last reference went on (asyncpg's statements close themselves
+    on their connection from ``__del__``)."""
+
+    threads: ClassVar[list[str]] = []
+
+    def __del__(self) -> None:
+        _Finalised.threads.append(threading.current_thread().name)
+
+
+def test_a_wrapped_object_is_let_go_on_the_loop_thread(background: BackgroundLoop) -> None:
+    _Finalised.threads.clear()
+    standin = OnLoop(_Finalised(), background, dataclasses.replace(DRIVER, wrapped=(_Finalised,)))
+    del standin  # dropped on this thread, as SQLAlchemy's statement cache drops its entries
+    background.run(asyncio.sleep(0))  # runs after the release queued by the drop
+    assert _Finalised.threads == ["test-standin"]

@@ -49,9 +49,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +57,7 @@ from ..._background import BackgroundLoop
 from ...errors import BackendUnavailableError, ConfigurationError
 from ...store.postgresql import ADMIN_TIMEOUT, _asyncpg
 from ...store.postgresql_reset import _quote
+from ..run_id import BASE36, new_run_id
 from ..server import short_reason as _short_reason
 from .servers import address, async_url, connect_kwargs
 
@@ -95,7 +94,6 @@ MAX_WORKER_ID = 12
 _MIN_LABEL = 10
 _TOKEN = re.compile(r"[a-z0-9]+")
 _NAME = re.compile(r"tc_([a-z0-9]+)_([a-z0-9]+)_(template|[0-9a-z]+_[a-z0-9_]*)")
-_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 #: Start of the comment that marks a database as made by the plugin for a run.
 _MARK = "pytest-threadcreator database of run "
 _MARKED = re.compile(re.escape(_MARK) + r"([a-z0-9]{1,20})(?:;.*)?", re.DOTALL)
@@ -112,26 +110,6 @@ class ParsedName:
     run_id: str
     worker_id: str
     is_template: bool
-
-
-def new_run_id() -> str:
-    """A fresh run id: 14 base36 characters, 6 of the time then 8 random (about 41 bits).
-
-    Runs started in the same second must not share an id: the id keys the run's lock and its
-    ownership marks. With 8 random characters, 200 ids made in one second collide with a
-    chance below one in 100 million (4 characters gave about one in 80).
-    """
-    stamp = _base36(int(time.time()) % 36**6, 6)
-    rand = _base36(int.from_bytes(os.urandom(6), "big") % 36**8, 8)
-    return stamp + rand
-
-
-def _base36(value: int, width: int) -> str:
-    out = []
-    for _ in range(width):
-        value, digit = divmod(value, 36)
-        out.append(_BASE36[digit])
-    return "".join(reversed(out))
 
 
 def _check_token(value: str, what: str, limit: int) -> str:
@@ -184,7 +162,7 @@ def _b36(value: int) -> str:
     out = []
     while value:
         value, digit = divmod(value, 36)
-        out.append(_BASE36[digit])
+        out.append(BASE36[digit])
     return "".join(reversed(out)) or "0"
 
 
