@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_threadcreator import concurrency
+from pytest_threadcreator._background import BackgroundLoop
 
 from .helpers import PG_SERVER_URL, FakeClock, pg_fetch, pg_server_missing
 
@@ -27,6 +28,14 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
     clock = FakeClock()
     monkeypatch.setattr(concurrency, "_clock", clock)
     yield clock
+
+
+@pytest.fixture
+def background() -> Iterator[BackgroundLoop]:
+    """A running :class:`BackgroundLoop` of its own, closed after the test."""
+    loop = BackgroundLoop("test-background")
+    yield loop
+    loop.close()
 
 
 @pytest.fixture

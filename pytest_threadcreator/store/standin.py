@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .._background import BackgroundLoop
+from .._background import BackgroundLoop, BackgroundLoopError
 from .base import HeldConnections
 
 __all__ = ["Driver", "OnLoop", "held_on"]
@@ -55,6 +55,16 @@ def _release(target: Any) -> None:
     """Called on the loop's thread with an object whose last reference then goes there."""
 
 
+def _on_loop(background: BackgroundLoop, function: Callable[..., Any], *args: Any) -> None:
+    """``function(*args)`` on the loop's thread: now if this is it, else soon; nothing once the
+    loop is closed (its shutdown closed its connections)."""
+    if background.in_loop_thread():
+        function(*args)
+        return
+    with contextlib.suppress(BackgroundLoopError, RuntimeError):  # closed meanwhile
+        background.loop.call_soon_threadsafe(function, *args)
+
+
 class OnLoop:
     """Stands in for a driver object living on ``background``'s loop (see the module
     docstring). Plain attributes and other synchronous methods are read and called directly."""
@@ -81,11 +91,8 @@ class OnLoop:
         # statements queue their own close): let the last reference go on the loop's thread.
         background = getattr(self, "_background", None)
         target = getattr(self, "_target", None)
-        if background is None or target is None or background.closed:
-            return
-        if not background.in_loop_thread():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                background.loop.call_soon_threadsafe(_release, target)
+        if background is not None and target is not None:
+            _on_loop(background, _release, target)
 
     @property
     def target(self) -> Any:
@@ -111,13 +118,7 @@ class OnLoop:
 
     def _on_loop_thread(self, method: Callable[..., Any]) -> Callable[..., None]:
         def call(*args: Any, **kwargs: Any) -> None:
-            background = self._background
-            if background.closed:
-                return  # the loop's shutdown closed its connections
-            if background.in_loop_thread():
-                method(*args, **kwargs)
-            else:
-                background.loop.call_soon_threadsafe(lambda: method(*args, **kwargs))
+            _on_loop(self._background, lambda: method(*args, **kwargs))
 
         return call
 
@@ -154,10 +155,6 @@ def held_on(background: BackgroundLoop, driver: Driver) -> HeldConnections:
     async def reset(standin: OnLoop) -> None:
         await background.submit(_awaited(driver.reset(standin.target)))
 
-    def force(conn: Any) -> None:
-        if not background.closed:
-            background.loop.call_soon_threadsafe(driver.force_close, conn)
-
     def close_all() -> None:
         while opened:
             conn = opened.pop()
@@ -169,6 +166,6 @@ def held_on(background: BackgroundLoop, driver: Driver) -> HeldConnections:
             try:
                 background.run(_awaited(driver.close(conn)), timeout=5)
             except Exception:  # its database is dropped next, whatever holds it
-                force(conn)
+                _on_loop(background, driver.force_close, conn)
 
     return HeldConnections(driver=driver.name, connect=open_one, reset=reset, close=close_all)

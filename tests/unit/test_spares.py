@@ -4,10 +4,7 @@ closed by whoever drops it."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from pytest_threadcreator._background import BackgroundLoop
 from pytest_threadcreator.backends.postgresql.spares import SpareTender
@@ -91,13 +88,6 @@ def _started(tender: SpareTender, background: BackgroundLoop) -> SpareTender:
     background.run(_nothing())  # queued after the start: the cloners exist once it returns
     assert tender.running
     return tender
-
-
-@pytest.fixture
-def background() -> Iterator[BackgroundLoop]:
-    loop = BackgroundLoop("test-spares")
-    yield loop
-    loop.close()
 
 
 def test_a_spare_comes_with_its_own_warm_handle_and_the_drop_closes_it_first(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import pytest
@@ -74,13 +74,6 @@ DRIVER = Driver(
 )
 
 
-@pytest.fixture
-def background() -> Iterator[BackgroundLoop]:
-    loop = BackgroundLoop("test-standin")
-    yield loop
-    loop.close()
-
-
 def test_every_call_runs_on_the_background_loop_whatever_loop_awaits_it(
     background: BackgroundLoop,
 ) -> None:
@@ -101,12 +94,12 @@ def test_every_call_runs_on_the_background_loop_whatever_loop_awaits_it(
         assert await cursor == "row"  # awaiting the stand-in awaits the object on its loop
 
     asyncio.run(next_test())
-    assert conn.target.threads == ["test-standin"] * 4
+    assert conn.target.threads == [background.name] * 4
     assert conn.status() == "idle"  # a synchronous call returns its value as is
     with pytest.raises(TypeError, match="can't be used in 'await' expression"):
         asyncio.run(_await(conn))
     held.close()
-    assert conn.target.closed == "closed on test-standin"
+    assert conn.target.closed == f"closed on {background.name}"
 
 
 async def _await(thing: Any) -> Any:
@@ -118,7 +111,7 @@ def test_a_forced_close_is_handed_to_the_loop_thread(background: BackgroundLoop)
     conn = asyncio.run(held.connect({"database": "db"}))
     conn.terminate()
     background.run(asyncio.sleep(0))  # queued after the terminate
-    assert conn.target.closed == "terminated on test-standin"
+    assert conn.target.closed == f"terminated on {background.name}"
 
 
 def test_close_drops_a_connection_whose_polite_close_fails(background: BackgroundLoop) -> None:
@@ -129,7 +122,7 @@ def test_close_drops_a_connection_whose_polite_close_fails(background: Backgroun
     conn = asyncio.run(held.connect({"database": "db"}))
     held.close()
     background.run(asyncio.sleep(0))
-    assert conn.target.closed == "terminated on test-standin"
+    assert conn.target.closed == f"terminated on {background.name}"
     held.close()  # a second close has nothing left to close
 
 
@@ -148,4 +141,4 @@ def test_a_wrapped_object_is_let_go_on_the_loop_thread(background: BackgroundLoo
     standin = OnLoop(_Finalised(), background, dataclasses.replace(DRIVER, wrapped=(_Finalised,)))
     del standin  # dropped on this thread, as SQLAlchemy's statement cache drops its entries
     background.run(asyncio.sleep(0))  # runs after the release queued by the drop
-    assert _Finalised.threads == ["test-standin"]
+    assert _Finalised.threads == [background.name]
