@@ -51,8 +51,11 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
-def _release(target: Any) -> None:
-    """Called on the loop's thread with an object whose last reference then goes there."""
+def _release(holder: list[Any]) -> None:
+    """Called on the loop's thread: the held object's last reference goes here. (Passing the
+    object itself is not enough: the handle that carries it may be dropped by the thread that
+    queued it, after the loop has already run it.)"""
+    holder.clear()
 
 
 def _on_loop(background: BackgroundLoop, function: Callable[..., Any], *args: Any) -> None:
@@ -90,9 +93,11 @@ class OnLoop:
         # The driver's objects finalise themselves on their connection (asyncpg's prepared
         # statements queue their own close): let the last reference go on the loop's thread.
         background = getattr(self, "_background", None)
-        target = getattr(self, "_target", None)
-        if background is not None and target is not None:
-            _on_loop(background, _release, target)
+        if background is None or getattr(self, "_target", None) is None:
+            return
+        holder = [self._target]
+        self._target = None  # the holder has the only reference now
+        _on_loop(background, _release, holder)
 
     @property
     def target(self) -> Any:
