@@ -390,13 +390,16 @@ def _held_connection_engine(base: Database) -> AsyncEngine | None:
     if held is None or make_url(base.url).get_driver_name() != held.driver:
         return None
 
-    async def connect() -> Any:
-        sync = engine.sync_engine
-        _args, kwargs = sync.dialect.create_connect_args(sync.url)
-        return await held.connect({**kwargs, **base.connect_args})
+    async def connect(**kwargs: Any) -> Any:
+        return await held.connect(kwargs)
 
+    # The dialect calls ``async_creator_fn`` with the driver's own connect arguments, having
+    # taken its adapter's (the URL's prepared_statement_cache_size, say) for itself.
     engine = create_async_engine(
-        base.url, poolclass=StaticPool, pool_reset_on_return=None, async_creator=connect
+        base.url,
+        poolclass=StaticPool,
+        pool_reset_on_return=None,
+        connect_args={**base.connect_args, "async_creator_fn": connect},
     )
     _watch(engine)
     _engine_state(engine).reset_session = held.reset

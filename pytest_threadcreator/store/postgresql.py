@@ -58,25 +58,12 @@ _DIALECT = sa_asyncpg.dialect()  # type: ignore[no-untyped-call]
 _PREPARER = _DIALECT.identifier_preparer
 
 
-#: What SQLAlchemy's asyncpg dialect takes for itself from the connect arguments.
-_ADAPTER_ARGS = frozenset(
-    {
-        "async_fallback",
-        "async_creator_fn",
-        "prepared_statement_cache_size",
-        "prepared_statement_name_func",
-    }
-)
-
-
 def _standin_driver() -> Driver:
     """asyncpg as :mod:`.standin` drives it."""
     from asyncpg import cursor, prepared_stmt, transaction  # type: ignore[import-untyped]
 
     async def connect(kwargs: Mapping[str, Any]) -> Any:
-        return await _asyncpg().connect(
-            **{key: value for key, value in kwargs.items() if key not in _ADAPTER_ARGS}
-        )
+        return await _asyncpg().connect(**kwargs)
 
     return Driver(
         name="asyncpg",

@@ -33,7 +33,7 @@ class Driver:
 
     #: SQLAlchemy's name for it (``asyncpg``): only that dialect takes these
     name: str
-    #: opens a connection from the keyword arguments SQLAlchemy's dialect would pass
+    #: opens a connection from the driver's keyword arguments (as SQLAlchemy's dialect passes them)
     connect: Callable[[Mapping[str, Any]], Awaitable[Any]]
     #: the driver's objects tied to their connection's loop, returned by its methods
     wrapped: tuple[type, ...]

@@ -1304,3 +1304,34 @@ def test_a_cluster_that_fails_to_start_says_why_and_leaves_nothing() -> None:
     assert message.endswith("--threadcreator-db=postgresql+asyncpg://user@host:5432/postgres")
     match = re.search(r"(/\S+/tc-[^/\s]+)/data/postgresql\.conf", message)
     assert match is not None and not Path(match.group(1)).exists()
+
+
+# -- rollback's held connection ----------------------------------------------------------------
+
+ADAPTER_ARGS_INNER = """
+import pytest
+from sqlalchemy import text
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("i", range(2))
+async def test_the_urls_adapter_arguments_reach_the_held_connection(threadcreator_db, i):
+    async with threadcreator_db.session() as session:
+        await session.execute(text("SELECT 1"))
+        adapter = (await (await session.connection()).get_raw_connection()).dbapi_connection
+        assert adapter._prepared_statement_cache is None, "the URL asked for no statement cache"
+"""
+
+
+@needs_server
+def test_rollback_keeps_the_urls_asyncpg_adapter_arguments(pytester: pytest.Pytester) -> None:
+    # prepared_statement_cache_size=0 is how users behind PgBouncer turn SQLAlchemy's cache off:
+    # the connection rollback keeps for the run must honour it like any other connection
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_adapter=ADAPTER_ARGS_INNER)
+    url = f"{SERVER_URL}?prepared_statement_cache_size=0"
+    for_clean = pytester.runpytest("-p", "no:cacheprovider", f"--threadcreator-db={url}")
+    for_clean.assert_outcomes(passed=2)  # the same check holds in clean: the test is sound
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", f"--threadcreator-db={url}", "--threadcreator-isolation=rollback"
+    )
+    result.assert_outcomes(passed=2)
