@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from .errors import ThreadCreatorError
 
-__all__ = ["BackgroundLoop", "BackgroundLoopClosed", "BackgroundLoopError"]
+__all__ = ["BackgroundLoop", "BackgroundLoopClosed", "BackgroundLoopError", "wait_uncancellable"]
 
 T = TypeVar("T")
 
@@ -164,7 +164,7 @@ class BackgroundLoop:
                 raise
             # The inbox is FIFO: start() has run by the time _cancel_started does.
             inbox.post(_cancel_started, started)
-            await _wait_uncancellable(finished, CANCEL_CLEANUP_TIMEOUT)
+            await wait_uncancellable(finished, CANCEL_CLEANUP_TIMEOUT)
             if finished.done() and not finished.cancelled():
                 finished.exception()
             raise
@@ -277,7 +277,7 @@ def _cancel_started(started: list[asyncio.Task[Any]]) -> None:
         task.cancel()
 
 
-async def _wait_uncancellable(future: asyncio.Future[Any], timeout: float) -> None:
+async def wait_uncancellable(future: asyncio.Future[Any], timeout: float) -> None:
     """Wait for ``future`` up to ``timeout`` seconds, ignoring further cancellation requests."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -40,6 +40,7 @@ from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.util import await_only
 
 from . import instrument
+from ._background import CANCEL_CLEANUP_TIMEOUT, wait_uncancellable
 from .database import Database
 from .errors import ConfigurationError
 from .faults.steps import FaultDecider
@@ -187,22 +188,34 @@ async def _roll_back_when_cancelled(
     try:
         await asyncio.Event().wait()
     finally:
+        # A closing loop cancels every task, this one too, maybe while it rolls back after the
+        # plugin's own cancel: the end of the test runs to its end all the same.
+        ending = asyncio.ensure_future(_end_test(connection, transaction, run, reset_session))
+        await wait_uncancellable(ending, CANCEL_CLEANUP_TIMEOUT)
+
+
+async def _end_test(
+    connection: AsyncConnection,
+    transaction: AsyncTransaction,
+    run: DriverRunner[Any] | None,
+    reset_session: Callable[[], Awaitable[None]] | None,
+) -> None:
+    try:
+        await transaction.rollback()
+    except Exception:
+        if run is not None:  # the engine skips the reset on return: end it at the driver
+            with contextlib.suppress(Exception):
+                await run(_driver_rollback)
+    if reset_session is not None:
+        # What outlives a rollback (session advisory locks, LISTEN, SET SESSION outside
+        # the transaction, open cursors) must not reach the next test on this connection.
         try:
-            await transaction.rollback()
+            await reset_session()
         except Exception:
-            if run is not None:  # the engine skips the reset on return: end it at the driver
-                with contextlib.suppress(Exception):
-                    await run(_driver_rollback)
-        if reset_session is not None:
-            # What outlives a rollback (session advisory locks, LISTEN, SET SESSION outside
-            # the transaction, open cursors) must not reach the next test on this connection.
-            try:
-                await reset_session()
-            except Exception:
-                with contextlib.suppress(Exception):
-                    await connection.invalidate()  # the next test opens a new one
-        with contextlib.suppress(Exception):
-            await connection.close()  # back to the engine: the connection itself stays open
+            with contextlib.suppress(Exception):
+                await connection.invalidate()  # the next test opens a new one
+    with contextlib.suppress(Exception):
+        await connection.close()  # back to the engine: the connection itself stays open
 
 
 def _driver_rollback(conn: Any) -> None:

@@ -6,11 +6,13 @@ count is SQLite's alone.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiosqlite
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from pytest_threadcreator import (
     ConfigurationError,
@@ -19,6 +21,7 @@ from pytest_threadcreator import (
     ThreadExistsError,
     ThreadOwnershipError,
 )
+from pytest_threadcreator.rollback import _roll_back_when_cancelled
 
 pytestmark = [pytest.mark.threadcreator(isolation="rollback"), pytest.mark.asyncio]
 
@@ -129,3 +132,39 @@ async def test_streamed_results_come_through_a_server_side_cursor(
         result = await session.stream(text("SELECT user_id FROM threads ORDER BY user_id"))
         owners = [row[0] async for row in result]
     assert owners == sorted(user.user_id for user in users)
+
+
+@pytest.mark.suite_independent
+async def test_a_second_cancellation_does_not_cut_the_end_of_the_test_short(
+    tmp_path: Any,
+) -> None:
+    # A closing loop cancels every task, the guard included, which may already be rolling the
+    # test back after the plugin's own cancel: its rollback, session reset and the return of
+    # the connection must still all happen, or the next test meets this one's session.
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        connection = await engine.connect()
+        transaction = await connection.begin()
+        await connection.execute(text("INSERT INTO t VALUES (1)"))
+        reset: list[str] = []
+
+        async def reset_session() -> None:
+            reset.append("reset")
+
+        guard = asyncio.create_task(
+            _roll_back_when_cancelled(connection, transaction, None, reset_session)
+        )
+        await asyncio.sleep(0)
+        guard.cancel()
+        await asyncio.sleep(0)  # the guard is rolling back now
+        guard.cancel()  # and is cancelled again, as a closing loop does
+        with pytest.raises(asyncio.CancelledError):
+            await guard
+        assert reset == ["reset"], "the session was not reset"
+        assert connection.closed, "the connection did not go back to the engine"
+        async with engine.connect() as again:
+            assert (await again.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+    finally:
+        await engine.dispose()
