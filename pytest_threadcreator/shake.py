@@ -30,17 +30,19 @@ __all__ = [
     "repetition_seeds",
 ]
 
-#: Pause before a call of run_concurrently starts, in seconds (one is drawn per call).
-START_DELAYS = (0.0, 0.0, 0.0, 0.002, 0.010, 0.025)
+#: Pause before each statement of the test's own engines inside a run_concurrently call. Long:
+#: it must dominate what a fresh process adds (new connections, first-time compilation), so
+#: that a seed's schedule replays in another run.
+STATEMENT_DELAYS = (0.0, 0.0, 0.0, 0.010, 0.030, 0.060)
+#: Pause before a call of run_concurrently starts, in seconds (one is drawn per call). As long
+#: as the statements' pauses, for the same reason: with a 2 ms offset, whether the later call
+#: checked before the first one committed hinged on how warm the process was, and a seed found
+#: and confirmed in the run replayed in a new process only about half the time.
+START_DELAYS = STATEMENT_DELAYS
 #: Pause before ThreadCreator writes (after validation), in seconds.
 WRITE_DELAYS = (0.0, 0.0, 0.0, 0.002, 0.010, 0.025)
 #: Pause inside the transaction before ``message_insert`` and ``commit``, in seconds.
 STEP_DELAYS = (0.0, 0.0, 0.0, 0.0, 0.001, 0.005)
-
-#: Pause before each statement of the test's own engines inside a run_concurrently call. Longer
-#: than the others: it must dominate what a fresh process adds (new connections, first-time
-#: compilation), so that a seed's schedule replays in another run.
-STATEMENT_DELAYS = (0.0, 0.0, 0.0, 0.010, 0.030, 0.060)
 
 #: Which call of a run_concurrently run the current task is (set inside each call's task).
 call_key: contextvars.ContextVar[str | None] = contextvars.ContextVar(
