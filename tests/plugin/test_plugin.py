@@ -371,6 +371,53 @@ def test_a_broken_or_cancelled_test_leaves_the_next_one_empty_and_working(
         assert outcomes["passed"] == 3, "the cancelled statement was not run"
 
 
+LATE_WRITER = """
+import time
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+
+from pytest_threadcreator.models import Message, Thread
+
+URLS = []
+
+
+@pytest.fixture
+def late_writer():
+    # set up before threadcreator_db, so torn down after it: an app's fixture that writes as it
+    # ends (through the URL it was given), when the plugin is done with the test's database
+    yield
+    engine = create_engine(URLS[-1])
+    try:
+        with Session(engine) as session, session.begin():
+            now = int(time.time())
+            session.add(Thread(id="thread_late", object="thread", user_id="late", status="active",
+                               created_at=now, metadata_={"user_id": "late"}))
+            session.flush()
+            session.add(Message(id="msg_late", object="thread.message", thread_id="thread_late",
+                                role="user", created_at=now, file_ids=[], metadata_={},
+                                content=[]))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("i", range(3))
+async def test_each_starts_empty(late_writer, threadcreator_db, i):
+    assert await threadcreator_db.count_threads() == 0
+    URLS.append(threadcreator_db.sync_url)
+"""
+
+
+def test_what_a_later_fixture_writes_as_the_test_ends_is_gone_for_the_next_test(
+    pytester: pytest.Pytester, ini: object
+) -> None:
+    pytester.makepyfile(LATE_WRITER)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+
+
 def test_keep_names_the_failed_tests_database_and_leaves_it(
     pytester: pytest.Pytester, ini: object
 ) -> None:
