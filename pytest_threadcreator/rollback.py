@@ -149,7 +149,9 @@ class RollbackDatabase(Database):
                 if reset is not None:
                     after = functools.partial(reset, raw.driver_connection)
                 guard = loop.create_task(
-                    _roll_back_when_cancelled(connection, transaction, run, after),
+                    _roll_back_when_cancelled(
+                        functools.partial(_end_test, connection, transaction, run, after)
+                    ),
                     name=_GUARD_NAME,
                 )
                 shared = _Shared(connection, transaction, asyncio.Lock(), guard, run)
@@ -179,18 +181,14 @@ class RollbackDatabase(Database):
         self.dispose_engines()
 
 
-async def _roll_back_when_cancelled(
-    connection: AsyncConnection,
-    transaction: AsyncTransaction,
-    run: DriverRunner[Any] | None,
-    reset_session: Callable[[], Awaitable[None]] | None,
-) -> None:
+async def _roll_back_when_cancelled(end_test: Callable[[], Awaitable[None]]) -> None:
+    """Wait until cancelled, then ``end_test()`` (:func:`_end_test` of the test's connection)."""
     try:
         await asyncio.Event().wait()
     finally:
         # A closing loop cancels every task, this one too, maybe while it rolls back after the
         # plugin's own cancel: the end of the test runs to its end all the same.
-        ending = asyncio.ensure_future(_end_test(connection, transaction, run, reset_session))
+        ending = asyncio.ensure_future(end_test())
         await wait_uncancellable(ending, CANCEL_CLEANUP_TIMEOUT)
 
 

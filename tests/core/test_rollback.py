@@ -7,6 +7,7 @@ count is SQLite's alone.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import aiosqlite
@@ -21,7 +22,7 @@ from pytest_threadcreator import (
     ThreadExistsError,
     ThreadOwnershipError,
 )
-from pytest_threadcreator.rollback import _roll_back_when_cancelled
+from pytest_threadcreator.rollback import _end_test, _roll_back_when_cancelled
 
 pytestmark = [pytest.mark.threadcreator(isolation="rollback"), pytest.mark.asyncio]
 
@@ -154,7 +155,9 @@ async def test_a_second_cancellation_does_not_cut_the_end_of_the_test_short(
             reset.append("reset")
 
         guard = asyncio.create_task(
-            _roll_back_when_cancelled(connection, transaction, None, reset_session)
+            _roll_back_when_cancelled(
+                functools.partial(_end_test, connection, transaction, None, reset_session)
+            )
         )
         await asyncio.sleep(0)
         guard.cancel()
