@@ -32,8 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import JSON
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -50,7 +49,7 @@ from .postgresql.janitor import (
     template_name,
 )
 from .postgresql.pools import PoolPlan, plan_pools, worker_count
-from .server import ServerBackend, short_reason
+from .server import ServerBackend, parse_url, short_reason
 
 if TYPE_CHECKING:
     from ..schema import ThreadSchema
@@ -72,13 +71,7 @@ _CHARSET = "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
 
 def mysql_url(value: str, where: str) -> URL:
     """``value`` as the async MySQL URL to use, or ConfigurationError saying what to write."""
-    try:
-        url = make_url(value.strip())
-    except (ArgumentError, ValueError) as exc:  # ValueError: SQLAlchemy's int() of the port
-        why = "its port is not a number" if isinstance(exc, ValueError) else str(exc)
-        raise ConfigurationError(
-            f"{where}: {value!r} is not a valid URL ({why}); write one like {_EXAMPLE}"
-        ) from None
+    url = parse_url(value, where, _EXAMPLE)
     driver = url.drivername.partition("+")[2]
     if driver in _DRIVERS:
         return url.set(drivername=f"mysql+{driver}")

@@ -17,16 +17,30 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
 from .._background import BackgroundLoop
-from ..errors import BackendUnavailableError, DatabaseError
+from ..errors import BackendUnavailableError, ConfigurationError, DatabaseError
 from .base import Backend
 
 if TYPE_CHECKING:
     from ..database import Database
 
-__all__ = ["ServerBackend", "short_reason"]
+__all__ = ["ServerBackend", "parse_url", "short_reason"]
 
 T = TypeVar("T")
+
+
+def parse_url(value: str, where: str, example: str) -> URL:
+    """``value`` as a SQLAlchemy URL, or ConfigurationError naming what is wrong and ``example``."""
+    try:
+        return make_url(value.strip())
+    except (ArgumentError, ValueError) as exc:  # ValueError: SQLAlchemy's int() of the port
+        why = "its port is not a number" if isinstance(exc, ValueError) else str(exc)
+        raise ConfigurationError(
+            f"{where}: {value!r} is not a valid URL ({why}); write one like {example}"
+        ) from None
 
 
 def short_reason(exc: BaseException) -> str:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
 
 from ...errors import BackendUnavailableError, ConfigurationError, ThreadCreatorError
 from ...store.postgresql import _asyncpg
+from ..server import parse_url
 from ..server import short_reason as _short_reason
 from .docker import DockerServer
 
@@ -66,13 +66,7 @@ def async_url(value: str, where: str) -> URL:
         error shows the URL to write instead. A MySQL/MariaDB URL is the MySQL backend's (the registry
     hands it there); here, where a PostgreSQL URL is wanted, it is refused.
     """
-    try:
-        url = make_url(value.strip())
-    except (ArgumentError, ValueError) as exc:  # ValueError: SQLAlchemy's int() of the port
-        why = "its port is not a number" if isinstance(exc, ValueError) else str(exc)
-        raise ConfigurationError(
-            f"{where}: {value!r} is not a valid URL ({why}); write one like {_EXAMPLE}"
-        ) from None
+    url = parse_url(value, where, _EXAMPLE)
     backend, _, driver = url.drivername.partition("+")
     if backend in ("mysql", "mariadb"):
         raise ConfigurationError(
