@@ -362,7 +362,7 @@ def test_shake_finds_a_race_in_the_apps_own_code_and_its_seed_replays_it(
     seed, nodeid = found.group(1), found.group(2)
     failed = 0
     for _ in range(5):
-        # as a user replays it: in a new process, where the app's first statements are
+        # subprocess: a user replays a seed in a new process, where the app's first statements are
         # compiled and connected cold (the run that found the seed confirmed it warm)
         replay = app.runpytest_subprocess(
             nodeid, f"--threadcreator-seed={seed}", "-p", "no:cacheprovider"
