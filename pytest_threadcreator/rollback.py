@@ -11,6 +11,13 @@ and on SQLite and PostgreSQL holds one connection for the whole run: an aiosqlit
 through a stand-in (:mod:`.store.standin`; asyncpg connections belong to their loop). On MySQL a
 test opens a connection of its own: a MySQL connection is cheap to open, and measured side by
 side the stand-in's hop per statement cost more than it saved (8.4 ms per test against 6.5 ms).
+
+ThreadCreator's create is one job on that connection (the store's
+:meth:`~.store.base.Store.savepoint_runner`): a SAVEPOINT, both INSERTs and its RELEASE back to
+back, in one hop where the connection lives elsewhere. Where the engine holds the connection
+for the run, the test's BEGIN is held back and goes with its first statement; on PostgreSQL the
+engine runs in AUTOCOMMIT, so the driver adapter leaves the transaction to this module, and the
+session's reset rolls the test back in the same hop.
 """
 
 from __future__ import annotations
@@ -44,10 +51,10 @@ from ._background import CANCEL_CLEANUP_TIMEOUT, wait_uncancellable
 from .database import Database
 from .errors import ConfigurationError
 from .faults.steps import FaultDecider
-from .store.base import StatementCallback
+from .store.base import SavepointCreate, SavepointRunner, StatementCallback
 from .store.compile import RowInsert
 from .store.session import SessionStore
-from .store.sqlite_savepoint import DriverRunner, driver_runner, savepoint_create
+from .store.sqlite_savepoint import DriverRunner, driver_runner
 
 __all__ = ["RollbackDatabase"]
 
@@ -63,8 +70,10 @@ class _Shared:
     transaction: AsyncTransaction
     lock: asyncio.Lock
     guard: asyncio.Task[None]
-    #: runs a function on the driver's own thread (aiosqlite), or None (the session path)
+    #: runs a function on the driver's own thread (aiosqlite), or None
     run: DriverRunner[Any] | None = None
+    #: runs a create as one job on the connection, or None (the session path)
+    create: SavepointRunner | None = None
 
 
 @dataclass
@@ -154,7 +163,8 @@ class RollbackDatabase(Database):
                     ),
                     name=_GUARD_NAME,
                 )
-                shared = _Shared(connection, transaction, asyncio.Lock(), guard, run)
+                create = self.base.store.savepoint_runner(raw.driver_connection)
+                shared = _Shared(connection, transaction, asyncio.Lock(), guard, run, create)
                 self._shared[loop] = shared
         return shared
 
@@ -223,7 +233,8 @@ def _driver_rollback(conn: Any) -> None:
 
 class _RollbackStore(SessionStore):
     """ThreadCreator's path in rollback isolation: sessions on the shared connection, one at a
-    time; on aiosqlite a create without fault steps is one job on the driver's thread."""
+    time; a create without fault steps is one job on the connection where the store knows how
+    (aiosqlite, asyncpg held on its loop, asyncmy)."""
 
     def __init__(self, database: RollbackDatabase) -> None:
         super().__init__(_LockedSessions(database), database.base.schema)
@@ -248,12 +259,12 @@ class _RollbackStore(SessionStore):
         decide: FaultDecider | None = None,
     ) -> None:
         shared = await self._database._shared_for_loop()
-        if decide is not None or shared.run is None:  # fault steps need the step-by-step path
+        if decide is not None or shared.create is None:  # fault steps need the session path
             await super().create(thread_row, message_row, explicit_id=explicit_id, decide=decide)
             return
         t_plan = self._thread_rows.plan(thread_row)
         m_plan = self._message_rows.plan(message_row)
-        job = savepoint_create(
+        create = SavepointCreate(
             t_plan.sql,
             t_plan.params(thread_row),
             m_plan.sql,
@@ -264,7 +275,7 @@ class _RollbackStore(SessionStore):
         state = self._state
         async with shared.lock:
             begin, state.begin_pending = state.begin_pending, False
-            ran = await shared.run(job if not begin else _after_begin(job))
+            ran = await shared.create(create, begin)
         watcher = self._state.watcher
         if watcher is not None:
             for sql in ran:
@@ -354,8 +365,14 @@ def _make_rollback_engine(base: Database, drivers: list[Any]) -> AsyncEngine:
         held = _held_connection_engine(base)
         if held is not None:
             return held
-        # connections belong to their loop: none is kept between tests
-        engine = create_async_engine(base.url, poolclass=NullPool, connect_args=base.connect_args)
+        # Connections belong to their loop: none is kept between tests. The guard rolls the
+        # test back itself, and a closed connection keeps nothing: no second rollback on return.
+        engine = create_async_engine(
+            base.url,
+            poolclass=NullPool,
+            pool_reset_on_return=None,
+            connect_args=base.connect_args,
+        )
         _watch(engine)
         return engine
 
@@ -378,19 +395,7 @@ def _make_rollback_engine(base: Database, drivers: list[Any]) -> AsyncEngine:
         dbapi_connection.isolation_level = None
         drivers.append(dbapi_connection.driver_connection)
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _begin(conn: Any) -> None:
-        run = driver_runner(conn.connection.driver_connection)
-        if run is None:
-            conn.exec_driver_sql("BEGIN")
-            return
-        _engine_state(engine).begin_pending = True  # sent with the first statement
-
-    @event.listens_for(engine.sync_engine, "commit")
-    @event.listens_for(engine.sync_engine, "rollback")
-    def _end(_conn: Any) -> None:
-        _engine_state(engine).begin_pending = False  # never sent: nothing to end on the driver
-
+    _take_begin_over(engine)
     return engine
 
 
@@ -406,30 +411,47 @@ def _held_connection_engine(base: Database) -> AsyncEngine | None:
 
     # The dialect calls ``async_creator_fn`` with the driver's own connect arguments, having
     # taken its adapter's (the URL's prepared_statement_cache_size, say) for itself.
+    # In AUTOCOMMIT the driver adapter leaves transactions alone: the test's BEGIN goes with
+    # its first statement, and held.reset rolls the test back with the session's reset.
     engine = create_async_engine(
         base.url,
         poolclass=StaticPool,
         pool_reset_on_return=None,
+        isolation_level="AUTOCOMMIT",
         connect_args={**base.connect_args, "async_creator_fn": connect},
     )
     _watch(engine)
+    _take_begin_over(engine)
     _engine_state(engine).reset_session = held.reset
     base.on_close(held.close)
     return engine
 
 
+def _take_begin_over(engine: AsyncEngine) -> None:
+    """The test's BEGIN is held back and sent with its first statement (a create's one job, or
+    ahead of a session's SQL): opening the test's transaction costs no hop of its own."""
+    state = _engine_state(engine)
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(_conn: Any) -> None:
+        state.begin_pending = True
+
+    @event.listens_for(engine.sync_engine, "commit")
+    @event.listens_for(engine.sync_engine, "rollback")
+    def _end(_conn: Any) -> None:
+        state.begin_pending = False  # never sent: nothing to end on the driver
+
+
+def _send_begin(driver: Any) -> Any:
+    """Send BEGIN on ``driver``: one hop to aiosqlite's thread, or to a held connection's loop."""
+    run = driver_runner(driver)
+    if run is not None:
+        return run(_driver_begin)
+    return driver.execute("BEGIN")
+
+
 def _driver_begin(conn: Any) -> None:
     conn.execute("BEGIN")
-
-
-def _after_begin(job: Callable[[Any], list[str]]) -> Callable[[Any], list[str]]:
-    """``job`` preceded by the test's pending BEGIN, in the same hop to the driver's thread."""
-
-    def begin_then_job(conn: Any) -> list[str]:
-        conn.execute("BEGIN")
-        return ["BEGIN", *job(conn)]
-
-    return begin_then_job
 
 
 def _watch(engine: AsyncEngine) -> None:
@@ -441,11 +463,9 @@ def _watch(engine: AsyncEngine) -> None:
     def _count(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if state.begin_pending:  # the test's BEGIN goes first, in one hop
             state.begin_pending = False
-            run = driver_runner(conn.connection.driver_connection)
-            if run is not None:
-                await_only(run(_driver_begin))
-                if state.watcher is not None:
-                    state.watcher(_LABEL, "BEGIN")
+            await_only(_send_begin(conn.connection.driver_connection))
+            if state.watcher is not None:
+                state.watcher(_LABEL, "BEGIN")
         if state.watcher is not None:
             state.watcher(_LABEL, statement)
 

@@ -27,6 +27,8 @@ __all__ = [
     "HeldConnections",
     "LoopFreeConnections",
     "Query",
+    "SavepointCreate",
+    "SavepointRunner",
     "StatementCallback",
     "Store",
     "ThreadIdTaken",
@@ -45,6 +47,29 @@ class ThreadIdTaken(Exception):
     def __init__(self, owner: str | None) -> None:
         super().__init__("thread id taken")
         self.owner = owner
+
+
+@dataclass(frozen=True, slots=True)
+class SavepointCreate:
+    """A create inside a transaction the caller holds open (``rollback`` isolation): both
+    INSERTs inside a SAVEPOINT, so a failed create leaves the outer transaction as it was.
+
+    The SQL is in the parameter style of the driver that runs it. ``owner_sql`` (given for an
+    explicit thread id) reads the owner of ``thread_id`` when the thread INSERT hits a
+    constraint, so the caller can tell "exists" from "someone else's".
+    """
+
+    thread_sql: str
+    thread_params: tuple[Any, ...]
+    message_sql: str
+    message_params: tuple[Any, ...]
+    owner_sql: str | None
+    thread_id: Any
+
+
+#: Runs a :class:`SavepointCreate` on one driver connection as one job (``begin``: send the
+#: caller's pending BEGIN first, in the same job); returns the SQL it ran, for query counters.
+SavepointRunner = Callable[[SavepointCreate, bool], Awaitable[list[str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +108,12 @@ class Store(abc.ABC):
     def held_connections(self) -> HeldConnections | None:
         """A way to keep loop-bound driver connections for a whole run (asyncpg's, on the
         store's background loop), or None where the store has none."""
+        return None
+
+    def savepoint_runner(self, driver: Any) -> SavepointRunner | None:
+        """How to run a create as one job on ``driver``, a driver connection to this store's
+        database that SQLAlchemy also uses (``rollback`` isolation), or None where the store
+        knows no such way for it (the caller then goes through SQLAlchemy)."""
         return None
 
     @abc.abstractmethod

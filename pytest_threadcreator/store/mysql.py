@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.dialects.mysql import asyncmy as sa_asyncmy
@@ -21,8 +21,16 @@ from sqlalchemy.dialects.mysql import asyncmy as sa_asyncmy
 from .._background import BackgroundLoop
 from ..errors import BackendUnavailableError, ConfigurationError, DatabaseError
 from ..faults.steps import FaultDecider, apply_fault
-from .base import Query, StatementCallback, Store, ThreadIdTaken
+from .base import (
+    Query,
+    SavepointCreate,
+    SavepointRunner,
+    StatementCallback,
+    Store,
+    ThreadIdTaken,
+)
 from .compile import compile_select, insert_plan
+from .savepoint import savepoint_create
 from .transient import is_mysql_transient
 
 if TYPE_CHECKING:
@@ -67,6 +75,33 @@ async def _run(conn: Any, sql: str, params: tuple[Any, ...]) -> list[Any]:
         while await cursor.nextset():
             pass
     return rows
+
+
+class _Cursor:
+    """An asyncmy cursor as :func:`.savepoint.savepoint_create` drives it."""
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        await self._cursor.execute(sql, params or None)
+
+    async def first(self, sql: str, params: tuple[Any, ...]) -> Any:
+        await self._cursor.execute(sql, params)
+        row = await self._cursor.fetchone()
+        return None if row is None else row[0]
+
+
+def _is_duplicate_key(exc: Exception) -> bool:
+    return exc.args[:1] == (_DUPLICATE_KEY,)
+
+
+async def _create_in_savepoint(conn: Any, create: SavepointCreate) -> list[str]:
+    async with conn.cursor() as cursor:
+        # MySQL begins the caller's transaction with its first statement: no BEGIN to send
+        return await savepoint_create(
+            _Cursor(cursor), create, begin=False, is_duplicate=_is_duplicate_key
+        )
 
 
 async def _settled(job: Coroutine[Any, Any, T]) -> T:
@@ -136,6 +171,18 @@ class MySqlStore(Store):
 
     def __repr__(self) -> str:
         return f"<MySqlStore {self.name} checked_out={self._checked_out}>"
+
+    def savepoint_runner(self, driver: Any) -> SavepointRunner | None:
+        """A create as one job on an asyncmy connection of the running loop
+        (:mod:`.savepoint`), let finish if its caller is cancelled meanwhile (see
+        :func:`_settled`), so the connection stays fit for the rest of the test."""
+        if not isinstance(driver, asyncmy_module().Connection):
+            return None
+
+        def run(create: SavepointCreate, begin: bool) -> Awaitable[list[str]]:
+            return _settled(_create_in_savepoint(driver, create))
+
+        return run
 
     # -- pool ------------------------------------------------------------------------------
     async def _get_pool(self) -> Any:
@@ -264,8 +311,7 @@ class MySqlStore(Store):
         self, conn: Any, exc: Exception, thread_row: Mapping[str, Any], explicit: bool
     ) -> None:
         """Raise ThreadIdTaken when ``exc`` is a duplicate key and the thread id exists."""
-        args = getattr(exc, "args", ())
-        if not explicit or not args or args[0] != _DUPLICATE_KEY or not conn.connected:
+        if not explicit or not _is_duplicate_key(exc) or not conn.connected:
             return
         rows = await self._execute(
             conn, self._owner_sql, (thread_row[self.schema.thread_id_column],)

@@ -13,7 +13,7 @@ import asyncio
 import importlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,10 +23,19 @@ from sqlalchemy.dialects.postgresql import asyncpg as sa_asyncpg
 from .._background import BackgroundLoop
 from ..errors import BackendUnavailableError, ConfigurationError, DatabaseError
 from ..faults.steps import FaultDecider, apply_fault
-from .base import HeldConnections, Query, StatementCallback, Store, ThreadIdTaken
+from .base import (
+    HeldConnections,
+    Query,
+    SavepointCreate,
+    SavepointRunner,
+    StatementCallback,
+    Store,
+    ThreadIdTaken,
+)
 from .compile import CompiledSelect, InsertPlan, compile_select, insert_plan
 from .postgresql_reset import _LOCK_HOLDERS, _STILL_THERE, RESET_LOCK_TIMEOUT, _reset_sql
-from .standin import Driver, held_on
+from .savepoint import savepoint_create
+from .standin import Driver, OnLoop, held_on, run_there
 from .transient import is_pg_transient
 
 if TYPE_CHECKING:
@@ -75,10 +84,35 @@ def _standin_driver() -> Driver:
             cursor.CursorFactory,
         ),
         loop_only=frozenset({"terminate"}),
-        reset=lambda conn: conn.reset(timeout=5),
+        reset=_end_session,
         close=lambda conn: conn.close(timeout=2),
         force_close=lambda conn: conn.terminate(),
     )
+
+
+async def _end_session(conn: Any) -> None:
+    """Put a held connection back as a new session: its transaction (the engine leaves it to
+    this, see :mod:`..rollback`) rolled back, then asyncpg's reset of what outlives one."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+    await conn.reset(timeout=5)
+
+
+class _Statements:
+    """An asyncpg connection as :func:`.savepoint.savepoint_create` drives it."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        await self._conn.execute(sql, *params)
+
+    async def first(self, sql: str, params: tuple[Any, ...]) -> Any:
+        return await self._conn.fetchval(sql, *params)
+
+
+def _is_unique_violation(exc: Exception) -> bool:
+    return getattr(exc, "sqlstate", None) == "23505"
 
 
 def _asyncpg() -> Any:
@@ -291,6 +325,21 @@ class PgStore(Store):
     def held_connections(self) -> HeldConnections:
         """asyncpg connections kept on the background loop, usable from any test's loop."""
         return held_on(self.background, _standin_driver())
+
+    def savepoint_runner(self, driver: Any) -> SavepointRunner | None:
+        """A create as one job (:mod:`.savepoint`) on a held connection's loop: one hop."""
+        if not isinstance(driver, OnLoop):
+            return None
+
+        def run(create: SavepointCreate, begin: bool) -> Awaitable[list[str]]:
+            return run_there(
+                driver,
+                lambda conn: savepoint_create(
+                    _Statements(conn), create, begin=begin, is_duplicate=_is_unique_violation
+                ),
+            )
+
+        return run
 
     # -- pool ------------------------------------------------------------------------------
     async def _get_pool(self) -> Any:

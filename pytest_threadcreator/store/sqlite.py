@@ -35,8 +35,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..errors import InjectedFault
 from ..faults.steps import FaultDecider
-from .base import LoopFreeConnections, Query, StatementCallback, Store, ThreadIdTaken
+from .base import (
+    LoopFreeConnections,
+    Query,
+    SavepointRunner,
+    StatementCallback,
+    Store,
+    ThreadIdTaken,
+)
 from .compile import RowInsert, compile_select
+from .sqlite_savepoint import savepoint_runner
 from .transient import is_sqlite_busy
 
 if TYPE_CHECKING:
@@ -332,6 +340,10 @@ class SqliteStore(Store):
             for name, rows in seed
             if rows
         ]
+
+    def savepoint_runner(self, driver: Any) -> SavepointRunner | None:
+        """One hop to an aiosqlite connection's thread (:mod:`.sqlite_savepoint`)."""
+        return savepoint_runner(driver)
 
     async def create(
         self,

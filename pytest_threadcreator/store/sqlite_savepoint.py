@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from .base import ThreadIdTaken
+from .base import SavepointCreate, SavepointRunner, ThreadIdTaken
 
-__all__ = ["DriverRunner", "driver_runner", "savepoint_create"]
+__all__ = ["DriverRunner", "driver_runner", "savepoint_create", "savepoint_runner"]
 
 T = TypeVar("T")
 
@@ -42,37 +42,49 @@ def driver_runner(driver: Any) -> DriverRunner[Any] | None:
     return run
 
 
-def savepoint_create(
-    thread_sql: str,
-    thread_params: tuple[Any, ...],
-    message_sql: str,
-    message_params: tuple[Any, ...],
-    *,
-    owner_sql: str | None,
-    thread_id: Any,
-) -> Callable[[sqlite3.Connection], list[str]]:
-    """The create as one function: both rows inside a SAVEPOINT, or neither.
+def savepoint_runner(driver: Any) -> SavepointRunner | None:
+    """Runs a :class:`SavepointCreate` as one function on ``driver``'s thread, if it is an
+    aiosqlite connection (see :func:`driver_runner`), else None."""
+    run = driver_runner(driver)
+    if run is None:
+        return None
 
-    ``owner_sql`` (given for an explicit thread id) looks up the owner when the thread INSERT
-    hits a constraint, so the caller can tell "exists" from "someone else's". Returns the SQL
-    it ran, for query counters.
-    """
+    def run_create(create: SavepointCreate, begin: bool) -> Awaitable[list[str]]:
+        job = savepoint_create(create)
+        return run(job if not begin else _after_begin(job))
+
+    return run_create
+
+
+def _after_begin(job: Callable[[sqlite3.Connection], list[str]]) -> Callable[..., list[str]]:
+    """``job`` preceded by the caller's pending BEGIN, in the same hop to the driver's thread."""
+
+    def begin_then_job(conn: sqlite3.Connection) -> list[str]:
+        conn.execute("BEGIN")
+        return ["BEGIN", *job(conn)]
+
+    return begin_then_job
+
+
+def savepoint_create(create: SavepointCreate) -> Callable[[sqlite3.Connection], list[str]]:
+    """The create as one function: both rows inside a SAVEPOINT, or neither. Returns the SQL
+    it ran, for query counters."""
 
     def job(conn: sqlite3.Connection) -> list[str]:
         ran = [f"SAVEPOINT {_SAVEPOINT}"]
         conn.execute(ran[0])
         try:
-            ran.append(thread_sql)
+            ran.append(create.thread_sql)
             try:
-                conn.execute(thread_sql, thread_params)
+                conn.execute(create.thread_sql, create.thread_params)
             except sqlite3.IntegrityError:
-                if owner_sql is not None:
-                    row = conn.execute(owner_sql, (thread_id,)).fetchone()
+                if create.owner_sql is not None:
+                    row = conn.execute(create.owner_sql, (create.thread_id,)).fetchone()
                     if row is not None:
                         raise ThreadIdTaken(row[0]) from None
                 raise
-            ran.append(message_sql)
-            conn.execute(message_sql, message_params)
+            ran.append(create.message_sql)
+            conn.execute(create.message_sql, create.message_params)
         except BaseException:
             conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
             conn.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")

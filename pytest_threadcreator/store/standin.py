@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .._background import BackgroundLoop, BackgroundLoopError
 from .base import HeldConnections
 
-__all__ = ["Driver", "OnLoop", "held_on"]
+__all__ = ["Driver", "OnLoop", "held_on", "run_there"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,11 @@ class OnLoop:
         if isinstance(result, self._driver.wrapped):
             return OnLoop(result, self._background, self._driver)
         return result
+
+
+def run_there(standin: OnLoop, job: Callable[[Any], Coroutine[Any, Any, T]]) -> Awaitable[T]:
+    """``job(driver object)`` awaited on the stand-in's loop: several calls in one hop."""
+    return standin._background.submit(job(standin._target))
 
 
 def held_on(background: BackgroundLoop, driver: Driver) -> HeldConnections:

@@ -1,7 +1,7 @@
-"""``rollback`` isolation: query budgets, the one-hop create on SQLite, overlapping sessions.
+"""``rollback`` isolation: query budgets, the one-job create, overlapping sessions.
 
 Runs on the backend of the suite run (THREADCREATOR_DB), like the users' own tests; the hop
-count is SQLite's alone.
+counts are SQLite's and PostgreSQL's own.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 import aiosqlite
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from pytest_threadcreator import (
@@ -22,7 +23,9 @@ from pytest_threadcreator import (
     ThreadExistsError,
     ThreadOwnershipError,
 )
+from pytest_threadcreator._background import BackgroundLoop
 from pytest_threadcreator.rollback import _end_test, _roll_back_when_cancelled
+from tests.helpers import PG_SERVER_URL, needs, pg_server_missing
 
 pytestmark = [pytest.mark.threadcreator(isolation="rollback"), pytest.mark.asyncio]
 
@@ -41,6 +44,65 @@ async def test_count_queries_sees_thread_creator_and_the_tests_own_statements(
     assert [sql for _, sql in queries.statements if "SELECT" in sql] == ["SELECT 1"]
 
 
+def count_calls(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[object]:
+    """Count the calls of the coroutine method ``owner.name`` from now on (one item a call)."""
+    calls: list[object] = []
+    method = getattr(owner, name)
+
+    async def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return await method(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return calls
+
+
+#: Drivers whose connections the stores run a create on as one job (the others take the session).
+ONE_JOB_DRIVERS = frozenset({"aiosqlite", "asyncpg", "asyncmy"})
+SAVEPOINT_JOB = [
+    "SAVEPOINT threadcreator_create",
+    "INSERT INTO threads",
+    "INSERT INTO messages",
+    "RELEASE SAVEPOINT threadcreator_create",
+]
+
+
+async def test_a_create_is_one_savepoint_job_on_the_tests_connection(
+    threadcreator_db: Database, thread_creator: ThreadCreator, make_user_context: Any
+) -> None:
+    driver = make_url(threadcreator_db.url).get_driver_name()
+    if driver not in ONE_JOB_DRIVERS:
+        pytest.skip(f"{driver}: a create goes through SQLAlchemy's session, by design")
+    first, second = make_user_context.many(2)
+    await thread_creator.create_thread_with_message(first, "opens the test's transaction")
+    async with threadcreator_db.count_queries() as queries:
+        await thread_creator.create_thread_with_message(second, "one job, no session")
+    assert [sql.split(" (")[0] for _, sql in queries.statements] == SAVEPOINT_JOB
+    assert await threadcreator_db.count_threads() == 2
+
+
+@needs(pg_server_missing())
+@pytest.mark.threadcreator(db=PG_SERVER_URL, isolation="rollback")  # counts hops to its loop
+async def test_a_create_on_postgresql_is_one_hop_to_the_held_connection_begin_included(
+    threadcreator_db: Database,
+    thread_creator: ThreadCreator,
+    make_user_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, second = make_user_context.many(2)
+    await threadcreator_db._shared_for_loop()  # type: ignore[attr-defined]  # opened, no SQL yet
+    async with threadcreator_db.count_queries() as queries:
+        hops = count_calls(monkeypatch, BackgroundLoop, "submit")
+        await thread_creator.create_thread_with_message(first, "BEGIN goes with it")
+        assert len(hops) == 1
+        await thread_creator.create_thread_with_message(second, "and the next one alone")
+        assert len(hops) == 2
+        monkeypatch.undo()
+    statements = [sql.split(" (")[0] for _, sql in queries.statements]
+    assert statements == ["BEGIN", *SAVEPOINT_JOB, *SAVEPOINT_JOB]
+    assert await threadcreator_db.count_threads() == 2
+
+
 @pytest.mark.threadcreator(db="sqlite", isolation="rollback")  # counts hops to aiosqlite's thread
 async def test_a_create_on_sqlite_is_one_hop_to_the_driver_thread(
     threadcreator_db: Database,
@@ -50,17 +112,9 @@ async def test_a_create_on_sqlite_is_one_hop_to_the_driver_thread(
 ) -> None:
     first, second = make_user_context.many(2)
     await thread_creator.create_thread_with_message(first, "opens the test's connection")
-    hops = 0
-    execute = aiosqlite.Connection._execute
-
-    async def counting(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        nonlocal hops
-        hops += 1
-        return await execute(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+    hops = count_calls(monkeypatch, aiosqlite.Connection, "_execute")
     await thread_creator.create_thread_with_message(second, "one job on the driver's thread")
-    assert hops == 1
+    assert len(hops) == 1
     assert await threadcreator_db.count_threads() == 2
 
 
@@ -72,18 +126,10 @@ async def test_the_first_create_of_a_test_sends_its_begin_in_the_same_hop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await threadcreator_db._shared_for_loop()  # type: ignore[attr-defined]  # opened, no SQL yet
-    hops = 0
-    execute = aiosqlite.Connection._execute
-
-    async def counting(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        nonlocal hops
-        hops += 1
-        return await execute(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+    hops = count_calls(monkeypatch, aiosqlite.Connection, "_execute")
     async with threadcreator_db.count_queries() as queries:
         await thread_creator.create_thread_with_message(user_context, "BEGIN goes with it")
-    assert hops == 1
+    assert len(hops) == 1
     assert [sql.split(" ")[0] for _, sql in queries.statements][:2] == ["BEGIN", "SAVEPOINT"]
     assert await threadcreator_db.count_threads() == 1
 
