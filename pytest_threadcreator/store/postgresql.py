@@ -13,7 +13,7 @@ import asyncio
 import importlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,16 +26,15 @@ from ..faults.steps import FaultDecider, apply_fault
 from .base import (
     HeldConnections,
     Query,
-    SavepointCreate,
     SavepointRunner,
     StatementCallback,
     Store,
     ThreadIdTaken,
 )
 from .compile import CompiledSelect, InsertPlan, compile_select, insert_plan
+from .postgresql_held import held_savepoint_runner, is_unique_violation, standin_driver
 from .postgresql_reset import _LOCK_HOLDERS, _STILL_THERE, RESET_LOCK_TIMEOUT, _reset_sql
-from .savepoint import savepoint_create
-from .standin import Driver, OnLoop, held_on, run_there
+from .standin import held_on
 from .transient import is_pg_transient
 
 if TYPE_CHECKING:
@@ -65,54 +64,6 @@ _INSTALL_ASYNCPG = "pip install 'pytest-threadcreator[postgresql]'"
 
 _DIALECT = sa_asyncpg.dialect()  # type: ignore[no-untyped-call]
 _PREPARER = _DIALECT.identifier_preparer
-
-
-def _standin_driver() -> Driver:
-    """asyncpg as :mod:`.standin` drives it."""
-    from asyncpg import cursor, prepared_stmt, transaction  # type: ignore[import-untyped]
-
-    async def connect(kwargs: Mapping[str, Any]) -> Any:
-        return await _asyncpg().connect(**kwargs)
-
-    return Driver(
-        name="asyncpg",
-        connect=connect,
-        wrapped=(
-            prepared_stmt.PreparedStatement,
-            transaction.Transaction,
-            cursor.Cursor,
-            cursor.CursorFactory,
-        ),
-        loop_only=frozenset({"terminate"}),
-        reset=_end_session,
-        close=lambda conn: conn.close(timeout=2),
-        force_close=lambda conn: conn.terminate(),
-    )
-
-
-async def _end_session(conn: Any) -> None:
-    """Put a held connection back as a new session: its transaction (the engine leaves it to
-    this, see :mod:`..rollback`) rolled back, then asyncpg's reset of what outlives one."""
-    if conn.is_in_transaction():
-        await conn.execute("ROLLBACK")
-    await conn.reset(timeout=5)
-
-
-class _Statements:
-    """An asyncpg connection as :func:`.savepoint.savepoint_create` drives it."""
-
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-
-    async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
-        await self._conn.execute(sql, *params)
-
-    async def first(self, sql: str, params: tuple[Any, ...]) -> Any:
-        return await self._conn.fetchval(sql, *params)
-
-
-def _is_unique_violation(exc: Exception) -> bool:
-    return getattr(exc, "sqlstate", None) == "23505"
 
 
 def _asyncpg() -> Any:
@@ -324,22 +275,11 @@ class PgStore(Store):
 
     def held_connections(self) -> HeldConnections:
         """asyncpg connections kept on the background loop, usable from any test's loop."""
-        return held_on(self.background, _standin_driver())
+        return held_on(self.background, standin_driver())
 
     def savepoint_runner(self, driver: Any) -> SavepointRunner | None:
-        """A create as one job (:mod:`.savepoint`) on a held connection's loop: one hop."""
-        if not isinstance(driver, OnLoop):
-            return None
-
-        def run(create: SavepointCreate, begin: bool) -> Awaitable[list[str]]:
-            return run_there(
-                driver,
-                lambda conn: savepoint_create(
-                    _Statements(conn), create, begin=begin, is_duplicate=_is_unique_violation
-                ),
-            )
-
-        return run
+        """A create as one job on a held connection's loop (:mod:`.postgresql_held`)."""
+        return held_savepoint_runner(driver)
 
     # -- pool ------------------------------------------------------------------------------
     async def _get_pool(self) -> Any:
@@ -497,7 +437,7 @@ class PgStore(Store):
         explicit: bool,
     ) -> None:
         """Raise ThreadIdTaken when ``exc`` is a duplicate of the thread table's primary key."""
-        if not explicit or getattr(exc, "sqlstate", None) != "23505":
+        if not explicit or not is_unique_violation(exc):
             return
         table = self.schema.thread_table
         if getattr(exc, "table_name", None) != table.name:
