@@ -2,9 +2,10 @@
 
 SQLAlchemy's aiosqlite adapter pays about three hops to the driver's thread per statement
 (cursor, execute, close). A create inside the test's one transaction is four statements
-(SAVEPOINT, two INSERTs, RELEASE): run as one function on the driver's own thread, it is one hop.
-The SAVEPOINT keeps the create atomic inside the test's outer transaction, and the statements
-leave the connection's nesting exactly as they found it, so SQLAlchemy's view stays true.
+(SAVEPOINT, two INSERTs, RELEASE): run as one function on the driver's own thread, it is one hop
+(:mod:`.savepoint` is the same job for async drivers). The SAVEPOINT keeps the create atomic
+inside the test's outer transaction, and the statements leave the connection's nesting exactly
+as they found it, so SQLAlchemy's view stays true.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from .base import SavepointCreate, SavepointRunner, ThreadIdTaken
+from .savepoint import SAVEPOINT
 
 __all__ = ["DriverRunner", "driver_runner", "savepoint_create", "savepoint_runner"]
 
@@ -23,8 +25,6 @@ T = TypeVar("T")
 
 #: Runs a function with the driver's sqlite3 connection, on the driver's thread.
 DriverRunner = Callable[[Callable[[sqlite3.Connection], T]], Awaitable[T]]
-
-_SAVEPOINT = "threadcreator_create"
 
 
 def driver_runner(driver: Any) -> DriverRunner[Any] | None:
@@ -71,7 +71,7 @@ def savepoint_create(create: SavepointCreate) -> Callable[[sqlite3.Connection], 
     it ran, for query counters."""
 
     def job(conn: sqlite3.Connection) -> list[str]:
-        ran = [f"SAVEPOINT {_SAVEPOINT}"]
+        ran = [f"SAVEPOINT {SAVEPOINT}"]
         conn.execute(ran[0])
         try:
             ran.append(create.thread_sql)
@@ -86,10 +86,10 @@ def savepoint_create(create: SavepointCreate) -> Callable[[sqlite3.Connection], 
             ran.append(create.message_sql)
             conn.execute(create.message_sql, create.message_params)
         except BaseException:
-            conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
-            conn.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+            conn.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+            conn.execute(f"RELEASE SAVEPOINT {SAVEPOINT}")
             raise
-        ran.append(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+        ran.append(f"RELEASE SAVEPOINT {SAVEPOINT}")
         conn.execute(ran[-1])
         return ran
 
