@@ -437,7 +437,12 @@ class MySqlBackend(ServerBackend):
                 await _drop_if_ours(conn, str(name), self.run_id)
             except Exception as exc:  # collected and reported
                 problems.append(f"dropping {name}: {short_reason(exc)}")
-        conn.close()  # the server releases the run's lock with the session
+        # Released here, not left to the session's end: the server handles a closed socket
+        # on its own time, and a sweeper or a check that asks just after would find it held.
+        try:
+            await _query(conn, "SELECT RELEASE_LOCK(%s)", (self._lock,))
+        finally:
+            conn.close()
 
 
 def _json_columns(schema: ThreadSchema) -> list[tuple[str, str, bool]]:
