@@ -4,7 +4,7 @@ Run from the repository root:
 
     .venv/bin/python benchmarks/run.py [--quick] [--only NAME,...] [--backends sqlite,postgresql,mysql]
 
-Figures (``--only``): overhead, throughput, concurrent, xdist, startup, engine; each lives in its
+Figures (``--only``): overhead, throughput, concurrent, xdist, startup, engine, shake; each lives in its
 own module under ``benchmarks/figures/``. Prints one table (figure, ours, baseline, ratio, goal,
 met?), writes ``benchmarks/results/latest.json`` and, with ``--readme``, rewrites the README's
 performance table. See ``benchmarks/README.md`` for what each figure means.

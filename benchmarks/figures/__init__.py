@@ -12,6 +12,7 @@ from figures import (
     app_engine,
     concurrent,
     overhead,
+    shake,
     startup,
     throughput_mysql,
     throughput_postgresql,
@@ -33,4 +34,5 @@ FIGURES: dict[str, tuple[FigureFunction, ...]] = {
     "xdist": (xdist.measure,),
     "startup": (startup.measure,),
     "engine": (app_engine.measure,),
+    "shake": (shake.measure,),
 }
