@@ -38,6 +38,25 @@ CREATE_ALL = "create_all"
 PREFIX = {"sqlite": "sqlite", "postgresql": "pg", "mysql": "my"}
 #: The backends this figure has rows for.
 BACKENDS = ("sqlite", "postgresql", "mysql")
+#: PostgreSQL ``fresh`` where each test also changes the schema (what ``fresh`` is for): its
+#: database cannot be recycled and is dropped, so every test waits for a new clone.
+PG_FRESH_DDL = "pg-fresh-ddl"
+
+
+def schema_change_suite(n: int) -> str:
+    """``n`` tests, each creating one thread and then adding a column to the thread table."""
+    return f"""\
+import pytest
+from sqlalchemy import text
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("i", range({n}))
+async def test_create_then_alter(thread_creator, user_context, threadcreator_db, i):
+    await thread_creator.create_thread_with_message(user_context, "Hello")
+    async with threadcreator_db.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE threads ADD COLUMN extra text"))
+"""
 
 
 def _spec(backend: str, isolation: str) -> RowSpec:
@@ -126,6 +145,11 @@ def measure(ctx: Context) -> list[Row]:
                 )
         if backend == "sqlite":
             plan[CREATE_ALL] = (ws.suite("create-all", create_all_suite(tests)), [])
+        if backend == "postgresql" and reason is None:
+            plan[PG_FRESH_DDL] = (
+                ws.suite("schema-change", schema_change_suite(tests)),
+                [f"--threadcreator-db={db}", "--threadcreator-isolation=fresh"],
+            )
     peer_reasons = {
         "postgresql": peer.add_to_plan(ctx, plan, tests) if "postgresql" in reasons else None,
         "mysql": mysql_peer.add_to_plan(ctx, plan, tests) if "mysql" in reasons else None,
@@ -157,5 +181,26 @@ def measure(ctx: Context) -> list[Row]:
             suite = f"{PREFIX[backend]}-{iso}"
             rows.append(
                 _row(spec, per_test, suite, base_suite, base_empty, base_label, ctx.smoke_warning)
+            )
+        if backend == "postgresql":
+            spec = RowSpec(
+                key="overhead.postgresql.fresh_schema_change",
+                group="overhead",
+                figure="Per-test overhead, PostgreSQL fresh, each test changing the schema",
+                unit="ms/test",
+                ratio_label="× lower",
+            )
+            rows.append(
+                spec.missing(reason)
+                if reason is not None
+                else _row(
+                    spec,
+                    per_test,
+                    PG_FRESH_DDL,
+                    base_suite,
+                    base_empty,
+                    base_label,
+                    ctx.smoke_warning,
+                )
             )
     return rows

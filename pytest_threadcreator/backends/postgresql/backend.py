@@ -32,6 +32,7 @@ from .docker import DEFAULT_IMAGE, KEPT_SUFFIX, DockerServer
 from .janitor import (
     DB_PREFIX,
     TEMPLATE_NOTE,
+    WATCHED_NOTE,
     comment_sql,
     create_marked,
     database_name,
@@ -48,6 +49,7 @@ from .janitor import (
     template_name,
 )
 from .pools import PoolPlan, plan_pools, worker_count
+from .recycle import Recycle, install_watch, make_recycler, recycle_sql
 from .servers import (
     Mode,
     ServerOptions,
@@ -138,6 +140,8 @@ class PostgresBackend(ServerBackend):
         self._schema: ThreadSchema | None = None
         self._template_ready = False
         self._seeded: list[str] = []
+        #: whether the template watches for schema changes, so used clones can be recycled
+        self._watched = False
         self._keep_cluster = False
         self._keep_container = False
         #: the test label of each database handed out from the spares (named ``…_fresh``)
@@ -316,6 +320,7 @@ class PostgresBackend(ServerBackend):
                 self._build_template(schema, setup)
             else:
                 self._seeded = seeded
+                self._watched = str(row["note"]).endswith(WATCHED_NOTE)
         finally:
             self._admin_run(release)
         self._template_ready = True
@@ -348,7 +353,10 @@ class PostgresBackend(ServerBackend):
                 database.close()
             self._seeded = self._background.run(self._copy_seed(schema), timeout=ADMIN_TIMEOUT)
 
+        # last: from here on every schema change in a clone is seen (see recycle.py)
+        self._watched = self._background.run(self._watch(), timeout=ADMIN_TIMEOUT)
         note = ownership_mark(self.run_id) + TEMPLATE_NOTE + json.dumps(self._seeded)
+        note += WATCHED_NOTE if self._watched else ""
 
         async def seal(conn: Any) -> None:
             # Still the run's mark, now also "finished" to the other workers, and what was seeded.
@@ -363,6 +371,13 @@ class PostgresBackend(ServerBackend):
             )
 
         self._admin_run(seal)
+
+    async def _watch(self) -> bool:
+        conn = await self._connect_to(self.template)
+        try:
+            return await install_watch(conn)
+        finally:
+            await conn.close()
 
     async def _copy_seed(self, schema: ThreadSchema) -> list[str]:
         """Keep the rows the setup hook left in the template; returns their tables."""
@@ -440,6 +455,7 @@ class PostgresBackend(ServerBackend):
                 kwargs = dict(connect, database=name)
                 return await open_pool(kwargs, max_size=plan.store_max, schema=schema)
 
+            recycle = self._recycler(schema) if self._watched else None
             spares = self._spares = SpareTender(
                 background=self._background,
                 target=self.plan.spares,
@@ -449,9 +465,15 @@ class PostgresBackend(ServerBackend):
                 drop=drop,
                 warm=warm if plan.warm_spares else None,
                 unwarm=close_pool,
+                recycle=recycle,
             )
         spares.start()
         return spares
+
+    def _recycler(self, schema: ThreadSchema) -> Recycle:
+        """The tender's ``recycle`` for this template's clones (see recycle.py)."""
+        sql = recycle_sql(schema, self._seeded, self.template)
+        return make_recycler(sql, self._connect_to, lambda: self._next_name("fresh"))
 
     def _retire_spares(self) -> None:
         """Stop the tender and drop its clones (the template is about to change)."""

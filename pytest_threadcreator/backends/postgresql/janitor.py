@@ -65,6 +65,7 @@ __all__ = [
     "DB_PREFIX",
     "MAX_IDENTIFIER_BYTES",
     "TEMPLATE_NOTE",
+    "WATCHED_NOTE",
     "ParsedName",
     "RunLock",
     "comment_sql",
@@ -224,6 +225,8 @@ def kept_note(run_id: str, name: str) -> str:
 
 #: Follows the mark on a finished shared template; the JSON after it lists the seeded tables.
 TEMPLATE_NOTE = "; finished template; seeded tables: "
+#: Ends a finished template's note when its clones can be recycled (see :mod:`.recycle`).
+WATCHED_NOTE = "; watched for schema changes"
 
 
 def finished_template_seed(row: Any, run_id: str) -> list[str] | None:
@@ -235,7 +238,7 @@ def finished_template_seed(row: Any, run_id: str) -> list[str] | None:
     if not note.startswith(head):
         return None
     try:
-        seeded = json.loads(note[len(head) :])
+        seeded = json.loads(note[len(head) :].removesuffix(WATCHED_NOTE))
     except ValueError:
         return None
     return [str(name) for name in seeded] if isinstance(seeded, list) else None

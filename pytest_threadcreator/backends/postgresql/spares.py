@@ -13,6 +13,11 @@ get, and the test then starts on a connection that is already there. Whatever ``
 handed out with the clone, and closed by the tender (``unwarm``) when the clone is dropped unused
 or the test is done with it.
 
+With a ``recycle`` step (a template that watches for schema changes, see :mod:`.recycle`), a
+used database that changed nothing but rows is emptied, renamed and warmed again instead of
+dropped, and the cloners leave room for the used databases still to come back (as long as the
+last one tried did come back: tests that change the schema get clones made ahead as before).
+
 Should a tender's connection fail, it stops; the backend then clones on demand and drops what is left itself, as it would
 without a tender, and the same failure reaches the test there.
 """
@@ -45,7 +50,8 @@ class SpareTender:
     ``make_name()`` names the next clone; ``clone(conn, name)`` creates and marks it;
     ``drop(conn, name)`` drops it if it carries the run's mark; ``warm(name)`` (optional)
     opens what the test will use on a new clone (a failure there only hands the clone out cold)
-    and ``unwarm(handle)`` closes it.
+    and ``unwarm(handle)`` closes it; ``recycle(conn, name, handle)`` (optional) makes a used
+    database a spare again and returns its new name, or None to have it dropped.
     """
 
     def __init__(
@@ -59,6 +65,7 @@ class SpareTender:
         drop: Callable[[Any, str], Awaitable[object]],
         warm: Callable[[str], Awaitable[Any]] | None = None,
         unwarm: Callable[[Any], Awaitable[None]] | None = None,
+        recycle: Callable[[Any, str, Any], Awaitable[str | None]] | None = None,
     ) -> None:
         self.target = target
         self._background = background
@@ -68,18 +75,31 @@ class SpareTender:
         self._drop = drop
         self._warm = warm
         self._unwarm = unwarm
+        self._recycle = recycle
+        #: used databases come back as spares (``recycle``), so the cloners count on them
+        self.recycling = recycle is not None
+        #: how many used databases came back, and how many were dropped instead
+        self.recycled = 0
+        self.dropped = 0
+        #: whether the last used database tried came back (tests that change the schema make
+        #: the cloners stop counting on the ones still to come)
+        self._coming_back = True
         #: clones ready to hand out with what ``warm`` made for each, or None (appended on the
         #: loop, popped from any thread)
         self._ready: collections.deque[tuple[str, Any]] = collections.deque()
-        #: databases to drop, oldest first, each with the closing of its warm handle, if any
-        #: (only touched on the loop)
-        self._doomed: collections.deque[tuple[str, asyncio.Task[None] | None]] = collections.deque()
+        #: databases to drop (or recycle), oldest first, each with its warm handle kept for
+        #: ``recycle`` or the task closing it, if any (only touched on the loop)
+        self._doomed: collections.deque[tuple[str, Any, asyncio.Task[None] | None]] = (
+            collections.deque()
+        )
         self._cloning: set[str] = set()
         self._wake_cloner = asyncio.Event()
         self._made = asyncio.Event()
         self._wake_dropper = asyncio.Event()
         self._drained = asyncio.Event()
         self._cloners: list[asyncio.Task[None]] = []
+        #: recycled databases being warmed before they are ready
+        self._warming: set[asyncio.Task[None]] = set()
         self._dropper: asyncio.Task[None] | None = None
         self._stopping = False
         #: databases handed to discard() and not dropped yet (at most ``target``)
@@ -148,14 +168,17 @@ class SpareTender:
         tasks = [*self._cloners, *([self._dropper] if self._dropper is not None else [])]
         if tasks:
             await asyncio.wait(tasks)
+        if self._warming:
+            await asyncio.wait(list(self._warming))
         # what was warmed for the ones left is closed before they are dropped
-        closing = [task for _, task in self._doomed if task is not None]
+        closing = [task for _, _, task in self._doomed if task is not None]
+        closing += [self._close_soon(handle) for _, handle, _ in self._doomed if handle is not None]
         closing += [self._close_soon(handle) for _, handle in self._ready if handle is not None]
         if closing:
             await asyncio.wait(closing)
         # and a clone that failed or was cancelled midway: it may exist
         left = [
-            *(name for name, _ in self._doomed),
+            *(name for name, _, _ in self._doomed),
             *(name for name, _ in self._ready),
             *sorted(self._cloning),
         ]
@@ -184,8 +207,11 @@ class SpareTender:
 
     def _doom(self, name: str, handle: Any) -> None:
         # closed now, not when its turn to be dropped comes: its connections count meanwhile
-        closing = self._close_soon(handle) if handle is not None else None
-        self._doomed.append((name, closing))
+        # (unless recycle gets it: it checks and empties the database on one of them)
+        closing = None
+        if handle is not None and not self.recycling:
+            closing, handle = self._close_soon(handle), None
+        self._doomed.append((name, handle, closing))
         self._drained.clear()
         self._wake_dropper.set()
 
@@ -200,7 +226,7 @@ class SpareTender:
         try:
             conn = await self._connect()
             while not self._stopping:
-                if len(self._ready) + len(self._cloning) < self.target:
+                if self._stock() + self._returning() < self.target:
                     name = self._make_name()
                     self._cloning.add(name)
                     await self._clone(conn, name)
@@ -223,11 +249,13 @@ class SpareTender:
             conn = await self._connect()
             while True:
                 if self._doomed:
-                    name, closing = self._doomed[0]
+                    name, handle, closing = self._doomed[0]
                     try:
                         if closing is not None:
                             await asyncio.wait((closing,))
-                        await self._drop(conn, name)
+                        if not await self._recycled(conn, name, handle):
+                            self.dropped += 1
+                            await self._drop(conn, name)
                     except Exception as exc:  # the backend retries at stop
                         self.problems.append(f"dropping {name}: {_short_reason(exc)}")
                         if conn.is_closed():
@@ -236,6 +264,7 @@ class SpareTender:
                         self._doomed.popleft()
                         with self._pending_lock:
                             self._pending -= 1
+                        self._wake_cloner.set()  # one fewer coming back
                     continue
                 self._drained.set()
                 if self._stopping:
@@ -247,6 +276,45 @@ class SpareTender:
         finally:
             self._drained.set()
             await _close(conn)
+
+    def _stock(self) -> int:
+        return len(self._ready) + len(self._cloning)
+
+    def _returning(self) -> int:
+        """Used databases that may come back as spares (the cloners leave room for them)."""
+        return len(self._doomed) if self.recycling and self._coming_back else 0
+
+    async def _recycled(self, conn: Any, name: str, handle: Any) -> bool:
+        """True when ``recycle`` made the used database ``name`` a spare again (emptied and
+        renamed, then warmed like a clone); False when it is to be dropped. ``handle`` (its
+        warm handle, or None) is closed either way."""
+        # up to one spare more than ``target`` (a clone begun while the test ran), not more
+        if self._recycle is None or self._stopping or self._stock() > self.target:
+            if handle is not None:
+                await self._close_soon(handle)
+            return False
+        new = await self._recycle(conn, name, handle)
+        self._coming_back = new is not None
+        if new is None:
+            return False
+        # warmed beside the next recycle or drop, counted meanwhile as a clone being made
+        self.recycled += 1
+        self._cloning.add(new)
+        task = asyncio.get_running_loop().create_task(
+            self._ready_up(new), name="threadcreator-pg-rewarm"
+        )
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+        return True
+
+    async def _ready_up(self, name: str) -> None:
+        try:
+            # warm within the connection budget: one connection for each of ``target`` spares
+            handle = await self._warmed(name) if len(self._ready) < self.target else None
+            self._ready.append((name, handle))
+            self._cloning.discard(name)
+        finally:
+            self._made.set()
 
     async def _warmed(self, name: str) -> Any:
         """What ``warm`` made for the new clone ``name``, or None (a cold clone still serves)."""

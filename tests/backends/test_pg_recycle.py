@@ -1,0 +1,217 @@
+"""``fresh`` on PostgreSQL: a used clone that changed nothing but rows comes back as the next
+test's database, emptied and renamed; one that changed anything else is dropped. Against the
+real server at ``$THREADCREATOR_POSTGRES_URL``; a database is followed by its ``pg_database``
+oid, which a rename keeps and a new clone never reuses while the old one exists."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from sqlalchemy.engine import make_url
+
+from pytest_threadcreator.backends.postgresql.backend import PostgresBackend
+from pytest_threadcreator.backends.postgresql.janitor import marked_run, new_run_id
+from pytest_threadcreator.database import Database
+from pytest_threadcreator.schema import default_schema
+
+from ..helpers import PG_SERVER_URL, needs_marks, pg_connect_kwargs, pg_fetch, pg_server_missing
+
+pytestmark = [*needs_marks(pg_server_missing()), pytest.mark.suite_independent]
+
+SCHEMA = default_schema()
+INSERT_THREAD = (
+    "INSERT INTO threads (id, object, user_id, status, created_at, metadata_) "
+    "VALUES ($1, 'thread', 'ann', 'active', 1, '{}')"
+)
+
+
+def _fetch(sql: str, *args: Any, database: str = "postgres") -> list[Any]:
+    return asyncio.run(pg_fetch(sql, *args, database=database))
+
+
+def _run(database: str, *statements: str) -> None:
+    """Each statement on one session of ``database`` (errors are the test's to see)."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(**pg_connect_kwargs(database))
+        try:
+            for sql in statements:
+                await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def _oid(name: str) -> int:
+    return int(_fetch("SELECT oid FROM pg_database WHERE datname = $1", name)[0]["oid"])
+
+
+def _name_of(oid: int) -> str | None:
+    rows = _fetch("SELECT datname FROM pg_database WHERE oid = $1", oid)
+    return str(rows[0]["datname"]) if rows else None
+
+
+def _note(name: str) -> str | None:
+    rows = _fetch(
+        "SELECT shobj_description(oid, 'pg_database') AS note FROM pg_database WHERE datname = $1",
+        name,
+    )
+    return rows[0]["note"] if rows else None
+
+
+@pytest.fixture
+def backend() -> Iterator[PostgresBackend]:
+    backend = PostgresBackend("url", url=PG_SERVER_URL, run_id=new_run_id(), worker_id="gw6")
+    backend.start()
+    try:
+        yield backend
+    finally:
+        backend.stop()
+    assert not _fetch("SELECT 1 FROM pg_database WHERE datname LIKE $1", f"tc_{backend.run_id}_%")
+
+
+def _used(backend: PostgresBackend, *statements: str) -> tuple[int, str]:
+    """A ``fresh`` database with a row written and ``statements`` run in it, then given back and
+    the background work done; its oid and the name it was handed out under."""
+    database = backend.create_database("used", isolation="fresh")
+    oid, name = _oid(database.name), database.name
+    _run(name, INSERT_THREAD.replace("$1", f"'thread_{uuid.uuid4().hex}'"), *statements)
+    backend.drop_database(database)
+    backend.leftovers()  # waits for the tender's background work
+    return oid, name
+
+
+def _take_until(backend: PostgresBackend, oid: int) -> tuple[Database, list[Database]]:
+    """Fresh databases until the one with ``oid`` comes; it and the others taken before it."""
+    others: list[Database] = []
+    for _ in range(10):
+        database = backend.create_database("next", isolation="fresh")
+        if _oid(database.name) == oid:
+            return database, others
+        others.append(database)
+    raise AssertionError(f"database {oid} was never handed out again")
+
+
+def test_a_clone_left_as_found_is_emptied_renamed_and_handed_out_again(
+    backend: PostgresBackend,
+) -> None:
+    backend.prepare_template(SCHEMA, None)
+    oid, first_name = _used(backend)
+    renamed = _name_of(oid)
+    assert renamed is not None, "recycled, not dropped"
+    assert renamed != first_name, "a fresh database's name (and URL) changes per test"
+    assert renamed.startswith(f"tc_{backend.run_id}_gw6_") and renamed.endswith("_fresh")
+    assert marked_run(_note(renamed)) == backend.run_id, "still marked as the run's own"
+    assert backend.leftovers() == [backend.template], "a spare again, not a leftover"
+    database, others = _take_until(backend, oid)
+    assert database.name == renamed and first_name not in database.url
+    assert asyncio.run(database.count_threads()) == 0
+    assert asyncio.run(database.count_messages()) == 0
+    for other in [*others, database]:
+        backend.drop_database(other)
+
+
+def _watch_sql(name: str) -> dict[str, list[str]]:
+    """Statements a test might run, each of which leaves its database changed beyond rows."""
+    return {
+        "create table": ["CREATE TABLE extra (id int)"],
+        "alter column": ["ALTER TABLE threads ALTER COLUMN title TYPE text"],
+        "ddl rolled back": ["BEGIN", "CREATE INDEX ON threads (title)", "ROLLBACK"],
+        "temporary table": ["CREATE TEMP TABLE scratch (id int)"],
+        "comment": ["COMMENT ON TABLE threads IS 'changed'"],
+        "grant": ["GRANT SELECT ON threads TO PUBLIC"],
+        "large object": ["SELECT lo_create(0)"],
+        "cluster": ["CLUSTER threads USING threads_pkey"],
+        "database setting": [f"ALTER DATABASE \"{name}\" SET work_mem = '8MB'"],
+        "database grant": [f'GRANT CONNECT ON DATABASE "{name}" TO PUBLIC'],
+        "watch disabled and enabled again": [
+            "ALTER EVENT TRIGGER threadcreator_ddl_start DISABLE",
+            "ALTER EVENT TRIGGER threadcreator_ddl_end DISABLE",
+            "CREATE TABLE unseen (id int)",
+            "ALTER EVENT TRIGGER threadcreator_ddl_start ENABLE ALWAYS",
+            "ALTER EVENT TRIGGER threadcreator_ddl_end ENABLE ALWAYS",
+        ],
+        "counter restarted": ["ALTER SEQUENCE threadcreator.ddl RESTART"],
+        "watch dropped": ["DROP SCHEMA threadcreator CASCADE"],
+    }
+
+
+@pytest.mark.parametrize("change", list(_watch_sql("x")))
+def test_a_clone_changed_beyond_its_rows_is_dropped(backend: PostgresBackend, change: str) -> None:
+    backend.prepare_template(SCHEMA, None)
+    database = backend.create_database("changed", isolation="fresh")
+    oid, name = _oid(database.name), database.name
+    _run(name, *_watch_sql(name)[change])
+    backend.drop_database(database)
+    backend.leftovers()
+    assert _name_of(oid) is None, f"{change}: dropped, never handed out again"
+
+
+def test_a_clone_a_session_still_uses_is_dropped_not_renamed(backend: PostgresBackend) -> None:
+    backend.prepare_template(SCHEMA, None)
+    database = backend.create_database("held", isolation="fresh")
+    oid = _oid(database.name)
+
+    async def hold_then_give_back() -> None:
+        held = await asyncpg.connect(**pg_connect_kwargs(database.name))  # e.g. an app's engine
+        try:
+            await asyncio.to_thread(backend.drop_database, database)
+            await asyncio.to_thread(backend.leftovers)
+        finally:
+            held.terminate()
+
+    asyncio.run(hold_then_give_back())
+    assert _name_of(oid) is None
+
+
+def test_sequences_and_seed_rows_are_as_the_template_has_them(backend: PostgresBackend) -> None:
+    def setup(template: Database) -> None:
+        _run(
+            template.name,
+            "CREATE SEQUENCE counter",
+            "SELECT nextval('counter')",
+            INSERT_THREAD.replace("$1", "'thread_seed'"),
+        )
+
+    backend.prepare_template(SCHEMA, setup)
+    oid, _ = _used(backend, "SELECT nextval('counter') FROM generate_series(1, 5)")
+    database, others = _take_until(backend, oid)
+    assert _fetch("SELECT nextval('counter') AS n", database=database.name)[0]["n"] == 2
+    rows = _fetch("SELECT id FROM threads", database=database.name)
+    assert [row["id"] for row in rows] == ["thread_seed"]
+    for other in [*others, database]:
+        backend.drop_database(other)
+
+
+@pytest.fixture
+def plain_role() -> Iterator[str]:
+    """A login role that may create databases but is no superuser (so no event triggers)."""
+    role = f"tc_plain_{uuid.uuid4().hex[:12]}"
+    _fetch(f"CREATE ROLE {role} LOGIN CREATEDB")
+    try:
+        yield role
+    finally:
+        _fetch(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_without_a_superuser_every_used_clone_is_dropped(plain_role: str) -> None:
+    url = make_url(PG_SERVER_URL).set(username=plain_role, password=None)
+    backend = PostgresBackend("url", url=url.render_as_string(False), run_id=new_run_id())
+    backend.start()
+    try:
+        backend.prepare_template(SCHEMA, None)
+        clone = backend.create_database("look", isolation="clean")
+        schemas = _fetch("SELECT nspname FROM pg_namespace", database=clone.name)
+        assert "threadcreator" not in {row["nspname"] for row in schemas}, "no watch installed"
+        backend.drop_database(clone)
+        oid, _ = _used(backend)
+        assert _name_of(oid) is None
+    finally:
+        backend.stop()
+    assert not _fetch("SELECT 1 FROM pg_database WHERE datname LIKE $1", f"tc_{backend.run_id}_%")
