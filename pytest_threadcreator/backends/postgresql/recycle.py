@@ -43,7 +43,10 @@ Recycle = Callable[[Any, str, Any], Awaitable[str | None]]
 
 #: Looks (2 ms apart) for the sessions on a used database to be gone before it is renamed.
 RECYCLE_POLLS = 50
-_SESSIONS_ON = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = $1)"
+_SESSIONS_ON = (
+    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = $1 "
+    "AND backend_type = 'client backend')"
+)
 
 #: The template's schema holding the DDL counter, the sequences' values and the watch's triggers.
 WATCH_SCHEMA = "threadcreator"

@@ -36,6 +36,9 @@ from ..server import short_reason as _short_reason
 
 __all__ = ["SpareTender"]
 
+#: Seconds a used database may take to be checked, emptied and renamed before it is dropped.
+RECYCLE_TIMEOUT = 5.0
+
 
 class SpareTender:
     """Keeps ``target`` cloned databases ready and drops used ones, on ``background``'s loop.
@@ -207,9 +210,9 @@ class SpareTender:
 
     def _doom(self, name: str, handle: Any) -> None:
         # closed now, not when its turn to be dropped comes: its connections count meanwhile
-        # (unless recycle gets it: it checks and empties the database on one of them)
+        # (recycle opens a connection of its own: a test's pool may hold several)
         closing = None
-        if handle is not None and not self.recycling:
+        if handle is not None:
             closing, handle = self._close_soon(handle), None
         self._doomed.append((name, handle, closing))
         self._drained.clear()
@@ -282,7 +285,8 @@ class SpareTender:
 
     def _returning(self) -> int:
         """Used databases that may come back as spares (the cloners leave room for them)."""
-        return len(self._doomed) if self.recycling and self._coming_back else 0
+        coming = self.recycling and self._coming_back and _alive(self._dropper)
+        return len(self._doomed) if coming else 0
 
     async def _recycled(self, conn: Any, name: str, handle: Any) -> bool:
         """True when ``recycle`` made the used database ``name`` a spare again (emptied and
@@ -293,7 +297,10 @@ class SpareTender:
             if handle is not None:
                 await self._close_soon(handle)
             return False
-        new = await self._recycle(conn, name, handle)
+        try:  # bounded: a session the test left holding a lock must not stall the dropper
+            new = await asyncio.wait_for(self._recycle(conn, name, handle), RECYCLE_TIMEOUT)
+        except asyncio.TimeoutError:
+            new = None
         self._coming_back = new is not None
         if new is None:
             return False
