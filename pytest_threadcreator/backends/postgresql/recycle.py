@@ -36,10 +36,9 @@ if TYPE_CHECKING:
 
 __all__ = ["WATCH_SCHEMA", "Recycle", "install_watch", "make_recycler", "recycle_sql"]
 
-#: ``recycle(conn, name, pool)``: the used database ``name`` emptied and renamed (its new name),
-#: or None when it is to be dropped; ``conn`` is on the maintenance database, ``pool`` the
-#: store's pool on ``name`` (or None), closed either way.
-Recycle = Callable[[Any, str, Any], Awaitable[str | None]]
+#: ``recycle(conn, name)``: the used database ``name`` emptied and renamed (its new name), or
+#: None when it is to be dropped; ``conn`` is on the maintenance database.
+Recycle = Callable[[Any, str], Awaitable[str | None]]
 
 #: Looks (2 ms apart) for the sessions on a used database to be gone before it is renamed.
 RECYCLE_POLLS = 50
@@ -144,25 +143,18 @@ def _literal(value: str) -> str:
 def make_recycler(
     sql: str, connect_to: Callable[[str], Awaitable[Any]], next_name: Callable[[], str]
 ) -> Recycle:
-    """A :data:`Recycle` running ``sql`` (:func:`recycle_sql`) on the used database, on the
-    store's pool or a connection of ``connect_to(name)``; the new name from ``next_name()``."""
+    """A :data:`Recycle` running ``sql`` (:func:`recycle_sql`) on the used database, on a
+    connection of ``connect_to(name)``; the new name from ``next_name()``."""
 
-    async def recycle(conn: Any, name: str, pool: Any) -> str | None:
+    async def recycle(conn: Any, name: str) -> str | None:
         try:
-            if pool is not None:  # the store's pool, whose sessions are the plugin's alone
-                async with pool.acquire() as used:
-                    await used.execute(sql)
-            else:
-                used = await connect_to(name)
-                try:
-                    await used.execute(sql)
-                finally:
-                    await used.close(timeout=5)
+            used = await connect_to(name)
+            try:
+                await used.execute(sql)
+            finally:
+                await used.close(timeout=5)
         except Exception:  # changed, or not to be trusted: dropped
             return None
-        finally:
-            if pool is not None:  # idle by now: its sessions go at once, the loop below waits
-                pool.terminate()
         try:
             # a closed session leaves the server a moment later; RENAME would wait 100 ms
             for _ in range(RECYCLE_POLLS):

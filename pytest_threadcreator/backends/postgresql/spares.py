@@ -53,8 +53,8 @@ class SpareTender:
     ``make_name()`` names the next clone; ``clone(conn, name)`` creates and marks it;
     ``drop(conn, name)`` drops it if it carries the run's mark; ``warm(name)`` (optional)
     opens what the test will use on a new clone (a failure there only hands the clone out cold)
-    and ``unwarm(handle)`` closes it; ``recycle(conn, name, handle)`` (optional) makes a used
-    database a spare again and returns its new name, or None to have it dropped.
+    and ``unwarm(handle)`` closes it; ``recycle(conn, name)`` (optional) makes a used database
+    a spare again and returns its new name, or None to have it dropped.
     """
 
     def __init__(
@@ -68,7 +68,7 @@ class SpareTender:
         drop: Callable[[Any, str], Awaitable[object]],
         warm: Callable[[str], Awaitable[Any]] | None = None,
         unwarm: Callable[[Any], Awaitable[None]] | None = None,
-        recycle: Callable[[Any, str, Any], Awaitable[str | None]] | None = None,
+        recycle: Callable[[Any, str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.target = target
         self._background = background
@@ -81,20 +81,15 @@ class SpareTender:
         self._recycle = recycle
         #: used databases come back as spares (``recycle``), so the cloners count on them
         self.recycling = recycle is not None
-        #: how many used databases came back, and how many were dropped instead
-        self.recycled = 0
-        self.dropped = 0
         #: whether the last used database tried came back (tests that change the schema make
         #: the cloners stop counting on the ones still to come)
         self._coming_back = True
         #: clones ready to hand out with what ``warm`` made for each, or None (appended on the
         #: loop, popped from any thread)
         self._ready: collections.deque[tuple[str, Any]] = collections.deque()
-        #: databases to drop (or recycle), oldest first, each with its warm handle kept for
-        #: ``recycle`` or the task closing it, if any (only touched on the loop)
-        self._doomed: collections.deque[tuple[str, Any, asyncio.Task[None] | None]] = (
-            collections.deque()
-        )
+        #: databases to drop (or recycle), oldest first, each with the closing of its warm
+        #: handle, if any (only touched on the loop)
+        self._doomed: collections.deque[tuple[str, asyncio.Task[None] | None]] = collections.deque()
         self._cloning: set[str] = set()
         self._wake_cloner = asyncio.Event()
         self._made = asyncio.Event()
@@ -174,14 +169,13 @@ class SpareTender:
         if self._warming:
             await asyncio.wait(list(self._warming))
         # what was warmed for the ones left is closed before they are dropped
-        closing = [task for _, _, task in self._doomed if task is not None]
-        closing += [self._close_soon(handle) for _, handle, _ in self._doomed if handle is not None]
+        closing = [task for _, task in self._doomed if task is not None]
         closing += [self._close_soon(handle) for _, handle in self._ready if handle is not None]
         if closing:
             await asyncio.wait(closing)
         # and a clone that failed or was cancelled midway: it may exist
         left = [
-            *(name for name, _, _ in self._doomed),
+            *(name for name, _ in self._doomed),
             *(name for name, _ in self._ready),
             *sorted(self._cloning),
         ]
@@ -211,10 +205,8 @@ class SpareTender:
     def _doom(self, name: str, handle: Any) -> None:
         # closed now, not when its turn to be dropped comes: its connections count meanwhile
         # (recycle opens a connection of its own: a test's pool may hold several)
-        closing = None
-        if handle is not None:
-            closing, handle = self._close_soon(handle), None
-        self._doomed.append((name, handle, closing))
+        closing = self._close_soon(handle) if handle is not None else None
+        self._doomed.append((name, closing))
         self._drained.clear()
         self._wake_dropper.set()
 
@@ -252,12 +244,11 @@ class SpareTender:
             conn = await self._connect()
             while True:
                 if self._doomed:
-                    name, handle, closing = self._doomed[0]
+                    name, closing = self._doomed[0]
                     try:
                         if closing is not None:
                             await asyncio.wait((closing,))
-                        if not await self._recycled(conn, name, handle):
-                            self.dropped += 1
+                        if not await self._recycled(conn, name):
                             await self._drop(conn, name)
                     except Exception as exc:  # the backend retries at stop
                         self.problems.append(f"dropping {name}: {_short_reason(exc)}")
@@ -288,24 +279,20 @@ class SpareTender:
         coming = self.recycling and self._coming_back and _alive(self._dropper)
         return len(self._doomed) if coming else 0
 
-    async def _recycled(self, conn: Any, name: str, handle: Any) -> bool:
+    async def _recycled(self, conn: Any, name: str) -> bool:
         """True when ``recycle`` made the used database ``name`` a spare again (emptied and
-        renamed, then warmed like a clone); False when it is to be dropped. ``handle`` (its
-        warm handle, or None) is closed either way."""
+        renamed, then warmed like a clone); False when it is to be dropped."""
         # up to one spare more than ``target`` (a clone begun while the test ran), not more
         if self._recycle is None or self._stopping or self._stock() > self.target:
-            if handle is not None:
-                await self._close_soon(handle)
             return False
         try:  # bounded: a session the test left holding a lock must not stall the dropper
-            new = await asyncio.wait_for(self._recycle(conn, name, handle), RECYCLE_TIMEOUT)
+            new = await asyncio.wait_for(self._recycle(conn, name), RECYCLE_TIMEOUT)
         except asyncio.TimeoutError:
             new = None
         self._coming_back = new is not None
         if new is None:
             return False
         # warmed beside the next recycle or drop, counted meanwhile as a clone being made
-        self.recycled += 1
         self._cloning.add(new)
         task = asyncio.get_running_loop().create_task(
             self._ready_up(new), name="threadcreator-pg-rewarm"
