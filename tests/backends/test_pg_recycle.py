@@ -14,8 +14,10 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy.engine import make_url
 
+from pytest_threadcreator.backends.postgresql import recycle
 from pytest_threadcreator.backends.postgresql.backend import PostgresBackend
 from pytest_threadcreator.backends.postgresql.janitor import marked_run, new_run_id
+from pytest_threadcreator.backends.postgresql.recycle import recycle_sql
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.schema import default_schema
 
@@ -117,29 +119,56 @@ def test_a_clone_left_as_found_is_emptied_renamed_and_handed_out_again(
         backend.drop_database(other)
 
 
-def _watch_sql(name: str) -> dict[str, list[str]]:
-    """Statements a test might run, each of which leaves its database changed beyond rows."""
+def _watch_sql(name: str) -> dict[str, tuple[list[str], str]]:
+    """Statements a test might run, each of which leaves its database changed beyond rows, and
+    the check that tells (the reason the check raises)."""
+    ddl = "a schema change (DDL)"
     return {
-        "create table": ["CREATE TABLE extra (id int)"],
-        "alter column": ["ALTER TABLE threads ALTER COLUMN title TYPE text"],
-        "ddl rolled back": ["BEGIN", "CREATE INDEX ON threads (title)", "ROLLBACK"],
-        "temporary table": ["CREATE TEMP TABLE scratch (id int)"],
-        "comment": ["COMMENT ON TABLE threads IS 'changed'"],
-        "grant": ["GRANT SELECT ON threads TO PUBLIC"],
-        "large object": ["SELECT lo_create(0)"],
-        "cluster": ["CLUSTER threads USING threads_pkey"],
-        "database setting": [f"ALTER DATABASE \"{name}\" SET work_mem = '8MB'"],
-        "database grant": [f'GRANT CONNECT ON DATABASE "{name}" TO PUBLIC'],
-        "watch disabled and enabled again": [
-            "ALTER EVENT TRIGGER threadcreator_ddl_start DISABLE",
-            "ALTER EVENT TRIGGER threadcreator_ddl_end DISABLE",
-            "CREATE TABLE unseen (id int)",
-            "ALTER EVENT TRIGGER threadcreator_ddl_start ENABLE ALWAYS",
-            "ALTER EVENT TRIGGER threadcreator_ddl_end ENABLE ALWAYS",
-        ],
-        "counter restarted": ["ALTER SEQUENCE threadcreator.ddl RESTART"],
-        "watch dropped": ["DROP SCHEMA threadcreator CASCADE"],
+        "create table": (["CREATE TABLE extra (id int)"], ddl),
+        "alter column": (["ALTER TABLE threads ALTER COLUMN title TYPE text"], ddl),
+        "ddl rolled back": (["BEGIN", "CREATE INDEX ON threads (title)", "ROLLBACK"], ddl),
+        "temporary table": (["CREATE TEMP TABLE scratch (id int)"], ddl),
+        "comment": (["COMMENT ON TABLE threads IS 'changed'"], ddl),
+        "grant": (["GRANT SELECT ON threads TO PUBLIC"], ddl),
+        "large object": (["SELECT lo_create(0)"], "a large object"),
+        "cluster": (["CLUSTER threads USING threads_pkey"], "an index CLUSTER marked"),
+        "database setting": (
+            [f"ALTER DATABASE \"{name}\" SET work_mem = '8MB'"],
+            "a database setting",
+        ),
+        "database grant": (
+            [f'GRANT CONNECT ON DATABASE "{name}" TO PUBLIC'],
+            "the database's own settings",
+        ),
+        "watch disabled and enabled again": (
+            [
+                "ALTER EVENT TRIGGER threadcreator_ddl_start DISABLE",
+                "ALTER EVENT TRIGGER threadcreator_ddl_end DISABLE",
+                "CREATE TABLE unseen (id int)",
+                "ALTER EVENT TRIGGER threadcreator_ddl_start ENABLE ALWAYS",
+                "ALTER EVENT TRIGGER threadcreator_ddl_end ENABLE ALWAYS",
+            ],
+            "the watch's event triggers changed or disabled",
+        ),
+        "counter restarted": (["ALTER SEQUENCE threadcreator.ddl RESTART"], ddl),
+        "watch dropped": (["DROP SCHEMA threadcreator CASCADE"], 'relation "threadcreator.ddl"'),
     }
+
+
+def _refusal(backend: PostgresBackend, name: str, seeded: list[str] | None = None) -> str:
+    """What the recycle check raises on database ``name`` (it must raise)."""
+
+    async def check() -> str:
+        conn = await asyncpg.connect(**pg_connect_kwargs(name))
+        try:
+            await conn.execute(recycle_sql(SCHEMA, seeded or [], backend.template))
+        except asyncpg.PostgresError as exc:
+            return str(exc)
+        finally:
+            await conn.close()
+        raise AssertionError(f"{name} passed the recycle check")
+
+    return asyncio.run(check())
 
 
 @pytest.mark.parametrize("change", list(_watch_sql("x")))
@@ -147,10 +176,103 @@ def test_a_clone_changed_beyond_its_rows_is_dropped(backend: PostgresBackend, ch
     backend.prepare_template(SCHEMA, None)
     database = backend.create_database("changed", isolation="fresh")
     oid, name = _oid(database.name), database.name
-    _run(name, *_watch_sql(name)[change])
+    statements, reason = _watch_sql(name)[change]
+    _run(name, *statements)
+    assert reason in _refusal(backend, name), f"{change}: refused by its own check"
     backend.drop_database(database)
     backend.leftovers()
     assert _name_of(oid) is None, f"{change}: dropped, never handed out again"
+
+
+ALEMBIC = [
+    "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)",
+    "INSERT INTO alembic_version VALUES ('4f2e')",
+]
+
+
+def test_a_table_outside_the_schema_left_as_it_was_still_recycles(
+    backend: PostgresBackend,
+) -> None:
+    backend.prepare_template(SCHEMA, lambda template: _run(template.name, *ALEMBIC))
+    oid, _ = _used(backend)
+    database, others = _take_until(backend, oid)
+    assert asyncio.run(database.count_threads()) == 0
+    rows = _fetch("SELECT version_num FROM alembic_version", database=database.name)
+    assert [row["version_num"] for row in rows] == ["4f2e"]
+    for other in [*others, database]:
+        backend.drop_database(other)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "UPDATE alembic_version SET version_num = '9a01'",
+        "DELETE FROM alembic_version",
+        "INSERT INTO alembic_version VALUES ('9a01')",
+    ],
+)
+def test_rows_changed_in_a_table_outside_the_schema_drop_the_clone(
+    backend: PostgresBackend, change: str
+) -> None:
+    backend.prepare_template(SCHEMA, lambda template: _run(template.name, *ALEMBIC))
+    database = backend.create_database("changed", isolation="fresh")
+    oid, name = _oid(database.name), database.name
+    _run(name, change)
+    assert "rows of alembic_version" in _refusal(backend, name)
+    backend.drop_database(database)
+    backend.leftovers()
+    assert _name_of(oid) is None
+
+
+def test_a_table_outside_the_schema_too_big_to_digest_is_never_recycled(
+    backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recycle, "DIGEST_ROWS", 1)
+    backend.prepare_template(
+        SCHEMA,
+        lambda template: _run(template.name, *ALEMBIC, "INSERT INTO alembic_version VALUES ('b')"),
+    )
+    database = backend.create_database("big", isolation="fresh")
+    reason = _refusal(backend, database.name)
+    assert "a table outside the schema that the template did not hold" in reason
+    backend.drop_database(database)
+    oid, _ = _used(backend)
+    assert _name_of(oid) is None
+
+
+def test_the_used_database_is_renamed_before_it_is_checked_and_emptied(
+    backend: PostgresBackend,
+) -> None:
+    """A session the test left (an app's pool) could otherwise reconnect by the old name and
+    commit rows after the check: the check must find the old name gone (and, without a pool
+    warmed for the next test, check on a connection of its own)."""
+    backend.prepare_template(SCHEMA, None)
+    old, new = (f"recycle_probe_{uuid.uuid4().hex[:12]}" for _ in range(2))
+    _fetch(f'CREATE DATABASE "{old}" TEMPLATE "{backend.template}"')
+    old_name_there: list[bool] = []
+
+    async def connect_to(name: str) -> Any:
+        rows = await pg_fetch("SELECT 1 FROM pg_database WHERE datname = $1", old)
+        old_name_there.append(bool(rows))
+        return await asyncpg.connect(**pg_connect_kwargs(name))
+
+    async def run() -> tuple[str | None, bool]:
+        recycler = recycle.Recycler(
+            recycle_sql(SCHEMA, [], backend.template), connect_to, lambda: new
+        )
+        conn = await asyncpg.connect(**pg_connect_kwargs("postgres"))
+        try:
+            renamed = await recycler.rename(conn, old)
+        finally:
+            await conn.close()
+        return renamed, await recycler.check(new)
+
+    try:
+        assert asyncio.run(run()) == (new, True)
+        assert old_name_there == [False]
+    finally:
+        for name in (old, new):
+            _fetch(f'DROP DATABASE IF EXISTS "{name}"')
 
 
 def test_a_clone_a_session_still_uses_is_dropped_not_renamed(backend: PostgresBackend) -> None:

@@ -49,7 +49,7 @@ from .janitor import (
     template_name,
 )
 from .pools import PoolPlan, plan_pools, worker_count
-from .recycle import Recycle, install_watch, make_recycler, recycle_sql
+from .recycle import Recycler, install_watch, recycle_sql
 from .servers import (
     Mode,
     ServerOptions,
@@ -354,7 +354,7 @@ class PostgresBackend(ServerBackend):
             self._seeded = self._background.run(self._copy_seed(schema), timeout=ADMIN_TIMEOUT)
 
         # last: from here on every schema change in a clone is seen (see recycle.py)
-        self._watched = self._background.run(self._watch(), timeout=ADMIN_TIMEOUT)
+        self._watched = self._background.run(self._watch(schema), timeout=ADMIN_TIMEOUT)
         note = ownership_mark(self.run_id) + TEMPLATE_NOTE + json.dumps(self._seeded)
         note += WATCHED_NOTE if self._watched else ""
 
@@ -372,10 +372,10 @@ class PostgresBackend(ServerBackend):
 
         self._admin_run(seal)
 
-    async def _watch(self) -> bool:
+    async def _watch(self, schema: ThreadSchema) -> bool:
         conn = await self._connect_to(self.template)
         try:
-            return await install_watch(conn)
+            return await install_watch(conn, schema)
         finally:
             await conn.close()
 
@@ -470,10 +470,10 @@ class PostgresBackend(ServerBackend):
         spares.start()
         return spares
 
-    def _recycler(self, schema: ThreadSchema) -> Recycle:
+    def _recycler(self, schema: ThreadSchema) -> Recycler:
         """The tender's ``recycle`` for this template's clones (see recycle.py)."""
         sql = recycle_sql(schema, self._seeded, self.template)
-        return make_recycler(sql, self._connect_to, lambda: self._next_name("fresh"))
+        return Recycler(sql, self._connect_to, lambda: self._next_name("fresh"))
 
     def _retire_spares(self) -> None:
         """Stop the tender and drop its clones (the template is about to change)."""

@@ -4,21 +4,26 @@ A clone of the template costs the server tens of milliseconds to make and as muc
 ``fresh`` tests never change the schema. So the template watches for schema changes: an event
 trigger (fired by every DDL command, before and after it, also in a transaction rolled back)
 advances a sequence in the template's ``threadcreator`` schema. When a test is done with its
-clone, the tender runs :func:`recycle_sql`'s statement on it, in one round trip, asking whether it is still the
-template's copy in all but rows:
+clone, the tender renames it (from then on no session the test left behind can find it again;
+``RENAME`` itself refuses while one is still on it), then runs :func:`recycle_sql`'s statement
+on it in one round trip, asking whether it is still the template's copy in all but the schema's
+rows:
 
 * the sequence never moved, and the two event triggers are the template's own and enabled;
 * no large object, no index marked by ``CLUSTER``, no per-database setting, no prepared
   transaction, the database's own row (owner, ACL, connection limit, tablespace) as
   ``CREATE DATABASE`` made it;
-* every table that holds rows is one the reset empties (the schema's tables; the plugin's
-  ``threadcreator`` and ``threadcreator_seed`` schemas aside).
+* every table outside the schema (``alembic_version``, say) exists in the template and holds
+  exactly the rows it held there (compared by a digest taken when the watch was installed; a
+  table of more than :data:`DIGEST_ROWS` rows gets none, and its clones are always dropped).
 
 If so, the same statement empties the schema's tables (putting seed rows back, as ``clean``
-does) and sets every sequence back to the template's value; the tender then renames the database
-(so a test's URL still changes with each ``fresh`` database) and hands it out again. Anything
-else, an error included, means the clone is dropped as before. Installing the watch needs a
-superuser (``CREATE EVENT TRIGGER``); without one every used clone is dropped.
+does) and sets every sequence back to the template's value, and the database is handed out
+again under its new name (so a test's URL still changes with each ``fresh`` database). Anything
+else, an error included, means the clone is dropped as before; the error names the first check
+that failed. Installing the watch needs a superuser (``CREATE EVENT TRIGGER``); without one
+every used clone is dropped. Every clone thus carries the ``threadcreator`` schema and the two
+event triggers (which do nothing but count).
 """
 
 from __future__ import annotations
@@ -34,14 +39,19 @@ if TYPE_CHECKING:
 
     from ...schema import ThreadSchema
 
-__all__ = ["WATCH_SCHEMA", "Recycle", "install_watch", "make_recycler", "recycle_sql"]
+__all__ = ["WATCH_SCHEMA", "Recycler", "install_watch", "recycle_sql"]
 
-#: ``recycle(conn, name)``: the used database ``name`` emptied and renamed (its new name), or
-#: None when it is to be dropped; ``conn`` is on the maintenance database.
-Recycle = Callable[[Any, str], Awaitable[str | None]]
+#: ``recycle(conn, name)`` (``conn`` on the maintenance database) makes the used database
+#: ``name`` a spare again: it returns the name the database has now, and whether it is ready to
+#: hand out (True) or to be dropped under that name (False).
+Recycle = Callable[[Any, str], Awaitable[tuple[str, bool]]]
 
 #: Looks (2 ms apart) for the sessions on a used database to be gone before it is renamed.
 RECYCLE_POLLS = 50
+#: Seconds the check and reset of a renamed database may take (a lock the test left held).
+CHECK_TIMEOUT = 5.0
+#: Seconds the check and reset of a renamed database may take (a lock the test left held).
+CHECK_TIMEOUT = 5.0
 _SESSIONS_ON = (
     "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = $1 "
     "AND backend_type = 'client backend')"
@@ -49,23 +59,47 @@ _SESSIONS_ON = (
 
 #: The template's schema holding the DDL counter, the sequences' values and the watch's triggers.
 WATCH_SCHEMA = "threadcreator"
+#: A table outside the schema with more rows than this gets no digest (its clones are dropped).
+DIGEST_ROWS = 10_000
 
 _TRIGGERS = ("threadcreator_ddl_start", "threadcreator_ddl_end")
+_OURS = f"'{WATCH_SCHEMA}', '{SEED_SCHEMA}', 'pg_catalog', 'information_schema'"
+#: Tables (plain or partitioned, not partitions) outside the plugin's and the system's schemas.
+_OUTSIDE = (
+    "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.relkind IN ('r', 'p', 'f') AND NOT c.relispartition "
+    f"AND n.nspname NOT IN ({_OURS}) AND n.nspname NOT LIKE 'pg\\_toast%' "
+    "AND n.nspname NOT LIKE 'pg\\_temp\\_%'"
+)
+#: A table's rows, as one md5 (``%s``: the table).
+_DIGEST = "SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM %s t"
 
-#: Run on the template (superuser), after everything else was put into it.
-_INSTALL = f"""
+
+def _install_sql(emptied: str) -> str:
+    """Run on the template (superuser), after everything else was put into it; ``emptied``
+    lists the schema's tables (``regclass`` literals), which get no digest."""
+    not_emptied = f"AND c.oid NOT IN ({emptied})" if emptied else ""
+    return f"""
 CREATE SCHEMA {WATCH_SCHEMA};
 CREATE SEQUENCE {WATCH_SCHEMA}.ddl MINVALUE 0 START 0;
 CREATE TABLE {WATCH_SCHEMA}.sequences (seq oid PRIMARY KEY, last_value bigint, is_called bool);
 CREATE TABLE {WATCH_SCHEMA}.triggers (name name PRIMARY KEY, row_xmin text NOT NULL);
+CREATE TABLE {WATCH_SCHEMA}.tables (rel oid PRIMARY KEY, digest text NOT NULL);
 CREATE FUNCTION {WATCH_SCHEMA}.ddl_seen() RETURNS event_trigger LANGUAGE plpgsql
   SECURITY DEFINER SET search_path = pg_catalog AS
   $f$ BEGIN PERFORM nextval('{WATCH_SCHEMA}.ddl'); END $f$;
-DO $d$ DECLARE s oid; BEGIN
+DO $d$ DECLARE s oid; r oid; n bigint; BEGIN
   FOR s IN SELECT c.oid FROM pg_class c WHERE c.relkind = 'S'
       AND c.relnamespace <> '{WATCH_SCHEMA}'::regnamespace LOOP
     EXECUTE format('INSERT INTO {WATCH_SCHEMA}.sequences SELECT %s, last_value, is_called FROM %s',
                    s, s::regclass);
+  END LOOP;
+  FOR r IN {_OUTSIDE} AND c.relkind <> 'f' {not_emptied} LOOP
+    EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s LIMIT {DIGEST_ROWS + 1}) s',
+                   r::regclass) INTO n;
+    CONTINUE WHEN n > {DIGEST_ROWS};
+    EXECUTE format('INSERT INTO {WATCH_SCHEMA}.tables SELECT %s, ({_DIGEST.replace("'", "''")})',
+                   r, r::regclass);
   END LOOP;
 END $d$;
 CREATE EVENT TRIGGER {_TRIGGERS[0]} ON ddl_command_start EXECUTE FUNCTION {WATCH_SCHEMA}.ddl_seen();
@@ -78,51 +112,64 @@ SELECT setval('{WATCH_SCHEMA}.ddl', 0, false);
 """
 
 
-async def install_watch(conn: Any) -> bool:
+async def install_watch(conn: Any, schema: ThreadSchema) -> bool:
     """Install the DDL watch in the template ``conn`` is on; False (nothing done) when the role
     may not create event triggers."""
     if not await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
         return False
-    await conn.execute(_INSTALL)
+    await conn.execute(_install_sql(_emptied(schema)))
     return True
 
 
 def recycle_sql(schema: ThreadSchema, seeded: Sequence[str], template: str) -> str:
-    """One simple-protocol query: raise unless the database is unchanged but for rows (see the
-    module's docstring), else empty it and set its sequences back (one transaction)."""
+    """One simple-protocol query: raise (naming the first change found) unless the database is
+    unchanged but for the schema's rows (see the module's docstring), else empty it and set its
+    sequences back (one transaction)."""
     reset = _reset_sql(schema, seeded)
-    emptied = ", ".join(
-        "'" + _quoted(table).replace("'", "''") + "'::regclass"
-        for table in schema.metadata.sorted_tables
-    )
-    kept = f"c.oid NOT IN ({emptied}) AND " if emptied else ""
-    ours = f"'{WATCH_SCHEMA}', '{SEED_SCHEMA}', 'pg_catalog', 'information_schema'"
+    emptied = _emptied(schema)
+    not_emptied = f" AND c.oid NOT IN ({emptied})" if emptied else ""
     triggers = ", ".join(f"'{name}'" for name in _TRIGGERS)
-    changed = " OR ".join(
-        [
-            f"(SELECT last_value <> 0 OR is_called FROM {WATCH_SCHEMA}.ddl)",
-            "(SELECT count(*) FROM pg_event_trigger) <> 2",
+    this_db = "FROM pg_database d WHERE d.datname = current_database() AND"
+    checks = {
+        "a schema change (DDL)": f"(SELECT last_value <> 0 OR is_called FROM {WATCH_SCHEMA}.ddl)",
+        "an event trigger added or dropped": "(SELECT count(*) FROM pg_event_trigger) <> 2",
+        "the watch's event triggers changed or disabled": (
             f"(SELECT count(*) FROM pg_event_trigger e JOIN {WATCH_SCHEMA}.triggers t "
-            f"ON t.name = e.evtname AND t.row_xmin = e.xmin::text WHERE e.evtenabled = 'A' "
-            f"AND e.evtname IN ({triggers})) <> 2",
-            "EXISTS (SELECT 1 FROM pg_largeobject_metadata)",
-            "EXISTS (SELECT 1 FROM pg_index WHERE indisclustered)",  # CLUSTER … USING
-            "EXISTS (SELECT 1 FROM pg_db_role_setting WHERE setdatabase = d.oid)",
-            "EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE database = current_database())",
-            "NOT d.datallowconn OR d.datistemplate OR d.datconnlimit <> -1 OR d.datacl IS NOT NULL",
-            "d.datdba <> (SELECT oid FROM pg_roles WHERE rolname = session_user)",
-            "d.dattablespace <> (SELECT dattablespace FROM pg_database WHERE datname = "
-            + _literal(template)
-            + ")",
-            "EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            f"WHERE c.relkind IN ('r', 'p', 'm', 'f') AND {kept}n.nspname NOT IN ({ours}) "
-            "AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%')",
-        ]
-    )
+            "ON t.name = e.evtname AND t.row_xmin = e.xmin::text WHERE e.evtenabled = 'A' "
+            f"AND e.evtname IN ({triggers})) <> 2"
+        ),
+        "a large object": "EXISTS (SELECT 1 FROM pg_largeobject_metadata)",
+        "an index CLUSTER marked": "EXISTS (SELECT 1 FROM pg_index WHERE indisclustered)",
+        "a database setting": (
+            f"EXISTS (SELECT 1 {this_db} EXISTS (SELECT 1 FROM pg_db_role_setting "
+            "WHERE setdatabase = d.oid))"
+        ),
+        "a prepared transaction": (
+            "EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE database = current_database())"
+        ),
+        "the database's own settings (connections, grants, owner or tablespace)": (
+            f"EXISTS (SELECT 1 {this_db} (NOT d.datallowconn OR d.datistemplate "
+            "OR d.datconnlimit <> -1 OR d.datacl IS NOT NULL "
+            "OR d.datdba <> (SELECT oid FROM pg_roles WHERE rolname = session_user) "
+            "OR d.dattablespace <> (SELECT dattablespace FROM pg_database WHERE datname = "
+            f"{_literal(template)})))"
+        ),
+        "a table outside the schema that the template did not hold": (
+            f"EXISTS ({_OUTSIDE}{not_emptied} "
+            f"AND c.oid NOT IN (SELECT rel FROM {WATCH_SCHEMA}.tables))"
+        ),
+    }
+    first = " ".join(f"WHEN {sql} THEN {_literal(why)}" for why, sql in checks.items())
     check = (
-        "DO $threadcreator_check$ BEGIN IF EXISTS (SELECT 1 FROM pg_database d "
-        f"WHERE d.datname = current_database() AND ({changed})) THEN "
-        "RAISE EXCEPTION 'threadcreator: changed since it was cloned'; END IF; "
+        "DO $threadcreator_check$ DECLARE why text; r record; d text; BEGIN "
+        f"SELECT CASE {first} END INTO why; "
+        f"FOR r IN SELECT rel, digest FROM {WATCH_SCHEMA}.tables LOOP "
+        f"EXECUTE format({_literal(_DIGEST)}, r.rel::regclass) INTO d; "
+        "IF d IS DISTINCT FROM r.digest THEN why := coalesce(why, "
+        "format('rows of %s, a table outside the schema', r.rel::regclass)); END IF; "
+        "END LOOP; "
+        "IF why IS NOT NULL THEN "
+        "RAISE EXCEPTION 'threadcreator: changed since it was cloned: %', why; END IF; "
         "END $threadcreator_check$;"
     )
     sequences = (
@@ -132,29 +179,34 @@ def recycle_sql(schema: ThreadSchema, seeded: Sequence[str], template: str) -> s
     return f"{check} {reset.rstrip(';')}; {sequences}"
 
 
-def _quoted(table: Any) -> str:
-    return str(_PREPARER.format_table(table))
+def _emptied(schema: ThreadSchema) -> str:
+    """The schema's tables, which the reset empties, as ``regclass`` literals."""
+    return ", ".join(
+        _literal(str(_PREPARER.format_table(table))) + "::regclass"
+        for table in schema.metadata.sorted_tables
+    )
 
 
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def make_recycler(
-    sql: str, connect_to: Callable[[str], Awaitable[Any]], next_name: Callable[[], str]
-) -> Recycle:
-    """A :data:`Recycle` running ``sql`` (:func:`recycle_sql`) on the used database, on a
-    connection of ``connect_to(name)``; the new name from ``next_name()``."""
+class Recycler:
+    """Makes a used database a spare again in two steps: :meth:`rename` it once no session is on
+    it (from then on no session the test left, an app's pool say, can find it again), then
+    :meth:`check` and empty it with ``sql`` (:func:`recycle_sql`), on the connection the next test
+    will use when there is one, so its catalog caches are loaded once, not twice."""
 
-    async def recycle(conn: Any, name: str) -> str | None:
-        try:
-            used = await connect_to(name)
-            try:
-                await used.execute(sql)
-            finally:
-                await used.close(timeout=5)
-        except Exception:  # changed, or not to be trusted: dropped
-            return None
+    def __init__(
+        self, sql: str, connect_to: Callable[[str], Awaitable[Any]], next_name: Callable[[], str]
+    ) -> None:
+        self.sql = sql
+        self._connect_to = connect_to
+        self._next_name = next_name
+
+    async def rename(self, conn: Any, name: str) -> str | None:
+        """The used database's new name, or None (it keeps ``name``) when a session still uses
+        it; ``conn`` is on the maintenance database."""
         try:
             # a closed session leaves the server a moment later; RENAME would wait 100 ms
             for _ in range(RECYCLE_POLLS):
@@ -163,7 +215,7 @@ def make_recycler(
                 await asyncio.sleep(0.002)
             else:
                 return None  # someone still uses it (a connection the test left open)
-            new = next_name()
+            new = self._next_name()
             await conn.execute(f"ALTER DATABASE {_quote(name)} RENAME TO {_quote(new)}")
         except Exception:
             if conn.is_closed():
@@ -171,4 +223,20 @@ def make_recycler(
             return None
         return new
 
-    return recycle
+    async def check(self, name: str, pool: Any = None) -> bool:
+        """True when the renamed database ``name`` was unchanged but for the schema's rows and
+        is now emptied; on a connection of ``pool`` (an asyncpg pool on it), else on one of its
+        own. False (an error included) means it is to be dropped."""
+        try:
+            if pool is not None:
+                async with pool.acquire(timeout=CHECK_TIMEOUT) as conn:
+                    await conn.execute(self.sql, timeout=CHECK_TIMEOUT)
+                return True
+            conn = await self._connect_to(name)
+            try:
+                await conn.execute(self.sql, timeout=CHECK_TIMEOUT)
+            finally:
+                await conn.close(timeout=CHECK_TIMEOUT)
+        except Exception:  # changed, or not to be trusted
+            return False
+        return True

@@ -13,10 +13,12 @@ get, and the test then starts on a connection that is already there. Whatever ``
 handed out with the clone, and closed by the tender (``unwarm``) when the clone is dropped unused
 or the test is done with it.
 
-With a ``recycle`` step (a template that watches for schema changes, see :mod:`.recycle`), a
-used database that changed nothing but rows is emptied, renamed and warmed again instead of
-dropped, and the cloners leave room for the used databases still to come back (as long as the
-last one tried did come back: tests that change the schema get clones made ahead as before).
+With a ``recycle`` step (a :class:`~.recycle.Recycler`, for a template that watches for schema
+changes), the dropper renames a used database instead, and a task beside it warms the renamed
+one and checks and empties it on the warmed connection: one that changed nothing but rows is a
+spare again, any other goes back to the dropper. The cloners leave room for the used databases
+still to come back (as long as the last one tried did come back: tests that change the schema
+get clones made ahead as before).
 
 Should a tender's connection fail, it stops; the backend then clones on demand and drops what is left itself, as it would
 without a tender, and the same failure reaches the test there.
@@ -33,11 +35,9 @@ from typing import Any
 
 from ..._background import BackgroundLoop
 from ..server import short_reason as _short_reason
+from .recycle import Recycler
 
 __all__ = ["SpareTender"]
-
-#: Seconds a used database may take to be checked, emptied and renamed before it is dropped.
-RECYCLE_TIMEOUT = 5.0
 
 
 class SpareTender:
@@ -53,8 +53,7 @@ class SpareTender:
     ``make_name()`` names the next clone; ``clone(conn, name)`` creates and marks it;
     ``drop(conn, name)`` drops it if it carries the run's mark; ``warm(name)`` (optional)
     opens what the test will use on a new clone (a failure there only hands the clone out cold)
-    and ``unwarm(handle)`` closes it; ``recycle(conn, name)`` (optional) makes a used database
-    a spare again and returns its new name, or None to have it dropped.
+    and ``unwarm(handle)`` closes it; ``recycle`` (optional) makes used databases spares again.
     """
 
     def __init__(
@@ -68,7 +67,7 @@ class SpareTender:
         drop: Callable[[Any, str], Awaitable[object]],
         warm: Callable[[str], Awaitable[Any]] | None = None,
         unwarm: Callable[[Any], Awaitable[None]] | None = None,
-        recycle: Callable[[Any, str], Awaitable[str | None]] | None = None,
+        recycle: Recycler | None = None,
     ) -> None:
         self.target = target
         self._background = background
@@ -96,7 +95,9 @@ class SpareTender:
         self._wake_dropper = asyncio.Event()
         self._drained = asyncio.Event()
         self._cloners: list[asyncio.Task[None]] = []
-        #: recycled databases being warmed before they are ready
+        #: used databases that failed their check: dropped, not tried again
+        self._unfit: set[str] = set()
+        #: recycled databases being warmed and checked before they are ready
         self._warming: set[asyncio.Task[None]] = set()
         self._dropper: asyncio.Task[None] | None = None
         self._stopping = False
@@ -153,10 +154,14 @@ class SpareTender:
         return {name for name, _ in self._ready} | self._cloning
 
     async def drained(self) -> None:
-        """Wait until every database discarded so far is dropped (or the dropper stopped)."""
+        """Wait until every database discarded so far is dropped or a spare again (or the
+        dropper stopped)."""
         # FIFO: a discard() posted before this coroutine was has already cleared the event.
-        while _alive(self._dropper) and not self._drained.is_set():
-            await self._drained.wait()
+        while (_alive(self._dropper) and not self._drained.is_set()) or self._warming:
+            if self._warming:
+                await asyncio.wait(list(self._warming))
+            else:
+                await self._drained.wait()
 
     async def stop(self) -> list[str]:
         """Finish the jobs in hand, stop, and return what is left to drop (ready or discarded)."""
@@ -204,7 +209,7 @@ class SpareTender:
 
     def _doom(self, name: str, handle: Any) -> None:
         # closed now, not when its turn to be dropped comes: its connections count meanwhile
-        # (recycle opens a connection of its own: a test's pool may hold several)
+        # (a recycled database gets a new one: a test's pool may hold several)
         closing = self._close_soon(handle) if handle is not None else None
         self._doomed.append((name, closing))
         self._drained.clear()
@@ -248,8 +253,7 @@ class SpareTender:
                     try:
                         if closing is not None:
                             await asyncio.wait((closing,))
-                        if not await self._recycled(conn, name):
-                            await self._drop(conn, name)
+                        await self._recycle_or_drop(conn, name)
                     except Exception as exc:  # the backend retries at stop
                         self.problems.append(f"dropping {name}: {_short_reason(exc)}")
                         if conn.is_closed():
@@ -279,35 +283,48 @@ class SpareTender:
         coming = self.recycling and self._coming_back and _alive(self._dropper)
         return len(self._doomed) if coming else 0
 
-    async def _recycled(self, conn: Any, name: str) -> bool:
-        """True when ``recycle`` made the used database ``name`` a spare again (emptied and
-        renamed, then warmed like a clone); False when it is to be dropped."""
+    async def _recycle_or_drop(self, conn: Any, name: str) -> None:
+        """Rename the used database ``name`` to have it checked, emptied and warmed beside the
+        next drop (see :meth:`_ready_up`), or drop it."""
+        recycler = self._recycle
         # up to one spare more than ``target`` (a clone begun while the test ran), not more
-        if self._recycle is None or self._stopping or self._stock() > self.target:
-            return False
-        try:  # bounded: a session the test left holding a lock must not stall the dropper
-            new = await asyncio.wait_for(self._recycle(conn, name), RECYCLE_TIMEOUT)
-        except asyncio.TimeoutError:
-            new = None
-        self._coming_back = new is not None
+        unfit = name in self._unfit
+        self._unfit.discard(name)
+        if recycler is None or unfit or self._stopping or self._stock() > self.target:
+            await self._drop(conn, name)
+            return
+        new = await recycler.rename(conn, name)
         if new is None:
-            return False
-        # warmed beside the next recycle or drop, counted meanwhile as a clone being made
+            self._coming_back = False
+            await self._drop(conn, name)
+            return
+        # counted meanwhile as a clone being made
         self._cloning.add(new)
         task = asyncio.get_running_loop().create_task(
-            self._ready_up(new), name="threadcreator-pg-rewarm"
+            self._ready_up(new, recycler), name="threadcreator-pg-recycle"
         )
         self._warming.add(task)
         task.add_done_callback(self._warming.discard)
-        return True
 
-    async def _ready_up(self, name: str) -> None:
+    async def _ready_up(self, name: str, recycler: Recycler) -> None:
+        """Warm the renamed database ``name`` and check and empty it on the connection warmed
+        for its next test; a spare again if it passed, else back to the dropper."""
+        handle = None
         try:
             # warm within the connection budget: one connection for each of ``target`` spares
-            handle = await self._warmed(name) if len(self._ready) < self.target else None
-            self._ready.append((name, handle))
-            self._cloning.discard(name)
+            if len(self._ready) < self.target:
+                handle = await self._warmed(name)
+            ready = not self._stopping and await recycler.check(name, handle)
+            self._coming_back = ready
+            if ready:
+                self._ready.append((name, handle))
+            else:
+                self._unfit.add(name)
+                with self._pending_lock:
+                    self._pending += 1
+                self._doom(name, handle)
         finally:
+            self._cloning.discard(name)
             self._made.set()
 
     async def _warmed(self, name: str) -> Any:
