@@ -83,6 +83,21 @@ class ThreadWithMessage:
         return f"ThreadWithMessage(thread_id={self.thread_id!r})"
 
 
+#: Classes whose instances passed the check of :func:`_takes` (a Protocol check is slow).
+_TAKEN: set[type] = set()
+
+
+def _takes(database: object) -> bool:
+    """Whether ``database`` is a Database (by its protocol) or an ``async_sessionmaker``."""
+    kind = type(database)
+    if kind in _TAKEN:
+        return True
+    if isinstance(database, (async_sessionmaker, BoundDatabase)):
+        _TAKEN.add(kind)
+        return True
+    return False
+
+
 class ThreadCreator:
     """Creates a thread with its first message in one transaction, from any number of tasks.
 
@@ -98,7 +113,7 @@ class ThreadCreator:
         max_retries: int = 5,
         max_message_chars: int = 1_000_000,
     ) -> None:
-        if database is not None and not isinstance(database, (BoundDatabase, async_sessionmaker)):
+        if database is not None and not _takes(database):
             raise TypeError(
                 "ThreadCreator(database=...) takes the threadcreator_db fixture's Database, an "
                 f"async_sessionmaker, or None; got {type(database).__name__}"

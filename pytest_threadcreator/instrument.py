@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import os
 import re
 import threading
@@ -94,7 +95,18 @@ def database_key(url: str | URL) -> tuple[str, str] | None:
     A URL without a host names a file (SQLite); None for an in-memory database or a URL
     without a database.
     """
-    parsed = make_url(url) if isinstance(url, str) else url
+    if isinstance(url, str):
+        return _key_of(url)
+    return _key(url)
+
+
+@functools.lru_cache(maxsize=256)
+def _key_of(url: str) -> tuple[str, str] | None:
+    """:func:`database_key` of a URL string (a test's database URL comes again and again)."""
+    return _key(make_url(url))
+
+
+def _key(parsed: URL) -> tuple[str, str] | None:
     name = parsed.database
     if not name:
         return None

@@ -8,10 +8,11 @@ SQLite the transaction starts with ``BEGIN IMMEDIATE`` so concurrent writers que
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import Insert, Table, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -27,6 +28,17 @@ __all__ = ["SessionStore"]
 _WRITERS_QUEUE_ON_BEGIN = frozenset({"sqlite"})
 
 
+_INSERTS: weakref.WeakKeyDictionary[Table, Insert] = weakref.WeakKeyDictionary()
+
+
+def _insert(table: Table) -> Insert:
+    """``insert(table)``, made once per table (a rollback test makes a store of its own)."""
+    statement = _INSERTS.get(table)
+    if statement is None:
+        statement = _INSERTS[table] = insert(table)
+    return statement
+
+
 class SessionStore(Store):
     """Creates and reads through sessions of an ``async_sessionmaker`` on the running loop."""
 
@@ -40,8 +52,8 @@ class SessionStore(Store):
         self.sessionmaker = sessionmaker
         self.schema = schema
         self._lock = lock  # rollback isolation: sessions share one connection one at a time
-        self._thread_insert = insert(schema.thread_table)
-        self._message_insert = insert(schema.message_table)
+        self._thread_insert = _insert(schema.thread_table)
+        self._message_insert = _insert(schema.message_table)
 
     async def _immediate(self, session: AsyncSession) -> None:
         conn = await session.connection()

@@ -1,5 +1,5 @@
 """The spares' tender on its own (no server): warm connections go with their clone and are
-closed by whoever drops it."""
+closed by whoever drops it; used databases come back as spares when they pass their check."""
 
 from __future__ import annotations
 
@@ -66,7 +66,9 @@ class _Server:
         handle.closed = True
         self.events.append(("unwarm", handle.name))
 
-    def tender(self, background: BackgroundLoop, target: int = 2) -> SpareTender:
+    def tender(
+        self, background: BackgroundLoop, target: int = 2, recycle: Any = None
+    ) -> SpareTender:
         return SpareTender(
             background=background,
             target=target,
@@ -76,7 +78,25 @@ class _Server:
             drop=self.drop,
             warm=self.warm,
             unwarm=self.unwarm,
+            recycle=recycle,
         )
+
+
+class _Recycler:
+    """Renames a used database ``<name>_r``; its check passes unless ``passes`` is False."""
+
+    def __init__(self, server: _Server, *, passes: bool = True) -> None:
+        self.server = server
+        self.passes = passes
+
+    async def rename(self, _conn: Any, name: str) -> str | None:
+        self.server.events.append(("rename", name))
+        return f"{name}_r"
+
+    async def check(self, name: str, pool: Any = None) -> bool:
+        assert isinstance(pool, _Warm) and pool.name == name, "checked on the warmed connection"
+        self.server.events.append(("check", name))
+        return self.passes
 
 
 async def _nothing() -> None:
@@ -131,4 +151,50 @@ def test_a_spare_that_could_not_be_warmed_is_handed_out_cold(background: Backgro
     assert tender.discard(spare[0])
     background.run(tender.drained())
     assert ("drop", spare[0]) in server.events
+    background.run(tender.stop())
+
+
+def _clones(server: _Server) -> int:
+    return sum(1 for event, _ in server.events if event == "clone")
+
+
+def test_databases_in_tests_come_back_as_spares_and_are_not_cloned_again(
+    background: BackgroundLoop,
+) -> None:
+    server = _Server()
+    tender = _started(server.tender(background, recycle=_Recycler(server)), background)
+    for _ in range(10):
+        spare = tender.take()
+        assert spare is not None
+        assert tender.discard(*spare)
+        background.run(tender.drained())
+    assert _clones(server) == 2, "the ones handed out come back: no clone replaces them"
+    assert not any(event == "drop" for event, _ in server.events)
+    background.run(tender.stop())
+
+
+def test_a_taker_gets_a_clone_while_the_others_are_still_out(background: BackgroundLoop) -> None:
+    server = _Server()
+    tender = _started(server.tender(background, recycle=_Recycler(server)), background)
+    taken = [tender.take() for _ in range(5)]
+    assert all(spare is not None for spare in taken)
+    assert len({spare[0] for spare in taken if spare is not None}) == 5
+    background.run(tender.stop())
+
+
+def test_a_database_that_fails_its_check_is_dropped_under_its_new_name(
+    background: BackgroundLoop,
+) -> None:
+    server = _Server()
+    tender = _started(
+        server.tender(background, recycle=_Recycler(server, passes=False)), background
+    )
+    spare = tender.take()
+    assert spare is not None
+    assert tender.discard(*spare)
+    background.run(tender.drained())
+    renamed = f"{spare[0]}_r"
+    assert ("check", renamed) in server.events and ("drop", renamed) in server.events
+    assert server.events.count(("rename", renamed)) == 0, "not tried again"
+    assert [h.closed for h in server.warmed if h.name == renamed] == [True]
     background.run(tender.stop())

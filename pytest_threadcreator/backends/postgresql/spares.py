@@ -90,6 +90,10 @@ class SpareTender:
         #: handle, if any (only touched on the loop)
         self._doomed: collections.deque[tuple[str, asyncio.Task[None] | None]] = collections.deque()
         self._cloning: set[str] = set()
+        #: databases handed out and not given back yet (counted on the loop)
+        self._out = 0
+        #: takers waiting for a spare (a clone is made for each, even with some to come back)
+        self._waiting = 0
         self._wake_cloner = asyncio.Event()
         self._made = asyncio.Event()
         self._wake_dropper = asyncio.Event()
@@ -132,7 +136,7 @@ class SpareTender:
             spare = self._ready.popleft()
         except IndexError:
             return self._background.run(self._next()) if self.running else None
-        self._background.loop.call_soon_threadsafe(self._wake_cloner.set)
+        self._background.loop.call_soon_threadsafe(self._taken)
         return spare
 
     def discard(self, name: str, handle: Any = None) -> bool:
@@ -142,10 +146,13 @@ class SpareTender:
         if not _alive(self._dropper) or self._stopping:
             return False
         with self._pending_lock:
-            if self._pending >= self.target:
-                return False
-            self._pending += 1
-        self._background.loop.call_soon_threadsafe(self._doom, name, handle)
+            full = self._pending >= self.target
+            if not full:
+                self._pending += 1
+        if full:  # not coming back as a spare
+            self._background.loop.call_soon_threadsafe(self._returned, None, None)
+            return False
+        self._background.loop.call_soon_threadsafe(self._returned, name, handle)
         return True
 
     # -- on the loop -----------------------------------------------------------------------
@@ -189,14 +196,30 @@ class SpareTender:
         return left
 
     async def _next(self) -> tuple[str, Any] | None:
-        while not self._ready:
-            if not self.running or self._stopping:
-                return None
-            self._made.clear()  # set by each clone made, and by each cloner that stops
-            self._wake_cloner.set()
-            await self._made.wait()
-        self._wake_cloner.set()
+        self._waiting += 1  # a clone is made for it, whatever else is still to come back
+        try:
+            while not self._ready:
+                if not self.running or self._stopping:
+                    return None
+                self._made.clear()  # set by each clone made, and by each cloner that stops
+                self._wake_cloner.set()
+                await self._made.wait()
+        finally:
+            self._waiting -= 1
+        self._taken()
         return self._ready.popleft()
+
+    def _taken(self) -> None:
+        self._out += 1
+        self._wake_cloner.set()
+
+    def _returned(self, name: str | None, handle: Any) -> None:
+        """A database handed out came back: to recycle or drop (None: the caller drops it)."""
+        self._out = max(0, self._out - 1)
+        if name is not None:
+            self._doom(name, handle)
+        else:
+            self._wake_cloner.set()
 
     def _start(self) -> None:
         if not self._cloners and not self._stopping:
@@ -226,7 +249,8 @@ class SpareTender:
         try:
             conn = await self._connect()
             while not self._stopping:
-                if self._stock() + self._returning() < self.target:
+                stock = self._stock()
+                if stock + self._returning() < self.target or self._waiting > stock:
                     name = self._make_name()
                     self._cloning.add(name)
                     await self._clone(conn, name)
@@ -279,9 +303,10 @@ class SpareTender:
         return len(self._ready) + len(self._cloning)
 
     def _returning(self) -> int:
-        """Used databases that may come back as spares (the cloners leave room for them)."""
+        """Databases that may come back as spares, in tests or given back (the cloners leave
+        room for them)."""
         coming = self.recycling and self._coming_back and _alive(self._dropper)
-        return len(self._doomed) if coming else 0
+        return len(self._doomed) + self._out if coming else 0
 
     async def _recycle_or_drop(self, conn: Any, name: str) -> None:
         """Rename the used database ``name`` to have it checked, emptied and warmed beside the
