@@ -261,7 +261,8 @@ class PgStore(Store):
         self._checked_out = 0
         self._closed = False
         self._pk_constraint: str | None = None
-        self._reset_sql = _reset_sql(schema, seeded)
+        self._seeded = tuple(seeded)
+        self._reset_text: str | None = None  # made on the first reset (a fresh one has none)
         #: How long a reset waits for a lock that a session it could not end holds.
         self.reset_lock_timeout = RESET_LOCK_TIMEOUT
         #: The last reset's failure while its blockers live: the next one fails without waiting.
@@ -272,6 +273,12 @@ class PgStore(Store):
 
     def __repr__(self) -> str:
         return f"<PgStore {self.name} checked_out={self._checked_out}>"
+
+    @property
+    def _reset_query(self) -> str:
+        if self._reset_text is None:
+            self._reset_text = _reset_sql(self.schema, self._seeded)
+        return self._reset_text
 
     def held_connections(self) -> HeldConnections:
         """asyncpg connections kept on the background loop, usable from any test's loop."""
@@ -510,7 +517,7 @@ class PgStore(Store):
                 self._reset_blocked = None
             timeout_ms = max(1, round(self.reset_lock_timeout * 1000))
             try:
-                await conn.execute(f"SET LOCAL lock_timeout = {timeout_ms}; {self._reset_sql}")
+                await conn.execute(f"SET LOCAL lock_timeout = {timeout_ms}; {self._reset_query}")
             except _asyncpg().LockNotAvailableError:
                 pids, message = await self._blocked_reset(conn)
                 self._reset_blocked = (pids, message) if pids else None

@@ -79,16 +79,11 @@ def _reset_sql(schema: ThreadSchema, seeded: Sequence[str] = ()) -> str:
     ended, so no pool hands out a dead connection; sessions that it may not end (another
     role's) are left, and the lock timeout then reports them (see :meth:`PgStore.reset`).
     """
-    tables = [_PREPARER.format_table(t) for t in reversed(schema.metadata.sorted_tables)]
-    if not tables:
+    parts = _reset_parts(schema, seeded)
+    if parts is None:
         return "SELECT 1"
+    counted, deletes, truncate, restore, oids = parts
     limit = RESET_TRUNCATE_ROWS
-    counted = " + ".join(
-        f"(SELECT count(*) FROM (SELECT 1 FROM {name} LIMIT {limit}) AS s)" for name in tables
-    )
-    deletes = " ".join(f"DELETE FROM {name};" for name in tables)
-    truncate = f"TRUNCATE {', '.join(tables)} CASCADE;"
-    oids = ", ".join("'" + name.replace("'", "''") + "'::regclass" for name in tables)
     others_lock_tables = (
         "EXISTS (SELECT 1 FROM pg_locks WHERE pid <> pg_backend_pid() AND locktype = 'relation' "
         "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
@@ -97,11 +92,6 @@ def _reset_sql(schema: ThreadSchema, seeded: Sequence[str] = ()) -> str:
     end_blockers = (
         f"FOR blocker IN {_BLOCKERS} LOOP BEGIN PERFORM pg_terminate_backend(blocker); "
         "EXCEPTION WHEN insufficient_privilege THEN NULL; END; END LOOP;"
-    )
-    restore = " ".join(
-        f"INSERT INTO {_PREPARER.format_table(t)} SELECT * FROM {SEED_SCHEMA}.{_quote(t.name)};"
-        for t in schema.metadata.sorted_tables
-        if t.name in seeded
     )
     return (
         "DO $threadcreator$ DECLARE blocker int; "
@@ -114,6 +104,39 @@ def _reset_sql(schema: ThreadSchema, seeded: Sequence[str] = ()) -> str:
         f"ELSE {deletes} END IF; END; PERFORM set_config('lock_timeout', patience, true); "
         f"{restore} END $threadcreator$;"
     )
+
+
+def plain_reset_body(schema: ThreadSchema, seeded: Sequence[str] = ()) -> str:
+    """PL/pgSQL statements that empty the schema's tables and put the seed rows back, for a
+    database no other session can be on (nothing to wait for, nobody to end)."""
+    parts = _reset_parts(schema, seeded)
+    if parts is None:
+        return ""
+    counted, deletes, truncate, restore, _ = parts
+    return f"IF {counted} >= {RESET_TRUNCATE_ROWS} THEN {truncate} ELSE {deletes} END IF; {restore}"
+
+
+def _reset_parts(
+    schema: ThreadSchema, seeded: Sequence[str]
+) -> tuple[str, str, str, str, str] | None:
+    """The pieces of a reset: the (capped) row count, the DELETEs, the TRUNCATE, the seed
+    rows' INSERTs and the tables' oids; None for a schema without tables."""
+    tables = [_PREPARER.format_table(t) for t in reversed(schema.metadata.sorted_tables)]
+    if not tables:
+        return None
+    limit = RESET_TRUNCATE_ROWS
+    counted = " + ".join(
+        f"(SELECT count(*) FROM (SELECT 1 FROM {name} LIMIT {limit}) AS s)" for name in tables
+    )
+    deletes = " ".join(f"DELETE FROM {name};" for name in tables)
+    truncate = f"TRUNCATE {', '.join(tables)} CASCADE;"
+    oids = ", ".join("'" + name.replace("'", "''") + "'::regclass" for name in tables)
+    restore = " ".join(
+        f"INSERT INTO {_PREPARER.format_table(t)} SELECT * FROM {SEED_SCHEMA}.{_quote(t.name)};"
+        for t in schema.metadata.sorted_tables
+        if t.name in seeded
+    )
+    return counted, deletes, truncate, restore, oids
 
 
 #: Schema in the template that keeps a copy of the rows the setup hook seeded.

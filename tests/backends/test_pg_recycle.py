@@ -148,7 +148,11 @@ def _watch_sql(name: str) -> dict[str, tuple[list[str], str]]:
                 "ALTER EVENT TRIGGER threadcreator_ddl_start ENABLE ALWAYS",
                 "ALTER EVENT TRIGGER threadcreator_ddl_end ENABLE ALWAYS",
             ],
-            "the watch's event triggers changed or disabled",
+            "the watch's event triggers changed, disabled, or others added",
+        ),
+        "event trigger added": (
+            ["CREATE EVENT TRIGGER other ON sql_drop EXECUTE FUNCTION threadcreator.ddl_seen()"],
+            "the watch's event triggers changed, disabled, or others added",
         ),
         "counter restarted": (["ALTER SEQUENCE threadcreator.ddl RESTART"], ddl),
         "watch dropped": (["DROP SCHEMA threadcreator CASCADE"], 'relation "threadcreator.ddl"'),
@@ -156,17 +160,25 @@ def _watch_sql(name: str) -> dict[str, tuple[list[str], str]]:
 
 
 def _refusal(backend: PostgresBackend, name: str, seeded: list[str] | None = None) -> str:
-    """What the recycle check raises on database ``name`` (it must raise)."""
+    """Why the recycle checks refuse database ``name`` (they must): the shared catalogs'
+    check on the maintenance database, then the check on the database itself."""
 
     async def check() -> str:
+        conn = await asyncpg.connect(**pg_connect_kwargs("postgres"))
+        try:
+            row = await conn.fetchrow(recycle.SHARED_CHECK, name, backend.template)
+        finally:
+            await conn.close()
+        if row["why"] is not None:
+            return str(row["why"])
         conn = await asyncpg.connect(**pg_connect_kwargs(name))
         try:
-            await conn.execute(recycle_sql(SCHEMA, seeded or [], backend.template))
+            await conn.execute(recycle_sql(SCHEMA, seeded or []))
         except asyncpg.PostgresError as exc:
             return str(exc)
         finally:
             await conn.close()
-        raise AssertionError(f"{name} passed the recycle check")
+        raise AssertionError(f"{name} passed the recycle checks")
 
     return asyncio.run(check())
 
@@ -258,7 +270,7 @@ def test_the_used_database_is_renamed_before_it_is_checked_and_emptied(
 
     async def run() -> tuple[str | None, bool]:
         recycler = recycle.Recycler(
-            recycle_sql(SCHEMA, [], backend.template), connect_to, lambda: new
+            recycle_sql(SCHEMA, []), connect_to, lambda: new, backend.template
         )
         conn = await asyncpg.connect(**pg_connect_kwargs("postgres"))
         try:

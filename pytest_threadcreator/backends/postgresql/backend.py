@@ -472,8 +472,8 @@ class PostgresBackend(ServerBackend):
 
     def _recycler(self, schema: ThreadSchema) -> Recycler:
         """The tender's ``recycle`` for this template's clones (see recycle.py)."""
-        sql = recycle_sql(schema, self._seeded, self.template)
-        return Recycler(sql, self._connect_to, lambda: self._next_name("fresh"))
+        sql = recycle_sql(schema, self._seeded)
+        return Recycler(sql, self._connect_to, lambda: self._next_name("fresh"), self.template)
 
     def _retire_spares(self) -> None:
         """Stop the tender and drop its clones (the template is about to change)."""

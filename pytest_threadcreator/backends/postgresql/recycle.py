@@ -32,7 +32,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ...store.postgresql_reset import _PREPARER, SEED_SCHEMA, _quote, _reset_sql
+from ...store.postgresql_reset import _PREPARER, SEED_SCHEMA, _quote, plain_reset_body
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -50,12 +50,6 @@ Recycle = Callable[[Any, str], Awaitable[tuple[str, bool]]]
 RECYCLE_POLLS = 50
 #: Seconds the check and reset of a renamed database may take (a lock the test left held).
 CHECK_TIMEOUT = 5.0
-#: Seconds the check and reset of a renamed database may take (a lock the test left held).
-CHECK_TIMEOUT = 5.0
-_SESSIONS_ON = (
-    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = $1 "
-    "AND backend_type = 'client backend')"
-)
 
 #: The template's schema holding the DDL counter, the sequences' values and the watch's triggers.
 WATCH_SCHEMA = "threadcreator"
@@ -121,47 +115,31 @@ async def install_watch(conn: Any, schema: ThreadSchema) -> bool:
     return True
 
 
-def recycle_sql(schema: ThreadSchema, seeded: Sequence[str], template: str) -> str:
-    """One simple-protocol query: raise (naming the first change found) unless the database is
-    unchanged but for the schema's rows (see the module's docstring), else empty it and set its
-    sequences back (one transaction)."""
-    reset = _reset_sql(schema, seeded)
+def recycle_sql(schema: ThreadSchema, seeded: Sequence[str]) -> str:
+    """One DO block, run on the renamed database (no other session can be on it): raise,
+    naming the first change found, unless the database is unchanged but for the schema's rows
+    (see the module's docstring; the database's own row is :data:`SHARED_CHECK`'s), else empty
+    it and set its sequences back (one transaction)."""
     emptied = _emptied(schema)
     not_emptied = f" AND c.oid NOT IN ({emptied})" if emptied else ""
     triggers = ", ".join(f"'{name}'" for name in _TRIGGERS)
-    this_db = "FROM pg_database d WHERE d.datname = current_database() AND"
     checks = {
         "a schema change (DDL)": f"(SELECT last_value <> 0 OR is_called FROM {WATCH_SCHEMA}.ddl)",
-        "an event trigger added or dropped": "(SELECT count(*) FROM pg_event_trigger) <> 2",
-        "the watch's event triggers changed or disabled": (
-            f"(SELECT count(*) FROM pg_event_trigger e JOIN {WATCH_SCHEMA}.triggers t "
-            "ON t.name = e.evtname AND t.row_xmin = e.xmin::text WHERE e.evtenabled = 'A' "
-            f"AND e.evtname IN ({triggers})) <> 2"
+        "the watch's event triggers changed, disabled, or others added": (
+            f"(SELECT count(*) <> 2 OR count(t.name) <> 2 FROM pg_event_trigger e "
+            f"LEFT JOIN {WATCH_SCHEMA}.triggers t ON t.name = e.evtname "
+            f"AND t.row_xmin = e.xmin::text AND e.evtenabled = 'A' AND e.evtname IN ({triggers}))"
         ),
         "a large object": "EXISTS (SELECT 1 FROM pg_largeobject_metadata)",
         "an index CLUSTER marked": "EXISTS (SELECT 1 FROM pg_index WHERE indisclustered)",
-        "a database setting": (
-            f"EXISTS (SELECT 1 {this_db} EXISTS (SELECT 1 FROM pg_db_role_setting "
-            "WHERE setdatabase = d.oid))"
-        ),
-        "a prepared transaction": (
-            "EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE database = current_database())"
-        ),
-        "the database's own settings (connections, grants, owner or tablespace)": (
-            f"EXISTS (SELECT 1 {this_db} (NOT d.datallowconn OR d.datistemplate "
-            "OR d.datconnlimit <> -1 OR d.datacl IS NOT NULL "
-            "OR d.datdba <> (SELECT oid FROM pg_roles WHERE rolname = session_user) "
-            "OR d.dattablespace <> (SELECT dattablespace FROM pg_database WHERE datname = "
-            f"{_literal(template)})))"
-        ),
         "a table outside the schema that the template did not hold": (
             f"EXISTS ({_OUTSIDE}{not_emptied} "
             f"AND c.oid NOT IN (SELECT rel FROM {WATCH_SCHEMA}.tables))"
         ),
     }
     first = " ".join(f"WHEN {sql} THEN {_literal(why)}" for why, sql in checks.items())
-    check = (
-        "DO $threadcreator_check$ DECLARE why text; r record; d text; BEGIN "
+    return (
+        "DO $threadcreator_recycle$ DECLARE why text; r record; d text; BEGIN "
         f"SELECT CASE {first} END INTO why; "
         f"FOR r IN SELECT rel, digest FROM {WATCH_SCHEMA}.tables LOOP "
         f"EXECUTE format({_literal(_DIGEST)}, r.rel::regclass) INTO d; "
@@ -170,13 +148,30 @@ def recycle_sql(schema: ThreadSchema, seeded: Sequence[str], template: str) -> s
         "END LOOP; "
         "IF why IS NOT NULL THEN "
         "RAISE EXCEPTION 'threadcreator: changed since it was cloned: %', why; END IF; "
-        "END $threadcreator_check$;"
+        f"{plain_reset_body(schema, seeded)} "
+        f"PERFORM setval(s.seq::regclass, s.last_value, s.is_called) "
+        f"FROM {WATCH_SCHEMA}.sequences s; "
+        "END $threadcreator_recycle$;"
     )
-    sequences = (
-        f"SELECT count(setval(s.seq::regclass, s.last_value, s.is_called)) "
-        f"FROM {WATCH_SCHEMA}.sequences s;"
-    )
-    return f"{check} {reset.rstrip(';')}; {sequences}"
+
+
+#: On the maintenance database, before the rename ($1 the used database, $2 the template):
+#: whether a session is still on it, and what of it changed that its own row or the server's
+#: shared catalogs show (NULL when nothing did).
+SHARED_CHECK = (
+    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = $1 "
+    "AND backend_type = 'client backend') AS busy, "
+    "CASE WHEN EXISTS (SELECT 1 FROM pg_db_role_setting s JOIN pg_database d "
+    "ON d.oid = s.setdatabase WHERE d.datname = $1) THEN 'a database setting' "
+    "WHEN EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE database = $1) "
+    "THEN 'a prepared transaction' "
+    "WHEN EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = $1 AND (NOT d.datallowconn "
+    "OR d.datistemplate OR d.datconnlimit <> -1 OR d.datacl IS NOT NULL "
+    "OR d.datdba <> (SELECT oid FROM pg_roles WHERE rolname = session_user) "
+    "OR d.dattablespace <> (SELECT dattablespace FROM pg_database WHERE datname = $2))) "
+    "THEN 'the database''s own settings (connections, grants, owner or tablespace)' "
+    "END AS why"
+)
 
 
 def _emptied(schema: ThreadSchema) -> str:
@@ -198,23 +193,35 @@ class Recycler:
     will use when there is one, so its catalog caches are loaded once, not twice."""
 
     def __init__(
-        self, sql: str, connect_to: Callable[[str], Awaitable[Any]], next_name: Callable[[], str]
+        self,
+        sql: str,
+        connect_to: Callable[[str], Awaitable[Any]],
+        next_name: Callable[[], str],
+        template: str,
     ) -> None:
         self.sql = sql
         self._connect_to = connect_to
         self._next_name = next_name
+        self._template = template
+        #: why the last database refused was refused (for the tests and a debugger)
+        self.last_refusal: str | None = None
 
     async def rename(self, conn: Any, name: str) -> str | None:
         """The used database's new name, or None (it keeps ``name``) when a session still uses
-        it; ``conn`` is on the maintenance database."""
+        it or :data:`SHARED_CHECK` finds it changed; ``conn`` is on the maintenance database."""
         try:
             # a closed session leaves the server a moment later; RENAME would wait 100 ms
             for _ in range(RECYCLE_POLLS):
-                if not await conn.fetchval(_SESSIONS_ON, name):
+                row = await conn.fetchrow(SHARED_CHECK, name, self._template)
+                if not row["busy"]:
                     break
                 await asyncio.sleep(0.002)
             else:
+                self.last_refusal = "a session still on it"
                 return None  # someone still uses it (a connection the test left open)
+            if row["why"] is not None:
+                self.last_refusal = str(row["why"])
+                return None
             new = self._next_name()
             await conn.execute(f"ALTER DATABASE {_quote(name)} RENAME TO {_quote(new)}")
         except Exception:
@@ -237,6 +244,7 @@ class Recycler:
                 await conn.execute(self.sql, timeout=CHECK_TIMEOUT)
             finally:
                 await conn.close(timeout=CHECK_TIMEOUT)
-        except Exception:  # changed, or not to be trusted
+        except Exception as exc:  # changed, or not to be trusted
+            self.last_refusal = str(exc)
             return False
         return True
