@@ -8,7 +8,7 @@ SQLite the transaction starts with ``BEGIN IMMEDIATE`` so concurrent writers que
 from __future__ import annotations
 
 import asyncio
-import weakref
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,15 +28,10 @@ __all__ = ["SessionStore"]
 _WRITERS_QUEUE_ON_BEGIN = frozenset({"sqlite"})
 
 
-_INSERTS: weakref.WeakKeyDictionary[Table, Insert] = weakref.WeakKeyDictionary()
-
-
+@functools.lru_cache(maxsize=64)
 def _insert(table: Table) -> Insert:
     """``insert(table)``, made once per table (a rollback test makes a store of its own)."""
-    statement = _INSERTS.get(table)
-    if statement is None:
-        statement = _INSERTS[table] = insert(table)
-    return statement
+    return insert(table)
 
 
 class SessionStore(Store):

@@ -236,6 +236,37 @@ def test_rows_changed_in_a_table_outside_the_schema_drop_the_clone(
     assert _name_of(oid) is None
 
 
+def test_an_emptying_that_cascades_outside_the_schema_drops_the_clone(
+    backend: PostgresBackend,
+) -> None:
+    """Emptying the schema's tables must not leave a table outside it unlike the template's."""
+
+    def setup(template: Database) -> None:
+        _run(
+            template.name,
+            "CREATE TABLE thread_tags (thread_id text REFERENCES threads (id) ON DELETE CASCADE)",
+            INSERT_THREAD.replace("$1", "'thread_seed'"),
+            "INSERT INTO thread_tags VALUES ('thread_seed')",
+        )
+
+    backend.prepare_template(SCHEMA, setup)
+    database = backend.create_database("cascade", isolation="fresh")
+    assert "the rows of thread_tags" in _refusal(backend, database.name, ["threads"])
+    backend.drop_database(database)
+    oid, _ = _used(backend)
+    assert _name_of(oid) is None
+
+
+def test_a_clone_whose_record_of_the_sequences_was_emptied_is_dropped(
+    backend: PostgresBackend,
+) -> None:
+    backend.prepare_template(SCHEMA, lambda template: _run(template.name, "CREATE SEQUENCE n"))
+    database = backend.create_database("record", isolation="fresh")
+    _run(database.name, "DELETE FROM threadcreator.sequences")  # a truncate-everything helper
+    assert "the plugin's record of the template's sequences" in _refusal(backend, database.name)
+    backend.drop_database(database)
+
+
 def test_a_table_outside_the_schema_too_big_to_digest_is_never_recycled(
     backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -269,9 +300,8 @@ def test_the_used_database_is_renamed_before_it_is_checked_and_emptied(
         return await asyncpg.connect(**pg_connect_kwargs(name))
 
     async def run() -> tuple[str | None, bool]:
-        recycler = recycle.Recycler(
-            recycle_sql(SCHEMA, []), connect_to, lambda: new, backend.template
-        )
+        sql = recycle_sql(SCHEMA, [])
+        recycler = recycle.Recycler(sql, connect_to, lambda: new, backend.template)
         conn = await asyncpg.connect(**pg_connect_kwargs("postgres"))
         try:
             renamed = await recycler.rename(conn, old)
@@ -302,6 +332,9 @@ def test_a_clone_a_session_still_uses_is_dropped_not_renamed(backend: PostgresBa
 
     asyncio.run(hold_then_give_back())
     assert _name_of(oid) is None
+    spares = backend._spares
+    assert spares is not None and spares._recycle is not None
+    assert spares._recycle.last_refusal == "a session still on it"
 
 
 def test_sequences_and_seed_rows_are_as_the_template_has_them(backend: PostgresBackend) -> None:

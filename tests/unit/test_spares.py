@@ -94,8 +94,8 @@ class _Recycler:
         return f"{name}_r"
 
     async def check(self, name: str, pool: Any = None) -> bool:
-        assert isinstance(pool, _Warm) and pool.name == name, "checked on the warmed connection"
-        self.server.events.append(("check", name))
+        warmed = isinstance(pool, _Warm) and pool.name == name
+        self.server.events.append(("check" if warmed else "check-cold", name))
         return self.passes
 
 
@@ -169,7 +169,7 @@ def test_databases_in_tests_come_back_as_spares_and_are_not_cloned_again(
         assert tender.discard(*spare)
         background.run(tender.drained())
     assert _clones(server) == 2, "the ones handed out come back: no clone replaces them"
-    assert not any(event == "drop" for event, _ in server.events)
+    assert not any(event in ("drop", "check-cold") for event, _ in server.events)
     background.run(tender.stop())
 
 
@@ -197,4 +197,15 @@ def test_a_database_that_fails_its_check_is_dropped_under_its_new_name(
     assert ("check", renamed) in server.events and ("drop", renamed) in server.events
     assert server.events.count(("rename", renamed)) == 0, "not tried again"
     assert [h.closed for h in server.warmed if h.name == renamed] == [True]
+    background.run(tender.stop())
+
+
+def test_a_database_kept_by_its_test_is_not_waited_for(background: BackgroundLoop) -> None:
+    server = _Server()
+    tender = _started(server.tender(background, recycle=_Recycler(server)), background)
+    for _ in range(3):  # kept (--threadcreator-keep): they never come back
+        spare = tender.take()
+        assert spare is not None
+        tender.forget(spare[0])
+    assert tender._returning() == 0, "the cloners count on none of them coming back"
     background.run(tender.stop())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -407,12 +408,14 @@ class PostgresBackend(ServerBackend):
         """
         if not self._template_ready:
             raise ConfigurationError("prepare_template() must run before create_database()")
-        name, pool = None, None
+        name, pool, spares = None, None, None
         if isolation == "fresh":
             spares = self._tender()
             spare = spares.take() if spares is not None else None
             if spare is not None:
                 name, pool = spare
+            else:
+                spares = None
         if name is not None:
             self._labels[name] = label
         else:
@@ -423,7 +426,12 @@ class PostgresBackend(ServerBackend):
                 await create_marked(conn, name, self.run_id, template=template, file_copy=file_copy)
 
             self._admin_run(create)
-        database = self._open(name, label=label, isolation=isolation, pool=pool)
+        try:
+            database = self._open(name, label=label, isolation=isolation, pool=pool)
+        except BaseException:
+            if spares is not None:
+                spares.forget(name)  # not coming back: stop() sweeps what the run marked
+            raise
         self._databases[name] = database
         return database
 
@@ -473,7 +481,8 @@ class PostgresBackend(ServerBackend):
     def _recycler(self, schema: ThreadSchema) -> Recycler:
         """The tender's ``recycle`` for this template's clones (see recycle.py)."""
         sql = recycle_sql(schema, self._seeded)
-        return Recycler(sql, self._connect_to, lambda: self._next_name("fresh"), self.template)
+        next_name = functools.partial(self._next_name, "fresh")
+        return Recycler(sql, self._connect_to, next_name, self.template)
 
     def _retire_spares(self) -> None:
         """Stop the tender and drop its clones (the template is about to change)."""
@@ -559,6 +568,8 @@ class PostgresBackend(ServerBackend):
         mark), then it is renamed ``tk_…``; its ``name``, ``url`` and ``location`` are updated.
         Drop it by hand when done.
         """
+        if self._spares is not None:
+            self._spares.forget(database.name)  # the tender's no more, if it handed it out
         database.close()
         self._databases.pop(database.name, None)
         label = self._labels.pop(database.name, None)

@@ -4,26 +4,31 @@ A clone of the template costs the server tens of milliseconds to make and as muc
 ``fresh`` tests never change the schema. So the template watches for schema changes: an event
 trigger (fired by every DDL command, before and after it, also in a transaction rolled back)
 advances a sequence in the template's ``threadcreator`` schema. When a test is done with its
-clone, the tender renames it (from then on no session the test left behind can find it again;
-``RENAME`` itself refuses while one is still on it), then runs :func:`recycle_sql`'s statement
-on it in one round trip, asking whether it is still the template's copy in all but the schema's
-rows:
+clone, the tender (:class:`Recycler`) first asks the maintenance database
+(:data:`SHARED_CHECK`) whether a session is still on it and whether what the shared catalogs
+hold of it changed: a per-database setting, a prepared transaction, its ``pg_database`` row
+(owner, ACL, connection limit, tablespace). If not, it
+renames it (from then on no session the test left behind can find it again), then runs
+:func:`recycle_sql`'s DO block on it, on the connection warmed for the next test:
 
-* the sequence never moved, and the two event triggers are the template's own and enabled;
-* no large object, no index marked by ``CLUSTER``, no per-database setting, no prepared
-  transaction, the database's own row (owner, ACL, connection limit, tablespace) as
-  ``CREATE DATABASE`` made it;
-* every table outside the schema (``alembic_version``, say) exists in the template and holds
-  exactly the rows it held there (compared by a digest taken when the watch was installed; a
-  table of more than :data:`DIGEST_ROWS` rows gets none, and its clones are always dropped).
+* the sequence never moved, the two event triggers are the template's own and enabled and no
+  other came, and the plugin's record of the template's sequences is whole;
+* no large object, no index marked by ``CLUSTER`` (a template holding either is never
+  recycled);
+* every table outside the schema (``alembic_version``, say; not a foreign table) is one the
+  template held;
 
-If so, the same statement empties the schema's tables (putting seed rows back, as ``clean``
-does) and sets every sequence back to the template's value, and the database is handed out
-again under its new name (so a test's URL still changes with each ``fresh`` database). Anything
-else, an error included, means the clone is dropped as before; the error names the first check
-that failed. Installing the watch needs a superuser (``CREATE EVENT TRIGGER``); without one
-every used clone is dropped. Every clone thus carries the ``threadcreator`` schema and the two
-event triggers (which do nothing but count).
+then empties the schema's tables (putting seed rows back, as ``clean`` does), sets every
+sequence back to the template's value, and last compares every table outside the schema, and
+the seed rows' copies, with a digest of the rows the template held (taken when the watch was
+installed, under pinned output settings; a table of more than :data:`DIGEST_ROWS` rows gets
+none: outside the schema its clones are then never recycled, a seed copy that big goes
+unchecked). So an emptying that reaches outside the schema (a cascading foreign key) is caught
+too. Anything else, an error included, rolls it all back and the clone is dropped as before;
+the error names the first check that failed. Installing the watch needs a superuser (``CREATE
+EVENT TRIGGER``); without one every used clone is dropped. Every clone thus carries the
+``threadcreator`` schema and the two event triggers (which do nothing but count). A test that
+rewrites that schema's tables by hand can still fool the check.
 """
 
 from __future__ import annotations
@@ -41,14 +46,9 @@ if TYPE_CHECKING:
 
 __all__ = ["WATCH_SCHEMA", "Recycler", "install_watch", "recycle_sql"]
 
-#: ``recycle(conn, name)`` (``conn`` on the maintenance database) makes the used database
-#: ``name`` a spare again: it returns the name the database has now, and whether it is ready to
-#: hand out (True) or to be dropped under that name (False).
-Recycle = Callable[[Any, str], Awaitable[tuple[str, bool]]]
-
 #: Looks (2 ms apart) for the sessions on a used database to be gone before it is renamed.
 RECYCLE_POLLS = 50
-#: Seconds the check and reset of a renamed database may take (a lock the test left held).
+#: Seconds the check and emptying of a renamed database may take (a big table, a slow server).
 CHECK_TIMEOUT = 5.0
 
 #: The template's schema holding the DDL counter, the sequences' values and the watch's triggers.
@@ -64,6 +64,22 @@ _OUTSIDE = (
     "WHERE c.relkind IN ('r', 'p', 'f') AND NOT c.relispartition "
     f"AND n.nspname NOT IN ({_OURS}) AND n.nspname NOT LIKE 'pg\\_toast%' "
     "AND n.nspname NOT LIKE 'pg\\_temp\\_%'"
+)
+#: The settings a row's text depends on, pinned for this transaction wherever digests are taken.
+_PINNED = " ".join(
+    f"PERFORM set_config('{name}', '{value}', true);"
+    for name, value in (
+        ("TimeZone", "UTC"),
+        ("DateStyle", "ISO, MDY"),
+        ("IntervalStyle", "postgres"),
+        ("extra_float_digits", "1"),
+        ("bytea_output", "hex"),
+    )
+)
+#: The seed rows' copies (see :func:`copy_seed`), digested like the tables outside the schema.
+_SEED_COPIES = (
+    "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    f"WHERE c.relkind = 'r' AND n.nspname = '{SEED_SCHEMA}'"
 )
 #: A table's rows, as one md5 (``%s``: the table).
 _DIGEST = "SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM %s t"
@@ -83,12 +99,13 @@ CREATE FUNCTION {WATCH_SCHEMA}.ddl_seen() RETURNS event_trigger LANGUAGE plpgsql
   SECURITY DEFINER SET search_path = pg_catalog AS
   $f$ BEGIN PERFORM nextval('{WATCH_SCHEMA}.ddl'); END $f$;
 DO $d$ DECLARE s oid; r oid; n bigint; BEGIN
+  {_PINNED}
   FOR s IN SELECT c.oid FROM pg_class c WHERE c.relkind = 'S'
       AND c.relnamespace <> '{WATCH_SCHEMA}'::regnamespace LOOP
     EXECUTE format('INSERT INTO {WATCH_SCHEMA}.sequences SELECT %s, last_value, is_called FROM %s',
                    s, s::regclass);
   END LOOP;
-  FOR r IN {_OUTSIDE} AND c.relkind <> 'f' {not_emptied} LOOP
+  FOR r IN {_OUTSIDE} AND c.relkind <> 'f' {not_emptied} UNION ALL {_SEED_COPIES} LOOP
     EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s LIMIT {DIGEST_ROWS + 1}) s',
                    r::regclass) INTO n;
     CONTINUE WHEN n > {DIGEST_ROWS};
@@ -130,6 +147,10 @@ def recycle_sql(schema: ThreadSchema, seeded: Sequence[str]) -> str:
             f"LEFT JOIN {WATCH_SCHEMA}.triggers t ON t.name = e.evtname "
             f"AND t.row_xmin = e.xmin::text AND e.evtenabled = 'A' AND e.evtname IN ({triggers}))"
         ),
+        "the plugin's record of the template's sequences": (
+            f"(SELECT count(*) FROM {WATCH_SCHEMA}.sequences) <> (SELECT count(*) FROM pg_class "
+            f"WHERE relkind = 'S' AND relnamespace <> '{WATCH_SCHEMA}'::regnamespace)"
+        ),
         "a large object": "EXISTS (SELECT 1 FROM pg_largeobject_metadata)",
         "an index CLUSTER marked": "EXISTS (SELECT 1 FROM pg_index WHERE indisclustered)",
         "a table outside the schema that the template did not hold": (
@@ -138,26 +159,30 @@ def recycle_sql(schema: ThreadSchema, seeded: Sequence[str]) -> str:
         ),
     }
     first = " ".join(f"WHEN {sql} THEN {_literal(why)}" for why, sql in checks.items())
+    # the digests last: the emptying may reach outside the schema (a cascading foreign key)
     return (
         "DO $threadcreator_recycle$ DECLARE why text; r record; d text; BEGIN "
         f"SELECT CASE {first} END INTO why; "
-        f"FOR r IN SELECT rel, digest FROM {WATCH_SCHEMA}.tables LOOP "
-        f"EXECUTE format({_literal(_DIGEST)}, r.rel::regclass) INTO d; "
-        "IF d IS DISTINCT FROM r.digest THEN why := coalesce(why, "
-        "format('rows of %s, a table outside the schema', r.rel::regclass)); END IF; "
-        "END LOOP; "
-        "IF why IS NOT NULL THEN "
-        "RAISE EXCEPTION 'threadcreator: changed since it was cloned: %', why; END IF; "
+        "IF why IS NULL THEN "
         f"{plain_reset_body(schema, seeded)} "
         f"PERFORM setval(s.seq::regclass, s.last_value, s.is_called) "
         f"FROM {WATCH_SCHEMA}.sequences s; "
+        f"{_PINNED} "
+        f"FOR r IN SELECT rel, digest FROM {WATCH_SCHEMA}.tables LOOP "
+        f"EXECUTE format({_literal(_DIGEST)}, r.rel::regclass) INTO d; "
+        "IF d IS DISTINCT FROM r.digest THEN "
+        "why := format('the rows of %s (outside the schema) differ from the template''s', "
+        "r.rel::regclass); EXIT; END IF; "
+        "END LOOP; END IF; "
+        "IF why IS NOT NULL THEN "
+        "RAISE EXCEPTION 'threadcreator: changed since it was cloned: %', why; END IF; "
         "END $threadcreator_recycle$;"
     )
 
 
 #: On the maintenance database, before the rename ($1 the used database, $2 the template):
-#: whether a session is still on it, and what of it changed that its own row or the server's
-#: shared catalogs show (NULL when nothing did).
+#: whether a session is still on it, and what of it changed that its
+#: own row or the server's shared catalogs show (NULL when nothing did).
 SHARED_CHECK = (
     "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = $1 "
     "AND backend_type = 'client backend') AS busy, "

@@ -44,7 +44,8 @@ class SpareTender:
     """Keeps ``target`` cloned databases ready and drops used ones, on ``background``'s loop.
 
     A worker's databases on the server are thus at most its tests' own, ``target`` clones ready
-    or being made, and ``target`` waiting to be dropped.
+    or being made (one more while a used one is being recycled), and ``target`` given back and
+    waiting to be dropped (plus recycled ones that failed their check).
 
     Each task on a connection of its own, so that a drop never holds up a clone: ``target``
     cloners keep ``target`` clones ready (clones made side by side share the server's
@@ -90,8 +91,8 @@ class SpareTender:
         #: handle, if any (only touched on the loop)
         self._doomed: collections.deque[tuple[str, asyncio.Task[None] | None]] = collections.deque()
         self._cloning: set[str] = set()
-        #: databases handed out and not given back yet (counted on the loop)
-        self._out = 0
+        #: databases handed out and not given back yet (under ``_pending_lock``)
+        self._handed: set[str] = set()
         #: takers waiting for a spare (a clone is made for each, even with some to come back)
         self._waiting = 0
         self._wake_cloner = asyncio.Event()
@@ -105,7 +106,8 @@ class SpareTender:
         self._warming: set[asyncio.Task[None]] = set()
         self._dropper: asyncio.Task[None] | None = None
         self._stopping = False
-        #: databases handed to discard() and not dropped yet (at most ``target``)
+        #: databases to drop or recycle, not done yet (discard() takes at most ``target``; those
+        #: that fail their recycle check come on top)
         self._pending = 0
         self._pending_lock = threading.Lock()
         #: why the tender stopped early, if it did
@@ -136,13 +138,20 @@ class SpareTender:
             spare = self._ready.popleft()
         except IndexError:
             return self._background.run(self._next()) if self.running else None
-        self._background.loop.call_soon_threadsafe(self._taken)
+        self._hand(spare[0])
+        self._background.loop.call_soon_threadsafe(self._wake_cloner.set)
         return spare
 
+    def forget(self, name: str) -> None:
+        """``name`` was handed out and will not come back (kept, or lost with a failed setup)."""
+        with self._pending_lock:
+            self._handed.discard(name)
+        self._background.loop.call_soon_threadsafe(self._wake_cloner.set)
+
     def discard(self, name: str, handle: Any = None) -> bool:
-        """Drop ``name`` in the background, closing ``handle`` (a warm handle) first; False when
-        the tender is gone or already has ``target`` drops to do (then close and drop them
-        yourself: what waits for a drop stays bounded)."""
+        """Recycle or drop ``name`` in the background, closing ``handle`` (a warm handle) first;
+        False when the tender is gone or already has ``target`` databases to see to (then close
+        and drop them yourself: what waits for a drop stays bounded)."""
         if not _alive(self._dropper) or self._stopping:
             return False
         with self._pending_lock:
@@ -150,7 +159,7 @@ class SpareTender:
             if not full:
                 self._pending += 1
         if full:  # not coming back as a spare
-            self._background.loop.call_soon_threadsafe(self._returned, None, None)
+            self.forget(name)
             return False
         self._background.loop.call_soon_threadsafe(self._returned, name, handle)
         return True
@@ -198,28 +207,31 @@ class SpareTender:
     async def _next(self) -> tuple[str, Any] | None:
         self._waiting += 1  # a clone is made for it, whatever else is still to come back
         try:
-            while not self._ready:
+            while True:
                 if not self.running or self._stopping:
                     return None
-                self._made.clear()  # set by each clone made, and by each cloner that stops
+                try:
+                    spare = self._ready.popleft()
+                except IndexError:  # none ready (or another thread took the last one)
+                    self._made.clear()  # set by each clone made, and by each cloner that stops
+                    self._wake_cloner.set()
+                    await self._made.wait()
+                    continue
+                self._hand(spare[0])
                 self._wake_cloner.set()
-                await self._made.wait()
+                return spare
         finally:
             self._waiting -= 1
-        self._taken()
-        return self._ready.popleft()
 
-    def _taken(self) -> None:
-        self._out += 1
-        self._wake_cloner.set()
+    def _hand(self, name: str) -> None:
+        with self._pending_lock:
+            self._handed.add(name)
 
-    def _returned(self, name: str | None, handle: Any) -> None:
-        """A database handed out came back: to recycle or drop (None: the caller drops it)."""
-        self._out = max(0, self._out - 1)
-        if name is not None:
-            self._doom(name, handle)
-        else:
-            self._wake_cloner.set()
+    def _returned(self, name: str, handle: Any) -> None:
+        """A database given back, to recycle or drop."""
+        with self._pending_lock:
+            self._handed.discard(name)
+        self._doom(name, handle)
 
     def _start(self) -> None:
         if not self._cloners and not self._stopping:
@@ -306,7 +318,7 @@ class SpareTender:
         """Databases that may come back as spares, in tests or given back (the cloners leave
         room for them)."""
         coming = self.recycling and self._coming_back and _alive(self._dropper)
-        return len(self._doomed) + self._out if coming else 0
+        return len(self._doomed) + len(self._handed) if coming else 0
 
     async def _recycle_or_drop(self, conn: Any, name: str) -> None:
         """Rename the used database ``name`` to have it checked, emptied and warmed beside the
