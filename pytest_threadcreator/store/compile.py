@@ -66,15 +66,22 @@ class InsertPlan:
     defaults: Mapping[str, Callable[[], Any]]
     #: ``INSERT INTO t (cols) VALUES (…)`` with parameters numbered from 1
     sql: str = ""
+    #: each parameter's column and bind processor, in order (what ``params`` walks per row)
+    bound: tuple[tuple[str, Processor], ...] = ()
 
     def params(self, row: Mapping[str, Any], skip: str | None = None) -> tuple[Any, ...]:
         """Parameters in column order; ``skip`` names a column filled by SQL instead."""
         out: list[Any] = []
-        for name, inline, proc in zip(self.columns, self.inline, self.processors, strict=True):
-            if inline is not None or name == skip:
+        append = out.append
+        defaults = self.defaults
+        for name, proc in self.bound:  # every create walks this: kept lean
+            if name == skip:
                 continue
-            value = row[name] if name in row else self.defaults[name]()
-            out.append(proc(value) if proc is not None else value)
+            try:
+                value = row[name]
+            except KeyError:
+                value = defaults[name]()
+            append(value if proc is None else proc(value))
         return tuple(out)
 
     def render(self, first: int = 1, replace: Mapping[str, str] | None = None) -> tuple[str, int]:
@@ -151,7 +158,12 @@ def _compile_insert(table: Table, keys: tuple[str, ...], dialect: Dialect) -> In
         table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns
     )
     plan = InsertPlan(table, dialect, tuple(columns), tuple(inline), processors, defaults)
-    return dataclasses.replace(plan, sql=plan.render(1)[0])
+    bound = tuple(
+        (name, proc)
+        for name, sql, proc in zip(columns, inline, processors, strict=True)
+        if sql is None
+    )
+    return dataclasses.replace(plan, sql=plan.render(1)[0], bound=bound)
 
 
 def _constant(value: Any) -> Callable[[], Any]:
