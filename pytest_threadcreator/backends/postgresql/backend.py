@@ -355,7 +355,8 @@ class PostgresBackend(ServerBackend):
             self._seeded = self._background.run(self._copy_seed(schema), timeout=ADMIN_TIMEOUT)
 
         # last: from here on every schema change in a clone is seen (see recycle.py)
-        self._watched = self._background.run(self._watch(schema), timeout=ADMIN_TIMEOUT)
+        watch = install_watch(self._connect_to, self.template, schema)
+        self._watched = self._background.run(watch, timeout=ADMIN_TIMEOUT)
         note = ownership_mark(self.run_id) + TEMPLATE_NOTE + json.dumps(self._seeded)
         note += WATCHED_NOTE if self._watched else ""
 
@@ -372,13 +373,6 @@ class PostgresBackend(ServerBackend):
             )
 
         self._admin_run(seal)
-
-    async def _watch(self, schema: ThreadSchema) -> bool:
-        conn = await self._connect_to(self.template)
-        try:
-            return await install_watch(conn, schema)
-        finally:
-            await conn.close()
 
     async def _copy_seed(self, schema: ThreadSchema) -> list[str]:
         """Keep the rows the setup hook left in the template; returns their tables."""
@@ -408,14 +402,12 @@ class PostgresBackend(ServerBackend):
         """
         if not self._template_ready:
             raise ConfigurationError("prepare_template() must run before create_database()")
-        name, pool, spares = None, None, None
+        name, pool, spare, spares = None, None, None, None
         if isolation == "fresh":
             spares = self._tender()
             spare = spares.take() if spares is not None else None
             if spare is not None:
                 name, pool = spare
-            else:
-                spares = None
         if name is not None:
             self._labels[name] = label
         else:
@@ -429,7 +421,7 @@ class PostgresBackend(ServerBackend):
         try:
             database = self._open(name, label=label, isolation=isolation, pool=pool)
         except BaseException:
-            if spares is not None:
+            if spares is not None and spare is not None:
                 spares.forget(name)  # not coming back: stop() sweeps what the run marked
             raise
         self._databases[name] = database
@@ -463,26 +455,22 @@ class PostgresBackend(ServerBackend):
                 kwargs = dict(connect, database=name)
                 return await open_pool(kwargs, max_size=plan.store_max, schema=schema)
 
-            recycle = self._recycler(schema) if self._watched else None
+            next_name = functools.partial(self._next_name, "fresh")
+            sql = recycle_sql(schema, self._seeded)  # see recycle.py
+            recycle = Recycler(sql, self._connect_to, next_name, self.template)
             spares = self._spares = SpareTender(
                 background=self._background,
                 target=self.plan.spares,
                 connect=self._locked_connection,
-                make_name=lambda: self._next_name("fresh"),
+                make_name=next_name,
                 clone=clone,
                 drop=drop,
                 warm=warm if plan.warm_spares else None,
                 unwarm=close_pool,
-                recycle=recycle,
+                recycle=recycle if self._watched else None,
             )
         spares.start()
         return spares
-
-    def _recycler(self, schema: ThreadSchema) -> Recycler:
-        """The tender's ``recycle`` for this template's clones (see recycle.py)."""
-        sql = recycle_sql(schema, self._seeded)
-        next_name = functools.partial(self._next_name, "fresh")
-        return Recycler(sql, self._connect_to, next_name, self.template)
 
     def _retire_spares(self) -> None:
         """Stop the tender and drop its clones (the template is about to change)."""
