@@ -169,6 +169,21 @@ class BackgroundLoop:
                 finished.exception()
             raise
 
+    def post(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the background loop soon, from any thread (FIFO with the work
+        :meth:`submit` hands over; one wake-up for every call posted before it runs).
+
+        Raises :class:`BackgroundLoopClosed` after :meth:`close`.
+        """
+        self._inbox(self.loop).post(fn, *args)
+
+    def post_back(
+        self, caller: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any
+    ) -> None:
+        """Run ``fn(*args)`` on ``caller`` (another event loop) soon, from the background loop;
+        dropped if that loop is closed. Calls posted in one go wake ``caller`` once."""
+        self._outbox(caller).post(fn, *args)
+
     def _inbox(self, loop: asyncio.AbstractEventLoop) -> _Mailbox:
         box = self._mailbox
         if box is None or box.loop is not loop:

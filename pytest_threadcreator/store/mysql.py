@@ -3,8 +3,9 @@
 The pool lives on one private background event loop (given by the backend), so a database
 outlives the test's event loop. ThreadCreator's create is one round trip: ``START TRANSACTION``,
 both INSERTs and ``COMMIT`` sent as one multi-statement packet (the server stops at the first
-failing statement; the store then rolls back). With a fault decider it steps through the same
-transaction one statement at a time. A reset is one round trip too (``DELETE`` of every table,
+failing statement; the store then rolls back); creates that wait at the same time share a
+packet, each still its own transaction (:mod:`.mysql_batch`). With a fault decider it steps
+through the same transaction one statement at a time. A reset is one round trip too (``DELETE`` of every table,
 foreign key checks off for its span, the setup hook's rows copied back from the template).
 """
 
@@ -30,6 +31,7 @@ from .base import (
     ThreadIdTaken,
 )
 from .compile import compile_select, insert_plan
+from .mysql_batch import CreateBatcher
 from .savepoint import savepoint_create
 from .transient import is_mysql_transient
 
@@ -150,6 +152,7 @@ class MySqlStore(Store):
         self._checked_out = 0
         self._closed = False
         self._watcher: StatementCallback | None = None
+        self._batcher = CreateBatcher(self, background)
         tables = [_PREPARER.format_table(t) for t in reversed(schema.metadata.sorted_tables)]
         # seeded tables outside the schema (a migration tool's version table) are emptied too,
         # so that the seed's copy below does not meet its own rows
@@ -207,10 +210,15 @@ class MySqlStore(Store):
                 )
         return self._pool
 
-    async def _acquire(self) -> tuple[Any, Any]:
+    async def acquire(self) -> tuple[Any, Any]:
+        """A store connection and its pool (on the background loop); give it back with
+        :meth:`release`."""
         pool = await self._get_pool()
         try:
-            conn = await asyncio.wait_for(pool.acquire(), ACQUIRE_TIMEOUT)
+            if pool.freesize:  # a free connection: no wait to bound
+                conn = await pool.acquire()
+            else:
+                conn = await asyncio.wait_for(pool.acquire(), ACQUIRE_TIMEOUT)
         except asyncio.TimeoutError:
             raise DatabaseError(
                 f"no free connection to {self.name} within {ACQUIRE_TIMEOUT:.0f} s: all "
@@ -220,7 +228,8 @@ class MySqlStore(Store):
         self._checked_out += 1
         return pool, conn
 
-    def _release(self, pool: Any, conn: Any) -> None:
+    def release(self, pool: Any, conn: Any) -> None:
+        """Give back a connection from :meth:`acquire`."""
         self._checked_out -= 1
         pool.release(conn)  # a connection left inside a transaction is closed, not reused
 
@@ -260,6 +269,10 @@ class MySqlStore(Store):
                 f"the message row builder must set {self.schema.message_table.name}."
                 f"{self.schema.message_thread_column} (the message's thread id)"
             )
+        if decide is None and not self.background.in_loop_thread():
+            params = t_plan.params(thread_row) + m_plan.params(message_row)
+            await self._batcher.create((t_plan.sql, m_plan.sql), params, thread_row, explicit_id)
+            return
         await self.background.submit(
             self._create(
                 (t_plan.sql, t_plan.params(thread_row)),
@@ -270,6 +283,16 @@ class MySqlStore(Store):
             )
         )
 
+    @property
+    def watcher(self) -> StatementCallback | None:
+        """The statement watcher set by :meth:`watch_statements` (None: none)."""
+        return self._watcher
+
+    @property
+    def round_trips(self) -> int:
+        """Packets of creates sent so far (several gathered creates share one)."""
+        return self._batcher.round_trips
+
     async def _create(
         self,
         thread: tuple[str, tuple[Any, ...]],
@@ -278,7 +301,7 @@ class MySqlStore(Store):
         explicit: bool,
         decide: FaultDecider | None,
     ) -> None:
-        pool, conn = await self._acquire()
+        pool, conn = await self.acquire()
         try:
             try:
                 if decide is None:
@@ -293,21 +316,21 @@ class MySqlStore(Store):
                     await apply_fault(decide, "commit")
                     await self._execute(conn, "COMMIT")
             except BaseException as exc:
-                await self._roll_back(conn)
+                await self.roll_back(conn)
                 if isinstance(exc, Exception):
-                    await self._raise_if_taken(conn, exc, thread_row, explicit)
+                    await self.raise_if_taken(conn, exc, thread_row, explicit)
                 raise
         finally:
-            self._release(pool, conn)
+            self.release(pool, conn)
 
-    async def _roll_back(self, conn: Any) -> None:
+    async def roll_back(self, conn: Any) -> None:
         """Roll back after a failure; a connection that cannot is closed (never reused)."""
         try:
             await _settled(conn.rollback())
         except BaseException:
             conn.close()
 
-    async def _raise_if_taken(
+    async def raise_if_taken(
         self, conn: Any, exc: Exception, thread_row: Mapping[str, Any], explicit: bool
     ) -> None:
         """Raise ThreadIdTaken when ``exc`` is a duplicate key and the thread id exists."""
@@ -331,11 +354,11 @@ class MySqlStore(Store):
         return compiled.rows(self.background.run(self._fetch(compiled.sql, compiled.params)))
 
     async def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        pool, conn = await self._acquire()
+        pool, conn = await self.acquire()
         try:
             return await self._execute(conn, sql, params)
         finally:
-            self._release(pool, conn)
+            self.release(pool, conn)
 
     def is_transient(self, exc: BaseException) -> bool:
         """Deadlock (1213) or lock wait timeout (1205) anywhere in the chain."""
@@ -363,11 +386,11 @@ class MySqlStore(Store):
         """Empty every table of the schema in one round trip (see the module docstring)."""
 
         async def reset() -> None:
-            pool, conn = await self._acquire()
+            pool, conn = await self.acquire()
             try:
                 await self._execute(conn, self._reset_sql)
             finally:
-                self._release(pool, conn)
+                self.release(pool, conn)
 
         self.background.run(reset(), timeout=ADMIN_TIMEOUT)
 

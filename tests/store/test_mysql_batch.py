@@ -1,0 +1,192 @@
+"""Creates that wait at the same time share a packet on MySQL/MariaDB, each its own transaction.
+
+Every test first takes all of the store's connections, so the creates it starts queue up; the
+connections are given back only after every create is queued (the background loop runs its
+work in the order it was posted), which makes the packets deterministic: the first one carries
+the queue's first creates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from pytest_threadcreator import ThreadCreator, UserExecutionContext
+from pytest_threadcreator.backends.mysql import MySqlBackend
+from pytest_threadcreator.backends.postgresql.janitor import new_run_id
+from pytest_threadcreator.database import Database
+from pytest_threadcreator.errors import ThreadExistsError
+from pytest_threadcreator.schema import NewThread, default_schema
+from pytest_threadcreator.store.mysql import MySqlStore
+from pytest_threadcreator.store.mysql_batch import MAX_BATCH
+
+from ..helpers import MYSQL_SERVER_URL, mysql_server_missing, needs_marks
+
+pytestmark = [*needs_marks(mysql_server_missing()), pytest.mark.suite_independent]
+
+SCHEMA = default_schema()
+
+
+@pytest.fixture
+def database() -> Iterator[Database]:
+    backend = MySqlBackend(MYSQL_SERVER_URL, run_id=new_run_id(), worker_id="gw4")
+    backend.start()
+    try:
+        backend.prepare_template(SCHEMA, None)
+        database = backend.create_database("batch", isolation="fresh")
+        try:
+            yield database
+        finally:
+            database.dispose_engines()
+            backend.drop_database(database)
+    finally:
+        backend.stop()
+
+
+class Held:
+    """Every connection of a store, taken on its background loop until :meth:`give_back`."""
+
+    def __init__(self, store: MySqlStore) -> None:
+        self.store = store
+        self.taken: list[tuple[Any, Any]] = []
+
+    async def take(self) -> None:
+        for _ in range(self.store.max_size):
+            self.taken.append(await self.store.background.submit(self.store.acquire()))
+
+    async def give_back(self) -> None:
+        """Queued behind every create posted so far (let each task post first)."""
+        await asyncio.sleep(0)
+        for pool, conn in self.taken:
+            self.store.background.post(self.store.release, pool, conn)
+        self.taken.clear()
+
+
+@pytest_asyncio.fixture
+async def held(database: Database) -> AsyncIterator[Held]:
+    store = database.store
+    assert isinstance(store, MySqlStore)
+    held = Held(store)
+    await held.take()
+    yield held
+    await held.give_back()
+
+
+def _user(i: int, thread_id: str | None = None) -> UserExecutionContext:
+    return UserExecutionContext(user_id=f"user-{i}", thread_id=thread_id)
+
+
+@pytest.mark.asyncio
+async def test_gathered_creates_share_packets_and_each_commits(
+    database: Database, held: Held
+) -> None:
+    creator = ThreadCreator(database)
+    calls = [creator.create_thread_with_message(_user(i), f"hello {i}") for i in range(40)]
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    await held.give_back()
+    made = await asyncio.gather(*tasks)
+
+    store = held.store
+    assert 40 // MAX_BATCH <= store.round_trips < 40
+    assert await database.count_threads() == 40
+    assert await database.count_messages() == 40
+    await database.check_integrity()
+    assert {m.message.thread_id for m in made} == {m.thread.id for m in made}
+    assert store.checked_out() == 0
+
+
+@pytest.mark.asyncio
+async def test_a_create_failing_in_a_packet_fails_alone_and_the_ones_after_it_run(
+    database: Database, held: Held
+) -> None:
+    creator = ThreadCreator(database)
+    # the creates share connections only after this one exists: its id comes back below
+    await held.give_back()
+    taken = await creator.create_thread_with_message(_user(1, "thread-taken"), "first")
+    await held.take()
+    contexts = [_user(i) for i in range(40)]
+    contexts[1] = _user(1, "thread-taken")  # in the first packet, with creates after it
+    tasks = [
+        asyncio.ensure_future(creator.create_thread_with_message(c, f"m{i}"))
+        for i, c in enumerate(contexts)
+    ]
+    await held.give_back()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert isinstance(results[1], ThreadExistsError), results[1]
+    assert all(not isinstance(r, BaseException) for i, r in enumerate(results) if i != 1)
+    assert await database.count_threads() == 40  # 39 new ones and the one that was there
+    assert await database.count_messages() == 40
+    assert await database.count_messages(taken.thread.id) == 1
+    await database.check_integrity()
+    assert held.store.checked_out() == 0
+
+
+@pytest.mark.asyncio
+async def test_a_create_cancelled_in_the_queue_never_writes(database: Database, held: Held) -> None:
+    creator = ThreadCreator(database)
+    tasks = [
+        asyncio.ensure_future(creator.create_thread_with_message(_user(i, f"t{i}"), "hi"))
+        for i in range(6)
+    ]
+    await asyncio.sleep(0)  # all queued: no connection is free
+    tasks[2].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[2]
+    await held.give_back()
+    await asyncio.gather(*(t for i, t in enumerate(tasks) if i != 2))
+
+    assert await database.count_threads() == 5
+    ids = {row["id"] for row in await _thread_ids(database)}
+    assert ids == {"t0", "t1", "t3", "t4", "t5"}
+    await asyncio.sleep(0.2)  # nothing of it appears later either
+    assert await database.count_threads() == 5
+    assert held.store.checked_out() == 0
+
+
+async def _thread_ids(database: Database) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
+    return await database.store.fetch_all(select(SCHEMA.thread_table.c.id))
+
+
+@pytest.mark.asyncio
+async def test_a_value_the_driver_cannot_send_fails_only_its_own_create(
+    database: Database, held: Held
+) -> None:
+    store = held.store
+
+    def rows(i: int, created_at: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        new = NewThread(
+            thread_id=f"t{i}",
+            message_id=f"m{i}",
+            user_id=f"user-{i}",
+            run_id=None,
+            message="hi",
+            title=None,
+            role="user",
+            metadata={},
+            created_at=0,
+            context=None,
+        )
+        thread, message = SCHEMA.thread_row(new), SCHEMA.message_row(new)
+        thread["created_at"] = created_at
+        return thread, message
+
+    creates = [rows(i, i) for i in range(30)]  # 10 lanes: the first packet has 3 creates
+    creates[1] = rows(1, float("nan"))  # MySQL has no NaN: the driver refuses the packet
+    tasks = [asyncio.ensure_future(store.create(t, m, explicit_id=False)) for t, m in creates]
+    await held.give_back()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert isinstance(results[1], Exception) and "nan" in str(results[1])
+    assert [i for i, r in enumerate(results) if r is not None] == [1]
+    assert {row["id"] for row in await _thread_ids(database)} == {
+        f"t{i}" for i in range(30) if i != 1
+    }
+    assert await database.count_messages() == 29
+    assert store.checked_out() == 0
