@@ -4,7 +4,7 @@ The pool lives on one private background event loop (given by the backend), so a
 outlives the test's event loop. ThreadCreator's create is one round trip: ``START TRANSACTION``,
 both INSERTs and ``COMMIT`` sent as one multi-statement packet (the server stops at the first
 failing statement; the store then rolls back); creates that wait at the same time share a
-packet, each still its own transaction (:mod:`.mysql_batch`). With a fault decider it steps
+packet, each still its own transaction (:mod:`.queued`, :mod:`.mysql_batch`). With a fault decider it steps
 through the same transaction one statement at a time. A reset is one round trip too (``DELETE`` of every table,
 foreign key checks off for its span, the setup hook's rows copied back from the template).
 """
@@ -31,7 +31,7 @@ from .base import (
     ThreadIdTaken,
 )
 from .compile import compile_select, insert_plan
-from .mysql_batch import CreateBatcher
+from .mysql_batch import MySqlCreateQueue
 from .savepoint import savepoint_create
 from .transient import is_mysql_transient
 
@@ -152,7 +152,7 @@ class MySqlStore(Store):
         self._checked_out = 0
         self._closed = False
         self._watcher: StatementCallback | None = None
-        self._batcher = CreateBatcher(self, background)
+        self._queue = MySqlCreateQueue(self, background)
         tables = [_PREPARER.format_table(t) for t in reversed(schema.metadata.sorted_tables)]
         # seeded tables outside the schema (a migration tool's version table) are emptied too,
         # so that the seed's copy below does not meet its own rows
@@ -233,6 +233,10 @@ class MySqlStore(Store):
         self._checked_out -= 1
         pool.release(conn)  # a connection left inside a transaction is closed, not reused
 
+    async def put_back(self, pool: Any, conn: Any) -> None:
+        """:meth:`release`, as the create queue's lanes await it."""
+        self.release(pool, conn)
+
     def checked_out(self) -> int:
         """Store connections acquired by calls still running."""
         return self._checked_out
@@ -271,7 +275,7 @@ class MySqlStore(Store):
             )
         if decide is None and not self.background.in_loop_thread():
             params = t_plan.params(thread_row) + m_plan.params(message_row)
-            await self._batcher.create((t_plan.sql, m_plan.sql), params, thread_row, explicit_id)
+            await self._queue.create((t_plan.sql, m_plan.sql), params, thread_row, explicit_id)
             return
         await self.background.submit(
             self._create(
@@ -291,7 +295,7 @@ class MySqlStore(Store):
     @property
     def round_trips(self) -> int:
         """Packets of creates sent so far (several gathered creates share one)."""
-        return self._batcher.round_trips
+        return self._queue.round_trips
 
     async def _create(
         self,

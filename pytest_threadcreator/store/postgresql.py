@@ -33,6 +33,7 @@ from .base import (
 )
 from .compile import CompiledSelect, InsertPlan, compile_select, insert_plan
 from .postgresql_held import held_savepoint_runner, is_unique_violation, standin_driver
+from .postgresql_queue import PgCreateQueue
 from .postgresql_reset import _LOCK_HOLDERS, _STILL_THERE, RESET_LOCK_TIMEOUT, _reset_sql
 from .standin import held_on
 from .transient import is_pg_transient
@@ -270,6 +271,7 @@ class PgStore(Store):
         self._watcher: StatementCallback | None = None
         #: server pid -> (watcher, the query logger attached to that connection for it)
         self._loggers: dict[int, tuple[StatementCallback, Callable[[Any], None]]] = {}
+        self._queue = PgCreateQueue(self, background)
 
     def __repr__(self) -> str:
         return f"<PgStore {self.name} checked_out={self._checked_out}>"
@@ -317,10 +319,13 @@ class PgStore(Store):
         self._pool = pool
         return pool
 
-    async def _acquire(self) -> tuple[Any, Any]:
+    async def acquire(self) -> tuple[Any, Any]:
         pool = await self._get_pool()
         try:
-            conn = await pool.acquire(timeout=self.acquire_timeout)
+            if pool.get_idle_size():  # a free connection: no wait to bound
+                conn = await pool.acquire()
+            else:
+                conn = await pool.acquire(timeout=self.acquire_timeout)
         except asyncio.TimeoutError:
             raise DatabaseError(
                 f"no free connection to {self.name} within {self.acquire_timeout:.0f} s: all "
@@ -350,7 +355,7 @@ class PgStore(Store):
             conn.add_query_logger(log)
             self._loggers[pid] = (watcher, log)
 
-    async def _release(self, pool: Any, conn: Any) -> None:
+    async def put_back(self, pool: Any, conn: Any) -> None:
         self._checked_out -= 1
         await pool.release(conn)
 
@@ -382,6 +387,9 @@ class PgStore(Store):
             params = thread_params + sql.message_plan.params(
                 message_row, skip=sql.message_thread_column
             )
+            if not self.background.in_loop_thread():
+                await self._queue.create(sql, params, thread_row, explicit_id)
+                return
             job = self._create_fast(sql, params, thread_row, explicit_id)
         else:
             job = self._create_stepwise(
@@ -401,15 +409,15 @@ class PgStore(Store):
         thread_row: Mapping[str, Any],
         explicit: bool,
     ) -> None:
-        pool, conn = await self._acquire()
+        pool, conn = await self.acquire()
         try:
             try:
                 await conn.execute(sql.combined, *params)
             except Exception as exc:
-                await self._raise_if_taken(conn, exc, sql, thread_row, explicit)
+                await self.raise_if_taken(conn, exc, sql, thread_row, explicit)
                 raise
         finally:
-            await self._release(pool, conn)
+            await self.put_back(pool, conn)
 
     async def _create_stepwise(
         self,
@@ -420,7 +428,7 @@ class PgStore(Store):
         explicit: bool,
         decide: FaultDecider,
     ) -> None:
-        pool, conn = await self._acquire()
+        pool, conn = await self.acquire()
         try:
             try:
                 async with conn.transaction():
@@ -430,12 +438,12 @@ class PgStore(Store):
                     await conn.execute(sql.message, *message_params)
                     await apply_fault(decide, "commit")
             except Exception as exc:
-                await self._raise_if_taken(conn, exc, sql, thread_row, explicit)
+                await self.raise_if_taken(conn, exc, sql, thread_row, explicit)
                 raise
         finally:
-            await self._release(pool, conn)
+            await self.put_back(pool, conn)
 
-    async def _raise_if_taken(
+    async def raise_if_taken(
         self,
         conn: Any,
         exc: Exception,
@@ -477,11 +485,11 @@ class PgStore(Store):
         return compiled.rows(self.background.run(self._fetch(compiled)))
 
     async def _fetch(self, compiled: _CompiledSelect) -> list[Any]:
-        pool, conn = await self._acquire()
+        pool, conn = await self.acquire()
         try:
             return list(await conn.fetch(compiled.sql, *compiled.params))
         finally:
-            await self._release(pool, conn)
+            await self.put_back(pool, conn)
 
     def is_transient(self, exc: BaseException) -> bool:
         """SQLSTATE 40001/40P01 anywhere in the chain (asyncpg, SQLAlchemy or psycopg errors)."""
@@ -508,7 +516,7 @@ class PgStore(Store):
         self.background.run(self._reset(), timeout=ADMIN_TIMEOUT)
 
     async def _reset(self) -> None:
-        pool, conn = await self._acquire()
+        pool, conn = await self.acquire()
         try:
             if self._reset_blocked is not None:
                 pids, message = self._reset_blocked
@@ -523,7 +531,7 @@ class PgStore(Store):
                 self._reset_blocked = (pids, message) if pids else None
                 raise DatabaseError(message) from None
         finally:
-            await self._release(pool, conn)
+            await self.put_back(pool, conn)
 
     async def _blocked_reset(self, conn: Any) -> tuple[list[int], str]:
         """Who holds locks on the tables that the reset waited for, and what to do."""

@@ -1,56 +1,56 @@
-"""Creates that wait at the same time share a packet on MySQL/MariaDB, each its own transaction.
+"""Creates queued on a server store's background loop: lanes that keep a connection, MySQL's
+packets of several creates, each create its own transaction, on both server backends.
 
 Every test first takes all of the store's connections, so the creates it starts queue up; the
 connections are given back only after every create is queued (the background loop runs its
-work in the order it was posted), which makes the packets deterministic: the first one carries
-the queue's first creates.
+work in the order it was posted), which makes the lanes' work deterministic: the first lane to
+run takes the queue's first creates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import pytest_asyncio
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
 from pytest_threadcreator import ThreadCreator, UserExecutionContext
-from pytest_threadcreator.backends.mysql import MySqlBackend
-from pytest_threadcreator.backends.postgresql.janitor import new_run_id
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.errors import ThreadExistsError
 from pytest_threadcreator.schema import NewThread, default_schema
 from pytest_threadcreator.store.mysql import MySqlStore
 from pytest_threadcreator.store.mysql_batch import MAX_BATCH
+from pytest_threadcreator.store.postgresql import PgStore
 
-from ..helpers import MYSQL_SERVER_URL, mysql_server_missing, needs_marks
+from ..helpers import mysql_server_missing, needs_marks, pg_server_missing
+from .stores import open_database
 
-pytestmark = [*needs_marks(mysql_server_missing()), pytest.mark.suite_independent]
+pytestmark = pytest.mark.suite_independent
 
 SCHEMA = default_schema()
+SERVERS = [
+    pytest.param("postgresql", id="postgresql", marks=needs_marks(pg_server_missing())),
+    pytest.param("mysql", id="mysql", marks=needs_marks(mysql_server_missing())),
+]
 
 
-@pytest.fixture
-def database() -> Iterator[Database]:
-    backend = MySqlBackend(MYSQL_SERVER_URL, run_id=new_run_id(), worker_id="gw4")
-    backend.start()
-    try:
-        backend.prepare_template(SCHEMA, None)
-        database = backend.create_database("batch", isolation="fresh")
-        try:
-            yield database
-        finally:
-            database.dispose_engines()
-            backend.drop_database(database)
-    finally:
-        backend.stop()
+@pytest.fixture(params=SERVERS)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    with open_database(request.param, SCHEMA, tmp_path) as database:
+        yield database
 
 
 class Held:
     """Every connection of a store, taken on its background loop until :meth:`give_back`."""
 
-    def __init__(self, store: MySqlStore) -> None:
+    def __init__(self, store: MySqlStore | PgStore) -> None:
         self.store = store
         self.taken: list[tuple[Any, Any]] = []
 
@@ -62,14 +62,17 @@ class Held:
         """Queued behind every create posted so far (let each task post first)."""
         await asyncio.sleep(0)
         for pool, conn in self.taken:
-            self.store.background.post(self.store.release, pool, conn)
+            self.store.background.post(self._put_back, pool, conn)
         self.taken.clear()
+
+    def _put_back(self, pool: Any, conn: Any) -> None:
+        asyncio.get_running_loop().create_task(self.store.put_back(pool, conn))
 
 
 @pytest_asyncio.fixture
 async def held(database: Database) -> AsyncIterator[Held]:
     store = database.store
-    assert isinstance(store, MySqlStore)
+    assert isinstance(store, (MySqlStore, PgStore))
     held = Held(store)
     await held.take()
     yield held
@@ -91,7 +94,8 @@ async def test_gathered_creates_share_packets_and_each_commits(
     made = await asyncio.gather(*tasks)
 
     store = held.store
-    assert 40 // MAX_BATCH <= store.round_trips < 40
+    if isinstance(store, MySqlStore):  # several creates to a packet
+        assert 40 // MAX_BATCH <= store.round_trips < 40
     assert await database.count_threads() == 40
     assert await database.count_messages() == 40
     await database.check_integrity()
@@ -149,8 +153,6 @@ async def test_a_create_cancelled_in_the_queue_never_writes(database: Database, 
 
 
 async def _thread_ids(database: Database) -> list[dict[str, Any]]:
-    from sqlalchemy import select
-
     return await database.store.fetch_all(select(SCHEMA.thread_table.c.id))
 
 
@@ -190,3 +192,38 @@ async def test_a_value_the_driver_cannot_send_fails_only_its_own_create(
     }
     assert await database.count_messages() == 29
     assert store.checked_out() == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", [SERVERS[0]])
+async def test_a_create_cancelled_while_its_statement_waits_is_cut_there(
+    kind: str, tmp_path: Path
+) -> None:
+    with open_database(kind, SCHEMA, tmp_path) as database:
+        url = make_url(database.url).set(drivername="postgresql")
+        dsn = url.render_as_string(hide_password=False)
+        blocker = await asyncpg.connect(dsn)
+        lock = blocker.transaction()
+        await lock.start()
+        try:
+            await blocker.execute("LOCK TABLE threads IN ACCESS EXCLUSIVE MODE")
+            creator = ThreadCreator(database)
+            task = asyncio.ensure_future(
+                creator.create_thread_with_message(_user(1, "blocked"), "hi")
+            )
+            await asyncio.sleep(0.3)  # its statement now waits for the lock
+            assert not task.done()
+            cancelled_at = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # cut on the server, not waited for (that would take the cleanup timeout)
+            assert time.monotonic() - cancelled_at < 5.0
+        finally:
+            await lock.rollback()
+            await blocker.close()
+        await asyncio.sleep(0.3)  # the lock is gone: nothing of the create appears later
+        assert await database.count_threads() == 0
+        assert database.store.checked_out() == 0
+        made = await ThreadCreator(database).create_thread_with_message(_user(2), "after")
+        assert await database.count_messages(made.thread.id) == 1

@@ -1,0 +1,246 @@
+"""Creates queued on a server store's background loop and run by lanes that hold a connection.
+
+Under ``asyncio.gather`` many creates arrive at the background loop at once. Handing each to a
+task of its own that takes a pool connection, runs one statement and gives the connection back
+spends more of the machine than the statement does. Here each create is a job in one queue per
+store; up to ``max_size`` *lanes* (one task and one connection each) take jobs from it back to
+back while any wait, then give their connection back. Each create is still its own transaction;
+a subclass says how one lane sends the jobs it took (:meth:`CreateQueue._send`): one statement
+per job on PostgreSQL, several jobs to a packet on MySQL (:mod:`.mysql_batch`).
+
+Cancellation keeps the store's promise (SPEC: a call cancelled before its commit leaves
+nothing, ever): a job cancelled while it waits in the queue is taken out; one cancelled while
+it is on the wire is either cut there (``cancel_in_flight``: the lane's statement is cancelled,
+as a task of its own would be) or waited for until its outcome is known. Only then does
+``CancelledError`` reach the caller.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import collections
+from collections.abc import Mapping
+from typing import Any, Generic, Protocol, TypeVar
+
+from .._background import CANCEL_CLEANUP_TIMEOUT, BackgroundLoop, wait_uncancellable
+from ..errors import DatabaseError
+
+__all__ = ["CreateJob", "CreateQueue", "LaneStore", "Outcomes"]
+
+_QUEUED, _SENT, _DONE, _WITHDRAWN = range(4)
+
+
+class LaneStore(Protocol):
+    """What a :class:`CreateQueue` needs of its store (all on the background loop)."""
+
+    name: str
+    max_size: int
+
+    async def acquire(self) -> tuple[Any, Any]: ...
+
+    async def put_back(self, pool: Any, conn: Any) -> None: ...
+
+
+class CreateJob:
+    """One create waiting for, or travelling on, a lane's connection."""
+
+    __slots__ = (
+        "ack",
+        "caller",
+        "cut",
+        "explicit",
+        "future",
+        "lane",
+        "params",
+        "sql",
+        "state",
+        "thread_row",
+    )
+
+    def __init__(
+        self,
+        sql: Any,
+        params: tuple[Any, ...],
+        thread_row: Mapping[str, Any],
+        explicit: bool,
+        caller: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.sql = sql  # the store's own form of the statements
+        self.params = params
+        self.thread_row = thread_row
+        self.explicit = explicit
+        self.caller = caller
+        self.future: asyncio.Future[None] = caller.create_future()
+        self.state = _QUEUED
+        #: set when the caller was cancelled while the job was on the wire
+        self.ack: asyncio.Future[None] | None = None
+        #: the lane task running it, while it is on the wire
+        self.lane: asyncio.Task[None] | None = None
+        #: its lane's statement was cancelled for it
+        self.cut = False
+
+
+#: Each job a lane sent, with its error (None: committed).
+Outcomes = list[tuple[CreateJob, "BaseException | None"]]
+
+S = TypeVar("S", bound=LaneStore)
+
+
+def _settle(job: CreateJob, exc: BaseException | None) -> None:
+    """On the caller's loop: hand the outcome over (the caller may have stopped waiting)."""
+    if not job.future.done():
+        if exc is None:
+            job.future.set_result(None)
+        else:
+            job.future.set_exception(exc)
+    if job.ack is not None and not job.ack.done():
+        job.ack.set_result(None)
+
+
+def _acknowledge(ack: asyncio.Future[None]) -> None:
+    if not ack.done():
+        ack.set_result(None)
+
+
+class CreateQueue(abc.ABC, Generic[S]):
+    """The queue of one store's creates and the lanes that run them."""
+
+    #: at most this many jobs per :meth:`_send`
+    max_batch = 1
+    #: a job withdrawn on the wire cancels its lane's statement (else its outcome is awaited)
+    cancel_in_flight = False
+
+    def __init__(self, store: S, background: BackgroundLoop) -> None:
+        self.store = store
+        self.background = background
+        self._queue: collections.deque[CreateJob] = collections.deque()
+        self._lanes = 0
+        #: sends so far (round trips on MySQL; a deterministic measure for tests)
+        self.round_trips = 0
+
+    # -- the caller's side --------------------------------------------------------------------
+    async def create(
+        self, sql: Any, params: tuple[Any, ...], thread_row: Mapping[str, Any], explicit: bool
+    ) -> None:
+        """Queue one create and wait for its outcome (from any loop but the background one)."""
+        job = CreateJob(sql, params, thread_row, explicit, asyncio.get_running_loop())
+        self.background.post(self._enqueue, job)
+        try:
+            await job.future
+        except asyncio.CancelledError:
+            if job.future.done() and not job.future.cancelled():
+                job.future.exception()  # the outcome came first; the cancellation wins
+                raise
+            job.ack = ack = job.caller.create_future()
+            self.background.post(self._withdraw, job, ack)
+            await wait_uncancellable(ack, CANCEL_CLEANUP_TIMEOUT)
+            raise
+
+    # -- the background loop's side -----------------------------------------------------------
+    @abc.abstractmethod
+    async def _send(self, conn: Any, batch: list[CreateJob]) -> Outcomes:
+        """Run ``batch`` on ``conn``; each job's outcome. Jobs that did not run may be given
+        back to :meth:`_requeue` instead."""
+
+    def _usable(self, conn: Any) -> bool:
+        """Whether ``conn`` may take the next jobs (it is still open)."""
+        return True
+
+    def _discard(self, conn: Any) -> None:
+        """Close ``conn`` at once: it was cut off mid-statement."""
+
+    def _enqueue(self, job: CreateJob) -> None:
+        self._queue.append(job)
+        if self._lanes < self.store.max_size:
+            self._lanes += 1
+            asyncio.get_running_loop().create_task(self._lane())
+
+    def _withdraw(self, job: CreateJob, ack: asyncio.Future[None]) -> None:
+        if job.state == _QUEUED:
+            self._queue.remove(job)
+            job.state = _WITHDRAWN
+        elif job.state == _SENT:  # on the wire: its outcome acknowledges it
+            if self.cancel_in_flight and not job.cut and job.lane is not None:
+                job.cut = True
+                job.lane.cancel()
+            return
+        self.background.post_back(job.caller, _acknowledge, ack)
+
+    def _take(self) -> list[CreateJob]:
+        """The next jobs of a lane: an even share of the queue, at most :attr:`max_batch`."""
+        queue = self._queue
+        share = -(-len(queue) // max(self._lanes, 1))
+        batch = [queue.popleft() for _ in range(min(self.max_batch, share, len(queue)))]
+        lane = asyncio.current_task()
+        for job in batch:
+            job.state = _SENT
+            job.lane = lane
+        return batch
+
+    def _deliver(self, outcomes: Outcomes) -> None:
+        for job, exc in outcomes:
+            self.background.post_back(job.caller, _settle, job, exc)
+
+    def _requeue(self, jobs: list[CreateJob]) -> None:
+        """Jobs whose statements never ran: back to the front, in their order (or, for one
+        whose caller gave up meanwhile, acknowledged as never written)."""
+        for job in reversed(jobs):
+            if job.ack is not None:
+                job.state = _WITHDRAWN
+                self.background.post_back(job.caller, _acknowledge, job.ack)
+            else:
+                job.state = _QUEUED
+                self._queue.appendleft(job)
+
+    async def _lane(self) -> None:
+        """Run jobs on one connection while any are queued."""
+        sent: list[CreateJob] = []  # the jobs on the wire
+        try:
+            while self._queue:
+                try:
+                    pool, conn = await self.store.acquire()
+                except Exception as exc:  # no connection: the next jobs fail
+                    self._deliver([(job, exc) for job in self._take()])
+                    continue
+                outcomes: Outcomes = []
+                try:
+                    while self._queue and self._usable(conn):
+                        self._deliver(outcomes)  # the previous jobs'
+                        sent = self._take()
+                        self.round_trips += 1
+                        try:
+                            outcomes = await self._send(conn, sent)
+                        except asyncio.CancelledError:
+                            if not any(job.cut for job in sent):
+                                raise  # the background loop is closing
+                            _uncancel()
+                            outcomes = [(job, asyncio.CancelledError()) for job in sent]
+                        for job, _ in outcomes:  # before any other wait: no cut from now on
+                            job.state = _DONE
+                            job.lane = None
+                        if any(job.cut for job in sent):
+                            sent = []
+                            break  # the connection goes back while its statement is cancelled
+                        sent = []
+                except BaseException:
+                    self._discard(conn)  # cut off mid-statement: out of step with the server
+                    raise
+                finally:
+                    await self.store.put_back(pool, conn)
+                self._deliver(outcomes)  # after the release: callers see no connection held
+        except asyncio.CancelledError:  # the background loop is closing
+            closed = DatabaseError(f"the database {self.store.name} was closed")
+            self._deliver([(job, closed) for job in [*sent, *self._queue]])
+            self._queue.clear()
+            raise
+        finally:
+            self._lanes -= 1
+
+
+def _uncancel() -> None:
+    """Undo the cancellation a lane took for one job (Python 3.11+ counts them)."""
+    task = asyncio.current_task()
+    uncancel = getattr(task, "uncancel", None)
+    if uncancel is not None:
+        uncancel()
