@@ -50,10 +50,11 @@ class PacketStore(Protocol):
 
 
 def _is_statement_error(exc: BaseException) -> bool:
-    """An error the server sent for a statement (MySQL's codes below 2000; the client's own,
-    such as a lost connection, are 2000 and up): the packet stopped there."""
+    """An error the server sent for a statement: the packet stopped there. (The client's own
+    errors, such as a lost connection, are MySQL's codes 2000-2999; the server's are below and
+    above, e.g. 4025 for a CHECK constraint on MariaDB.)"""
     code = exc.args[0] if exc.args else None
-    return isinstance(code, int) and 0 < code < 2000
+    return isinstance(code, int) and code > 0 and not 2000 <= code < 3000
 
 
 class MySqlCreateQueue(CreateQueue[PacketStore]):
@@ -70,18 +71,22 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
     async def _send(self, conn: Any, batch: list[CreateJob]) -> Outcomes:
         """One packet with ``batch``'s creates; each job's outcome (jobs that did not run are
         queued again)."""
-        watcher = self.store.watcher
-        if watcher is not None:
-            label = f"store {self.store.name}"
-            for job in batch:
-                for statement in ("START TRANSACTION", *job.sql, "COMMIT"):
-                    watcher(label, statement)
         sql = "; ".join(f"START TRANSACTION; {job.sql[0]}; {job.sql[1]}; COMMIT" for job in batch)
         params = tuple(itertools.chain.from_iterable(job.params for job in batch))
         read = 0  # results read, one per statement
         try:
             async with conn.cursor() as cursor:
-                await cursor.execute(sql, params)
+                try:
+                    packet = cursor.mogrify(sql, params)
+                except Exception as exc:  # a value the driver cannot send: nothing was sent
+                    return await self._one_by_one(conn, batch, exc)
+                watcher = self.store.watcher
+                if watcher is not None:
+                    label = f"store {self.store.name}"
+                    for job in batch:
+                        for statement in ("START TRANSACTION", *job.sql, "COMMIT"):
+                            watcher(label, statement)
+                await cursor.execute(packet)
                 read = 1
                 while await cursor.nextset():
                     read += 1
@@ -89,17 +94,20 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
             return await self._failed(conn, batch, exc, read)
         return [(job, None) for job in batch]
 
+    async def _one_by_one(self, conn: Any, batch: list[CreateJob], exc: Exception) -> Outcomes:
+        """Each job in a packet of its own, so that the error reaches the create it is of."""
+        if len(batch) == 1:
+            return [(batch[0], exc)]
+        done: Outcomes = []
+        for job in batch:
+            done += await self._send(conn, [job])
+        return done
+
     async def _failed(
         self, conn: Any, batch: list[CreateJob], exc: Exception, read: int
     ) -> Outcomes:
         at = read // _PER_CREATE  # the create whose statement failed
         done: Outcomes = [(job, None) for job in batch[:at]]
-        if read == 0 and len(batch) > 1 and not _is_statement_error(exc) and conn.connected:
-            # refused before anything was sent (a value the driver cannot encode): one by one,
-            # so that the error reaches the create it belongs to
-            for job in batch:
-                done += await self._send(conn, [job])
-            return done
         failing, rest = batch[at], batch[at + 1 :]
         stopped = _is_statement_error(exc)  # the server stopped there: the rest did not run
         await self.store.roll_back(conn)

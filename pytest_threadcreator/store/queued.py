@@ -20,10 +20,16 @@ from __future__ import annotations
 import abc
 import asyncio
 import collections
+import contextlib
 from collections.abc import Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
-from .._background import CANCEL_CLEANUP_TIMEOUT, BackgroundLoop, wait_uncancellable
+from .._background import (
+    CANCEL_CLEANUP_TIMEOUT,
+    BackgroundLoop,
+    BackgroundLoopClosed,
+    wait_uncancellable,
+)
 from ..errors import DatabaseError
 
 __all__ = ["CreateJob", "CreateQueue", "LaneStore", "Outcomes"]
@@ -133,7 +139,10 @@ class CreateQueue(abc.ABC, Generic[S]):
                 job.future.exception()  # the outcome came first; the cancellation wins
                 raise
             job.ack = ack = job.caller.create_future()
-            self.background.post(self._withdraw, job, ack)
+            try:
+                self.background.post(self._withdraw, job, ack)
+            except BackgroundLoopClosed:  # the store is gone: nothing runs any more
+                raise asyncio.CancelledError from None
             await wait_uncancellable(ack, CANCEL_CLEANUP_TIMEOUT)
             raise
 
@@ -158,7 +167,8 @@ class CreateQueue(abc.ABC, Generic[S]):
 
     def _withdraw(self, job: CreateJob, ack: asyncio.Future[None]) -> None:
         if job.state == _QUEUED:
-            self._queue.remove(job)
+            with contextlib.suppress(ValueError):  # cleared at close: it never ran either
+                self._queue.remove(job)
             job.state = _WITHDRAWN
         elif job.state == _SENT:  # on the wire: its outcome acknowledges it
             if self.cancel_in_flight and not job.cut and job.lane is not None:
@@ -178,6 +188,13 @@ class CreateQueue(abc.ABC, Generic[S]):
             job.lane = lane
         return batch
 
+    @staticmethod
+    def _done(outcomes: Outcomes) -> None:
+        """The jobs' outcomes are known: no cancellation may reach their lane for them."""
+        for job, _ in outcomes:
+            job.state = _DONE
+            job.lane = None
+
     def _deliver(self, outcomes: Outcomes) -> None:
         for job, exc in outcomes:
             self.background.post_back(job.caller, _settle, job, exc)
@@ -196,51 +213,57 @@ class CreateQueue(abc.ABC, Generic[S]):
     async def _lane(self) -> None:
         """Run jobs on one connection while any are queued."""
         sent: list[CreateJob] = []  # the jobs on the wire
+        outcomes: Outcomes = []  # known, not yet handed over
         try:
             while self._queue:
                 try:
                     pool, conn = await self.store.acquire()
                 except Exception as exc:  # no connection: the next jobs fail
-                    self._deliver([(job, exc) for job in self._take()])
+                    failed: Outcomes = [(job, exc) for job in self._take()]
+                    self._done(failed)
+                    self._deliver(failed)
                     continue
-                outcomes: Outcomes = []
                 try:
                     while self._queue and self._usable(conn):
                         self._deliver(outcomes)  # the previous jobs'
+                        outcomes = []
                         sent = self._take()
                         self.round_trips += 1
                         try:
                             outcomes = await self._send(conn, sent)
                         except asyncio.CancelledError:
-                            if not any(job.cut for job in sent):
+                            if not any(job.cut for job in sent) or _uncancel():
                                 raise  # the background loop is closing
-                            _uncancel()
                             outcomes = [(job, asyncio.CancelledError()) for job in sent]
-                        for job, _ in outcomes:  # before any other wait: no cut from now on
-                            job.state = _DONE
-                            job.lane = None
-                        if any(job.cut for job in sent):
-                            sent = []
-                            break  # the connection goes back while its statement is cancelled
+                        except Exception as exc:  # e.g. a statement watcher that raised
+                            outcomes = [(job, exc) for job in sent]
+                        self._done(outcomes)  # before any other wait: no cut from now on
+                        cut = any(job.cut for job in sent)
                         sent = []
+                        if cut:  # the connection goes back (a cancelled statement settles)
+                            break
                 except BaseException:
                     self._discard(conn)  # cut off mid-statement: out of step with the server
                     raise
                 finally:
-                    await self.store.put_back(pool, conn)
+                    with contextlib.suppress(Exception):  # the pool closes what it cannot reset
+                        await self.store.put_back(pool, conn)
                 self._deliver(outcomes)  # after the release: callers see no connection held
+                outcomes = []
         except asyncio.CancelledError:  # the background loop is closing
             closed = DatabaseError(f"the database {self.store.name} was closed")
-            self._deliver([(job, closed) for job in [*sent, *self._queue]])
+            gone: Outcomes = [(job, closed) for job in [*sent, *self._queue]]
             self._queue.clear()
+            self._done(gone)
+            self._deliver([*outcomes, *gone])
             raise
         finally:
             self._lanes -= 1
 
 
-def _uncancel() -> None:
-    """Undo the cancellation a lane took for one job (Python 3.11+ counts them)."""
+def _uncancel() -> bool:
+    """Undo the cancellation a lane took for one job (Python 3.11+ counts them); True when
+    another cancellation (the loop closing) is still pending."""
     task = asyncio.current_task()
     uncancel = getattr(task, "uncancel", None)
-    if uncancel is not None:
-        uncancel()
+    return uncancel is not None and uncancel() > 0

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncmy
 import asyncpg
 import pytest
 import pytest_asyncio
@@ -23,7 +24,7 @@ from sqlalchemy.engine import make_url
 
 from pytest_threadcreator import ThreadCreator, UserExecutionContext
 from pytest_threadcreator.database import Database
-from pytest_threadcreator.errors import ThreadExistsError
+from pytest_threadcreator.errors import DatabaseError, ThreadExistsError
 from pytest_threadcreator.schema import NewThread, default_schema
 from pytest_threadcreator.store.mysql import MySqlStore
 from pytest_threadcreator.store.mysql_batch import MAX_BATCH
@@ -227,3 +228,117 @@ async def test_a_create_cancelled_while_its_statement_waits_is_cut_there(
         assert database.store.checked_out() == 0
         made = await ThreadCreator(database).create_thread_with_message(_user(2), "after")
         assert await database.count_messages(made.thread.id) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_connection_that_fails_to_go_back_does_not_strand_its_creates(
+    database: Database,
+) -> None:
+    store = database.store
+    assert isinstance(store, (MySqlStore, PgStore))
+    real = store.put_back
+    failures = []
+
+    async def put_back(pool: Any, conn: Any) -> None:
+        await real(pool, conn)
+        if not failures:  # a lane's: the outcomes of its last creates are still to go out
+            failures.append(conn)
+            raise RuntimeError("reset failed")
+
+    store.put_back = put_back  # type: ignore[method-assign]
+    creator = ThreadCreator(database)
+    calls = [creator.create_thread_with_message(_user(i), "hi") for i in range(20)]
+    await asyncio.wait_for(asyncio.gather(*calls), 10)
+    assert failures  # it did fail once
+    assert await database.count_threads() == 20
+    assert store.checked_out() == 0
+
+
+@pytest.mark.asyncio
+async def test_no_free_connection_fails_the_creates_waiting_and_the_next_ones_run(
+    database: Database,
+) -> None:
+    store = database.store
+    assert isinstance(store, (MySqlStore, PgStore))
+    real = store.acquire
+    calls = []
+
+    async def acquire() -> tuple[Any, Any]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("no connection")
+        return await real()
+
+    store.acquire = acquire  # type: ignore[method-assign]
+    creator = ThreadCreator(database)
+    with pytest.raises(DatabaseError, match="no connection"):
+        await asyncio.wait_for(creator.create_thread_with_message(_user(1), "hi"), 10)
+    made = await asyncio.wait_for(creator.create_thread_with_message(_user(2), "hi"), 10)
+    # the failed one is settled: cancelling another create now is not taken for it
+    task = asyncio.ensure_future(creator.create_thread_with_message(_user(3), "hi"))
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert await database.count_messages(made.thread.id) == 1
+    assert store.checked_out() == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", [SERVERS[1]])
+async def test_a_statement_watcher_that_raises_fails_the_create_and_frees_its_connection(
+    kind: str, tmp_path: Path
+) -> None:
+    with open_database(kind, SCHEMA, tmp_path) as database:
+        await _watcher_raises(database)
+
+
+async def _watcher_raises(database: Database) -> None:
+    """On MySQL the store calls the watcher itself, before it sends (PostgreSQL's query
+    loggers run as callbacks of asyncpg's, whose errors the event loop logs)."""
+
+    def watcher(label: str, sql: str) -> None:
+        raise RuntimeError("watcher broke")
+
+    await database.store.watch_statements(watcher)
+    creator = ThreadCreator(database)
+    with pytest.raises(Exception) as info:
+        await asyncio.wait_for(creator.create_thread_with_message(_user(1), "hi"), 10)
+    await database.store.watch_statements(None)
+    assert "watcher broke" in repr(info.value) or "watcher broke" in repr(info.value.__cause__)
+    made = await asyncio.wait_for(creator.create_thread_with_message(_user(2), "hi"), 10)
+    assert await database.count_messages(made.thread.id) == 1
+    assert database.store.checked_out() == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", [SERVERS[1]])
+async def test_a_server_error_above_3000_stops_the_packet_and_the_rest_run(
+    kind: str, tmp_path: Path
+) -> None:
+    with open_database(kind, SCHEMA, tmp_path) as database:
+        store = database.store
+        assert isinstance(store, MySqlStore)
+        url = make_url(database.url)
+        conn = await asyncmy.connect(
+            host=url.host, port=url.port or 3306, user=url.username, db=url.database
+        )
+        try:
+            async with conn.cursor() as cursor:  # MariaDB: error 4025, MySQL 8: 3819
+                await cursor.execute(
+                    "ALTER TABLE threads ADD CONSTRAINT no_bad CHECK (title IS NULL OR title <> 'bad')"
+                )
+        finally:
+            conn.close()
+        held = Held(store)
+        await held.take()
+        creator = ThreadCreator(database)
+        titles = ["bad" if i == 1 else None for i in range(30)]  # in the first packet of 3
+        tasks = [
+            asyncio.ensure_future(creator.create_thread_with_message(_user(i), "hi", t))
+            for i, t in enumerate(titles)
+        ]
+        await held.give_back()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert [i for i, r in enumerate(results) if isinstance(r, BaseException)] == [1]
+        assert await database.count_threads() == 29
+        assert store.checked_out() == 0

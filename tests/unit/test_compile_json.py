@@ -61,7 +61,7 @@ def _processors(dialect: Dialect) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 @pytest.mark.parametrize("dialect", DIALECTS, ids=lambda d: d.name)
-@pytest.mark.parametrize("value", VALUES, ids=repr)
+@pytest.mark.parametrize("value", VALUES, ids=[f"value{i}" for i in range(len(VALUES))])
 def test_json_values_are_written_as_sqlalchemy_writes_them(dialect: Dialect, value: Any) -> None:
     ours, theirs = _processors(dialect)
     for name in ("body", "maybe", "team"):
