@@ -22,8 +22,9 @@ Raw baselines, written the way a careful hand-written loop would be:
   from the CTE), one round trip, atomic on its own; sequential and as concurrent tasks.
 * asyncmy: a pool as large as the plugin's store pool on that server (``maxsize`` from the
   backend's pool plan, 10 by default; autocommit, utf8mb4, like the store's); ``START
-  TRANSACTION; INSERT thread; INSERT message; COMMIT`` sent as one multi-statement packet, the
-  one round trip the plugin's MySQL store sends too, sequential and as concurrent tasks.
+  TRANSACTION; INSERT thread; INSERT message; COMMIT`` sent as one multi-statement packet, one
+  round trip per create, sequential and as concurrent tasks (the plugin's MySQL store sends the
+  same packet, and joins those of up to 8 creates that wait at the same time into one).
 
 And the SQLite ceiling (``ceiling-sqlite3``): the same transaction in plain ``sqlite3``, one
 thread, no event loop, the same pragmas and rows. Nothing that talks to SQLite from asyncio can
@@ -600,7 +601,7 @@ async def _mysql_raw_run(
         client_flag=MULTI_STATEMENTS,
         **connect,
     )
-    # One packet, one round trip: what the plugin's store sends for a create.
+    # One packet, one round trip: what the plugin's store sends for a create waiting alone.
     sql = (
         f"START TRANSACTION; {_insert_sql('threads', THREAD_COLUMNS, 'format')}; "
         f"{_insert_sql('messages', MESSAGE_COLUMNS, 'format')}; COMMIT"
