@@ -212,7 +212,7 @@ async def test_a_create_cancelled_while_its_statement_waits_is_cut_there(
             task = asyncio.ensure_future(
                 creator.create_thread_with_message(_user(1, "blocked"), "hi")
             )
-            await asyncio.sleep(0.3)  # its statement now waits for the lock
+            await _until_waiting(blocker)  # its statement now waits for the lock
             assert not task.done()
             cancelled_at = time.monotonic()
             task.cancel()
@@ -342,3 +342,12 @@ async def test_a_server_error_above_3000_stops_the_packet_and_the_rest_run(
         assert [i for i, r in enumerate(results) if isinstance(r, BaseException)] == [1]
         assert await database.count_threads() == 29
         assert store.checked_out() == 0
+
+
+async def _until_waiting(conn: Any) -> None:
+    """Return once a session of the server waits for a lock (polls pg_locks, up to 10 s)."""
+    for _ in range(1000):
+        if await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no session came to wait for the lock")
