@@ -10,7 +10,8 @@
   round trip right after the ``CREATE DATABASE``. Nothing is ever dropped without its row; a
   database whose name merely looks like the plugin's is never touched (should a process die
   between the two, an unregistered database of the plugin's stays: the price of never dropping
-  a user's). A kept database loses its row.
+  a user's; with ``fresh`` tests the tender makes databases ahead all the time, so a SIGKILL
+  in the middle of one is the likely way to leave one). A kept database loses its row.
 * Each backend holds a named lock (``GET_LOCK``) for its run and worker on its admin connection
   for its whole life; the server frees it when the process dies. At start a backend drops the
   registered databases of every (run, worker) whose lock is free (a crashed or killed run),
@@ -19,6 +20,10 @@
   hook); its DDL (``SHOW CREATE TABLE``) is captured and replayed into every new database in
   the same round trip as its ``CREATE DATABASE`` (``CREATE TABLE … LIKE`` would lose the
   foreign keys). Every database is ``utf8mb4`` with InnoDB tables.
+* ``fresh`` databases are made ahead and dropped behind by a :class:`~.spares.SpareTender` on
+  connections of its own (registered like any other: a killed run's spares are swept too), so
+  a ``fresh`` test takes one that is ready. MySQL cannot rename a database: a used one is
+  dropped, never recycled, and a kept ``fresh`` database keeps its spare's name (``…_fresh``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -50,6 +56,7 @@ from .postgresql.janitor import (
 )
 from .postgresql.pools import PoolPlan, plan_pools, worker_count
 from .server import ServerBackend, parse_url, short_reason
+from .spares import SpareTender
 
 if TYPE_CHECKING:
     from ..schema import ThreadSchema
@@ -149,6 +156,7 @@ class MySqlBackend(ServerBackend):
         self._ddl = ""
         self._seeded: list[str] = []
         self._counter = 0
+        self._spares: SpareTender | None = None
         #: names dropped by this backend's sweep of dead runs at start
         self.swept: list[str] = []
 
@@ -250,6 +258,7 @@ class MySqlBackend(ServerBackend):
         self, schema: ThreadSchema, setup: Callable[[Database], None] | None
     ) -> None:
         """Build the worker's template (``create_all``, ``setup``) and capture its DDL."""
+        self._retire_spares()  # copies of an earlier template must not be handed out
         self._schema = schema
         self._ddl = ""
 
@@ -333,26 +342,82 @@ class MySqlBackend(ServerBackend):
 
     # -- databases -----------------------------------------------------------------------------
     def create_database(self, label: str, *, isolation: str) -> Database:
-        """``CREATE DATABASE tc_<run>_<worker>_<n>_<label>`` with the template's tables."""
+        """``CREATE DATABASE tc_<run>_<worker>_<n>_<label>`` with the template's tables.
+
+        A ``fresh`` database is one the tender made ahead (named ``…_<n>_fresh``) when one is
+        ready or being made; it is made on demand otherwise."""
         if self._schema is None:
             raise ConfigurationError("prepare_template() must run before create_database()")
+        spares = self._tender() if isolation == "fresh" else None
+        spare = spares.take() if spares is not None else None
+        if spare is not None:
+            name = spare[0]
+        else:
+            name = self._next_name(label)
+            ddl = self._copy_ddl()
+
+            async def create(conn: Any) -> None:
+                await self._create_registered(conn, name, ddl)
+
+            self._admin_run(create)
+        database = self._open(name, label=label, isolation=isolation)
+        self._databases[name] = database
+        return database
+
+    def _next_name(self, label: str) -> str:
         with self._state_lock:
             self._counter += 1
-            name = database_name(self.run_id, self.worker_id, self._counter, label)
+            return database_name(self.run_id, self.worker_id, self._counter, label)
+
+    def _copy_ddl(self) -> str:
+        """What makes a new database the template's copy: its DDL, then its seed rows."""
         ddl = self._ddl
         for table in self._seeded:
             ddl += (
                 f"; INSERT INTO {quote(table)} SELECT * FROM {quote(self.template)}.{quote(table)}"
             )
-        ddl += "; SET FOREIGN_KEY_CHECKS = 1"
+        return ddl + "; SET FOREIGN_KEY_CHECKS = 1"
 
-        async def create(conn: Any) -> None:
-            await self._create_registered(conn, name, ddl)
+    def _tender(self) -> SpareTender | None:
+        """The spares' tender, started on the first ``fresh`` database; None when the pool plan
+        leaves no connection for it."""
+        spares = self._spares
+        if spares is None:
+            assert self.plan is not None
+            if self.plan.spares < 1 or self._stopped:
+                return None
+            ddl = self._copy_ddl()
 
-        self._admin_run(create)
-        database = self._open(name, label=label, isolation=isolation)
-        self._databases[name] = database
-        return database
+            async def clone(conn: Any, name: str) -> None:
+                await self._create_registered(conn, name, ddl)
+
+            async def drop(conn: Any, name: str) -> bool:
+                return await _drop_if_ours(conn, name, self.run_id)
+
+            spares = self._spares = SpareTender(
+                background=self._background,
+                target=self.plan.spares,
+                connect=self._connect_admin,
+                disconnect=_disconnect,
+                is_closed=_is_closed,
+                make_name=functools.partial(self._next_name, "fresh"),
+                clone=clone,
+                drop=drop,
+            )
+        spares.start()
+        return spares
+
+    def _retire_spares(self) -> None:
+        """Stop the tender and drop what it made (the template is about to change)."""
+        spares, self._spares = self._spares, None
+        if spares is None or not self._started:
+            return
+
+        async def retire(conn: Any) -> None:
+            for name in await spares.stop():
+                await _drop_if_ours(conn, name, self.run_id)
+
+        self._admin_run(retire)
 
     def _open(self, name: str, *, label: str, isolation: str) -> Database:
         assert self._schema is not None and self.plan is not None
@@ -389,6 +454,8 @@ class MySqlBackend(ServerBackend):
         database.close()
         self._databases.pop(database.name, None)
         name = database.name
+        if self._spares is not None and self._spares.discard(name):
+            return  # dropped in the background by the tender
 
         async def drop(conn: Any) -> None:
             await _drop_if_ours(conn, name, self.run_id)
@@ -398,6 +465,8 @@ class MySqlBackend(ServerBackend):
     def keep_database(self, database: Database) -> str:
         """Keep a database after the run: its registry row goes, so no run drops it (drop it by
         hand when done: ``DROP DATABASE `name```)."""
+        if self._spares is not None:
+            self._spares.forget(database.name)  # the tender's no more, if it handed it out
         database.close()
         self._databases.pop(database.name, None)
 
@@ -408,11 +477,16 @@ class MySqlBackend(ServerBackend):
         return database.name
 
     def leftovers(self) -> list[str]:
-        """Registered databases of this run and worker still on the server."""
+        """Registered databases of this run and worker still on the server, once the background
+        drops are done; the spares not handed out yet are not counted."""
         if not self._started or self._stopped:
             return []
+        spares = self._spares
 
         async def names(conn: Any) -> list[str]:
+            if spares is not None:
+                await spares.drained()
+            stock = spares.stock() if spares is not None else set()
             rows = await _query(
                 conn,
                 f"SELECT o.name FROM {_OWNED} o JOIN information_schema.SCHEMATA s "
@@ -420,13 +494,16 @@ class MySqlBackend(ServerBackend):
                 "ORDER BY o.name",
                 (self.run_id, self.worker_id),
             )
-            return [str(row[0]) for row in rows]
+            return [str(row[0]) for row in rows if str(row[0]) not in stock]
 
         return self._admin_run(names)
 
     # -- stop ------------------------------------------------------------------------------------
     async def _drop_all(self, databases: list[Database], problems: list[str]) -> None:
         conn = self._admin
+        spares, self._spares = self._spares, None
+        if spares is not None:  # stopped first: nothing is made after the rows are read (its
+            await spares.stop()  # failed drops are retried below with every other row)
         rows = await _query(
             conn,
             f"SELECT name FROM {_OWNED} WHERE run_id = %s AND worker_id = %s",
@@ -464,6 +541,18 @@ async def _query(conn: Any, sql: str, params: tuple[Any, ...] | None = None) -> 
         while await cursor.nextset():
             pass
     return rows
+
+
+async def _disconnect(conn: Any) -> None:
+    """Close a tender's connection, however it went."""
+    try:
+        await asyncio.wait_for(conn.ensure_closed(), 5)
+    except Exception:  # the server is gone: nothing to say goodbye to
+        conn.close()
+
+
+def _is_closed(conn: Any) -> bool:
+    return not conn.connected
 
 
 async def _drop_if_ours(conn: Any, name: str, run_id: str) -> bool:

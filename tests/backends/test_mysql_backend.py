@@ -10,7 +10,8 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import asyncmy
@@ -92,8 +93,8 @@ def test_names_fit_in_64_characters_and_every_database_is_registered(
     backend: MySqlBackend,
 ) -> None:
     label = "test_" + "a_very_long_parametrised_test_name" * 4
-    first = backend.create_database(label, isolation="fresh")
-    second = backend.create_database(label, isolation="fresh")
+    first = backend.create_database(label, isolation="clean")
+    second = backend.create_database(label, isolation="clean")
     try:
         assert first.name != second.name
         assert max(len(first.name), len(second.name)) <= 64
@@ -120,6 +121,68 @@ def test_names_fit_in_64_characters_and_every_database_is_registered(
         backend.drop_database(first)
         backend.drop_database(second)
     assert backend.leftovers() == [backend.template]
+
+
+def _wait_for(what: str, found: Callable[[], set[str]]) -> set[str]:
+    """``found()`` once it is not empty (the tender works in the background)."""
+    deadline = time.monotonic() + 30
+    while not (names := found()):
+        assert time.monotonic() < deadline, f"no {what} after 30 s"
+        time.sleep(0.01)
+    return names
+
+
+def test_fresh_databases_are_made_ahead_registered_and_dropped_behind(
+    backend: MySqlBackend,
+) -> None:
+    prefix = f"tc_{backend.run_id}_gw3_"
+    first = backend.create_database("first", isolation="fresh")  # starts the tender
+    ahead = _wait_for("spare", lambda: _databases(prefix) - {first.name, backend.template})
+    registered = {
+        str(row[0])
+        for row in _sql(f"SELECT name FROM `{REGISTRY}`.owned WHERE run_id = %s", (backend.run_id,))
+    }
+    assert ahead <= registered, "every spare is registered as the run's the moment it exists"
+    assert backend.leftovers() == sorted([first.name, backend.template]), "spares not counted"
+    first.dispose_engines()
+    backend.drop_database(first)
+    assert backend.leftovers() == [backend.template], "dropped in the background"
+    assert first.name not in _databases(prefix)
+    second = backend.create_database("second", isolation="fresh")
+    try:
+        assert second.name in ahead and second.name.endswith("_fresh"), "made ahead"
+        creator = ThreadCreator(second)
+        asyncio.run(creator.create_thread_with_message(UserExecutionContext(user_id="u"), "hi"))
+        assert second.store.fetch_all_sync(select(T.c.user_id)) == [{"user_id": "u"}]
+    finally:
+        second.dispose_engines()
+        backend.drop_database(second)
+
+
+def test_a_new_template_retires_the_spares_made_from_the_old_one(backend: MySqlBackend) -> None:
+    prefix = f"tc_{backend.run_id}_gw3_"
+    used = backend.create_database("before", isolation="fresh")
+    backend.drop_database(used)
+    old = _wait_for("spare", lambda: _databases(prefix) - {backend.template})
+
+    def versioned(template: Database) -> None:
+        async def create() -> None:
+            async with template.engine.begin() as conn:
+                await conn.exec_driver_sql("CREATE TABLE version_table (num INT PRIMARY KEY)")
+
+        asyncio.run(create())
+
+    backend.prepare_template(SCHEMA, versioned)
+    assert not old & _databases(prefix), "the old template's spares are dropped"
+    database = backend.create_database("after", isolation="fresh")
+    try:
+        tables = _sql(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s",
+            (database.name,),
+        )
+        assert ("version_table",) in {tuple(row) for row in tables}
+    finally:
+        backend.drop_database(database)
 
 
 def test_an_engine_driver_that_is_not_installed_is_named_at_start(
@@ -160,6 +223,8 @@ _KILLED_RUN = textwrap.dedent(
     backend.prepare_template(default_schema(), None)
     backend.create_database("killed_one", isolation="fresh")
     backend.create_database("killed_two", isolation="clean")
+    while len(backend._spares.stock()) < backend._spares.target or backend._spares._cloning:
+        time.sleep(0.01)  # the tender's spares made ahead, none half made
     print("ready", flush=True)
     time.sleep(600)
     """
@@ -176,7 +241,8 @@ def test_a_killed_runs_databases_are_swept_and_lookalikes_survive() -> None:
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         made = _databases(f"tc_{dead}_")
-        assert len(made) == 3  # the template and two databases
+        # the template, two databases and the spares made ahead
+        assert len(made) >= 4 and any(name.endswith("_fresh") for name in made)
         # A live run is never swept.
         live_check = MySqlBackend(MYSQL_SERVER_URL, run_id=new_run_id(), worker_id="gw1")
         live_check.start()

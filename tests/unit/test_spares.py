@@ -7,21 +7,15 @@ import itertools
 from typing import Any
 
 from pytest_threadcreator._background import BackgroundLoop
-from pytest_threadcreator.backends.postgresql.spares import SpareTender
+from pytest_threadcreator.backends.spares import SpareTender
 
 
 class _Conn:
     def __init__(self) -> None:
         self.closed = False
 
-    async def close(self, timeout: float | None = None) -> None:
-        self.closed = True
-
     def is_closed(self) -> bool:
         return self.closed
-
-    def terminate(self) -> None:
-        self.closed = True
 
 
 class _Warm:
@@ -44,6 +38,9 @@ class _Server:
         conn = _Conn()
         self.conns.append(conn)
         return conn
+
+    async def disconnect(self, conn: _Conn) -> None:
+        conn.closed = True
 
     def make_name(self) -> str:
         return next(self._names)
@@ -73,6 +70,8 @@ class _Server:
             background=background,
             target=target,
             connect=self.connect,
+            disconnect=self.disconnect,
+            is_closed=_Conn.is_closed,
             make_name=self.make_name,
             clone=self.clone,
             drop=self.drop,

@@ -3,7 +3,7 @@
 Where the server comes from is :mod:`.servers` (a URL, local binaries, Docker, or the first of
 those that works); what the plugin owns on a shared server, how it tells and when it drops it
 is :mod:`.janitor`; pool sizes are :mod:`.pools`; ``fresh`` databases cloned ahead and
-dropped behind are :mod:`.spares`; the data path of each database is
+dropped behind are :mod:`..spares`; the data path of each database is
 :class:`~pytest_threadcreator.store.postgresql.PgStore`.
 """
 
@@ -29,6 +29,7 @@ from ...store.postgresql import ADMIN_TIMEOUT, PgStore, _asyncpg, close_pool, op
 from ...store.postgresql_reset import _quote, copy_seed
 from ..server import ServerBackend
 from ..server import short_reason as _short_reason
+from ..spares import SpareTender
 from .docker import DEFAULT_IMAGE, KEPT_SUFFIX, DockerServer
 from .janitor import (
     DB_PREFIX,
@@ -61,7 +62,6 @@ from .servers import (
     safe_url,
     settle_ssl,
 )
-from .spares import SpareTender
 
 if TYPE_CHECKING:
     from ...schema import ThreadSchema
@@ -462,6 +462,8 @@ class PostgresBackend(ServerBackend):
                 background=self._background,
                 target=self.plan.spares,
                 connect=self._locked_connection,
+                disconnect=_disconnect,
+                is_closed=_is_closed,
                 make_name=next_name,
                 clone=clone,
                 drop=drop,
@@ -645,3 +647,15 @@ class PostgresBackend(ServerBackend):
         if self.container is not None:
             # an attached container (xdist) is the controller's to remove
             self.container.stop(keep=self._keep_container)
+
+
+async def _disconnect(conn: Any) -> None:
+    """Close a tender's connection (releasing the run's lock with it), however it went."""
+    try:
+        await conn.close(timeout=5)
+    except Exception:  # the server is gone: nothing to release there
+        conn.terminate()
+
+
+def _is_closed(conn: Any) -> bool:
+    return bool(conn.is_closed())

@@ -25,7 +25,7 @@ How a backend behaves on a shared server:
   database that merely looks like the plugin's survives every run, crashed run and sweep.
   (Should a process die between the ``CREATE`` and the ``COMMENT``, an unmarked database of the
   plugin's stays behind; that is the price of never dropping a user's. A run of ``fresh`` tests
-  clones ahead all the time (:mod:`.spares`), so a SIGKILL in the middle of one is the likely
+  clones ahead all the time (:mod:`..spares`), so a SIGKILL in the middle of one is the likely
   way to leave such a ``tc_…_fresh`` database.)
 * Every backend holds a *shared* advisory lock keyed by its run id on its admin connection for
   its whole life. At start it lists the ``tc_`` databases of other runs and drops a run's

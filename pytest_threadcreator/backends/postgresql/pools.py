@@ -33,7 +33,7 @@ class PoolPlan:
     engine_max_overflow: int
     #: ``fresh`` databases cloned ahead by the worker's tender (never more than this at once)
     spares: int = DEFAULT_SPARES
-    #: whether each ready spare holds its first connection open (see :mod:`.spares`)
+    #: whether each ready spare holds its first connection open (see :mod:`..spares`)
     warm_spares: bool = True
 
 
@@ -84,7 +84,7 @@ def plan_pools(
 def service_connections(spares: int, *, warm: bool = True) -> int:
     """Connections of a worker that serve no test's database: the admin one and, with spares,
     the tender's (one per spare to clone it side by side, one to drop used databases) and the
-    one each ready spare holds open for its test when ``warm`` (see :mod:`.spares`)."""
+    one each ready spare holds open for its test when ``warm`` (see :mod:`..spares`)."""
     return 1 + ((2 if warm else 1) * spares + 1 if spares else 0)
 
 

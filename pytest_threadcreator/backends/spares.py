@@ -1,11 +1,12 @@
 """``fresh`` databases cloned ahead and dropped behind, off the test's path (integresql's way).
 
-A ``CREATE DATABASE … TEMPLATE`` per test costs tens of milliseconds of server time, and so does
-its ``DROP``. A :class:`SpareTender` does both on the backend's background loop, on connections
-of its own, while tests run: it keeps up to ``target`` clones of the template ready (each marked
-as the run's own the moment it exists, like every database of the plugin, so a later run sweeps
-them if this one is killed) and drops the databases tests are done with. Handing a ``fresh``
-database out is then a pop from a queue.
+Making a database per test costs the server milliseconds to tens of milliseconds (PostgreSQL: a
+``CREATE DATABASE … TEMPLATE``; MySQL/MariaDB: a ``CREATE DATABASE`` and the template's DDL),
+and so does its ``DROP``. A :class:`SpareTender` does both on the backend's background loop, on
+connections of its own, while tests run: it keeps up to ``target`` clones of the template ready
+(each marked as the run's own the moment it exists, like every database of the plugin, so a
+later run sweeps them if this one is killed) and drops the databases tests are done with.
+Handing a ``fresh`` database out is then a pop from a queue. Both server backends use it.
 
 With a ``warm`` step, each clone also gets its first connection opened (and its catalog caches
 loaded) by the tender: a brand-new database's first connection is the slowest one it will ever
@@ -13,15 +14,15 @@ get, and the test then starts on a connection that is already there. Whatever ``
 handed out with the clone, and closed by the tender (``unwarm``) when the clone is dropped unused
 or the test is done with it.
 
-With a ``recycle`` step (a :class:`~.recycle.Recycler`, for a template that watches for schema
+With a ``recycle`` step (a :class:`Recycler`: PostgreSQL's, for a template that watches for schema
 changes), the dropper renames a used database instead, and a task beside it warms the renamed
 one and checks and empties it on the warmed connection: one that changed nothing but rows is a
 spare again, any other goes back to the dropper. The cloners leave room for the used databases
 still to come back (as long as the last one tried did come back: tests that change the schema
 get clones made ahead as before).
 
-Should a tender's connection fail, it stops; the backend then clones on demand and drops what is left itself, as it would
-without a tender, and the same failure reaches the test there.
+Should a tender's connection fail, it stops; the backend then clones on demand and drops what
+is left itself, as it would without a tender, and the same failure reaches the test there.
 """
 
 from __future__ import annotations
@@ -31,13 +32,23 @@ import collections
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
-from ..._background import BackgroundLoop
-from ..server import short_reason as _short_reason
-from .recycle import Recycler
+from .._background import BackgroundLoop
+from .server import short_reason as _short_reason
 
-__all__ = ["SpareTender"]
+__all__ = ["Recycler", "SpareTender"]
+
+
+class Recycler(Protocol):
+    """Makes a used database a spare again (PostgreSQL's :class:`~.postgresql.recycle.Recycler`)."""
+
+    async def rename(self, conn: Any, name: str) -> str | None:
+        """Rename ``name`` out of the test's reach: its new name, or None to drop it instead."""
+
+    async def check(self, name: str, handle: Any) -> bool:
+        """Check and empty the renamed ``name`` (on ``handle``, if warmed): True if it is a
+        spare again."""
 
 
 class SpareTender:
@@ -50,7 +61,9 @@ class SpareTender:
     Each task on a connection of its own, so that a drop never holds up a clone: ``target``
     cloners keep ``target`` clones ready (clones made side by side share the server's
     checkpoints, so two cost little more than one); the dropper drops what tests are done with.
-    ``connect()`` opens a connection (holding the run's lock like the admin one);
+    ``connect()`` opens a connection (holding the run's lock like the admin one, where the
+    server's lock is shared by the run's sessions), ``disconnect(conn)`` closes it (it must not
+    raise) and ``is_closed(conn)`` tells whether it broke;
     ``make_name()`` names the next clone; ``clone(conn, name)`` creates and marks it;
     ``drop(conn, name)`` drops it if it carries the run's mark; ``warm(name)`` (optional)
     opens what the test will use on a new clone (a failure there only hands the clone out cold)
@@ -63,6 +76,8 @@ class SpareTender:
         background: BackgroundLoop,
         target: int,
         connect: Callable[[], Awaitable[Any]],
+        disconnect: Callable[[Any], Awaitable[None]],
+        is_closed: Callable[[Any], bool],
         make_name: Callable[[], str],
         clone: Callable[[Any, str], Awaitable[None]],
         drop: Callable[[Any, str], Awaitable[object]],
@@ -73,6 +88,8 @@ class SpareTender:
         self.target = target
         self._background = background
         self._connect = connect
+        self._disconnect = disconnect
+        self._is_closed = is_closed
         self._make_name = make_name
         self._clone = clone
         self._drop = drop
@@ -237,10 +254,10 @@ class SpareTender:
         if not self._cloners and not self._stopping:
             loop = asyncio.get_running_loop()
             self._cloners = [
-                loop.create_task(self._keep_cloning(), name=f"threadcreator-pg-cloner-{n}")
+                loop.create_task(self._keep_cloning(), name=f"threadcreator-cloner-{n}")
                 for n in range(self.target)
             ]
-            self._dropper = loop.create_task(self._keep_dropping(), name="threadcreator-pg-dropper")
+            self._dropper = loop.create_task(self._keep_dropping(), name="threadcreator-dropper")
 
     def _doom(self, name: str, handle: Any) -> None:
         # closed now, not when its turn to be dropped comes: its connections count meanwhile
@@ -253,7 +270,7 @@ class SpareTender:
     def _close_soon(self, handle: Any) -> asyncio.Task[None]:
         assert self._unwarm is not None
         return asyncio.get_running_loop().create_task(
-            _quietly(self._unwarm(handle)), name="threadcreator-pg-unwarm"
+            _quietly(self._unwarm(handle)), name="threadcreator-unwarm"
         )
 
     async def _keep_cloning(self) -> None:
@@ -277,7 +294,8 @@ class SpareTender:
             self.failure = _short_reason(exc)
         finally:
             self._made.set()
-            await _close(conn)
+            if conn is not None:
+                await self._disconnect(conn)
 
     async def _keep_dropping(self) -> None:
         conn: Any = None
@@ -292,7 +310,7 @@ class SpareTender:
                         await self._recycle_or_drop(conn, name)
                     except Exception as exc:  # the backend retries at stop
                         self.problems.append(f"dropping {name}: {_short_reason(exc)}")
-                        if conn.is_closed():
+                        if self._is_closed(conn):
                             raise
                     finally:
                         self._doomed.popleft()
@@ -309,7 +327,8 @@ class SpareTender:
             self.failure = _short_reason(exc)
         finally:
             self._drained.set()
-            await _close(conn)
+            if conn is not None:
+                await self._disconnect(conn)
 
     def _stock(self) -> int:
         return len(self._ready) + len(self._cloning)
@@ -338,7 +357,7 @@ class SpareTender:
         # counted meanwhile as a clone being made
         self._cloning.add(new)
         task = asyncio.get_running_loop().create_task(
-            self._ready_up(new, recycler), name="threadcreator-pg-recycle"
+            self._ready_up(new, recycler), name="threadcreator-recycle"
         )
         self._warming.add(task)
         task.add_done_callback(self._warming.discard)
@@ -381,12 +400,3 @@ async def _quietly(closing: Awaitable[None]) -> None:
 
 def _alive(task: asyncio.Task[None] | None) -> bool:
     return task is not None and not task.done()
-
-
-async def _close(conn: Any) -> None:
-    if conn is None:
-        return
-    try:
-        await conn.close(timeout=5)
-    except Exception:  # the server is gone: nothing to release there
-        conn.terminate()
