@@ -334,6 +334,18 @@ class MySqlStore(Store):
         except BaseException:
             conn.close()
 
+    async def kill_query(self, conn: Any) -> None:
+        """Stop the statement ``conn`` runs: ``KILL QUERY`` from a connection of its own (the
+        store's may all be busy)."""
+        side = await asyncmy_module().connect(
+            autocommit=True, connect_timeout=5, **self.connect_kwargs
+        )
+        try:
+            async with side.cursor() as cursor:
+                await cursor.execute("KILL QUERY %s", (conn.thread_id(),))
+        finally:
+            side.close()
+
     async def raise_if_taken(
         self, conn: Any, exc: Exception, thread_row: Mapping[str, Any], explicit: bool
     ) -> None:

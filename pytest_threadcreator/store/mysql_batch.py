@@ -8,12 +8,20 @@ creates before the failing statement committed, the failing create is rolled bac
 error, and the creates after it did not run and go back to the front of the queue. A create
 alone in the queue is a packet of one.
 
-A create cancelled while its packet is on the wire waits for the packet's outcome (a packet
-cut off half-way would leave the connection out of step with the server).
+A create cancelled while its packet is on the wire is interrupted on the server: ``KILL QUERY``
+from a connection of its own stops the statement running (a create waiting for a lock, say), so
+the server stops the packet there and the outcome is exact as above; the create that was running
+is rolled back, and if it was not the cancelled one it goes back to the queue (its caller did
+not ask for that). The packet's answer is always read to its end (cutting the client off
+half-way would leave the connection out of step with the server), and a connection a kill was
+sent to is closed afterwards, never reused: a kill that arrives after its packet finished must
+not stop the next one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -27,6 +35,10 @@ __all__ = ["MAX_BATCH", "MySqlCreateQueue"]
 MAX_BATCH = 8
 #: Statements of one create in a packet: START TRANSACTION, two INSERTs, COMMIT.
 _PER_CREATE = 4
+#: MySQL's error for a statement stopped by ``KILL QUERY``.
+QUERY_INTERRUPTED = 1317
+#: How long a lane waits for a kill it asked for to be done before it drops the connection.
+KILL_TIMEOUT = 5.0
 
 
 class PacketStore(Protocol):
@@ -48,19 +60,53 @@ class PacketStore(Protocol):
         self, conn: Any, exc: Exception, thread_row: Mapping[str, Any], explicit: bool
     ) -> None: ...
 
+    async def kill_query(self, conn: Any) -> None: ...
+
+
+def _code(exc: BaseException) -> int | None:
+    code = exc.args[0] if exc.args else None
+    return code if isinstance(code, int) else None
+
 
 def _is_statement_error(exc: BaseException) -> bool:
     """An error the server sent for a statement: the packet stopped there. (The client's own
     errors, such as a lost connection, are MySQL's codes 2000-2999; the server's are below and
     above, e.g. 4025 for a CHECK constraint on MariaDB.)"""
-    code = exc.args[0] if exc.args else None
-    return isinstance(code, int) and code > 0 and not 2000 <= code < 3000
+    code = _code(exc)
+    return code is not None and code > 0 and not 2000 <= code < 3000
 
 
 class MySqlCreateQueue(CreateQueue[PacketStore]):
     """Creates of one MySQL store; ``sql`` of a job: its two INSERTs."""
 
     max_batch = MAX_BATCH
+    cancel_in_flight = True
+
+    def __init__(self, store: PacketStore, background: Any) -> None:
+        super().__init__(store, background)
+        #: kills sent for a cancelled create, by the connection they stop
+        self._kills: dict[Any, asyncio.Task[None]] = {}
+
+    def _cut(self, job: CreateJob) -> None:
+        conn = job.conn
+        if conn is not None and conn not in self._kills:
+            self._kills[conn] = asyncio.get_running_loop().create_task(
+                self.store.kill_query(conn), name="threadcreator-mysql-kill"
+            )
+
+    async def _kill_done(self, conn: Any) -> None:
+        """Wait for the kill sent to ``conn`` (if any) to be done (or given up)."""
+        kill = self._kills.get(conn)
+        if kill is not None:
+            with contextlib.suppress(Exception):  # no kill: the packet was waited for instead
+                await asyncio.wait_for(asyncio.shield(kill), KILL_TIMEOUT)
+
+    async def _after_cut(self, conn: Any) -> None:
+        await self._kill_done(conn)
+        kill = self._kills.pop(conn, None)
+        if kill is not None and not kill.done():
+            kill.cancel()
+        self._discard(conn)  # a kill that came late must not stop the next packet
 
     def _usable(self, conn: Any) -> bool:
         return bool(conn.connected)
@@ -110,6 +156,14 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
         done: Outcomes = [(job, None) for job in batch[:at]]
         failing, rest = batch[at], batch[at + 1 :]
         stopped = _is_statement_error(exc)  # the server stopped there: the rest did not run
+        killed = conn in self._kills
+        if killed:  # the kill must not stop the ROLLBACK instead
+            await self._kill_done(conn)
+        if killed and failing.ack is None and _code(exc) == QUERY_INTERRUPTED:
+            # stopped for another create's caller, not its own: rolled back, and sent again
+            await self.store.roll_back(conn)
+            self._requeue([failing, *rest])
+            return done
         await self.store.roll_back(conn)
         outcome: BaseException = exc
         try:

@@ -10,9 +10,9 @@ per job on PostgreSQL, several jobs to a packet on MySQL (:mod:`.mysql_batch`).
 
 Cancellation keeps the store's promise (SPEC: a call cancelled before its commit leaves
 nothing, ever): a job cancelled while it waits in the queue is taken out; one cancelled while
-it is on the wire is either cut there (``cancel_in_flight``: the lane's statement is cancelled,
-as a task of its own would be) or waited for until its outcome is known. Only then does
-``CancelledError`` reach the caller.
+it is on the wire is cut there (:meth:`CreateQueue._cut`: PostgreSQL cancels the lane's
+statement, as a task of its own would be; MySQL interrupts it on the server) and its outcome
+awaited. Only then does ``CancelledError`` reach the caller.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class CreateJob:
     __slots__ = (
         "ack",
         "caller",
+        "conn",
         "cut",
         "explicit",
         "future",
@@ -81,8 +82,9 @@ class CreateJob:
         self.state = _QUEUED
         #: set when the caller was cancelled while the job was on the wire
         self.ack: asyncio.Future[None] | None = None
-        #: the lane task running it, while it is on the wire
+        #: the lane task running it, and its connection, while it is on the wire
         self.lane: asyncio.Task[None] | None = None
+        self.conn: Any = None
         #: its lane's statement was cancelled for it
         self.cut = False
 
@@ -114,7 +116,7 @@ class CreateQueue(abc.ABC, Generic[S]):
 
     #: at most this many jobs per :meth:`_send`
     max_batch = 1
-    #: a job withdrawn on the wire cancels its lane's statement (else its outcome is awaited)
+    #: a job withdrawn on the wire is cut there (:meth:`_cut`; else its outcome is awaited)
     cancel_in_flight = False
 
     def __init__(self, store: S, background: BackgroundLoop) -> None:
@@ -159,6 +161,14 @@ class CreateQueue(abc.ABC, Generic[S]):
     def _discard(self, conn: Any) -> None:
         """Close ``conn`` at once: it was cut off mid-statement."""
 
+    def _cut(self, job: CreateJob) -> None:
+        """Stop ``job``'s statement, withdrawn while on the wire: cancel its lane's task."""
+        assert job.lane is not None
+        job.lane.cancel()
+
+    async def _after_cut(self, conn: Any) -> None:
+        """A job on ``conn`` was cut: whatever must happen before the lane lets it go."""
+
     def _enqueue(self, job: CreateJob) -> None:
         self._queue.append(job)
         if self._lanes < self.store.max_size:
@@ -173,12 +183,13 @@ class CreateQueue(abc.ABC, Generic[S]):
         elif job.state == _SENT:  # on the wire: its outcome acknowledges it
             if self.cancel_in_flight and not job.cut and job.lane is not None:
                 job.cut = True
-                job.lane.cancel()
+                self._cut(job)
             return
         self.background.post_back(job.caller, _acknowledge, ack)
 
-    def _take(self) -> list[CreateJob]:
-        """The next jobs of a lane: an even share of the queue, at most :attr:`max_batch`."""
+    def _take(self, conn: Any = None) -> list[CreateJob]:
+        """The next jobs of a lane (to send on ``conn``): an even share of the queue, at most
+        :attr:`max_batch`."""
         queue = self._queue
         share = -(-len(queue) // max(self._lanes, 1))
         batch = [queue.popleft() for _ in range(min(self.max_batch, share, len(queue)))]
@@ -186,6 +197,7 @@ class CreateQueue(abc.ABC, Generic[S]):
         for job in batch:
             job.state = _SENT
             job.lane = lane
+            job.conn = conn
         return batch
 
     @staticmethod
@@ -193,7 +205,7 @@ class CreateQueue(abc.ABC, Generic[S]):
         """The jobs' outcomes are known: no cancellation may reach their lane for them."""
         for job, _ in outcomes:
             job.state = _DONE
-            job.lane = None
+            job.lane = job.conn = None
 
     def _deliver(self, outcomes: Outcomes) -> None:
         for job, exc in outcomes:
@@ -208,6 +220,7 @@ class CreateQueue(abc.ABC, Generic[S]):
                 self.background.post_back(job.caller, _acknowledge, job.ack)
             else:
                 job.state = _QUEUED
+                job.lane = job.conn = None
                 self._queue.appendleft(job)
 
     async def _lane(self) -> None:
@@ -227,7 +240,7 @@ class CreateQueue(abc.ABC, Generic[S]):
                     while self._queue and self._usable(conn):
                         self._deliver(outcomes)  # the previous jobs'
                         outcomes = []
-                        sent = self._take()
+                        sent = self._take(conn)
                         self.round_trips += 1
                         try:
                             outcomes = await self._send(conn, sent)
@@ -241,6 +254,7 @@ class CreateQueue(abc.ABC, Generic[S]):
                         cut = any(job.cut for job in sent)
                         sent = []
                         if cut:  # the connection goes back (a cancelled statement settles)
+                            await self._after_cut(conn)
                             break
                 except BaseException:
                     self._discard(conn)  # cut off mid-statement: out of step with the server

@@ -195,39 +195,116 @@ async def test_a_value_the_driver_cannot_send_fails_only_its_own_create(
     assert store.checked_out() == 0
 
 
+class Blocker:
+    """A session of its own holding a lock that every insert into the thread table waits for."""
+
+    def __init__(self, database: Database) -> None:
+        self.url = make_url(database.url)
+        self.conn: Any = None
+
+    async def __aenter__(self) -> Blocker:
+        if self.url.get_backend_name() == "postgresql":
+            dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self.conn = await asyncpg.connect(dsn)
+            await self.conn.execute("BEGIN; LOCK TABLE threads IN ACCESS EXCLUSIVE MODE")
+        else:  # InnoDB: the next-key lock of a locking read over the table stops every insert
+            self.conn = await asyncmy.connect(
+                host=self.url.host,
+                port=self.url.port or 3306,
+                user=self.url.username,
+                password=self.url.password or "",
+                db=self.url.database,
+            )
+            await self._mysql("START TRANSACTION")
+            await self._mysql("SELECT id FROM threads FOR UPDATE")
+        return self
+
+    async def _mysql(self, sql: str) -> list[Any]:
+        async with self.conn.cursor() as cursor:
+            await cursor.execute(sql)
+            return list(await cursor.fetchall() or ())
+
+    async def until_waiting(self, sessions: int = 1) -> None:
+        """Return once ``sessions`` sessions of the server wait for a lock (up to 10 s)."""
+        # InnoDB refreshes what INNODB_TRX shows only when it was not read for 0.1 s
+        pause = 0.01 if self.url.get_backend_name() == "postgresql" else 0.15
+        for _ in range(int(10 / pause)):
+            if self.url.get_backend_name() == "postgresql":
+                waiting = await self.conn.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                )
+            else:
+                rows = await self._mysql(
+                    "SELECT COUNT(*) FROM information_schema.INNODB_TRX "
+                    "WHERE trx_state = 'LOCK WAIT'"
+                )
+                waiting = rows[0][0]
+            if waiting >= sessions:
+                return
+            await asyncio.sleep(pause)
+        raise AssertionError(f"{sessions} session(s) did not come to wait for the lock")
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.url.get_backend_name() == "postgresql":
+            await self.conn.execute("ROLLBACK")
+            await self.conn.close()
+        else:
+            await self._mysql("ROLLBACK")
+            self.conn.close()
+
+
 @pytest.mark.asyncio
-@pytest.mark.parametrize("kind", [SERVERS[0]])
 async def test_a_create_cancelled_while_its_statement_waits_is_cut_there(
+    database: Database,
+) -> None:
+    async with Blocker(database) as blocker:
+        creator = ThreadCreator(database)
+        task = asyncio.ensure_future(creator.create_thread_with_message(_user(1, "blocked"), "hi"))
+        await blocker.until_waiting()  # its statement now waits for the lock
+        assert not task.done()
+        cancelled_at = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # cut on the server, not waited for (that would take the cleanup timeout)
+        assert time.monotonic() - cancelled_at < 5.0
+    await asyncio.sleep(0.3)  # the lock is gone: nothing of the create appears later
+    assert await database.count_threads() == 0
+    assert database.store.checked_out() == 0
+    made = await ThreadCreator(database).create_thread_with_message(_user(2), "after")
+    assert await database.count_messages(made.thread.id) == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", [SERVERS[1]])
+async def test_a_create_stopped_for_a_cancelled_one_in_its_packet_is_sent_again(
     kind: str, tmp_path: Path
 ) -> None:
     with open_database(kind, SCHEMA, tmp_path) as database:
-        url = make_url(database.url).set(drivername="postgresql")
-        dsn = url.render_as_string(hide_password=False)
-        blocker = await asyncpg.connect(dsn)
-        lock = blocker.transaction()
-        await lock.start()
-        try:
-            await blocker.execute("LOCK TABLE threads IN ACCESS EXCLUSIVE MODE")
-            creator = ThreadCreator(database)
-            task = asyncio.ensure_future(
-                creator.create_thread_with_message(_user(1, "blocked"), "hi")
-            )
-            await _until_waiting(blocker)  # its statement now waits for the lock
-            assert not task.done()
-            cancelled_at = time.monotonic()
-            task.cancel()
+        store = database.store
+        assert isinstance(store, MySqlStore)
+        held = Held(store)
+        await held.take()
+        creator = ThreadCreator(database)
+        # two creates to each lane's packet: the first of each waits for the lock, the second
+        # (queued behind it in the same packet) is cancelled there
+        n = 2 * store.max_size
+        async with Blocker(database) as blocker:
+            tasks = [
+                asyncio.ensure_future(creator.create_thread_with_message(_user(i, f"t{i}"), "hi"))
+                for i in range(n)
+            ]
+            await held.give_back()
+            await blocker.until_waiting(store.max_size)
+            tasks[1].cancel()
             with pytest.raises(asyncio.CancelledError):
-                await task
-            # cut on the server, not waited for (that would take the cleanup timeout)
-            assert time.monotonic() - cancelled_at < 5.0
-        finally:
-            await lock.rollback()
-            await blocker.close()
-        await asyncio.sleep(0.3)  # the lock is gone: nothing of the create appears later
-        assert await database.count_threads() == 0
-        assert database.store.checked_out() == 0
-        made = await ThreadCreator(database).create_thread_with_message(_user(2), "after")
-        assert await database.count_messages(made.thread.id) == 1
+                await tasks[1]
+        results = await asyncio.gather(*tasks[:1], *tasks[2:], return_exceptions=True)
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        ids = {row["id"] for row in await _thread_ids(database)}
+        assert ids == {f"t{i}" for i in range(n) if i != 1}
+        assert await database.count_messages() == n - 1
+        assert store.checked_out() == 0
 
 
 @pytest.mark.asyncio
@@ -342,12 +419,3 @@ async def test_a_server_error_above_3000_stops_the_packet_and_the_rest_run(
         assert [i for i, r in enumerate(results) if isinstance(r, BaseException)] == [1]
         assert await database.count_threads() == 29
         assert store.checked_out() == 0
-
-
-async def _until_waiting(conn: Any) -> None:
-    """Return once a session of the server waits for a lock (polls pg_locks, up to 10 s)."""
-    for _ in range(1000):
-        if await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("no session came to wait for the lock")
