@@ -70,3 +70,24 @@ class InjectedFault(Exception):
         super().__init__(f"injected fault at step {step!r} (call {call})")
         self.step = step
         self.call = call
+
+
+def short_reason(exc: BaseException) -> str:
+    """The innermost cause's message, one line, no traceback."""
+    inner: BaseException = exc
+    for _ in range(10):
+        nxt = inner.__cause__ or inner.__context__
+        if nxt is None:
+            break
+        inner = nxt
+    for arg in getattr(inner, "args", ()):
+        # requests/urllib3 nest the OSError inside their own exceptions' args
+        if isinstance(arg, BaseException):
+            inner = arg
+    if isinstance(inner, OSError) and inner.strerror:
+        return inner.strerror
+    explanation = getattr(inner, "explanation", None)  # docker.errors.APIError
+    if explanation:
+        return str(explanation).strip().splitlines()[0][:200]
+    text = str(inner).strip().splitlines()
+    return (text[0] if text else type(inner).__name__)[:200]

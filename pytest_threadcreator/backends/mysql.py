@@ -156,7 +156,6 @@ class MySqlBackend(ServerBackend):
         self._ddl = ""
         self._seeded: list[str] = []
         self._counter = 0
-        self._spares: SpareTender | None = None
         #: names dropped by this backend's sweep of dead runs at start
         self.swept: list[str] = []
 
@@ -391,9 +390,6 @@ class MySqlBackend(ServerBackend):
             async def clone(conn: Any, name: str) -> None:
                 await self._create_registered(conn, name, ddl)
 
-            async def drop(conn: Any, name: str) -> bool:
-                return await _drop_if_ours(conn, name, self.run_id)
-
             spares = self._spares = SpareTender(
                 background=self._background,
                 target=self.plan.spares,
@@ -402,22 +398,13 @@ class MySqlBackend(ServerBackend):
                 is_closed=_is_closed,
                 make_name=functools.partial(self._next_name, "fresh"),
                 clone=clone,
-                drop=drop,
+                drop=self._drop_owned,
             )
         spares.start()
         return spares
 
-    def _retire_spares(self) -> None:
-        """Stop the tender and drop what it made (the template is about to change)."""
-        spares, self._spares = self._spares, None
-        if spares is None or not self._started:
-            return
-
-        async def retire(conn: Any) -> None:
-            for name in await spares.stop():
-                await _drop_if_ours(conn, name, self.run_id)
-
-        self._admin_run(retire)
+    async def _drop_owned(self, conn: Any, name: str) -> bool:
+        return await _drop_if_ours(conn, name, self.run_id)
 
     def _open(self, name: str, *, label: str, isolation: str) -> Database:
         assert self._schema is not None and self.plan is not None

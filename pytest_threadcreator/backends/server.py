@@ -21,11 +21,12 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .._background import BackgroundLoop
-from ..errors import BackendUnavailableError, ConfigurationError, DatabaseError
+from ..errors import BackendUnavailableError, ConfigurationError, DatabaseError, short_reason
 from .base import Backend
 
 if TYPE_CHECKING:
     from ..database import Database
+    from .spares import SpareTender
 
 __all__ = ["ServerBackend", "parse_url", "short_reason"]
 
@@ -41,27 +42,6 @@ def parse_url(value: str, where: str, example: str) -> URL:
         raise ConfigurationError(
             f"{where}: {value!r} is not a valid URL ({why}); write one like {example}"
         ) from None
-
-
-def short_reason(exc: BaseException) -> str:
-    """The innermost cause's message, one line, no traceback."""
-    inner: BaseException = exc
-    for _ in range(10):
-        nxt = inner.__cause__ or inner.__context__
-        if nxt is None:
-            break
-        inner = nxt
-    for arg in getattr(inner, "args", ()):
-        # requests/urllib3 nest the OSError inside their own exceptions' args
-        if isinstance(arg, BaseException):
-            inner = arg
-    if isinstance(inner, OSError) and inner.strerror:
-        return inner.strerror
-    explanation = getattr(inner, "explanation", None)  # docker.errors.APIError
-    if explanation:
-        return str(explanation).strip().splitlines()[0][:200]
-    text = str(inner).strip().splitlines()
-    return (text[0] if text else type(inner).__name__)[:200]
 
 
 class ServerBackend(Backend):
@@ -82,9 +62,12 @@ class ServerBackend(Backend):
     _started: bool
     _stopped: bool
     _state_lock: threading.Lock
+    #: the tender of ``fresh`` databases made ahead, once a ``fresh`` test asked for one
+    _spares: SpareTender | None
 
     def _init_server(self, background: BackgroundLoop) -> None:
         self._background = background
+        self._spares = None
         self._admin = None
         self._admin_lock = None
         self._databases = {}
@@ -112,6 +95,22 @@ class ServerBackend(Backend):
 
     async def _admin_ready(self) -> None:
         """Called before each admin job, under the admin lock (e.g. to reconnect)."""
+
+    @abc.abstractmethod
+    async def _drop_owned(self, conn: Any, name: str) -> bool:
+        """Drop ``name`` if it carries this run's mark; False (nothing done) else."""
+
+    def _retire_spares(self) -> None:
+        """Stop the tender and drop what it made (the template is about to change)."""
+        spares, self._spares = self._spares, None
+        if spares is None or not self._started:
+            return
+
+        async def retire(conn: Any) -> None:
+            for name in await spares.stop():
+                await self._drop_owned(conn, name)
+
+        self._admin_run(retire)
 
     # -- stop ------------------------------------------------------------------------------------
     def stop(self) -> None:

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .._background import BackgroundLoop
-from .server import short_reason as _short_reason
+from ..errors import short_reason as _short_reason
 
 __all__ = ["Recycler", "SpareTender"]
 

@@ -81,7 +81,7 @@ TEMPLATE_WAIT_TIMEOUT = 600.0
 
 class PostgresBackend(ServerBackend):
     """Databases on a PostgreSQL server: per test ``CREATE DATABASE … TEMPLATE`` (for
-    ``fresh``, cloned ahead and dropped behind by a :class:`~.spares.SpareTender`).
+    ``fresh``, cloned ahead and dropped behind by a :class:`~..spares.SpareTender`).
 
     ``mode``: ``"url"`` (``url`` required), ``"local"``, ``"docker"`` or ``"auto"`` (the
     environment's URL, then local binaries, then Docker). Build it with
@@ -147,7 +147,6 @@ class PostgresBackend(ServerBackend):
         self._keep_container = False
         #: the test label of each database handed out from the spares (named ``…_fresh``)
         self._labels: dict[str, str] = {}
-        self._spares: SpareTender | None = None
         #: clone with STRATEGY FILE_COPY (PostgreSQL 15+; see janitor.create_marked)
         self._file_copy = False
         self._counter = 0
@@ -445,9 +444,6 @@ class PostgresBackend(ServerBackend):
             async def clone(conn: Any, name: str) -> None:
                 await create_marked(conn, name, self.run_id, template=template, file_copy=file_copy)
 
-            async def drop(conn: Any, name: str) -> bool:
-                return await drop_if_ours(conn, name, self.run_id)
-
             schema, connect, plan = self._schema, self._connect, self.plan
             assert schema is not None
 
@@ -466,7 +462,7 @@ class PostgresBackend(ServerBackend):
                 is_closed=_is_closed,
                 make_name=next_name,
                 clone=clone,
-                drop=drop,
+                drop=self._drop_owned,
                 warm=warm if plan.warm_spares else None,
                 unwarm=close_pool,
                 recycle=recycle if self._watched else None,
@@ -474,17 +470,8 @@ class PostgresBackend(ServerBackend):
         spares.start()
         return spares
 
-    def _retire_spares(self) -> None:
-        """Stop the tender and drop its clones (the template is about to change)."""
-        spares, self._spares = self._spares, None
-        if spares is None or not self._started:
-            return
-
-        async def retire(conn: Any) -> None:
-            for name in await spares.stop():
-                await drop_if_ours(conn, name, self.run_id)
-
-        self._admin_run(retire)
+    async def _drop_owned(self, conn: Any, name: str) -> bool:
+        return await drop_if_ours(conn, name, self.run_id)
 
     def _open(self, name: str, *, label: str, isolation: str, pool: Any = None) -> Database:
         assert self._url is not None and self._schema is not None and self.plan is not None
