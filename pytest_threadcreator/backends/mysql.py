@@ -15,7 +15,9 @@
 * Each backend holds a named lock (``GET_LOCK``) for its run and worker on its admin connection
   for its whole life; the server frees it when the process dies. At start a backend drops the
   registered databases of every (run, worker) whose lock is free (a crashed or killed run),
-  taking that lock itself while it does so that two sweepers never race.
+  taking that lock itself while it does so that two sweepers never race (and, since the dead
+  process's tender connections held no lock, after any statement of theirs still running on
+  the server has ended: the registry is read again then).
 * The schema is built once per worker into a template database (``create_all`` and the setup
   hook); its DDL (``SHOW CREATE TABLE``) is captured and replayed into every new database in
   the same round trip as its ``CREATE DATABASE`` (``CREATE TABLE … LIKE`` would lose the
@@ -233,18 +235,26 @@ class MySqlBackend(ServerBackend):
 
     async def _remove_dead_runs(self, conn: Any) -> list[str]:
         """Drop the registered databases of every other (run, worker) whose lock is free."""
-        rows = await _query(conn, f"SELECT name, run_id, worker_id FROM {_OWNED} ORDER BY name")
-        groups: dict[tuple[str, str], list[str]] = {}
-        for name, run, worker in rows:
-            if (run, worker) != (self.run_id, self.worker_id):
-                groups.setdefault((str(run), str(worker)), []).append(str(name))
+        rows = await _query(conn, f"SELECT DISTINCT run_id, worker_id FROM {_OWNED}")
+        groups = sorted({(str(run), str(worker)) for run, worker in rows})
         removed: list[str] = []
-        for (run, worker), names in groups.items():
+        for run, worker in groups:
+            if (run, worker) == (self.run_id, self.worker_id):
+                continue
             lock = lock_name(run, worker)
             if (await _query(conn, "SELECT GET_LOCK(%s, 0)", (lock,)))[0][0] != 1:
                 continue  # a process of that run is alive (or another sweeper has it)
             try:
-                for name in names:
+                # The dead process's tender connections hold no lock: a statement of theirs (a
+                # clone's CREATE and registry row) may still be running on the server. Once
+                # they are gone, the registry is read again and says all there is.
+                await _wait_for_sessions_on(conn, f"{DB_PREFIX}{run}_{worker}_")
+                names = await _query(
+                    conn,
+                    f"SELECT name FROM {_OWNED} WHERE run_id = %s AND worker_id = %s ORDER BY name",
+                    (run, worker),
+                )
+                for (name,) in names:
                     with contextlib.suppress(Exception):
                         if await _drop_if_ours(conn, name, run):
                             removed.append(name)
@@ -540,6 +550,28 @@ async def _disconnect(conn: Any) -> None:
 
 def _is_closed(conn: Any) -> bool:
     return not conn.connected
+
+
+#: Seconds a sweeper waits for a dead run's statements still running on the server to end.
+SESSION_GRACE = 5.0
+
+
+async def _wait_for_sessions_on(conn: Any, prefix: str) -> None:
+    """Wait (up to :data:`SESSION_GRACE`) until no other session runs a statement in a database
+    whose name starts with ``prefix`` or one that names such a database (idle ones, a user's
+    client looking at a kept database, say, do not count)."""
+    pattern = prefix.replace("_", "\\_") + "%"
+    deadline = asyncio.get_running_loop().time() + SESSION_GRACE
+    while asyncio.get_running_loop().time() < deadline:
+        busy = await _query(
+            conn,
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
+            "AND COMMAND <> 'Sleep' AND (DB LIKE %s OR INFO LIKE %s)",
+            (pattern, "%" + pattern),
+        )
+        if not busy[0][0]:
+            return
+        await asyncio.sleep(0.02)
 
 
 async def _drop_if_ours(conn: Any, name: str, run_id: str) -> bool:

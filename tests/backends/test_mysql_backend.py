@@ -275,6 +275,59 @@ def test_a_killed_runs_databases_are_swept_and_lookalikes_survive() -> None:
         _sql(f"DELETE FROM `{REGISTRY}`.owned WHERE name = %s", (mismatch,))
 
 
+def test_a_database_a_dead_runs_tender_was_still_making_is_swept_too() -> None:
+    """A killed run's tender connections hold no lock: one may still be running a clone's
+    ``CREATE DATABASE`` and registry row when the run's lock is already free. The sweeper waits
+    for that statement and reads the registry again, so the clone goes too."""
+    dead = new_run_id()
+    used = f"tc_{dead}_gw0_1_used"
+    late = f"tc_{dead}_gw0_2_fresh"
+    registry = f"`{REGISTRY}`.owned"
+
+    async def scenario() -> None:
+        holder = await asyncmy.connect(autocommit=True, **_server())
+        tender = await asyncmy.connect(autocommit=True, **_server())
+        try:
+            async with holder.cursor() as cursor:
+                await cursor.execute("SELECT GET_LOCK(%s, 0)", (lock_name(dead, "gw0"),))
+                await cursor.execute(
+                    f"CREATE DATABASE `{used}`; INSERT INTO {registry} VALUES (%s, %s, %s)",
+                    (used, dead, "gw0"),
+                )
+                while await cursor.nextset():
+                    pass
+
+            async def clone_late() -> None:
+                # as the tender's connection is after its last clone: on that clone
+                async with tender.cursor() as cursor:
+                    await cursor.execute(
+                        f"USE `{used}`; DO SLEEP(0.5); CREATE DATABASE `{late}`; "
+                        f"INSERT INTO {registry} VALUES (%s, %s, %s)",
+                        (late, dead, "gw0"),
+                    )
+                    while await cursor.nextset():
+                        pass
+
+            cloning = asyncio.create_task(clone_late())
+            await asyncio.sleep(0.1)
+            holder.close()  # the process dies: its lock is free, its tender's clone still runs
+            sweeper = MySqlBackend(MYSQL_SERVER_URL, run_id=new_run_id(), worker_id="gw9")
+            await asyncio.to_thread(sweeper.start)
+            await asyncio.to_thread(sweeper.stop)
+            await cloning
+        finally:
+            tender.close()
+
+    try:
+        asyncio.run(scenario())
+        assert _databases(f"tc_{dead}_") == set()
+        assert _sql(f"SELECT name FROM {registry} WHERE run_id = %s", (dead,)) == []
+    finally:
+        for name in (used, late):
+            _sql(f"DROP DATABASE IF EXISTS `{name}`")
+        _sql(f"DELETE FROM {registry} WHERE run_id = %s", (dead,))
+
+
 @pytest.mark.asyncio
 async def test_four_byte_characters_round_trip(database: Database) -> None:
     text = "threads 🧵 and emoji 😀 in 𝔘𝔫𝔦𝔠𝔬𝔡𝔢"

@@ -41,6 +41,7 @@ from pytest_threadcreator.backends.postgresql.janitor import (
     new_run_id,
     ownership_mark,
     parse_database_name,
+    remove_dead_runs,
     run_lock_key,
     template_name,
 )
@@ -825,6 +826,55 @@ def test_a_dead_runs_databases_go_and_a_live_runs_stay() -> None:
     # dead run's databases; what matters is that they are gone and the others are not.
     assert all(name not in present for name in dead_names)
     assert all(name in present for name in [*live_names, *unmarked, foreign])
+
+
+@needs_server
+def test_a_database_the_dead_runs_last_session_renamed_is_swept_too() -> None:
+    """A killed run's last statement (its tender renaming a used database into a spare) may
+    land after the sweeper listed the run's databases and before it gets the run's lock: the
+    sweep lists them again under the lock, so the renamed one goes as well."""
+    dead, sweeper_run = new_run_id(), new_run_id()
+    used = database_name(dead, "gw0", 1, "used")
+    renamed = database_name(dead, "gw0", 2, "fresh")
+    gone: list[str] = []
+
+    class RenameBeforeTheLock:
+        """The sweeper's connection; the dead run's session renames and quits (freeing the
+        lock) just before the sweeper first asks for the lock."""
+
+        def __init__(self, conn: Any, dying: Any) -> None:
+            self._conn, self._dying = conn, dying
+
+        async def fetchval(self, sql: str, *args: Any) -> Any:
+            if "pg_try_advisory_lock" in sql and self._dying is not None:
+                dying, self._dying = self._dying, None
+                await dying.execute(f'ALTER DATABASE "{used}" RENAME TO "{renamed}"')
+                await dying.close()
+            return await self._conn.fetchval(sql, *args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._conn, name)
+
+    async def scenario() -> None:
+        admin = await asyncpg.connect(**pg_connect_kwargs())
+        dying = await asyncpg.connect(**pg_connect_kwargs())
+        try:
+            await dying.execute("SELECT pg_advisory_lock_shared($1, $2)", *run_lock_key(dead))
+            await admin.execute(f'CREATE DATABASE "{used}"')
+            await admin.execute(f"COMMENT ON DATABASE \"{used}\" IS '{ownership_mark(dead)}'")
+            await remove_dead_runs(RenameBeforeTheLock(admin, dying), sweeper_run)
+            rows = await admin.fetch(
+                "SELECT datname FROM pg_database WHERE datname = ANY($1::text[])", [used, renamed]
+            )
+            gone.extend({used, renamed} - {row["datname"] for row in rows})
+        finally:
+            await dying.close()
+            for name in (used, renamed):
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.close()
+
+    asyncio.run(scenario())
+    assert sorted(gone) == sorted([used, renamed]), "the renamed database was left behind"
 
 
 # -- the store: create, explicit ids, failures -------------------------------------------------

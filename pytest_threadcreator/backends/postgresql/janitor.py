@@ -383,13 +383,13 @@ async def remove_dead_runs(conn: Any, run_id: str) -> list[str]:
 
     Only databases marked as the plugin's own count; kept ones carry no mark.
     """
-    by_run: dict[str, list[str]] = {}
+    dead_runs: set[str] = set()
     for name in await marked_databases(conn, DB_PREFIX):
         parsed = parse_database_name(name)
         if parsed is not None and parsed.run_id != run_id:
-            by_run.setdefault(parsed.run_id, []).append(name)
+            dead_runs.add(parsed.run_id)
     removed: list[str] = []
-    for dead, names in by_run.items():
+    for dead in sorted(dead_runs):
         key = run_lock_key(dead)
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", *key):
             # Held shared by a live run, or exclusively by another backend cleaning that
@@ -400,7 +400,9 @@ async def remove_dead_runs(conn: Any, run_id: str) -> list[str]:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", *key):
                 continue  # a process of that run is alive
         try:
-            for name in names:
+            # Listed again under the lock: the run's last session may have renamed or created
+            # one of its databases (and then let the lock go) after the first listing.
+            for name in await marked_databases(conn, f"{DB_PREFIX}{dead}_", dead):
                 with contextlib.suppress(Exception):
                     if await drop_if_ours(conn, name, dead):
                         removed.append(name)
