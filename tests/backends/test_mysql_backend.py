@@ -148,9 +148,13 @@ def test_fresh_databases_are_made_ahead_registered_and_dropped_behind(
     backend.drop_database(first)
     assert backend.leftovers() == [backend.template], "dropped in the background"
     assert first.name not in _databases(prefix)
+    spares = backend._spares
+    assert spares is not None
+    # ready ones are handed out oldest first: one ready now is handed out before any begun later
+    ready = _wait_for("a ready spare", lambda: {name for name, _ in spares._ready})
     second = backend.create_database("second", isolation="fresh")
     try:
-        assert second.name in ahead and second.name.endswith("_fresh"), "made ahead"
+        assert second.name in ready and second.name.endswith("_fresh"), "made ahead"
         creator = ThreadCreator(second)
         asyncio.run(creator.create_thread_with_message(UserExecutionContext(user_id="u"), "hi"))
         assert second.store.fetch_all_sync(select(T.c.user_id)) == [{"user_id": "u"}]

@@ -227,7 +227,14 @@ class Blocker:
         """Sessions of the test's database whose statement waits for the lock (the blocker's
         own reads never do)."""
         if self.url.get_backend_name() == "postgresql":
-            return int(await self.conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+            # the blocker's open transaction would otherwise see one snapshot of the statistics
+            await self.conn.execute("SELECT pg_stat_clear_snapshot()")
+            return int(
+                await self.conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
         rows = await self._mysql(
             "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
             f"WHERE DB = '{self.url.database}' AND INFO LIKE 'INSERT INTO threads%%'"
