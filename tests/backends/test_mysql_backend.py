@@ -287,13 +287,32 @@ def test_a_database_a_dead_runs_tender_was_still_making_is_swept_too() -> None:
     used = f"tc_{dead}_gw0_1_used"
     late = f"tc_{dead}_gw0_2_fresh"
     registry = f"`{REGISTRY}`.owned"
+    dead_lock = lock_name(dead, "gw0")
+    gate = f"tc_test_gate_{dead}"
+
+    async def scalar(conn: Any, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        async with conn.cursor() as cursor:
+            await cursor.execute(sql, params)
+            return (await cursor.fetchone())[0]
+
+    async def until_free(watcher: Any) -> None:
+        # the server frees a closed session's locks when it notices; a sweeper of another test
+        # (a concurrent worker's backend) may hold the dead run's lock for a while too
+        for _ in range(1500):
+            if await scalar(watcher, "SELECT IS_FREE_LOCK(%s)", (dead_lock,)) == 1:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"the lock {dead_lock} stayed held for 15 s")
 
     async def scenario() -> None:
         holder = await asyncmy.connect(autocommit=True, **_server())
         tender = await asyncmy.connect(autocommit=True, **_server())
+        keeper = await asyncmy.connect(autocommit=True, **_server())
+        watcher = await asyncmy.connect(autocommit=True, **_server())
         try:
+            assert await scalar(holder, "SELECT GET_LOCK(%s, 0)", (dead_lock,)) == 1
+            assert await scalar(keeper, "SELECT GET_LOCK(%s, 0)", (gate,)) == 1
             async with holder.cursor() as cursor:
-                await cursor.execute("SELECT GET_LOCK(%s, 0)", (lock_name(dead, "gw0"),))
                 await cursor.execute(
                     f"CREATE DATABASE `{used}`; INSERT INTO {registry} VALUES (%s, %s, %s)",
                     (used, dead, "gw0"),
@@ -302,26 +321,51 @@ def test_a_database_a_dead_runs_tender_was_still_making_is_swept_too() -> None:
                     pass
 
             async def clone_late() -> None:
-                # as the tender's connection is after its last clone: on that clone
+                # as the tender's connection is after its last clone: on that clone, and held
+                # at a gate until the sweeper has the dead run's lock
                 async with tender.cursor() as cursor:
                     await cursor.execute(
-                        f"USE `{used}`; DO SLEEP(0.5); CREATE DATABASE `{late}`; "
+                        f"USE `{used}`; DO GET_LOCK(%s, 30); CREATE DATABASE `{late}`; "
                         f"INSERT INTO {registry} VALUES (%s, %s, %s)",
-                        (late, dead, "gw0"),
+                        (gate, late, dead, "gw0"),
                     )
                     while await cursor.nextset():
                         pass
 
+            tender_id = await scalar(tender, "SELECT CONNECTION_ID()")
             cloning = asyncio.create_task(clone_late())
-            await asyncio.sleep(0.1)
-            holder.close()  # the process dies: its lock is free, its tender's clone still runs
-            sweeper = MySqlBackend(MYSQL_SERVER_URL, run_id=new_run_id(), worker_id="gw9")
-            await asyncio.to_thread(sweeper.start)
-            await asyncio.to_thread(sweeper.stop)
-            await cloning
-        finally:
-            tender.close()
+            at_gate = (
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                "WHERE ID = %s AND INFO LIKE 'DO GET_LOCK%%'"
+            )
+            while not await scalar(watcher, at_gate, (tender_id,)):
+                assert not cloning.done()
+                await asyncio.sleep(0.01)
+            holder.close()  # the process dies: its lock goes free, its tender's clone still runs
+            await until_free(watcher)
 
+            def sweep() -> None:
+                sweeper = MySqlBackend(MYSQL_SERVER_URL, run_id=new_run_id(), worker_id="gw9")
+                sweeper.start()
+                sweeper.stop()
+
+            sweeping = asyncio.create_task(asyncio.to_thread(sweep))
+            while not sweeping.done():
+                if await scalar(watcher, "SELECT IS_USED_LOCK(%s)", (dead_lock,)) is not None:
+                    await asyncio.sleep(0.3)  # a sweeper that does not wait is done by now
+                    break
+                await asyncio.sleep(0.01)
+            await scalar(keeper, "SELECT RELEASE_LOCK(%s)", (gate,))
+            await sweeping
+            await cloning
+            await until_free(watcher)
+        finally:
+            for conn in (holder, tender, keeper, watcher):
+                conn.close()
+
+    first = MySqlBackend(MYSQL_SERVER_URL, run_id=new_run_id(), worker_id="gw9")
+    first.start()  # the server has the registry from here on
+    first.stop()
     try:
         asyncio.run(scenario())
         assert _databases(f"tc_{dead}_") == set()
