@@ -848,8 +848,15 @@ def test_a_database_the_dead_runs_last_session_renamed_is_swept_too() -> None:
         async def fetchval(self, sql: str, *args: Any) -> Any:
             if "pg_try_advisory_lock" in sql and self._dying is not None:
                 dying, self._dying = self._dying, None
+                pid = dying.get_server_pid()
                 await dying.execute(f'ALTER DATABASE "{used}" RENAME TO "{renamed}"')
                 await dying.close()
+                # the server frees the session's lock once its backend has exited
+                held = "SELECT count(*) FROM pg_locks WHERE pid = $1"
+                for _ in range(1500):
+                    if not await self._conn.fetchval(held, pid):
+                        break
+                    await asyncio.sleep(0.01)
             return await self._conn.fetchval(sql, *args)
 
         def __getattr__(self, name: str) -> Any:
