@@ -491,6 +491,8 @@ class MySqlBackend(ServerBackend):
                 "ORDER BY o.name",
                 (self.run_id, self.worker_id),
             )
+            if spares is not None:
+                stock |= spares.stock()  # a clone begun and made while the server was asked
             return [str(row[0]) for row in rows if str(row[0]) not in stock]
 
         return self._admin_run(names)

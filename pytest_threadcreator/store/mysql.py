@@ -346,6 +346,13 @@ class MySqlStore(Store):
         finally:
             side.close()
 
+    async def committed(self, conn: Any, thread_row: Mapping[str, Any]) -> bool:
+        """Whether the thread of ``thread_row`` exists (asked after its transaction ended)."""
+        rows = await self._execute(
+            conn, self._owner_sql, (thread_row[self.schema.thread_id_column],)
+        )
+        return bool(rows)
+
     async def raise_if_taken(
         self, conn: Any, exc: Exception, thread_row: Mapping[str, Any], explicit: bool
     ) -> None:

@@ -12,10 +12,16 @@ A create cancelled while its packet is on the wire is interrupted on the server:
 from a connection of its own stops the statement running (a create waiting for a lock, say), so
 the server stops the packet there and the outcome is exact as above; the create that was running
 is rolled back, and if it was not the cancelled one it goes back to the queue (its caller did
-not ask for that). The packet's answer is always read to its end (cutting the client off
-half-way would leave the connection out of step with the server), and a connection a kill was
-sent to is closed afterwards, never reused: a kill that arrives after its packet finished must
-not stop the next one.
+not ask for that). A kill that fails (the server refuses its connection, say) is sent again
+until the packet's answer is in: the caller's ``CancelledError`` waits for that answer, so it
+never comes while the create can still commit. A packet sent create by create stops at the
+first kill and puts the rest back in the queue. Once a packet has failed, a create cancelled
+while the lane settles it (rolls back, looks up why) is not killed: it never ran and goes back
+to its caller as withdrawn, and a kill would only stop the lane's own statements. An interrupted
+``COMMIT`` may have taken effect: the lane then asks whether the thread exists. The packet's
+answer is always read to its end (cutting the client off half-way would leave the connection
+out of step with the server), and a connection a kill was sent to is closed afterwards, never
+reused: a kill that arrives after its packet finished must not stop the next one.
 """
 
 from __future__ import annotations
@@ -37,8 +43,12 @@ MAX_BATCH = 8
 _PER_CREATE = 4
 #: MySQL's error for a statement stopped by ``KILL QUERY``.
 QUERY_INTERRUPTED = 1317
-#: How long a lane waits for a kill it asked for to be done before it drops the connection.
+#: MySQL's error for a ``KILL`` of a connection that no longer exists.
+UNKNOWN_THREAD = 1094
+#: How long a lane that must settle a failed packet waits for a kill still under way.
 KILL_TIMEOUT = 5.0
+#: Seconds between attempts at a kill that failed (doubling up to the second figure).
+KILL_RETRY = (0.01, 0.25)
 
 
 class PacketStore(Protocol):
@@ -61,6 +71,8 @@ class PacketStore(Protocol):
     ) -> None: ...
 
     async def kill_query(self, conn: Any) -> None: ...
+
+    async def committed(self, conn: Any, thread_row: Mapping[str, Any]) -> bool: ...
 
 
 def _code(exc: BaseException) -> int | None:
@@ -86,13 +98,33 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
         super().__init__(store, background)
         #: kills sent for a cancelled create, by the connection they stop
         self._kills: dict[Any, asyncio.Task[None]] = {}
+        #: connections whose failed packet is being settled: no kill for them
+        self._settling: set[Any] = set()
 
     def _cut(self, job: CreateJob) -> None:
         conn = job.conn
-        if conn is not None and conn not in self._kills:
+        if conn is not None and conn not in self._kills and conn not in self._settling:
             self._kills[conn] = asyncio.get_running_loop().create_task(
-                self.store.kill_query(conn), name="threadcreator-mysql-kill"
+                self._kill(conn), name="threadcreator-mysql-kill"
             )
+
+    async def _kill(self, conn: Any) -> None:
+        """``KILL QUERY`` for ``conn``'s statement, sent again while it fails, until it is done,
+        the packet failed (it is being settled) or the lane, done with the packet, stops it."""
+        delay, longest = KILL_RETRY
+        while True:
+            try:
+                await self.store.kill_query(conn)
+                return
+            except Exception as exc:
+                if _code(exc) == UNKNOWN_THREAD or not self._usable(conn):
+                    return  # the connection is gone: nothing runs on it any more
+            if conn in self._settling:
+                return
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, longest)
+            if conn in self._settling:
+                return
 
     async def _kill_done(self, conn: Any) -> None:
         """Wait for the kill sent to ``conn`` (if any) to be done (or given up)."""
@@ -102,7 +134,7 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
                 await asyncio.wait_for(asyncio.shield(kill), KILL_TIMEOUT)
 
     async def _after_cut(self, conn: Any) -> None:
-        await self._kill_done(conn)
+        # the packet's answer is in: a kill still trying has nothing left to stop
         kill = self._kills.pop(conn, None)
         if kill is not None and not kill.done():
             kill.cancel()
@@ -145,8 +177,11 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
         if len(batch) == 1:
             return [(batch[0], exc)]
         done: Outcomes = []
-        for job in batch:
+        for n, job in enumerate(batch):
             done += await self._send(conn, [job])
+            if conn in self._kills:  # the connection is not to be used again
+                self._requeue(batch[n + 1 :])
+                break
         return done
 
     async def _failed(
@@ -156,23 +191,37 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
         done: Outcomes = [(job, None) for job in batch[:at]]
         failing, rest = batch[at], batch[at + 1 :]
         stopped = _is_statement_error(exc)  # the server stopped there: the rest did not run
-        killed = conn in self._kills
-        if killed:  # the kill must not stop the ROLLBACK instead
-            await self._kill_done(conn)
-        if killed and failing.ack is None and _code(exc) == QUERY_INTERRUPTED:
-            # stopped for another create's caller, not its own: rolled back, and sent again
-            await self.store.roll_back(conn)
-            self._requeue([failing, *rest])
-            return done
-        await self.store.roll_back(conn)
-        outcome: BaseException = exc
+        self._settling.add(conn)
         try:
-            await self.store.raise_if_taken(conn, exc, failing.thread_row, failing.explicit)
-        except Exception as taken:
-            outcome = taken
-        done.append((failing, outcome))
-        if stopped:
-            self._requeue(rest)
-        else:  # the connection broke: what became of the rest is unknown
-            done += [(job, exc) for job in rest]
-        return done
+            if conn in self._kills:  # the kill must not stop the ROLLBACK instead
+                await self._kill_done(conn)
+            await self.store.roll_back(conn)
+            interrupted = _code(exc) == QUERY_INTERRUPTED
+            took: bool | None = False  # whether it committed all the same (None: unknown)
+            if interrupted and read % _PER_CREATE == _PER_CREATE - 1:
+                # its COMMIT was interrupted, and may have taken effect all the same
+                try:
+                    took = await self.store.committed(conn, failing.thread_row)
+                except Exception:  # it gets its error
+                    took = None
+                if took:
+                    done.append((failing, None))
+                    self._requeue(rest)
+                    return done
+            if interrupted and took is False and failing.ack is None and conn in self._kills:
+                # stopped for another create's caller, not its own: sent again
+                self._requeue([failing, *rest])
+                return done
+            outcome: BaseException = exc
+            try:
+                await self.store.raise_if_taken(conn, exc, failing.thread_row, failing.explicit)
+            except Exception as taken:
+                outcome = taken
+            done.append((failing, outcome))
+            if stopped:
+                self._requeue(rest)
+            else:  # the connection broke: what became of the rest is unknown
+                done += [(job, exc) for job in rest]
+            return done
+        finally:
+            self._settling.discard(conn)

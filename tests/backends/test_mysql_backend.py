@@ -163,6 +163,27 @@ def test_fresh_databases_are_made_ahead_registered_and_dropped_behind(
         backend.drop_database(second)
 
 
+def test_a_spare_made_while_the_leftovers_are_listed_is_not_one(backend: MySqlBackend) -> None:
+    used = backend.create_database("first", isolation="fresh")  # starts the tender
+    spares = backend._spares
+    assert spares is not None
+    late = sorted(_wait_for("a ready spare", lambda: {name for name, _ in spares._ready}))[0]
+    real, looks = spares.stock, []
+
+    def stock() -> set[str]:
+        looks.append(1)  # the first look: as if ``late`` were made just after it
+        return real() - {late} if len(looks) == 1 else real()
+
+    spares.stock = stock  # type: ignore[method-assign]
+    try:
+        assert late not in backend.leftovers()
+        assert len(looks) == 2, "the tender is asked again once the server has answered"
+    finally:
+        del spares.stock
+        used.dispose_engines()
+        backend.drop_database(used)
+
+
 def test_a_new_template_retires_the_spares_made_from_the_old_one(backend: MySqlBackend) -> None:
     prefix = f"tc_{backend.run_id}_gw3_"
     used = backend.create_database("before", isolation="fresh")

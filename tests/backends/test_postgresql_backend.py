@@ -685,6 +685,35 @@ def test_spares_are_marked_empty_schema_ready_and_take_no_schema_change_along() 
     assert _sessions_on(f"tc_{backend.run_id}_%") == 0, "and every connection the tender opened"
 
 
+@needs_server
+def test_a_spare_made_while_the_leftovers_are_listed_is_not_one() -> None:
+    backend = PostgresBackend("url", url=SERVER_URL, run_id=new_run_id(), worker_id="gw9")
+    backend.start()
+    try:
+        backend.prepare_template(SCHEMA, None)
+        used = backend.create_database("first", isolation="fresh")  # starts the tender
+        spares = backend._spares
+        assert spares is not None
+        deadline = time.monotonic() + 30
+        while not spares._ready:
+            assert time.monotonic() < deadline, "no spare made in 30 s"
+            time.sleep(0.01)
+        late = spares._ready[0][0]
+        real, looks = spares.stock, []
+
+        def stock() -> set[str]:
+            looks.append(1)  # the first look: as if ``late`` were made just after it
+            return real() - {late} if len(looks) == 1 else real()
+
+        spares.stock = stock  # type: ignore[method-assign]
+        assert late not in backend.leftovers()
+        assert len(looks) == 2, "the tender is asked again once the server has answered"
+        del spares.stock
+        backend.drop_database(used)
+    finally:
+        backend.stop()
+
+
 def _sessions_on(name: str) -> int:
     """Sessions connected to the database ``name`` (a LIKE pattern)."""
     rows = _sync_fetch("SELECT count(*) AS n FROM pg_stat_activity WHERE datname LIKE $1", name)

@@ -26,8 +26,9 @@ from pytest_threadcreator.database import Database
 from pytest_threadcreator.errors import DatabaseError, ThreadExistsError
 from pytest_threadcreator.schema import NewThread, default_schema
 from pytest_threadcreator.store.mysql import MySqlStore
-from pytest_threadcreator.store.mysql_batch import MAX_BATCH
+from pytest_threadcreator.store.mysql_batch import MAX_BATCH, QUERY_INTERRUPTED, MySqlCreateQueue
 from pytest_threadcreator.store.postgresql import PgStore
+from pytest_threadcreator.store.queued import CreateJob
 
 from ..helpers import mysql_server_missing, needs_marks, pg_server_missing
 from .stores import open_database
@@ -218,15 +219,16 @@ class Blocker:
             await self._mysql("SELECT id FROM threads FOR UPDATE")
         return self
 
-    async def _mysql(self, sql: str) -> list[Any]:
+    async def _mysql(self, sql: str, params: tuple[Any, ...] | None = None) -> list[Any]:
         async with self.conn.cursor() as cursor:
-            await cursor.execute(sql)
+            await cursor.execute(sql, params)
             return list(await cursor.fetchall() or ())
 
-    async def waiting(self) -> int:
+    async def waiting(self, thread_id: str | None = None) -> int:
         """Sessions of the test's database whose statement waits for the lock (the blocker's
-        own reads never do)."""
+        own reads never do); on MySQL, with ``thread_id``, only those inserting that thread."""
         if self.url.get_backend_name() == "postgresql":
+            assert thread_id is None
             # the blocker's open transaction would otherwise see one snapshot of the statistics
             await self.conn.execute("SELECT pg_stat_clear_snapshot()")
             return int(
@@ -235,19 +237,29 @@ class Blocker:
                     "WHERE datname = current_database() AND wait_event_type = 'Lock'"
                 )
             )
+        values = "%" if thread_id is None else f"%VALUES ('{thread_id}',%"
         rows = await self._mysql(
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
-            f"WHERE DB = '{self.url.database}' AND INFO LIKE 'INSERT INTO threads%%'"
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s AND INFO LIKE %s",
+            (self.url.database, f"INSERT INTO threads{values}"),
         )
         return int(rows[0][0])
 
-    async def until_waiting(self, sessions: int = 1) -> None:
+    async def until_waiting(self, sessions: int = 1, thread_id: str | None = None) -> None:
         """Return once ``sessions`` sessions wait for the lock (polls for up to 10 s)."""
         for _ in range(1000):
-            if await self.waiting() >= sessions:
+            if await self.waiting(thread_id) >= sessions:
                 return
             await asyncio.sleep(0.01)
         raise AssertionError(f"{sessions} session(s) did not come to wait for the lock")
+
+    async def settles_at(self, sessions: int, thread_id: str | None = None) -> bool:
+        """True once exactly ``sessions`` sessions wait for the lock (polls for up to 2 s: a
+        statement the server stopped leaves its session's row a moment after its error)."""
+        for _ in range(200):
+            if await self.waiting(thread_id) == sessions:
+                return True
+            await asyncio.sleep(0.01)
+        return False
 
     async def __aexit__(self, *exc: object) -> None:
         if self.url.get_backend_name() == "postgresql":
@@ -271,7 +283,7 @@ async def test_a_create_cancelled_while_its_statement_waits_is_cut_there(
         with pytest.raises(asyncio.CancelledError):
             await task
         # cut on the server: with the lock still held, no statement of it waits any more
-        assert await blocker.waiting() == 0
+        assert await blocker.settles_at(0)
     await asyncio.sleep(0.3)  # the lock is gone: nothing of the create appears later
     assert await database.count_threads() == 0
     assert database.store.checked_out() == 0
@@ -305,6 +317,7 @@ async def test_a_create_stopped_for_a_cancelled_one_in_its_packet_is_sent_again(
                 await tasks[1]
         results = await asyncio.gather(*tasks[:1], *tasks[2:], return_exceptions=True)
         assert [r for r in results if isinstance(r, BaseException)] == []
+        assert store.round_trips > store.max_size, "t0, stopped by the kill, was sent again"
         ids = {row["id"] for row in await _thread_ids(database)}
         assert ids == {f"t{i}" for i in range(n) if i != 1}
         assert await database.count_messages() == n - 1
@@ -423,3 +436,193 @@ async def test_a_server_error_above_3000_stops_the_packet_and_the_rest_run(
         assert [i for i, r in enumerate(results) if isinstance(r, BaseException)] == [1]
         assert await database.count_threads() == 29
         assert store.checked_out() == 0
+
+
+# -- MySQL: kills that fail, cuts in a packet sent create by create, cuts while one settles ---
+
+
+def _rows(i: int, created_at: Any = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    new = NewThread(
+        thread_id=f"t{i}",
+        message_id=f"m{i}",
+        user_id=f"user-{i}",
+        run_id=None,
+        message="hi",
+        title=None,
+        role="user",
+        metadata={},
+        created_at=0,
+        context=None,
+    )
+    thread, message = SCHEMA.thread_row(new), SCHEMA.message_row(new)
+    thread["created_at"] = created_at
+    return thread, message
+
+
+async def _settles(task: asyncio.Future[Any], timeout: float = 5.0) -> None:
+    """``task`` is done within ``timeout`` (a cut that never reaches the server would leave it
+    waiting for the lock, and its caller with it)."""
+    done, _ = await asyncio.wait([task], timeout=timeout)
+    assert done, "the cancelled create still waits: its statement was not stopped"
+    assert task.cancelled()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", [SERVERS[1]])
+async def test_a_kill_that_fails_is_sent_again_until_the_create_is_cut(
+    kind: str, tmp_path: Path
+) -> None:
+    with open_database(kind, SCHEMA, tmp_path) as database:
+        store = database.store
+        assert isinstance(store, MySqlStore)
+        real, attempts = store.kill_query, []
+
+        async def kill_query(conn: Any) -> None:
+            attempts.append(conn)
+            if len(attempts) <= 2:  # the server refuses the kill's connection, say (too many)
+                raise OSError("(1040, 'Too many connections')")
+            await real(conn)
+
+        store.kill_query = kill_query  # type: ignore[method-assign]
+        async with Blocker(database) as blocker:
+            task = asyncio.ensure_future(
+                ThreadCreator(database).create_thread_with_message(_user(1, "blocked"), "hi")
+            )
+            await blocker.until_waiting()
+            task.cancel()
+            await _settles(task)
+            assert await blocker.settles_at(0)  # cut on the server, the lock still held
+        await asyncio.sleep(0.3)
+        assert await database.count_threads() == 0
+        assert len(attempts) == 3
+        assert store.checked_out() == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", [SERVERS[1]])
+async def test_a_packet_sent_create_by_create_stops_at_a_kill_and_a_later_cut_is_killed_too(
+    kind: str, tmp_path: Path
+) -> None:
+    with open_database(kind, SCHEMA, tmp_path) as database:
+        store = database.store
+        assert isinstance(store, MySqlStore)
+        held = Held(store)
+        await held.take()
+        n = 3 * store.max_size  # three creates to each lane's packet
+        creates = [_rows(i, i) for i in range(n)]
+        creates[1] = _rows(1, float("nan"))  # the first packet goes create by create
+        async with Blocker(database) as blocker:
+            tasks = [
+                asyncio.ensure_future(store.create(t, m, explicit_id=False)) for t, m in creates
+            ]
+            await held.give_back()
+            await blocker.until_waiting(store.max_size)  # each lane's first insert waits
+            tasks[0].cancel()
+            await _settles(tasks[0])
+            await blocker.until_waiting(thread_id="t2")  # sent again, on a new connection
+            tasks[2].cancel()
+            await _settles(tasks[2])
+            assert await blocker.settles_at(0, thread_id="t2")
+        results = await asyncio.gather(*tasks[3:], tasks[1], return_exceptions=True)
+        assert [r for r in results[:-1] if r is not None] == []
+        assert isinstance(results[-1], Exception) and "nan" in str(results[-1])
+        ids = {row["id"] for row in await _thread_ids(database)}
+        assert ids == {f"t{i}" for i in range(3, n)}
+        assert store.checked_out() == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", [SERVERS[1]])
+async def test_a_cut_while_a_failed_packet_settles_does_not_reach_the_failed_create(
+    kind: str, tmp_path: Path
+) -> None:
+    """A create cancelled while the lane looks up why the create before it in the packet
+    failed is not cut with a kill (it never ran): the kill would stop that lookup instead,
+    and the failed create would get an interruption for its error."""
+    with open_database(kind, SCHEMA, tmp_path) as database:
+        store = database.store
+        assert isinstance(store, MySqlStore)
+        creator = ThreadCreator(database)
+        await creator.create_thread_with_message(_user(0, "thread-taken"), "first")
+        held = Held(store)
+        await held.take()
+        contexts = [_user(i, f"t{i}") for i in range(3 * store.max_size)]
+        contexts[0] = _user(0, "thread-taken")  # fails first in the first packet, two after it
+        tasks = [
+            asyncio.ensure_future(creator.create_thread_with_message(c, "hi")) for c in contexts
+        ]
+        loop = asyncio.get_running_loop()
+        # the lookup takes a while, so that a kill sent meanwhile would land on it
+        store._owner_sql = store._owner_sql + " AND SLEEP(0.5) = 0"
+        real = store.raise_if_taken
+
+        async def raise_if_taken(
+            conn: Any, exc: Exception, thread_row: Any, explicit: bool
+        ) -> None:
+            if thread_row["id"] == "thread-taken":
+                loop.call_soon_threadsafe(tasks[1].cancel)
+            await real(conn, exc, thread_row, explicit)
+
+        store.raise_if_taken = raise_if_taken  # type: ignore[method-assign]
+        await held.give_back()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[0], ThreadExistsError), repr(results[0])
+        assert isinstance(results[1], asyncio.CancelledError)
+        assert [r for r in results[2:] if isinstance(r, BaseException)] == []
+        ids = {row["id"] for row in await _thread_ids(database)}
+        assert ids == {"thread-taken"} | {f"t{i}" for i in range(2, len(contexts))}
+        assert store.checked_out() == 0
+
+
+class _Settling:
+    """A MySQL packet store stand-in for :meth:`MySqlCreateQueue._failed`: whether the failed
+    create's thread exists, as the server would answer once its transaction ended."""
+
+    name, max_size, watcher = "standin", 1, None
+
+    def __init__(self, exists: bool | Exception) -> None:
+        self.exists = exists
+        self.asked: list[str] = []
+
+    async def roll_back(self, conn: Any) -> None:
+        pass
+
+    async def committed(self, conn: Any, thread_row: Any) -> bool:
+        self.asked.append(thread_row["id"])
+        if isinstance(self.exists, Exception):
+            raise self.exists
+        return self.exists
+
+    async def raise_if_taken(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("exists", [True, False, OSError("lost")], ids=["took", "not", "unknown"])
+async def test_an_interrupted_commit_is_asked_about_before_its_create_is_sent_again(
+    exists: bool | Exception,
+) -> None:
+    """KILL QUERY may interrupt a COMMIT that took effect: sending that create again would
+    meet its own rows (a duplicate key), so the lane asks whether the thread exists."""
+    store = _Settling(exists)
+    queue = MySqlCreateQueue(store, background=None)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    conn = object()
+    jobs = [CreateJob(("i", "i"), (), _rows(i)[0], False, loop) for i in range(3)]
+    queue._kills[conn] = loop.create_task(asyncio.sleep(0))  # a kill for another create
+    interrupted = Exception(QUERY_INTERRUPTED, "Query execution was interrupted")
+    # results read: jobs[0]'s four statements, then jobs[1]'s START and INSERTs: its COMMIT
+    outcomes = await queue._failed(conn, jobs, interrupted, 4 + 3)
+    await queue._kills.pop(conn)
+
+    assert store.asked == ["t1"]
+    assert [job for job, _ in outcomes][:1] == jobs[:1] and outcomes[0][1] is None
+    if exists is True:  # committed: done, and only the create after it goes again
+        assert outcomes[1] == (jobs[1], None)
+        assert list(queue._queue) == jobs[2:]
+    elif exists is False:  # rolled back for another create's caller: both go again
+        assert len(outcomes) == 1
+        assert list(queue._queue) == jobs[1:]
+    else:  # nobody can tell: it gets the error, the rest (never run) go again
+        assert outcomes[1] == (jobs[1], interrupted)
+        assert list(queue._queue) == jobs[2:]

@@ -592,7 +592,9 @@ class PostgresBackend(ServerBackend):
                 return await marked_databases(conn, prefix, self.run_id)
             await spares.drained()
             stock = spares.stock()
-            return [n for n in await marked_databases(conn, prefix, self.run_id) if n not in stock]
+            names = await marked_databases(conn, prefix, self.run_id)
+            stock |= spares.stock()  # a clone begun and made while the server was asked
+            return [n for n in names if n not in stock]
 
         return self._admin_run(names)
 
