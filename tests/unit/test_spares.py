@@ -3,7 +3,9 @@ closed by whoever drops it; used databases come back as spares when they pass th
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from typing import Any
 
 from pytest_threadcreator._background import BackgroundLoop
@@ -208,3 +210,30 @@ def test_a_database_kept_by_its_test_is_not_waited_for(background: BackgroundLoo
         tender.forget(spare[0])
     assert tender._returning() == 0, "the cloners count on none of them coming back"
     background.run(tender.stop())
+
+
+def test_the_first_clone_is_made_alone_and_the_others_side_by_side(
+    background: BackgroundLoop,
+) -> None:
+    """The first ``fresh`` test waits for the first clone: it gets the server to itself."""
+    server = _Server()
+    steps: list[tuple[str, str]] = []
+
+    async def clone(_conn: Any, name: str) -> None:
+        steps.append(("begin", name))
+        await asyncio.sleep(0.05)
+        steps.append(("end", name))
+
+    server.clone = clone  # type: ignore[method-assign]
+    tender = _started(server.tender(background, target=4), background)
+    spare = tender.take()
+    assert spare is not None
+    deadline = time.monotonic() + 10
+    while sum(step == "end" for step, _ in steps) < 4:
+        assert time.monotonic() < deadline, steps
+        time.sleep(0.01)
+    background.run(tender.stop())
+    first = spare[0]
+    assert steps[:2] == [("begin", first), ("end", first)], "no other clone begun meanwhile"
+    after = [step for step, _ in steps[2:]]
+    assert after[:2] == ["begin", "begin"], "the rest are made side by side"
