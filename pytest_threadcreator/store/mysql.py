@@ -347,10 +347,15 @@ class MySqlStore(Store):
             side.close()
 
     async def committed(self, conn: Any, thread_row: Mapping[str, Any]) -> bool:
-        """Whether the thread of ``thread_row`` exists (asked after its transaction ended)."""
-        rows = await self._execute(
-            conn, self._owner_sql, (thread_row[self.schema.thread_id_column],)
-        )
+        """Whether the thread of ``thread_row`` exists, with its owner (asked after its
+        transaction ended: another session's create of the same id may have come in since)."""
+        schema = self.schema
+        sql = f"SELECT 1 FROM {_PREPARER.format_table(schema.thread_table)} WHERE "
+        columns = [schema.thread_id_column]
+        if schema.owner_column is not None and schema.owner_column in thread_row:
+            columns.append(schema.owner_column)
+        sql += " AND ".join(f"{_PREPARER.quote(column)} = %s" for column in columns)
+        rows = await self._execute(conn, sql, tuple(thread_row[column] for column in columns))
         return bool(rows)
 
     async def raise_if_taken(

@@ -13,12 +13,13 @@ from a connection of its own stops the statement running (a create waiting for a
 the server stops the packet there and the outcome is exact as above; the create that was running
 is rolled back, and if it was not the cancelled one it goes back to the queue (its caller did
 not ask for that). A kill that fails (the server refuses its connection, say) is sent again
-until the packet's answer is in: the caller's ``CancelledError`` waits for that answer, so it
-never comes while the create can still commit. A packet sent create by create stops at the
-first kill and puts the rest back in the queue. Once a packet has failed, a create cancelled
-while the lane settles it (rolls back, looks up why) is not killed: it never ran and goes back
-to its caller as withdrawn, and a kill would only stop the lane's own statements. An interrupted
-``COMMIT`` may have taken effect: the lane then asks whether the thread exists. The packet's
+until the packet's answer is in, which the caller's ``CancelledError`` waits for (up to the
+cleanup timeout, :data:`~.._background.CANCEL_CLEANUP_TIMEOUT`). A packet sent create by create
+stops at the first kill and puts the rest back in the queue. Once a packet has failed, a create
+cancelled while the lane settles it (rolls back, looks up why) is not killed: it never ran and
+goes back to its caller as withdrawn (also from a packet sent create by create), and a kill
+would only stop the lane's own statements. An interrupted ``COMMIT`` may have taken effect: the
+lane then asks whether the thread exists with the create's owner. The packet's
 answer is always read to its end (cutting the client off half-way would leave the connection
 out of step with the server), and a connection a kill was sent to is closed afterwards, never
 reused: a kill that arrives after its packet finished must not stop the next one.
@@ -45,8 +46,9 @@ _PER_CREATE = 4
 QUERY_INTERRUPTED = 1317
 #: MySQL's error for a ``KILL`` of a connection that no longer exists.
 UNKNOWN_THREAD = 1094
-#: How long a lane that must settle a failed packet waits for a kill still under way.
-KILL_TIMEOUT = 5.0
+#: How long a lane that must settle a failed packet waits for a kill still under way (longer
+#: than one attempt: a connect of up to 5 s and the ``KILL`` itself).
+KILL_TIMEOUT = 15.0
 #: Seconds between attempts at a kill that failed (doubling up to the second figure).
 KILL_RETRY = (0.01, 0.25)
 
@@ -178,6 +180,9 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
             return [(batch[0], exc)]
         done: Outcomes = []
         for n, job in enumerate(batch):
+            if job.cut:  # cancelled while an earlier one was settled, unkilled: never sent
+                self._requeue([job])
+                continue
             done += await self._send(conn, [job])
             if conn in self._kills:  # the connection is not to be used again
                 self._requeue(batch[n + 1 :])

@@ -25,6 +25,7 @@ from pytest_threadcreator import ThreadCreator, UserExecutionContext
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.errors import DatabaseError, ThreadExistsError
 from pytest_threadcreator.schema import NewThread, default_schema
+from pytest_threadcreator.store.base import ThreadIdTaken
 from pytest_threadcreator.store.mysql import MySqlStore
 from pytest_threadcreator.store.mysql_batch import MAX_BATCH, QUERY_INTERRUPTED, MySqlCreateQueue
 from pytest_threadcreator.store.postgresql import PgStore
@@ -551,19 +552,7 @@ async def test_a_cut_while_a_failed_packet_settles_does_not_reach_the_failed_cre
         tasks = [
             asyncio.ensure_future(creator.create_thread_with_message(c, "hi")) for c in contexts
         ]
-        loop = asyncio.get_running_loop()
-        # the lookup takes a while, so that a kill sent meanwhile would land on it
-        store._owner_sql = store._owner_sql + " AND SLEEP(0.5) = 0"
-        real = store.raise_if_taken
-
-        async def raise_if_taken(
-            conn: Any, exc: Exception, thread_row: Any, explicit: bool
-        ) -> None:
-            if thread_row["id"] == "thread-taken":
-                loop.call_soon_threadsafe(tasks[1].cancel)
-            await real(conn, exc, thread_row, explicit)
-
-        store.raise_if_taken = raise_if_taken  # type: ignore[method-assign]
+        _cancel_during_the_lookup(store, tasks[1])
         await held.give_back()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         assert isinstance(results[0], ThreadExistsError), repr(results[0])
@@ -572,6 +561,66 @@ async def test_a_cut_while_a_failed_packet_settles_does_not_reach_the_failed_cre
         ids = {row["id"] for row in await _thread_ids(database)}
         assert ids == {"thread-taken"} | {f"t{i}" for i in range(2, len(contexts))}
         assert store.checked_out() == 0
+
+
+def _cancel_during_the_lookup(store: MySqlStore, task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` while the lane looks up why the create of ``thread-taken`` failed, and
+    let that lookup run only once the cut has reached the lane (a kill sent for it, if any,
+    then lands on the lookup, which takes half a second)."""
+    loop = asyncio.get_running_loop()
+    queue = store._queue
+    real_cut, real_lookup = queue._cut, store.raise_if_taken
+    cut = asyncio.Event()  # on the background loop, like both of these
+
+    def cut_reached(job: Any) -> None:
+        real_cut(job)
+        cut.set()
+
+    async def raise_if_taken(conn: Any, exc: Exception, thread_row: Any, explicit: bool) -> None:
+        if thread_row["id"] == "thread-taken":
+            loop.call_soon_threadsafe(task.cancel)
+            await asyncio.wait_for(cut.wait(), 10)
+        await real_lookup(conn, exc, thread_row, explicit)
+
+    queue._cut = cut_reached  # type: ignore[method-assign]
+    store._owner_sql = store._owner_sql + " AND SLEEP(0.5) = 0"
+    store.raise_if_taken = raise_if_taken  # type: ignore[method-assign]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", [SERVERS[1]])
+async def test_a_create_cut_while_a_packet_sent_create_by_create_settles_is_never_sent(
+    kind: str, tmp_path: Path
+) -> None:
+    with open_database(kind, SCHEMA, tmp_path) as database:
+        store = database.store
+        assert isinstance(store, MySqlStore)
+        await store.create(*_taken_rows(), explicit_id=True)
+        held = Held(store)
+        await held.take()
+        n = 3 * store.max_size
+        creates = [_rows(i, i) for i in range(n)]
+        # the first packet goes create by create: the first fails (its id is taken), the
+        # second cannot be sent, the third is cancelled while the first is settled
+        creates[0], creates[1] = _taken_rows(), _rows(1, float("nan"))
+        tasks = [asyncio.ensure_future(store.create(t, m, explicit_id=True)) for t, m in creates]
+        _cancel_during_the_lookup(store, tasks[2])
+        await held.give_back()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[0], ThreadIdTaken), repr(results[0])
+        assert isinstance(results[1], Exception) and "nan" in str(results[1])
+        assert isinstance(results[2], asyncio.CancelledError), repr(results[2])
+        assert [r for r in results[3:] if r is not None] == []
+        await asyncio.sleep(0.2)  # nothing of it appears later either
+        ids = {row["id"] for row in await _thread_ids(database)}
+        assert ids == {"thread-taken"} | {f"t{i}" for i in range(3, n)}
+        assert store.checked_out() == 0
+
+
+def _taken_rows() -> tuple[dict[str, Any], dict[str, Any]]:
+    thread, message = _rows(0)
+    thread["id"] = message["thread_id"] = "thread-taken"
+    return thread, message
 
 
 class _Settling:
