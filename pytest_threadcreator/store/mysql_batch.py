@@ -19,10 +19,12 @@ stops at the first kill and puts the rest back in the queue. Once a packet has f
 cancelled while the lane settles it (rolls back, looks up why) is not killed: it never ran and
 goes back to its caller as withdrawn (also from a packet sent create by create), and a kill
 would only stop the lane's own statements. An interrupted ``COMMIT`` may have taken effect: the
-lane then asks whether the thread exists with the create's owner. The packet's
-answer is always read to its end (cutting the client off half-way would leave the connection
-out of step with the server), and a connection a kill was sent to is closed afterwards, never
-reused: a kill that arrives after its packet finished must not stop the next one.
+lane then asks whether the thread exists with the create's owner.
+
+The packet's answer is always read to its end (cutting the client off half-way would leave the
+connection out of step with the server), and a connection a kill was sent to is closed
+afterwards, never reused: a kill that arrives after its packet finished must not stop the next
+one.
 """
 
 from __future__ import annotations

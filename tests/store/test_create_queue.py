@@ -49,6 +49,19 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
         yield database
 
 
+@pytest.fixture(params=[SERVERS[1]])
+def mysql_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A fresh MySQL/MariaDB database (for MySQL's packets and kills)."""
+    with open_database(request.param, SCHEMA, tmp_path) as database:
+        assert isinstance(database.store, MySqlStore)
+        yield database
+
+
+def _mysql(database: Database) -> MySqlStore:
+    assert isinstance(database.store, MySqlStore)
+    return database.store
+
+
 class Held:
     """Every connection of a store, taken on its background loop until :meth:`give_back`."""
 
@@ -158,31 +171,31 @@ async def _thread_ids(database: Database) -> list[dict[str, Any]]:
     return await database.store.fetch_all(select(SCHEMA.thread_table.c.id))
 
 
+def _rows(i: int, created_at: Any = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    new = NewThread(
+        thread_id=f"t{i}",
+        message_id=f"m{i}",
+        user_id=f"user-{i}",
+        run_id=None,
+        message="hi",
+        title=None,
+        role="user",
+        metadata={},
+        created_at=0,
+        context=None,
+    )
+    thread, message = SCHEMA.thread_row(new), SCHEMA.message_row(new)
+    thread["created_at"] = created_at
+    return thread, message
+
+
 @pytest.mark.asyncio
 async def test_a_value_the_driver_cannot_send_fails_only_its_own_create(
     database: Database, held: Held
 ) -> None:
     store = held.store
-
-    def rows(i: int, created_at: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        new = NewThread(
-            thread_id=f"t{i}",
-            message_id=f"m{i}",
-            user_id=f"user-{i}",
-            run_id=None,
-            message="hi",
-            title=None,
-            role="user",
-            metadata={},
-            created_at=0,
-            context=None,
-        )
-        thread, message = SCHEMA.thread_row(new), SCHEMA.message_row(new)
-        thread["created_at"] = created_at
-        return thread, message
-
-    creates = [rows(i, i) for i in range(30)]  # 10 lanes: the first packet has 3 creates
-    creates[1] = rows(1, float("nan"))  # MySQL has no NaN: the driver refuses the packet
+    creates = [_rows(i, i) for i in range(30)]  # 10 lanes: the first packet has 3 creates
+    creates[1] = _rows(1, float("nan"))  # MySQL has no NaN: the driver refuses the packet
     tasks = [asyncio.ensure_future(store.create(t, m, explicit_id=False)) for t, m in creates]
     await held.give_back()
     results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -442,24 +455,6 @@ async def test_a_server_error_above_3000_stops_the_packet_and_the_rest_run(
 # -- MySQL: kills that fail, cuts in a packet sent create by create, cuts while one settles ---
 
 
-def _rows(i: int, created_at: Any = 0) -> tuple[dict[str, Any], dict[str, Any]]:
-    new = NewThread(
-        thread_id=f"t{i}",
-        message_id=f"m{i}",
-        user_id=f"user-{i}",
-        run_id=None,
-        message="hi",
-        title=None,
-        role="user",
-        metadata={},
-        created_at=0,
-        context=None,
-    )
-    thread, message = SCHEMA.thread_row(new), SCHEMA.message_row(new)
-    thread["created_at"] = created_at
-    return thread, message
-
-
 async def _settles(task: asyncio.Future[Any], timeout: float = 5.0) -> None:
     """``task`` is done within ``timeout`` (a cut that never reaches the server would leave it
     waiting for the lock, and its caller with it)."""
@@ -469,98 +464,88 @@ async def _settles(task: asyncio.Future[Any], timeout: float = 5.0) -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("kind", [SERVERS[1]])
 async def test_a_kill_that_fails_is_sent_again_until_the_create_is_cut(
-    kind: str, tmp_path: Path
+    mysql_database: Database,
 ) -> None:
-    with open_database(kind, SCHEMA, tmp_path) as database:
-        store = database.store
-        assert isinstance(store, MySqlStore)
-        real, attempts = store.kill_query, []
+    database = mysql_database
+    store = _mysql(database)
+    real, attempts = store.kill_query, []
 
-        async def kill_query(conn: Any) -> None:
-            attempts.append(conn)
-            if len(attempts) <= 2:  # the server refuses the kill's connection, say (too many)
-                raise OSError("(1040, 'Too many connections')")
-            await real(conn)
+    async def kill_query(conn: Any) -> None:
+        attempts.append(conn)
+        if len(attempts) <= 2:  # the server refuses the kill's connection, say (too many)
+            raise OSError("(1040, 'Too many connections')")
+        await real(conn)
 
-        store.kill_query = kill_query  # type: ignore[method-assign]
-        async with Blocker(database) as blocker:
-            task = asyncio.ensure_future(
-                ThreadCreator(database).create_thread_with_message(_user(1, "blocked"), "hi")
-            )
-            await blocker.until_waiting()
-            task.cancel()
-            await _settles(task)
-            assert await blocker.settles_at(0)  # cut on the server, the lock still held
-        await asyncio.sleep(0.3)
-        assert await database.count_threads() == 0
-        assert len(attempts) == 3
-        assert store.checked_out() == 0
+    store.kill_query = kill_query  # type: ignore[method-assign]
+    async with Blocker(database) as blocker:
+        task = asyncio.ensure_future(
+            ThreadCreator(database).create_thread_with_message(_user(1, "blocked"), "hi")
+        )
+        await blocker.until_waiting()
+        task.cancel()
+        await _settles(task)
+        assert await blocker.settles_at(0)  # cut on the server, the lock still held
+    await asyncio.sleep(0.3)
+    assert await database.count_threads() == 0
+    assert len(attempts) == 3
+    assert store.checked_out() == 0
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("kind", [SERVERS[1]])
 async def test_a_packet_sent_create_by_create_stops_at_a_kill_and_a_later_cut_is_killed_too(
-    kind: str, tmp_path: Path
+    mysql_database: Database,
 ) -> None:
-    with open_database(kind, SCHEMA, tmp_path) as database:
-        store = database.store
-        assert isinstance(store, MySqlStore)
-        held = Held(store)
-        await held.take()
-        n = 3 * store.max_size  # three creates to each lane's packet
-        creates = [_rows(i, i) for i in range(n)]
-        creates[1] = _rows(1, float("nan"))  # the first packet goes create by create
-        async with Blocker(database) as blocker:
-            tasks = [
-                asyncio.ensure_future(store.create(t, m, explicit_id=False)) for t, m in creates
-            ]
-            await held.give_back()
-            await blocker.until_waiting(store.max_size)  # each lane's first insert waits
-            tasks[0].cancel()
-            await _settles(tasks[0])
-            await blocker.until_waiting(thread_id="t2")  # sent again, on a new connection
-            tasks[2].cancel()
-            await _settles(tasks[2])
-            assert await blocker.settles_at(0, thread_id="t2")
-        results = await asyncio.gather(*tasks[3:], tasks[1], return_exceptions=True)
-        assert [r for r in results[:-1] if r is not None] == []
-        assert isinstance(results[-1], Exception) and "nan" in str(results[-1])
-        ids = {row["id"] for row in await _thread_ids(database)}
-        assert ids == {f"t{i}" for i in range(3, n)}
-        assert store.checked_out() == 0
+    database = mysql_database
+    store = _mysql(database)
+    held = Held(store)
+    await held.take()
+    n = 3 * store.max_size  # three creates to each lane's packet
+    creates = [_rows(i, i) for i in range(n)]
+    creates[1] = _rows(1, float("nan"))  # the first packet goes create by create
+    async with Blocker(database) as blocker:
+        tasks = [asyncio.ensure_future(store.create(t, m, explicit_id=False)) for t, m in creates]
+        await held.give_back()
+        await blocker.until_waiting(store.max_size)  # each lane's first insert waits
+        tasks[0].cancel()
+        await _settles(tasks[0])
+        await blocker.until_waiting(thread_id="t2")  # sent again, on a new connection
+        tasks[2].cancel()
+        await _settles(tasks[2])
+        assert await blocker.settles_at(0, thread_id="t2")
+    results = await asyncio.gather(*tasks[3:], tasks[1], return_exceptions=True)
+    assert [r for r in results[:-1] if r is not None] == []
+    assert isinstance(results[-1], Exception) and "nan" in str(results[-1])
+    ids = {row["id"] for row in await _thread_ids(database)}
+    assert ids == {f"t{i}" for i in range(3, n)}
+    assert store.checked_out() == 0
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("kind", [SERVERS[1]])
 async def test_a_cut_while_a_failed_packet_settles_does_not_reach_the_failed_create(
-    kind: str, tmp_path: Path
+    mysql_database: Database,
 ) -> None:
     """A create cancelled while the lane looks up why the create before it in the packet
     failed is not cut with a kill (it never ran): the kill would stop that lookup instead,
     and the failed create would get an interruption for its error."""
-    with open_database(kind, SCHEMA, tmp_path) as database:
-        store = database.store
-        assert isinstance(store, MySqlStore)
-        creator = ThreadCreator(database)
-        await creator.create_thread_with_message(_user(0, "thread-taken"), "first")
-        held = Held(store)
-        await held.take()
-        contexts = [_user(i, f"t{i}") for i in range(3 * store.max_size)]
-        contexts[0] = _user(0, "thread-taken")  # fails first in the first packet, two after it
-        tasks = [
-            asyncio.ensure_future(creator.create_thread_with_message(c, "hi")) for c in contexts
-        ]
-        _cancel_during_the_lookup(store, tasks[1])
-        await held.give_back()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        assert isinstance(results[0], ThreadExistsError), repr(results[0])
-        assert isinstance(results[1], asyncio.CancelledError)
-        assert [r for r in results[2:] if isinstance(r, BaseException)] == []
-        ids = {row["id"] for row in await _thread_ids(database)}
-        assert ids == {"thread-taken"} | {f"t{i}" for i in range(2, len(contexts))}
-        assert store.checked_out() == 0
+    database = mysql_database
+    store = _mysql(database)
+    creator = ThreadCreator(database)
+    await creator.create_thread_with_message(_user(0, "thread-taken"), "first")
+    held = Held(store)
+    await held.take()
+    contexts = [_user(i, f"t{i}") for i in range(3 * store.max_size)]
+    contexts[0] = _user(0, "thread-taken")  # fails first in the first packet, two after it
+    tasks = [asyncio.ensure_future(creator.create_thread_with_message(c, "hi")) for c in contexts]
+    _cancel_during_the_lookup(store, tasks[1])
+    await held.give_back()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[0], ThreadExistsError), repr(results[0])
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert [r for r in results[2:] if isinstance(r, BaseException)] == []
+    ids = {row["id"] for row in await _thread_ids(database)}
+    assert ids == {"thread-taken"} | {f"t{i}" for i in range(2, len(contexts))}
+    assert store.checked_out() == 0
 
 
 def _cancel_during_the_lookup(store: MySqlStore, task: asyncio.Future[Any]) -> None:
@@ -588,33 +573,31 @@ def _cancel_during_the_lookup(store: MySqlStore, task: asyncio.Future[Any]) -> N
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("kind", [SERVERS[1]])
 async def test_a_create_cut_while_a_packet_sent_create_by_create_settles_is_never_sent(
-    kind: str, tmp_path: Path
+    mysql_database: Database,
 ) -> None:
-    with open_database(kind, SCHEMA, tmp_path) as database:
-        store = database.store
-        assert isinstance(store, MySqlStore)
-        await store.create(*_taken_rows(), explicit_id=True)
-        held = Held(store)
-        await held.take()
-        n = 3 * store.max_size
-        creates = [_rows(i, i) for i in range(n)]
-        # the first packet goes create by create: the first fails (its id is taken), the
-        # second cannot be sent, the third is cancelled while the first is settled
-        creates[0], creates[1] = _taken_rows(), _rows(1, float("nan"))
-        tasks = [asyncio.ensure_future(store.create(t, m, explicit_id=True)) for t, m in creates]
-        _cancel_during_the_lookup(store, tasks[2])
-        await held.give_back()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        assert isinstance(results[0], ThreadIdTaken), repr(results[0])
-        assert isinstance(results[1], Exception) and "nan" in str(results[1])
-        assert isinstance(results[2], asyncio.CancelledError), repr(results[2])
-        assert [r for r in results[3:] if r is not None] == []
-        await asyncio.sleep(0.2)  # nothing of it appears later either
-        ids = {row["id"] for row in await _thread_ids(database)}
-        assert ids == {"thread-taken"} | {f"t{i}" for i in range(3, n)}
-        assert store.checked_out() == 0
+    database = mysql_database
+    store = _mysql(database)
+    await store.create(*_taken_rows(), explicit_id=True)
+    held = Held(store)
+    await held.take()
+    n = 3 * store.max_size
+    creates = [_rows(i, i) for i in range(n)]
+    # the first packet goes create by create: the first fails (its id is taken), the
+    # second cannot be sent, the third is cancelled while the first is settled
+    creates[0], creates[1] = _taken_rows(), _rows(1, float("nan"))
+    tasks = [asyncio.ensure_future(store.create(t, m, explicit_id=True)) for t, m in creates]
+    _cancel_during_the_lookup(store, tasks[2])
+    await held.give_back()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[0], ThreadIdTaken), repr(results[0])
+    assert isinstance(results[1], Exception) and "nan" in str(results[1])
+    assert isinstance(results[2], asyncio.CancelledError), repr(results[2])
+    assert [r for r in results[3:] if r is not None] == []
+    await asyncio.sleep(0.2)  # nothing of it appears later either
+    ids = {row["id"] for row in await _thread_ids(database)}
+    assert ids == {"thread-taken"} | {f"t{i}" for i in range(3, n)}
+    assert store.checked_out() == 0
 
 
 def _taken_rows() -> tuple[dict[str, Any], dict[str, Any]]:
