@@ -221,7 +221,7 @@ def test_the_first_clone_is_made_alone_and_the_others_side_by_side(
 
     async def clone(_conn: Any, name: str) -> None:
         steps.append(("begin", name))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # long enough for every cloner woken with it to begin too
         steps.append(("end", name))
 
     server.clone = clone  # type: ignore[method-assign]
