@@ -171,7 +171,39 @@ def _run_of(name: str) -> str:
     return parsed.run_id
 
 
-def _wait_run_gone(run_id: str, within_s: float = 30) -> None:
+class _RunHold:
+    """A session holding a run's lock shared, as the run's own sessions do: while it lasts, no
+    sweeper (another test's backend starting beside this one under xdist) takes the run for
+    dead and removes its databases before this test has looked at them."""
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.pid = 0
+
+    def take(self, run_id: str) -> bool:
+        if self.conn is None:
+            import psycopg
+
+            kw = pg_connect_kwargs()
+            self.conn = psycopg.connect(
+                host=kw.get("host"),
+                port=kw.get("port"),
+                user=kw.get("user"),
+                password=kw.get("password"),
+                dbname=kw.get("database"),
+                autocommit=True,
+            )
+            self.conn.execute("SELECT pg_advisory_lock_shared(%s, %s)", run_lock_key(run_id))
+            self.pid = self.conn.info.backend_pid
+        return True
+
+    def release(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def _wait_run_gone(run_id: str, within_s: float = 30, but: int = 0) -> None:
     """Wait until no session of the (killed) run is left on the server: none holds its run lock.
 
     A statement the run had sent (a clone's ``CREATE DATABASE``) still finishes on the server
@@ -181,9 +213,11 @@ def _wait_run_gone(run_id: str, within_s: float = 30) -> None:
     deadline = time.monotonic() + within_s
     while asyncio.run(
         _run_admin(
-            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND objid = $2",
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND objid = $2 "
+            "AND pid <> $3",
             key[0] & 0xFFFFFFFF,
             key[1] & 0xFFFFFFFF,
+            but,
         )
     ):
         assert time.monotonic() < deadline, "the killed run's sessions never left the server"
@@ -275,9 +309,12 @@ def test_lookalike_databases_survive_runs_a_killed_run_and_the_sweep(
     stuck = _start_run(pytester.path, owner, "test_stuck.py", MARKER=str(marker))
     # Killed once its tender has cloned and marked its spares: killed between a clone's CREATE
     # and its COMMENT, a run leaves that clone unmarked, not provably the plugin's, so kept.
-    name = kill_mid_test(stuck, marker, ready=lambda name: _tender_idle(_run_of(name)))
+    hold = _RunHold()
+    name = kill_mid_test(
+        stuck, marker, ready=lambda name: _tender_idle(_run_of(name)) and hold.take(_run_of(name))
+    )
     dead = _run_of(name)
-    _wait_run_gone(dead)
+    _wait_run_gone(dead, but=hold.pid)
     assert pg_databases_of_run(dead), "a killed run leaves its databases"
     marked, unmarked = _spares_of_run(dead)
     assert marked, "among them, marked, the fresh ones cloned ahead"
@@ -292,6 +329,7 @@ def test_lookalike_databases_survive_runs_a_killed_run_and_the_sweep(
         f"tc_{dead}_master_98_fresh",  # named like a spare
     ]
     asyncio.run(_create_lookalikes(owner, same_run))
+    hold.release()  # the run is dead for every sweeper from here on
     try:
         # 3. the next run, under xdist: its workers sweep the killed run's databases
         run = _start_run(pytester.path, owner, "-n", "2", "test_runs.py")
