@@ -22,10 +22,12 @@
   hook); its DDL (``SHOW CREATE TABLE``) is captured and replayed into every new database in
   the same round trip as its ``CREATE DATABASE`` (``CREATE TABLE … LIKE`` would lose the
   foreign keys). Every database is ``utf8mb4`` with InnoDB tables.
-* ``fresh`` databases are made ahead and dropped behind by a :class:`~.spares.SpareTender` on
-  connections of its own (registered like any other: a killed run's spares are swept too), so
-  a ``fresh`` test takes one that is ready. MySQL cannot rename a database: a used one is
-  dropped, never recycled, and a kept ``fresh`` database keeps its spare's name (``…_fresh``).
+* ``fresh`` databases are made ahead by a :class:`~.spares.SpareTender` on connections of its
+  own (registered like any other: a killed run's spares are swept too), so a ``fresh`` test
+  takes one that is ready. MySQL cannot rename a database, so the tender moves a used one's
+  tables into a new database, empties them and checks them against the template
+  (:mod:`.mysql_recycle`): one the test changed beyond its rows is dropped. A kept ``fresh``
+  database keeps its spare's name (``…_fresh``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from ..database import Database
 from ..errors import BackendUnavailableError, ConfigurationError, DatabaseError
 from ..store.mysql import ADMIN_TIMEOUT, MULTI_STATEMENTS, MySqlStore, asyncmy_module, quote
 from .base import BackendRequest
+from .mysql_recycle import Recycler
 from .postgresql.janitor import (
     DB_PREFIX,
     database_name,
@@ -76,6 +79,13 @@ _OWNED = f"{quote(REGISTRY)}.`owned`"
 _DRIVERS = ("asyncmy", "aiomysql")
 _EXAMPLE = "mysql+asyncmy://root@127.0.0.1:3306/"
 _CHARSET = "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+#: A new database and its registry row (the mark), in that order (``{name}``: quoted; the
+#: parameters: name, run, worker): should the CREATE fail, the server stops there and no row
+#: claims a database that is not the plugin's.
+_REGISTER = (
+    f"CREATE DATABASE {{name}} {_CHARSET}; "
+    f"INSERT INTO {_OWNED} (name, run_id, worker_id) VALUES (%s, %s, %s)"
+)
 
 
 def mysql_url(value: str, where: str) -> URL:
@@ -156,6 +166,8 @@ class MySqlBackend(ServerBackend):
         self.version = ""
         self._schema: ThreadSchema | None = None
         self._ddl = ""
+        #: the template's tables, each with its ``SHOW CREATE TABLE``
+        self._tables: dict[str, str] = {}
         self._seeded: list[str] = []
         self._counter = 0
         #: names dropped by this backend's sweep of dead runs at start
@@ -291,14 +303,16 @@ class MySqlBackend(ServerBackend):
                 "AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
                 (self.template,),
             )
-            ddl = ["SET FOREIGN_KEY_CHECKS = 0"]
+            created: dict[str, str] = {}
             seeded: list[str] = []
             for (table,) in tables:
                 full = f"{quote(self.template)}.{quote(str(table))}"
-                ddl.append(str((await _query(conn, f"SHOW CREATE TABLE {full}"))[0][1]))
+                created[str(table)] = str((await _query(conn, f"SHOW CREATE TABLE {full}"))[0][1])
                 if await _query(conn, f"SELECT 1 FROM {full} LIMIT 1"):
                     seeded.append(str(table))
-            self._ddl = "; ".join(ddl)  # foreign key checks stay off for the seed's copy
+            # foreign key checks stay off for the seed's copy
+            self._ddl = "; ".join(["SET FOREIGN_KEY_CHECKS = 0", *created.values()])
+            self._tables = created
             self._seeded = seeded
 
         self._admin_run(capture)
@@ -339,12 +353,7 @@ class MySqlBackend(ServerBackend):
                 f"that died while creating it, drop it by hand (DROP DATABASE `{name}`) and run "
                 "again"
             )
-        # CREATE first: should it fail (a database of that name appeared meanwhile), the
-        # server stops there and no row claims a database that is not the plugin's.
-        sql = (
-            f"CREATE DATABASE {quote(name)} {_CHARSET}; "
-            f"INSERT INTO {_OWNED} (name, run_id, worker_id) VALUES (%s, %s, %s)"
-        )
+        sql = _REGISTER.format(name=quote(name))
         if then:
             sql += f"; USE {quote(name)}; {then}"
         await _query(conn, sql, (name, self.run_id, self.worker_id))
@@ -400,6 +409,17 @@ class MySqlBackend(ServerBackend):
             async def clone(conn: Any, name: str) -> None:
                 await self._create_registered(conn, name, ddl)
 
+            recycler = Recycler(
+                query=_results,
+                drop=self._drop_owned,
+                next_name=functools.partial(self._next_name, "fresh"),
+                register=_REGISTER,
+                unregister=f"DELETE FROM {_OWNED} WHERE name = %s",
+                owner=(self.run_id, self.worker_id),
+                template=self.template,
+                tables=self._tables,
+                seeded=self._seeded,
+            )
             spares = self._spares = SpareTender(
                 background=self._background,
                 target=self.plan.spares,
@@ -409,6 +429,7 @@ class MySqlBackend(ServerBackend):
                 make_name=functools.partial(self._next_name, "fresh"),
                 clone=clone,
                 drop=self._drop_owned,
+                recycle=recycler,
             )
         spares.start()
         return spares
@@ -540,6 +561,19 @@ async def _query(conn: Any, sql: str, params: tuple[Any, ...] | None = None) -> 
         while await cursor.nextset():
             pass
     return rows
+
+
+async def _results(conn: Any, sql: str, params: tuple[Any, ...]) -> list[list[Any]]:
+    """Run ``sql`` (one or more statements) in one round trip; the rows of each result that
+    has rows' shape (``SELECT``, ``SHOW``), in order."""
+    results: list[list[Any]] = []
+    async with conn.cursor() as cursor:
+        await cursor.execute(sql, params)
+        while True:
+            if cursor.description is not None:
+                results.append(list(await cursor.fetchall() or ()))
+            if not await cursor.nextset():
+                return results
 
 
 async def _disconnect(conn: Any) -> None:

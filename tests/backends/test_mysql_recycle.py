@@ -1,0 +1,265 @@
+"""``fresh`` on MySQL/MariaDB: a used database that changed nothing but rows has its tables moved
+into a new database, emptied, and handed out to a later test; one changed beyond its rows is
+dropped. Against the real server at ``$THREADCREATOR_MYSQL_URL``; a table is followed by its
+InnoDB table id, which ``RENAME TABLE`` keeps and a new table never reuses."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import asyncmy
+import pytest
+
+from pytest_threadcreator.backends.mysql import REGISTRY, MySqlBackend
+from pytest_threadcreator.backends.mysql_recycle import Recycler, table_shape
+from pytest_threadcreator.backends.postgresql.janitor import new_run_id
+from pytest_threadcreator.database import Database
+from pytest_threadcreator.schema import default_schema
+
+from ..helpers import MYSQL_SERVER_URL, mysql_server_missing, needs_marks
+from .test_mysql_backend import _databases, _server, _sql
+
+pytestmark = [*needs_marks(mysql_server_missing()), pytest.mark.suite_independent]
+
+SCHEMA = default_schema()
+INSERT_THREAD = (
+    "INSERT INTO threads (id, object, user_id, status, created_at, metadata_) "
+    "VALUES ('{id}', 'thread', 'ann', 'active', 1, '{{}}')"
+)
+
+
+def _run(database: str, *statements: str) -> None:
+    """Each statement on one session of ``database`` (errors are the test's to see)."""
+
+    async def run() -> None:
+        conn = await asyncmy.connect(autocommit=True, db=database, **_server())
+        try:
+            async with conn.cursor() as cursor:
+                for sql in statements:
+                    await cursor.execute(sql)
+        finally:
+            conn.close()
+
+    asyncio.run(run())
+
+
+def _table_id(database: str, table: str = "threads") -> int | None:
+    for view in ("INNODB_SYS_TABLES", "INNODB_TABLES"):  # MariaDB, MySQL 8
+        try:
+            rows = _sql(
+                f"SELECT TABLE_ID FROM information_schema.{view} WHERE NAME = %s",
+                (f"{database}/{table}",),
+            )
+        except Exception:  # the other server's name
+            continue
+        return int(rows[0][0]) if rows else None
+    raise AssertionError("no InnoDB table list on this server")
+
+
+def _where(table_id: int) -> str | None:
+    """The database that holds the table with ``table_id`` now."""
+    for view in ("INNODB_SYS_TABLES", "INNODB_TABLES"):
+        try:
+            rows = _sql(
+                f"SELECT NAME FROM information_schema.{view} WHERE TABLE_ID = %s", (table_id,)
+            )
+        except Exception:
+            continue
+        return str(rows[0][0]).partition("/")[0] if rows else None
+    raise AssertionError("no InnoDB table list on this server")
+
+
+def _registered(backend: MySqlBackend) -> set[str]:
+    rows = _sql(f"SELECT name FROM `{REGISTRY}`.owned WHERE run_id = %s", (backend.run_id,))
+    return {str(row[0]) for row in rows}
+
+
+@pytest.fixture
+def backend() -> Iterator[MySqlBackend]:
+    backend = MySqlBackend(MYSQL_SERVER_URL, run_id=new_run_id(), worker_id="gw5")
+    backend.start()
+    try:
+        yield backend
+    finally:
+        backend.stop()
+    assert not _databases(f"tc_{backend.run_id}_")
+    assert not _registered(backend)
+
+
+def _recycler(backend: MySqlBackend) -> Recycler:
+    spares = backend._spares
+    assert spares is not None and isinstance(spares._recycle, Recycler)
+    return spares._recycle
+
+
+def _used(backend: MySqlBackend, *statements: str) -> tuple[int, str]:
+    """A ``fresh`` database with a row written and ``statements`` run in it, then given back and
+    the background work done; its threads table's id and the name it was handed out under."""
+    database = backend.create_database("used", isolation="fresh")
+    table_id, name = _table_id(database.name), database.name
+    assert table_id is not None
+    _run(name, INSERT_THREAD.format(id=f"thread_{uuid.uuid4().hex}"), *statements)
+    backend.drop_database(database)
+    backend.leftovers()  # waits for the tender's background work
+    return table_id, name
+
+
+def _take_until(backend: MySqlBackend, table_id: int) -> tuple[Database, list[Database]]:
+    """Fresh databases until the one holding ``table_id`` comes; it and the others before it."""
+    others: list[Database] = []
+    for _ in range(10):
+        database = backend.create_database("next", isolation="fresh")
+        if _table_id(database.name) == table_id:
+            return database, others
+        others.append(database)
+    raise AssertionError(f"the table {table_id} was never handed out again")
+
+
+def test_a_database_left_as_found_is_moved_emptied_and_handed_out_again(
+    backend: MySqlBackend,
+) -> None:
+    backend.prepare_template(SCHEMA, None)
+    table_id, first_name = _used(backend)
+    moved = _where(table_id)
+    assert moved is not None, "moved, not dropped"
+    assert moved != first_name, "a fresh database's name (and URL) changes per test"
+    assert moved.startswith(f"tc_{backend.run_id}_gw5_") and moved.endswith("_fresh")
+    assert first_name not in _databases(f"tc_{backend.run_id}_"), "the used one is gone"
+    registered = _registered(backend)
+    assert moved in registered and first_name not in registered, "the mark moved with it"
+    assert _recycler(backend).last_refusal is None
+    assert backend.leftovers() == [backend.template], "a spare again, not a leftover"
+    database, others = _take_until(backend, table_id)
+    assert database.name == moved and first_name not in database.url
+    assert asyncio.run(database.count_threads()) == 0
+    assert asyncio.run(database.count_messages()) == 0
+    # its foreign keys name the tables beside it, not the used database's
+    for other in [*others, database]:
+        backend.drop_database(other)
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ("ALTER TABLE threads ADD COLUMN extra INT", "the table threads differs"),
+        ("CREATE INDEX ix_extra ON messages (role)", "the table messages differs"),
+        ("ALTER TABLE threads COMMENT = 'changed'", "the table threads differs"),
+        ("DROP TABLE messages", "doesn't exist"),
+        (
+            "CREATE TRIGGER no_move BEFORE INSERT ON threads FOR EACH ROW SET NEW.status = 'x'",
+            "Trigger",
+        ),
+    ],
+    ids=["column", "index", "table-option", "table-dropped", "trigger"],
+)
+def test_a_database_changed_beyond_its_rows_is_dropped(
+    backend: MySqlBackend, change: str, why: str
+) -> None:
+    backend.prepare_template(SCHEMA, None)
+    table_id, name = _used(backend, change)
+    assert _where(table_id) is None, "dropped, not handed out again"
+    assert why.lower() in (_recycler(backend).last_refusal or "").lower()
+    assert backend.leftovers() == [backend.template], "nothing of it left, new or used"
+    assert name not in _registered(backend)
+    # the dropper's connection is fit for the next one (no transaction, foreign key checks on)
+    table_id, _ = _used(backend)
+    assert _where(table_id) is not None and _recycler(backend).last_refusal is None
+    database, others = _take_until(backend, table_id)
+    _run(database.name, INSERT_THREAD.format(id="t1"))
+    with pytest.raises(asyncmy.errors.IntegrityError):  # type: ignore[attr-defined]
+        _run(
+            database.name,
+            "INSERT INTO messages (id, object, thread_id, role, content, created_at, file_ids, metadata_) "
+            "VALUES ('m', 'thread.message', 'no_such_thread', 'user', '[]', 1, '[]', '{}')",
+        )
+    for other in [*others, database]:
+        backend.drop_database(other)
+
+
+def test_what_a_test_added_beside_the_tables_does_not_follow_them(backend: MySqlBackend) -> None:
+    backend.prepare_template(SCHEMA, None)
+    table_id, _ = _used(
+        backend,
+        "CREATE TABLE scratch (n INT)",
+        "CREATE VIEW seen AS SELECT id FROM threads",
+        "CREATE PROCEDURE noop() BEGIN END",
+    )
+    database, others = _take_until(backend, table_id)
+    tables = _sql(
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+        "ORDER BY TABLE_NAME",
+        (database.name,),
+    )
+    assert [row[0] for row in tables] == ["messages", "threads"]
+    routines = _sql(
+        "SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s",
+        (database.name,),
+    )
+    assert routines == []
+    for other in [*others, database]:
+        backend.drop_database(other)
+
+
+def test_seed_rows_and_counters_are_as_the_template_has_them(backend: MySqlBackend) -> None:
+    def setup(template: Database) -> None:
+        _run(
+            template.name,
+            "CREATE TABLE counted (n INT AUTO_INCREMENT PRIMARY KEY, label VARCHAR(8))",
+            "INSERT INTO counted (label) VALUES ('a'), ('b')",
+            INSERT_THREAD.format(id="thread_seed"),
+        )
+
+    backend.prepare_template(SCHEMA, setup)
+    table_id, _ = _used(
+        backend,
+        "INSERT INTO counted (label) VALUES ('c'), ('d'), ('e')",
+        "DELETE FROM counted WHERE label = 'a'",
+        "DELETE FROM threads WHERE id = 'thread_seed'",
+    )
+    database, others = _take_until(backend, table_id)
+    _run(database.name, "INSERT INTO counted (label) VALUES ('next')")
+    rows = _sql("SELECT n, label FROM counted ORDER BY n", db=database.name)
+    assert [tuple(row) for row in rows] == [(1, "a"), (2, "b"), (3, "next")]
+    threads = _sql("SELECT id FROM threads", db=database.name)
+    assert [row[0] for row in threads] == ["thread_seed"]
+    for other in [*others, database]:
+        backend.drop_database(other)
+
+
+def test_a_session_left_in_a_transaction_on_a_table_fails_the_move_not_the_run(
+    backend: MySqlBackend,
+) -> None:
+    backend.prepare_template(SCHEMA, None)
+    database = backend.create_database("held", isolation="fresh")
+    table_id = _table_id(database.name)
+    assert table_id is not None
+
+    async def hold_then_give_back() -> None:
+        held = await asyncmy.connect(db=database.name, **_server())  # e.g. an app's engine
+        try:
+            async with held.cursor() as cursor:
+                await cursor.execute("START TRANSACTION")
+                await cursor.execute("SELECT COUNT(*) FROM threads")
+            await asyncio.to_thread(backend.drop_database, database)
+            await asyncio.to_thread(backend.leftovers)
+        finally:
+            held.close()
+
+    asyncio.run(hold_then_give_back())
+    assert "lock wait timeout" in (_recycler(backend).last_refusal or "").lower()
+    assert _where(table_id) is None or _where(table_id) == database.name, "not moved"
+    # the drop met the same lock: the backend drops it when it stops (the fixture checks)
+
+
+def test_the_counter_is_read_from_show_create_table() -> None:
+    shape, counter = table_shape(
+        "CREATE TABLE `t` (\n  `n` int\n) ENGINE=InnoDB AUTO_INCREMENT=7 X"
+    )
+    assert (shape, counter) == ("CREATE TABLE `t` (\n  `n` int\n) ENGINE=InnoDB X", 7)
+    assert table_shape("CREATE TABLE `t` (`n` int) ENGINE=InnoDB") == (
+        "CREATE TABLE `t` (`n` int) ENGINE=InnoDB",
+        1,
+    )
