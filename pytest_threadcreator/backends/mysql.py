@@ -354,8 +354,8 @@ class MySqlBackend(ServerBackend):
                 "again"
             )
         sql = _REGISTER.format(name=quote(name))
-        if then:
-            sql += f"; USE {quote(name)}; {then}"
+        if then:  # sent with parameters: a % of its own (a comment's, a default's) is doubled
+            sql += f"; USE {quote(name)}; {then.replace('%', '%%')}"
         await _query(conn, sql, (name, self.run_id, self.worker_id))
 
     # -- databases -----------------------------------------------------------------------------

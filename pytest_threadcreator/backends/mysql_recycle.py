@@ -97,14 +97,15 @@ class Recycler:
         self.last_refusal: str | None = None
 
     def _move_sql(self, used: str, new: str) -> str:
-        tables = list(self._shapes)
-        old, fresh, template = quote(used), quote(new), quote(self._template)
+        # sent with parameters: a % in a name is doubled
+        tables = [table.replace("%", "%%") for table in self._shapes]
+        old, fresh, template = (quote(n).replace("%", "%%") for n in (used, new, self._template))
         moves = ", ".join(f"{old}.{quote(t)} TO {fresh}.{quote(t)}" for t in tables)
         shows = [f"SHOW CREATE TABLE {fresh}.{quote(t)}" for t in tables]
         empties = [f"DELETE FROM {fresh}.{quote(t)}" for t in tables]
         seeds = [
             f"INSERT INTO {fresh}.{quote(t)} SELECT * FROM {template}.{quote(t)}"
-            for t in self._seeded
+            for t in (table.replace("%", "%%") for table in self._seeded)
         ]
         return "; ".join(
             [

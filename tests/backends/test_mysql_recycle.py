@@ -207,7 +207,9 @@ def test_seed_rows_and_counters_are_as_the_template_has_them(backend: MySqlBacke
     def setup(template: Database) -> None:
         _run(
             template.name,
-            "CREATE TABLE counted (n INT AUTO_INCREMENT PRIMARY KEY, label VARCHAR(8))",
+            # a % of the DDL's own reaches the server as it is, in a new database and a moved one
+            "CREATE TABLE counted (n INT AUTO_INCREMENT PRIMARY KEY, "
+            "label VARCHAR(8) COMMENT '100% a label')",
             "INSERT INTO counted (label) VALUES ('a'), ('b')",
             INSERT_THREAD.format(id="thread_seed"),
         )
@@ -223,6 +225,12 @@ def test_seed_rows_and_counters_are_as_the_template_has_them(backend: MySqlBacke
     _run(database.name, "INSERT INTO counted (label) VALUES ('next')")
     rows = _sql("SELECT n, label FROM counted ORDER BY n", db=database.name)
     assert [tuple(row) for row in rows] == [(1, "a"), (2, "b"), (3, "next")]
+    comment = _sql(
+        "SELECT COLUMN_COMMENT FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s "
+        "AND TABLE_NAME = 'counted' AND COLUMN_NAME = 'label'",
+        (database.name,),
+    )
+    assert comment == [("100% a label",)]
     threads = _sql("SELECT id FROM threads", db=database.name)
     assert [row[0] for row in threads] == ["thread_seed"]
     for other in [*others, database]:
