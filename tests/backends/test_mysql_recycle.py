@@ -6,14 +6,19 @@ InnoDB table id, which ``RENAME TABLE`` keeps and a new table never reuses."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import asyncmy
 import pytest
 
-from pytest_threadcreator.backends.mysql import REGISTRY, MySqlBackend
+from pytest_threadcreator.backends.mysql import REGISTRY, MySqlBackend, lock_name
 from pytest_threadcreator.backends.mysql_recycle import Recycler, table_shape
 from pytest_threadcreator.backends.postgresql.janitor import new_run_id
 from pytest_threadcreator.database import Database
@@ -271,3 +276,91 @@ def test_the_counter_is_read_from_show_create_table() -> None:
         "CREATE TABLE `t` (`n` int) ENGINE=InnoDB",
         1,
     )
+
+
+_KILLED_MID_MOVE = textwrap.dedent(
+    """
+    import sys, time
+    from pytest_threadcreator.backends.mysql import MySqlBackend
+    from pytest_threadcreator.schema import default_schema
+
+    backend = MySqlBackend(sys.argv[1], run_id=sys.argv[2], worker_id="gw0")
+    backend.start()
+    backend.prepare_template(default_schema(), None)
+    database = backend.create_database("used", isolation="fresh")
+    print(database.name, flush=True)
+    sys.stdin.readline()  # the test holds a lock on its table now
+    backend.drop_database(database)  # the move waits for that lock, and the run is killed
+    time.sleep(600)
+    """
+)
+
+
+def test_a_run_killed_in_the_middle_of_a_move_leaves_nothing_after_the_sweep() -> None:
+    """The new database is registered in the same round trip, before the tables move, and the
+    used one loses its row only once it is dropped: whatever point a kill reaches, the next
+    run's sweep drops both."""
+    dead = new_run_id()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_MID_MOVE, MYSQL_SERVER_URL, dead],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    async def scenario() -> None:
+        assert proc.stdin is not None and proc.stdout is not None
+        used = proc.stdout.readline().strip()
+        assert used.startswith(f"tc_{dead}_")
+        holder = await asyncmy.connect(db=used, **_server())
+        watcher = await asyncmy.connect(autocommit=True, **_server())
+        try:
+            async with holder.cursor() as cursor:  # a metadata lock on the used table
+                await cursor.execute("START TRANSACTION")
+                await cursor.execute("SELECT COUNT(*) FROM threads")
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            moving = (
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'RENAME%%' "
+                "AND INFO LIKE %s"
+            )
+            for _ in range(1000):
+                async with watcher.cursor() as cursor:
+                    await cursor.execute(moving, (f"%{used}%",))
+                    if (await cursor.fetchone())[0]:
+                        break
+                await asyncio.sleep(0.005)
+            else:
+                raise AssertionError("the move never reached its RENAME")
+            async with watcher.cursor() as cursor:
+                await cursor.execute(
+                    f"SELECT o.name FROM `{REGISTRY}`.owned o JOIN information_schema.SCHEMATA s "
+                    "ON s.SCHEMA_NAME = o.name WHERE o.run_id = %s",
+                    (dead,),
+                )
+                there = {str(row[0]) for row in await cursor.fetchall()}
+            assert used in there
+            assert any(name.endswith("_fresh") for name in there - {used}), (
+                "the new database exists and is registered before the tables move"
+            )
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        finally:
+            holder.close()  # the RENAME goes on (or stops) on the server now
+            watcher.close()
+
+    try:
+        asyncio.run(scenario())
+        deadline = time.monotonic() + 15
+        while _sql("SELECT IS_FREE_LOCK(%s)", (lock_name(dead, "gw0"),))[0][0] != 1:
+            assert time.monotonic() < deadline, "the killed run's lock stayed held"
+            time.sleep(0.01)
+        sweeper = MySqlBackend(MYSQL_SERVER_URL, run_id=new_run_id(), worker_id="gw9")
+        sweeper.start()
+        sweeper.stop()
+        assert _databases(f"tc_{dead}_") == set()
+        assert _sql(f"SELECT name FROM `{REGISTRY}`.owned WHERE run_id = %s", (dead,)) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
