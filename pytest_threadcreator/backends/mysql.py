@@ -51,7 +51,7 @@ from ..database import Database
 from ..errors import BackendUnavailableError, ConfigurationError, DatabaseError
 from ..store.mysql import ADMIN_TIMEOUT, MULTI_STATEMENTS, MySqlStore, asyncmy_module, quote
 from .base import BackendRequest
-from .mysql_recycle import Recycler
+from .mysql_recycle import LOCK_WAIT, Recycler
 from .postgresql.janitor import (
     DB_PREFIX,
     database_name,
@@ -169,6 +169,10 @@ class MySqlBackend(ServerBackend):
         #: the template's tables, each with its ``SHOW CREATE TABLE``
         self._tables: dict[str, str] = {}
         self._seeded: list[str] = []
+        #: whether the template holds a system-versioned table (MariaDB): never recycled
+        self._versioned = False
+        #: InnoDB's list of foreign keys, if this user may read it (see :func:`_foreign_keys_view`)
+        self._foreign_keys: str | None = None
         self._counter = 0
         #: names dropped by this backend's sweep of dead runs at start
         self.swept: list[str] = []
@@ -240,6 +244,7 @@ class MySqlBackend(ServerBackend):
                 "run_id VARCHAR(20) NOT NULL, worker_id VARCHAR(12) NOT NULL) ENGINE=InnoDB",
             )
         self.swept = await self._remove_dead_runs(conn)
+        self._foreign_keys = await _foreign_keys_view(conn)
 
     @property
     def _lock(self) -> str:
@@ -299,13 +304,16 @@ class MySqlBackend(ServerBackend):
         async def capture(conn: Any) -> None:
             tables = await _query(
                 conn,
-                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
-                "AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
+                "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES "
+                "WHERE TABLE_SCHEMA = %s AND TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED') "
+                "ORDER BY TABLE_NAME",
                 (self.template,),
             )
             created: dict[str, str] = {}
             seeded: list[str] = []
-            for (table,) in tables:
+            # MariaDB's system-versioned tables: their history would survive a recycle's emptying
+            self._versioned = any(kind == "SYSTEM VERSIONED" for _, kind in tables)
+            for table, _ in tables:
                 full = f"{quote(self.template)}.{quote(str(table))}"
                 created[str(table)] = str((await _query(conn, f"SHOW CREATE TABLE {full}"))[0][1])
                 if await _query(conn, f"SELECT 1 FROM {full} LIMIT 1"):
@@ -414,25 +422,37 @@ class MySqlBackend(ServerBackend):
                 drop=self._drop_owned,
                 next_name=functools.partial(self._next_name, "fresh"),
                 register=_REGISTER,
-                unregister=f"DELETE FROM {_OWNED} WHERE name = %s",
+                owned=_OWNED,
                 owner=(self.run_id, self.worker_id),
                 template=self.template,
                 tables=self._tables,
                 seeded=self._seeded,
+                foreign_keys=self._foreign_keys,
             )
             spares = self._spares = SpareTender(
                 background=self._background,
                 target=self.plan.spares,
-                connect=self._connect_admin,
+                connect=self._connect_tender,
                 disconnect=_disconnect,
                 is_closed=_is_closed,
                 make_name=functools.partial(self._next_name, "fresh"),
                 clone=clone,
                 drop=self._drop_owned,
-                recycle=recycler,
+                recycle=None if self._versioned else recycler,
             )
         spares.start()
         return spares
+
+    async def _connect_tender(self) -> Any:
+        """A connection of the tender's: its statements wait at most :data:`LOCK_WAIT` seconds
+        for a metadata lock (a drop or a move that gives up is done again when the run ends)."""
+        conn = await self._connect_admin()
+        try:
+            await _query(conn, f"SET SESSION lock_wait_timeout = {LOCK_WAIT}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     async def _drop_owned(self, conn: Any, name: str) -> bool:
         return await _drop_if_ours(conn, name, self.run_id)
@@ -563,9 +583,10 @@ async def _query(conn: Any, sql: str, params: tuple[Any, ...] | None = None) -> 
     return rows
 
 
-async def _results(conn: Any, sql: str, params: tuple[Any, ...]) -> list[list[Any]]:
+async def _results(conn: Any, sql: str, params: tuple[Any, ...] | None) -> list[list[Any]]:
     """Run ``sql`` (one or more statements) in one round trip; the rows of each result that
-    has rows' shape (``SELECT``, ``SHOW``), in order."""
+    has rows' shape (``SELECT``, ``SHOW``), in order (``params`` None: a % in ``sql`` is sent
+    as it is)."""
     results: list[list[Any]] = []
     async with conn.cursor() as cursor:
         await cursor.execute(sql, params)
@@ -574,6 +595,20 @@ async def _results(conn: Any, sql: str, params: tuple[Any, ...]) -> list[list[An
                 results.append(list(await cursor.fetchall() or ()))
             if not await cursor.nextset():
                 return results
+
+
+async def _foreign_keys_view(conn: Any) -> str | None:
+    """InnoDB's list of foreign keys in ``information_schema`` (MariaDB's name, then MySQL 8's),
+    if this user may read it (it takes the PROCESS privilege); None else."""
+    for view in ("INNODB_SYS_FOREIGN", "INNODB_FOREIGN"):
+        try:
+            await _query(conn, f"SELECT 1 FROM information_schema.{view} LIMIT 0")
+        except Exception:  # not this server's name, or not readable by this user
+            if _is_closed(conn):
+                raise
+            continue
+        return view
+    return None
 
 
 async def _disconnect(conn: Any) -> None:

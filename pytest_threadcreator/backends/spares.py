@@ -14,10 +14,12 @@ get, and the test then starts on a connection that is already there. Whatever ``
 handed out with the clone, and closed by the tender (``unwarm``) when the clone is dropped unused
 or the test is done with it.
 
-With a ``recycle`` step (a :class:`Recycler`: PostgreSQL's, for a template that watches for schema
-changes), the dropper renames a used database instead, and a task beside it warms the renamed
-one and checks and empties it on the warmed connection: one that changed nothing but rows is a
-spare again, any other goes back to the dropper. The cloners leave room for the used databases
+With a ``recycle`` step (a :class:`Recycler`), the dropper renames a used database instead, and a
+task beside it warms the renamed one and has it checked (and emptied): one that changed nothing
+but rows is a spare again, any other goes back to the dropper. PostgreSQL's (for a template that
+watches for schema changes) renames the database and checks and empties it on the warmed
+connection; MySQL's moves the used database's tables into a new one, checks and empties them
+in :meth:`Recycler.rename`, and its ``check`` only hands over that verdict. The cloners leave room for the used databases
 still to come back (as long as the last one tried did come back: tests that change the schema
 get clones made ahead as before).
 
@@ -41,14 +43,16 @@ __all__ = ["Recycler", "SpareTender"]
 
 
 class Recycler(Protocol):
-    """Makes a used database a spare again (PostgreSQL's :class:`~.postgresql.recycle.Recycler`)."""
+    """Makes a used database a spare again (PostgreSQL's :class:`~.postgresql.recycle.Recycler`,
+    MySQL's :class:`~.mysql_recycle.Recycler`)."""
 
     async def rename(self, conn: Any, name: str) -> str | None:
-        """Rename ``name`` out of the test's reach: its new name, or None to drop it instead."""
+        """Put ``name`` out of the test's reach under a new name (PostgreSQL: renamed; MySQL: its
+        tables moved into a new database): the new name, or None to drop ``name`` instead."""
 
     async def check(self, name: str, handle: Any) -> bool:
-        """Check and empty the renamed ``name`` (on ``handle``, if warmed): True if it is a
-        spare again."""
+        """Check and empty the renamed ``name`` (on ``handle``, if warmed), unless ``rename``
+        did: True if it is a spare again."""
 
 
 class SpareTender:

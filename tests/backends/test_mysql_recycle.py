@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import asyncmy
 import pytest
@@ -33,6 +35,10 @@ SCHEMA = default_schema()
 INSERT_THREAD = (
     "INSERT INTO threads (id, object, user_id, status, created_at, metadata_) "
     "VALUES ('{id}', 'thread', 'ann', 'active', 1, '{{}}')"
+)
+INSERT_MESSAGE = (
+    "INSERT INTO messages (id, object, thread_id, role, content, created_at, file_ids, metadata_) "
+    "VALUES ('m_{thread}', 'thread.message', '{thread}', 'user', '[]', 1, '[]', '{{}}')"
 )
 
 
@@ -142,6 +148,12 @@ def test_a_database_left_as_found_is_moved_emptied_and_handed_out_again(
     assert asyncio.run(database.count_threads()) == 0
     assert asyncio.run(database.count_messages()) == 0
     # its foreign keys name the tables beside it, not the used database's
+    targets = _sql(
+        "SELECT UNIQUE_CONSTRAINT_SCHEMA, REFERENCED_TABLE_NAME FROM "
+        "information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = %s",
+        (database.name,),
+    )
+    assert [tuple(row) for row in targets] == [(database.name, "threads")]
     for other in [*others, database]:
         backend.drop_database(other)
 
@@ -169,17 +181,13 @@ def test_a_database_changed_beyond_its_rows_is_dropped(
     assert why.lower() in (_recycler(backend).last_refusal or "").lower()
     assert backend.leftovers() == [backend.template], "nothing of it left, new or used"
     assert name not in _registered(backend)
-    # the dropper's connection is fit for the next one (no transaction, foreign key checks on)
+    # the next one comes back as before
     table_id, _ = _used(backend)
     assert _where(table_id) is not None and _recycler(backend).last_refusal is None
     database, others = _take_until(backend, table_id)
-    _run(database.name, INSERT_THREAD.format(id="t1"))
+    _run(database.name, INSERT_THREAD.format(id="t1"), INSERT_MESSAGE.format(thread="t1"))
     with pytest.raises(asyncmy.errors.IntegrityError):  # type: ignore[attr-defined]
-        _run(
-            database.name,
-            "INSERT INTO messages (id, object, thread_id, role, content, created_at, file_ids, metadata_) "
-            "VALUES ('m', 'thread.message', 'no_such_thread', 'user', '[]', 1, '[]', '{}')",
-        )
+        _run(database.name, INSERT_MESSAGE.format(thread="no_such_thread"))
     for other in [*others, database]:
         backend.drop_database(other)
 
@@ -215,6 +223,7 @@ def test_seed_rows_and_counters_are_as_the_template_has_them(backend: MySqlBacke
             # a % of the DDL's own reaches the server as it is, in a new database and a moved one
             "CREATE TABLE counted (n INT AUTO_INCREMENT PRIMARY KEY, "
             "label VARCHAR(8) COMMENT '100% a label')",
+            "CREATE TABLE `odd%name` (n INT AUTO_INCREMENT PRIMARY KEY)",
             "INSERT INTO counted (label) VALUES ('a'), ('b')",
             INSERT_THREAD.format(id="thread_seed"),
         )
@@ -224,6 +233,7 @@ def test_seed_rows_and_counters_are_as_the_template_has_them(backend: MySqlBacke
         backend,
         "INSERT INTO counted (label) VALUES ('c'), ('d'), ('e')",
         "DELETE FROM counted WHERE label = 'a'",
+        "INSERT INTO `odd%name` VALUES (), (), ()",
         "DELETE FROM threads WHERE id = 'thread_seed'",
     )
     database, others = _take_until(backend, table_id)
@@ -236,6 +246,8 @@ def test_seed_rows_and_counters_are_as_the_template_has_them(backend: MySqlBacke
         (database.name,),
     )
     assert comment == [("100% a label",)]
+    _run(database.name, "INSERT INTO `odd%name` VALUES ()")
+    assert _sql("SELECT n FROM `odd%%name`", db=database.name) == [(1,)]  # sent with ()
     threads = _sql("SELECT id FROM threads", db=database.name)
     assert [row[0] for row in threads] == ["thread_seed"]
     for other in [*others, database]:
@@ -281,10 +293,11 @@ def test_the_counter_is_read_from_show_create_table() -> None:
 _KILLED_MID_MOVE = textwrap.dedent(
     """
     import sys, time
-    from pytest_threadcreator.backends.mysql import MySqlBackend
+    from pytest_threadcreator.backends import mysql
     from pytest_threadcreator.schema import default_schema
 
-    backend = MySqlBackend(sys.argv[1], run_id=sys.argv[2], worker_id="gw0")
+    mysql.LOCK_WAIT = 60  # the test kills the run while the move waits
+    backend = mysql.MySqlBackend(sys.argv[1], run_id=sys.argv[2], worker_id="gw0")
     backend.start()
     backend.prepare_template(default_schema(), None)
     database = backend.create_database("used", isolation="fresh")
@@ -321,17 +334,21 @@ def test_a_run_killed_in_the_middle_of_a_move_leaves_nothing_after_the_sweep() -
             proc.stdin.write("go\n")
             proc.stdin.flush()
             moving = (
-                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'RENAME%%' "
+                "SELECT INFO FROM information_schema.PROCESSLIST WHERE INFO LIKE 'RENAME%%' "
                 "AND INFO LIKE %s"
             )
-            for _ in range(1000):
+            for _ in range(3000):  # the killed run's move waits up to 60 s for the lock
                 async with watcher.cursor() as cursor:
                     await cursor.execute(moving, (f"%{used}%",))
-                    if (await cursor.fetchone())[0]:
-                        break
+                    found = await cursor.fetchone()
+                if found:
+                    break
                 await asyncio.sleep(0.005)
             else:
                 raise AssertionError("the move never reached its RENAME")
+            # the database the tables are moving into, named by the waiting RENAME
+            new = re.findall(r" TO `(tc_[^`]+)`\.", str(found[0]))[0]
+            assert new != used and new.startswith(f"tc_{dead}_gw0_")
             async with watcher.cursor() as cursor:
                 await cursor.execute(
                     f"SELECT o.name FROM `{REGISTRY}`.owned o JOIN information_schema.SCHEMATA s "
@@ -339,10 +356,7 @@ def test_a_run_killed_in_the_middle_of_a_move_leaves_nothing_after_the_sweep() -
                     (dead,),
                 )
                 there = {str(row[0]) for row in await cursor.fetchall()}
-            assert used in there
-            assert any(name.endswith("_fresh") for name in there - {used}), (
-                "the new database exists and is registered before the tables move"
-            )
+            assert {used, new} <= there, "both exist, each registered, before the tables move"
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
         finally:
@@ -364,3 +378,137 @@ def test_a_run_killed_in_the_middle_of_a_move_leaves_nothing_after_the_sweep() -
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def outside() -> Iterator[str]:
+    """A database of the user's, beside the run's (not the plugin's to touch)."""
+    name = f"user_own_{uuid.uuid4().hex[:12]}"
+    _sql(f"CREATE DATABASE `{name}`")
+    try:
+        yield name
+    finally:
+        _sql(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.mark.parametrize("innodb_list", [True, False], ids=["innodb-list", "information-schema"])
+def test_a_database_another_databases_table_refers_to_is_not_moved(
+    backend: MySqlBackend, outside: str, innodb_list: bool
+) -> None:
+    if innodb_list:  # the fast way, where the user may read InnoDB's own list (root may)
+        assert backend._foreign_keys in ("INNODB_SYS_FOREIGN", "INNODB_FOREIGN")
+    else:  # the way without the PROCESS privilege
+        backend._foreign_keys = None
+    backend.prepare_template(SCHEMA, None)
+    database = backend.create_database("referred", isolation="fresh")
+    table_id = _table_id(database.name)
+    _run(
+        outside,
+        "CREATE TABLE child (thread_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci, "
+        f"FOREIGN KEY (thread_id) "
+        f"REFERENCES `{database.name}`.threads (id)) ENGINE=InnoDB",
+    )
+    backend.drop_database(database)
+    backend.leftovers()
+    assert "foreign key of another database" in (_recycler(backend).last_refusal or "")
+    assert _where(table_id or 0) == database.name, "not moved (and, referred to, not dropped)"
+    targets = _sql(
+        "SELECT UNIQUE_CONSTRAINT_SCHEMA FROM information_schema.REFERENTIAL_CONSTRAINTS "
+        "WHERE CONSTRAINT_SCHEMA = %s",
+        (outside,),
+    )
+    assert targets == [(database.name,)], "the user's table is as it was"
+    _sql(f"DROP TABLE `{outside}`.child")  # the run's end drops the database then
+
+
+def test_a_table_whose_rows_are_another_tables_is_never_written_to(
+    backend: MySqlBackend, outside: str
+) -> None:
+    backend.prepare_template(SCHEMA, None)
+    _run(
+        outside,
+        "CREATE TABLE victim (id VARCHAR(64)) ENGINE=MyISAM",
+        "INSERT INTO victim VALUES ('a'), ('b'), ('c')",
+    )
+    table_id, _ = _used(
+        backend,
+        "DROP TABLE messages",
+        f"CREATE TABLE messages (id VARCHAR(64)) ENGINE=MRG_MyISAM UNION=(`{outside}`.victim)",
+    )
+    assert _where(table_id) is None, "dropped, not handed out again"
+    assert "the table messages differs" in (_recycler(backend).last_refusal or "")
+    assert _sql(f"SELECT COUNT(*) FROM `{outside}`.victim") == [(3,)]
+
+
+def test_a_database_the_registry_does_not_have_as_the_runs_is_not_touched(
+    backend: MySqlBackend,
+) -> None:
+    backend.prepare_template(SCHEMA, None)
+    database = backend.create_database("unmarked", isolation="fresh")
+    table_id = _table_id(database.name)
+    _sql(f"DELETE FROM `{REGISTRY}`.owned WHERE name = %s", (database.name,))
+    try:
+        backend.drop_database(database)
+        backend.leftovers()
+        assert _recycler(backend).last_refusal == "not registered as the run's own"
+        assert _where(table_id or 0) == database.name, "neither moved nor dropped"
+    finally:
+        _sql(f"DROP DATABASE IF EXISTS `{database.name}`")
+
+
+def test_a_failure_while_emptying_leaves_the_dropper_as_it_was(
+    backend: MySqlBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.prepare_template(SCHEMA, None)
+    first = backend.create_database("first", isolation="fresh")  # starts the tender
+    recycler = _recycler(backend)
+    sent = recycler._query
+    asked = "SELECT @@in_transaction, @@foreign_key_checks"
+    during: list[Any] = []
+    after: list[Any] = []
+
+    async def failing_empty(conn: Any, sql: str, params: Any) -> list[list[Any]]:
+        if sql.startswith("SET FOREIGN_KEY_CHECKS = 0"):  # made to fail inside its transaction
+            sql = sql.replace("; COMMIT", "; DELETE FROM `no_such_database`.`t`; COMMIT")
+            try:
+                return await sent(conn, sql, params)
+            finally:
+                during.extend(await sent(conn, asked, None))
+        result = await sent(conn, sql, params)
+        if sql.startswith("SET FOREIGN_KEY_CHECKS = 1"):
+            after.extend(await sent(conn, asked, None))
+        return result
+
+    monkeypatch.setattr(recycler, "_query", failing_empty)
+    table_id = _table_id(first.name)
+    backend.drop_database(first)
+    backend.leftovers()
+    assert "no_such_database" in (recycler.last_refusal or "")
+    assert during == [[(1, 0)]], "the failure came inside the transaction, checks off"
+    assert after == [[(0, 1)]], "rolled back, foreign key checks on again"
+    assert _where(table_id or 0) is None, "the new database was dropped"
+    assert backend.leftovers() == [backend.template]
+
+
+def test_a_template_with_a_system_versioned_table_is_copied_and_never_recycled() -> None:
+    if "mariadb" not in str(_sql("SELECT VERSION()")[0][0]).lower():
+        pytest.skip("system-versioned tables are MariaDB's")
+    backend = MySqlBackend(MYSQL_SERVER_URL, run_id=new_run_id(), worker_id="gw5")
+    backend.start()
+    try:
+        backend.prepare_template(
+            SCHEMA, lambda t: _run(t.name, "CREATE TABLE audit (n INT) WITH SYSTEM VERSIONING")
+        )
+        table_id, _ = _used(backend, "INSERT INTO audit VALUES (1)", "DELETE FROM audit")
+        assert _where(table_id) is None, "dropped: its history would survive an emptying"
+        database = backend.create_database("next", isolation="fresh")
+        kinds = _sql(
+            "SELECT TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+            "AND TABLE_NAME = 'audit'",
+            (database.name,),
+        )
+        assert kinds == [("SYSTEM VERSIONED",)]
+        backend.drop_database(database)
+    finally:
+        backend.stop()
+    assert not _databases(f"tc_{backend.run_id}_")
