@@ -54,8 +54,7 @@ LOCK_WAIT = 2
 _COUNTER = re.compile(r" AUTO_INCREMENT=(\d+)")
 
 #: ``query(conn, sql, params)``: every result set of ``sql``'s statements that has rows' shape
-#: (``SELECT``, ``SHOW``), in order.
-#: (``None``: no parameters, and a % in ``sql`` is sent as it is).
+#: (``SELECT``, ``SHOW``), in order (``params`` None: a % in ``sql`` is sent as it is).
 Query = Callable[[Any, str, tuple[Any, ...] | None], Awaitable[list[list[Any]]]]
 
 
@@ -85,9 +84,10 @@ class Recycler:
         foreign_keys: str | None = None,
     ) -> None:
         """``register``: the SQL making a database and its registry row (``{name}`` the quoted
-        name; parameters: name, run, worker); ``owned``: the registry's table (quoted); ``owner``: (run, worker); ``tables``: the template's tables, each with
-        its ``SHOW CREATE TABLE``; ``seeded``: those holding seed rows; ``drop(conn, name)``
-        drops a database if it carries the run's mark; ``foreign_keys``: InnoDB's list of
+        name; parameters: name, run, worker); ``owned``: the registry's table (quoted);
+        ``owner``: (run, worker); ``tables``: the template's tables, each with its ``SHOW
+        CREATE TABLE``; ``seeded``: those holding seed rows; ``drop(conn, name)`` drops a
+        database if it carries the run's mark; ``foreign_keys``: InnoDB's list of
         foreign keys in ``information_schema`` that this connection may read
         (``INNODB_SYS_FOREIGN`` on MariaDB, ``INNODB_FOREIGN`` on MySQL 8), or None (the much
         slower ``REFERENTIAL_CONSTRAINTS`` is asked instead)."""
