@@ -14,6 +14,7 @@ import functools
 import importlib
 import os
 import pwd
+import select
 import shutil
 import signal
 import socket
@@ -143,6 +144,14 @@ MYSQL_SERVER_URL = os.environ.get("THREADCREATOR_MYSQL_URL", "mysql+asyncmy://ro
 
 
 @functools.cache
+def line_from(proc: subprocess.Popen[str], seconds: float = 60) -> str:
+    """The next line ``proc`` prints, failing the test (not hanging it) after ``seconds``."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], seconds)
+    assert ready, f"the child process printed nothing in {seconds:g} s"
+    return proc.stdout.readline().strip()
+
+
 def mysql_server_missing() -> str | None:
     """Why the MySQL/MariaDB server of ``THREADCREATOR_MYSQL_URL`` cannot be reached, or None."""
     import asyncmy

@@ -27,7 +27,7 @@ from pytest_threadcreator.database import Database
 from pytest_threadcreator.errors import BackendUnavailableError
 from pytest_threadcreator.schema import default_schema
 
-from ..helpers import MYSQL_SERVER_URL, mysql_server_missing, needs_marks
+from ..helpers import MYSQL_SERVER_URL, line_from, mysql_server_missing, needs_marks
 
 pytestmark = [*needs_marks(mysql_server_missing()), pytest.mark.suite_independent]
 
@@ -248,8 +248,10 @@ _KILLED_RUN = textwrap.dedent(
     backend.prepare_template(default_schema(), None)
     backend.create_database("killed_one", isolation="fresh")
     backend.create_database("killed_two", isolation="clean")
-    while len(backend._spares.stock()) < backend._spares.target or backend._spares._cloning:
-        time.sleep(0.01)  # the tender's spares made ahead, none half made
+    spares = backend._spares
+    # the tender's spares made ahead, none half made (a spare handed out counts: it comes back)
+    while len(spares._ready) + len(spares._handed) < spares.target or spares._cloning:
+        time.sleep(0.01)
     print("ready", flush=True)
     time.sleep(600)
     """
@@ -264,7 +266,7 @@ def test_a_killed_runs_databases_are_swept_and_lookalikes_survive() -> None:
         text=True,
     )
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        assert line_from(proc) == "ready"
         made = _databases(f"tc_{dead}_")
         # the template, two databases and the spares made ahead
         assert len(made) >= 4 and any(name.endswith("_fresh") for name in made)

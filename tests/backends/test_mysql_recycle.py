@@ -26,7 +26,7 @@ from pytest_threadcreator.backends.postgresql.janitor import new_run_id
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.schema import default_schema
 
-from ..helpers import MYSQL_SERVER_URL, mysql_server_missing, needs_marks
+from ..helpers import MYSQL_SERVER_URL, line_from, mysql_server_missing, needs_marks
 from .test_mysql_backend import _databases, _server, _sql
 
 pytestmark = [*needs_marks(mysql_server_missing()), pytest.mark.suite_independent]
@@ -323,7 +323,7 @@ def test_a_run_killed_in_the_middle_of_a_move_leaves_nothing_after_the_sweep() -
 
     async def scenario() -> None:
         assert proc.stdin is not None and proc.stdout is not None
-        used = proc.stdout.readline().strip()
+        used = line_from(proc)
         assert used.startswith(f"tc_{dead}_")
         holder = await asyncmy.connect(db=used, **_server())
         watcher = await asyncmy.connect(autocommit=True, **_server())
