@@ -1226,13 +1226,13 @@ def test_a_cluster_whose_owner_died_is_removed_by_the_next_start() -> None:
     cluster._lock.close()
     cluster._lock = None
     cluster.directory = None  # forget it, as a dead process would
+    server, cluster._postmaster = cluster._postmaster, None
+    assert server is not None and server.pid == pid
     removed = remove_stale_clusters(str(directory.parent))
     assert str(directory) in removed
     assert not directory.exists()
-    with pytest.raises(ProcessLookupError):
-        for _ in range(100):  # pg_ctl stop -w has returned; the postmaster is gone or exiting
-            os.kill(pid, 0)
-            time.sleep(0.05)
+    # the postmaster exited (this process started it, so it reaps it: no zombie to look at)
+    assert server.wait(timeout=10) is not None
 
 
 @pytest.fixture
@@ -1305,6 +1305,42 @@ def test_a_cache_that_cannot_be_trusted_is_not_used(cluster_parent: Path, flaw: 
         assert asyncio.run(_fsync_setting(second)) == "off"
     finally:
         second.stop()
+
+
+def test_clusters_live_in_memory_when_it_has_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not pg_local._usable(pg_local.MEMORY_PARENT) or not pg_local._roomy(pg_local.MEMORY_PARENT):
+        pytest.skip(f"{pg_local.MEMORY_PARENT} is missing or has less than 1 GiB free here")
+    assert pg_local._short_parent() == pg_local.MEMORY_PARENT
+    monkeypatch.setattr(pg_local, "MEMORY_MIN_FREE", 1 << 62)  # more than any machine has
+    assert pg_local._short_parent() == "/tmp"
+
+
+@needs_binaries
+def test_a_dead_run_cluster_is_swept_in_every_parent_a_run_may_choose() -> None:
+    parents = pg_local._default_parents()
+    chosen = pg_local._short_parent()
+    other = next((p for p in parents if p != chosen), None)
+    if other is None:
+        pytest.skip("only one parent directory for clusters is usable here")
+    dead = LocalCluster(parent_dir=other)
+    dead.start()
+    directory = Path(dead.socket_dir)
+    assert dead._lock is not None
+    dead._lock.close()  # its owner is gone, as after a kill
+    dead._lock = None
+    server, dead._postmaster = dead._postmaster, None
+    try:
+        fresh = LocalCluster()
+        fresh.start()  # in the chosen parent: its start sweeps the other one too
+        try:
+            assert Path(fresh.socket_dir).parent == Path(chosen)
+            assert not directory.exists()
+        finally:
+            fresh.stop()
+    finally:
+        if server is not None:
+            pg_local._stop_postmaster(server)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @needs_binaries
@@ -1385,7 +1421,7 @@ def test_a_cluster_that_fails_to_start_says_why_and_leaves_nothing() -> None:
     with pytest.raises(BackendUnavailableError) as info:
         cluster.start()
     message = str(info.value)
-    assert message.startswith("postgresql-local: pg_ctl start exited with 1: ")
+    assert message.startswith("postgresql-local: the server exited with 1 while starting | ")
     assert "server log: " in message and 'invalid value for parameter "shared_buffers"' in message
     assert message.endswith("--threadcreator-db=postgresql+asyncpg://user@host:5432/postgres")
     match = re.search(r"(/\S+/tc-[^/\s]+)/data/postgresql\.conf", message)
