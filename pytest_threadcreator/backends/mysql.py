@@ -49,7 +49,15 @@ from sqlalchemy.pool import NullPool
 from .._background import BackgroundLoop
 from ..database import Database
 from ..errors import BackendUnavailableError, ConfigurationError, DatabaseError
-from ..store.mysql import ADMIN_TIMEOUT, MULTI_STATEMENTS, MySqlStore, asyncmy_module, quote
+from ..store.mysql import (
+    ADMIN_TIMEOUT,
+    MULTI_STATEMENTS,
+    MySqlStore,
+    asyncmy_module,
+    close_pool,
+    open_pool,
+    quote,
+)
 from .base import BackendRequest
 from .mysql_recycle import LOCK_WAIT, Recycler
 from .postgresql.janitor import (
@@ -370,14 +378,16 @@ class MySqlBackend(ServerBackend):
     def create_database(self, label: str, *, isolation: str) -> Database:
         """``CREATE DATABASE tc_<run>_<worker>_<n>_<label>`` with the template's tables.
 
-        A ``fresh`` database is one the tender made ahead (named ``…_<n>_fresh``) when one is
-        ready or being made; it is made on demand otherwise."""
+        A ``fresh`` database is one the tender made ahead (named ``…_<n>_fresh``), with its
+        store's pool already connected, when one is ready or being made; it is made on demand
+        otherwise."""
         if self._schema is None:
             raise ConfigurationError("prepare_template() must run before create_database()")
         spares = self._tender() if isolation == "fresh" else None
         spare = spares.take() if spares is not None else None
+        pool = None
         if spare is not None:
-            name = spare[0]
+            name, pool = spare
         else:
             name = self._next_name(label)
             ddl = self._copy_ddl()
@@ -386,7 +396,7 @@ class MySqlBackend(ServerBackend):
                 await self._create_registered(conn, name, ddl)
 
             self._admin_run(create)
-        database = self._open(name, label=label, isolation=isolation)
+        database = self._open(name, label=label, isolation=isolation, pool=pool)
         self._databases[name] = database
         return database
 
@@ -429,6 +439,11 @@ class MySqlBackend(ServerBackend):
                 seeded=self._seeded,
                 foreign_keys=self._foreign_keys,
             )
+            connect, plan = self._connect, self.plan
+
+            async def warm(name: str) -> Any:  # the store's pool, as _open() would size it
+                return await open_pool(connect, name=name, max_size=plan.store_max)
+
             spares = self._spares = SpareTender(
                 background=self._background,
                 target=self.plan.spares,
@@ -438,6 +453,8 @@ class MySqlBackend(ServerBackend):
                 make_name=functools.partial(self._next_name, "fresh"),
                 clone=clone,
                 drop=self._drop_owned,
+                warm=warm if plan.warm_spares else None,
+                unwarm=close_pool,
                 recycle=None if self._versioned else recycler,
             )
         spares.start()
@@ -457,7 +474,7 @@ class MySqlBackend(ServerBackend):
     async def _drop_owned(self, conn: Any, name: str) -> bool:
         return await _drop_if_ours(conn, name, self.run_id)
 
-    def _open(self, name: str, *, label: str, isolation: str) -> Database:
+    def _open(self, name: str, *, label: str, isolation: str, pool: Any = None) -> Database:
         assert self._schema is not None and self.plan is not None
         url = self._url.set(database=name, query={"charset": "utf8mb4"})
         plan = self.plan
@@ -469,6 +486,7 @@ class MySqlBackend(ServerBackend):
             name=name,
             template=self.template,
             seeded=self._seeded if name != self.template else (),
+            pool=pool,
         )
 
         def engine_factory() -> AsyncEngine:
@@ -488,12 +506,21 @@ class MySqlBackend(ServerBackend):
         )
 
     def drop_database(self, database: Database) -> None:
-        """Close the database's pools and drop it if the registry says it is this run's."""
+        """Close the database's pools and drop it if the registry says it is this run's.
+
+        With the tender running, both happen in the background: it closes the store's pool and
+        then drops (or recycles) the database, off the test's path."""
+        spares = self._spares
+        store = database.store
+        # the store's pool goes to whoever drops the database (closed by database.close() else)
+        pool = store.detach() if spares is not None and isinstance(store, MySqlStore) else None
         database.close()
         self._databases.pop(database.name, None)
         name = database.name
-        if self._spares is not None and self._spares.discard(name):
-            return  # dropped in the background by the tender
+        if spares is not None and spares.discard(name, pool):
+            return  # closed and dropped in the background by the tender
+        if pool is not None:
+            self._background.run(close_pool(pool), timeout=ADMIN_TIMEOUT)
 
         async def drop(conn: Any) -> None:
             await _drop_if_ours(conn, name, self.run_id)

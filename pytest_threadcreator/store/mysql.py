@@ -126,8 +126,34 @@ async def _settled(job: Coroutine[Any, Any, T]) -> T:
         raise
 
 
+async def open_pool(connect_kwargs: Mapping[str, Any], *, name: str, max_size: int) -> Any:
+    """A store pool on database ``name`` with its first connection open (on the running loop,
+    which it is bound to)."""
+    return await asyncmy_module().create_pool(
+        minsize=1,
+        maxsize=max_size,
+        autocommit=True,
+        charset="utf8mb4",
+        client_flag=MULTI_STATEMENTS,
+        **dict(connect_kwargs, db=name),
+    )
+
+
+async def close_pool(pool: Any) -> None:
+    """Close a store pool (waits up to 5 s for connections in use, then terminates them)."""
+    pool.close()
+    try:
+        await asyncio.wait_for(pool.wait_closed(), 5.0)
+    except (asyncio.TimeoutError, Exception):  # terminate whatever is left
+        pool.terminate()
+
+
 class MySqlStore(Store):
-    """ThreadCreator's data path on one MySQL/MariaDB database (an asyncmy pool)."""
+    """ThreadCreator's data path on one MySQL/MariaDB database (an asyncmy pool).
+
+    ``pool``: one made ahead by :func:`open_pool` on ``background``'s loop with these sizes,
+    which the store then owns.
+    """
 
     def __init__(
         self,
@@ -139,6 +165,7 @@ class MySqlStore(Store):
         name: str,
         template: str | None = None,
         seeded: Sequence[str] = (),
+        pool: Any = None,
     ) -> None:
         if max_size < 1:
             raise ConfigurationError(f"MySqlStore max_size must be >= 1, got {max_size}")
@@ -147,7 +174,7 @@ class MySqlStore(Store):
         self.background = background
         self.max_size = max_size
         self.name = name
-        self._pool: Any = None
+        self._pool: Any = pool
         self._pool_lock: asyncio.Lock | None = None
         self._checked_out = 0
         self._closed = False
@@ -200,13 +227,8 @@ class MySqlStore(Store):
             self._pool_lock = asyncio.Lock()
         async with self._pool_lock:
             if self._pool is None:
-                self._pool = await asyncmy_module().create_pool(
-                    minsize=1,
-                    maxsize=self.max_size,
-                    autocommit=True,
-                    charset="utf8mb4",
-                    client_flag=MULTI_STATEMENTS,
-                    **self.connect_kwargs,
+                self._pool = await open_pool(
+                    self.connect_kwargs, name=self.name, max_size=self.max_size
                 )
         return self._pool
 
@@ -422,6 +444,17 @@ class MySqlStore(Store):
 
         self.background.run(reset(), timeout=ADMIN_TIMEOUT)
 
+    def detach(self) -> Any:
+        """Close the store and hand its pool over (None if it has none): whoever takes it
+        closes it, on the background loop (see :func:`close_pool`). A pool still being made
+        is closed by :meth:`close` instead."""
+        if self._closed or (self._pool_lock is not None and self._pool_lock.locked()):
+            self.close()
+            return None
+        self._closed = True
+        pool, self._pool = self._pool, None
+        return pool
+
     def close(self) -> None:
         """Close the pool (connections still in use are closed at once)."""
         if self._closed:
@@ -433,12 +466,4 @@ class MySqlStore(Store):
         if self.background.in_loop_thread():
             pool.terminate()
             return
-
-        async def close() -> None:
-            pool.close()
-            try:
-                await asyncio.wait_for(pool.wait_closed(), 5.0)
-            except (asyncio.TimeoutError, Exception):  # terminate whatever is left
-                pool.terminate()
-
-        self.background.run(close())
+        self.background.run(close_pool(pool))

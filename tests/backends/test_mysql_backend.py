@@ -26,6 +26,7 @@ from pytest_threadcreator.backends.postgresql.janitor import new_run_id
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.errors import BackendUnavailableError
 from pytest_threadcreator.schema import default_schema
+from pytest_threadcreator.store.mysql import MySqlStore
 
 from ..helpers import MYSQL_SERVER_URL, line_from, mysql_server_missing, needs_marks
 
@@ -163,6 +164,37 @@ def test_fresh_databases_are_made_ahead_registered_and_dropped_behind(
         backend.drop_database(second)
 
 
+def _connections_to(name: str) -> int:
+    rows = _sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s", (name,))
+    return int(rows[0][0])
+
+
+def test_a_spare_comes_with_its_store_connected_and_goes_with_it_closed(
+    backend: MySqlBackend,
+) -> None:
+    first = backend.create_database("first", isolation="fresh")  # starts the tender
+    spares = backend._spares
+    assert spares is not None
+    ready = _wait_for("a ready spare", lambda: {name for name, _ in spares._ready})
+    second = backend.create_database("second", isolation="fresh")
+    assert second.name in ready
+    store = second.store
+    assert isinstance(store, MySqlStore) and store._pool is not None, "connected ahead"
+    assert _connections_to(second.name) >= 1, "before the test's first statement"
+    creator = ThreadCreator(second)
+    asyncio.run(creator.create_thread_with_message(UserExecutionContext(user_id="u"), "hi"))
+    assert second.store.fetch_all_sync(select(T.c.user_id)) == [{"user_id": "u"}]
+    for database in (first, second):
+        database.dispose_engines()
+        backend.drop_database(database)
+    assert backend.leftovers() == [backend.template]  # waits for the background work
+    # closed by the tender before the move; the server ends a closed session on its own time
+    _wait_for(
+        "its connections closed", lambda: {"gone"} if not _connections_to(second.name) else set()
+    )
+    assert second.name not in _databases(f"tc_{backend.run_id}_")
+
+
 def test_a_spare_made_while_the_leftovers_are_listed_is_not_one(backend: MySqlBackend) -> None:
     used = backend.create_database("first", isolation="fresh")  # starts the tender
     spares = backend._spares
@@ -242,6 +274,7 @@ _KILLED_RUN = textwrap.dedent(
     import sys, time
     from pytest_threadcreator.backends.mysql import MySqlBackend
     from pytest_threadcreator.schema import default_schema
+from pytest_threadcreator.store.mysql import MySqlStore
 
     backend = MySqlBackend(sys.argv[1], run_id=sys.argv[2], worker_id="gw0")
     backend.start()
