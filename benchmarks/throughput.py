@@ -653,7 +653,7 @@ def measure_mysql(
     """
     result = ThroughputResult("mysql", creates, batch, {name: [] for name, _, _ in VARIANTS})
     try:
-        from pytest_threadcreator.backends.mysql import MySqlBackend
+        from pytest_threadcreator.backends.mysql.backend import MySqlBackend
         from pytest_threadcreator.backends.postgresql.janitor import new_run_id
 
         backend = MySqlBackend(url, run_id=new_run_id(), worker_id="bench")

@@ -50,8 +50,8 @@ POSTGRESQL = BackendKind(
 MYSQL = BackendKind(
     name="mysql",
     values=(),
-    make=_later(".mysql", "make"),
-    check_url=_later(".mysql", "check_url"),
+    make=_later(".mysql.backend", "make"),
+    check_url=_later(".mysql.urls", "check_url"),
     schemes=("mysql", "mariadb"),
 )
 #: Every kind, the default first.

@@ -44,7 +44,7 @@ __all__ = ["Recycler", "SpareTender"]
 
 class Recycler(Protocol):
     """Makes a used database a spare again (PostgreSQL's :class:`~.postgresql.recycle.Recycler`,
-    MySQL's :class:`~.mysql_recycle.Recycler`)."""
+    MySQL's :class:`~.mysql.recycle.Recycler`)."""
 
     async def rename(self, conn: Any, name: str) -> str | None:
         """Put ``name`` out of the test's reach under a new name (PostgreSQL: renamed; MySQL: its

@@ -21,7 +21,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from pytest_threadcreator import ThreadCreator, UserExecutionContext
-from pytest_threadcreator.backends.mysql import REGISTRY, MySqlBackend, lock_name
+from pytest_threadcreator.backends.mysql.backend import MySqlBackend
+from pytest_threadcreator.backends.mysql.janitor import REGISTRY, lock_name
 from pytest_threadcreator.backends.postgresql.janitor import new_run_id
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.errors import BackendUnavailableError
@@ -164,9 +165,10 @@ def test_fresh_databases_are_made_ahead_registered_and_dropped_behind(
         backend.drop_database(second)
 
 
-def _connections_to(name: str) -> int:
-    rows = _sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s", (name,))
-    return int(rows[0][0])
+def _sessions(ids: set[int]) -> set[int]:
+    """Which of the server sessions ``ids`` still exist."""
+    rows = _sql("SELECT ID FROM information_schema.PROCESSLIST")
+    return ids & {int(row[0]) for row in rows}
 
 
 def test_a_spare_comes_with_its_store_connected_and_goes_with_it_closed(
@@ -180,7 +182,11 @@ def test_a_spare_comes_with_its_store_connected_and_goes_with_it_closed(
     assert second.name in ready
     store = second.store
     assert isinstance(store, MySqlStore) and store._pool is not None, "connected ahead"
-    assert _connections_to(second.name) >= 1, "before the test's first statement"
+    pool = store._pool
+    warm = {conn.thread_id() for conn in list(pool._free)}
+    assert warm, "a connection open before the test's first statement"
+    rows = _sql("SELECT ID, DB FROM information_schema.PROCESSLIST")
+    assert {(i, second.name) for i in warm} <= {(int(i), db) for i, db in rows}
     creator = ThreadCreator(second)
     asyncio.run(creator.create_thread_with_message(UserExecutionContext(user_id="u"), "hi"))
     assert second.store.fetch_all_sync(select(T.c.user_id)) == [{"user_id": "u"}]
@@ -188,10 +194,9 @@ def test_a_spare_comes_with_its_store_connected_and_goes_with_it_closed(
         database.dispose_engines()
         backend.drop_database(database)
     assert backend.leftovers() == [backend.template]  # waits for the background work
-    # closed by the tender before the move; the server ends a closed session on its own time
-    _wait_for(
-        "its connections closed", lambda: {"gone"} if not _connections_to(second.name) else set()
-    )
+    assert pool.size == 0, "its pool closed by the tender"
+    # the server ends a closed session on its own time
+    _wait_for("its sessions ended", lambda: {"gone"} if not _sessions(warm) else set())
     assert second.name not in _databases(f"tc_{backend.run_id}_")
 
 
@@ -272,9 +277,8 @@ def test_the_run_lock_is_held_for_the_backends_life(backend: MySqlBackend) -> No
 _KILLED_RUN = textwrap.dedent(
     """
     import sys, time
-    from pytest_threadcreator.backends.mysql import MySqlBackend
+    from pytest_threadcreator.backends.mysql.backend import MySqlBackend
     from pytest_threadcreator.schema import default_schema
-from pytest_threadcreator.store.mysql import MySqlStore
 
     backend = MySqlBackend(sys.argv[1], run_id=sys.argv[2], worker_id="gw0")
     backend.start()

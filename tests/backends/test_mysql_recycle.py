@@ -20,8 +20,9 @@ from typing import Any
 import asyncmy
 import pytest
 
-from pytest_threadcreator.backends.mysql import REGISTRY, MySqlBackend, lock_name
-from pytest_threadcreator.backends.mysql_recycle import Recycler, table_shape
+from pytest_threadcreator.backends.mysql.backend import MySqlBackend
+from pytest_threadcreator.backends.mysql.janitor import REGISTRY, lock_name
+from pytest_threadcreator.backends.mysql.recycle import Recycler, table_shape
 from pytest_threadcreator.backends.postgresql.janitor import new_run_id
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.schema import default_schema
@@ -293,7 +294,7 @@ def test_the_counter_is_read_from_show_create_table() -> None:
 _KILLED_MID_MOVE = textwrap.dedent(
     """
     import sys, time
-    from pytest_threadcreator.backends import mysql
+    from pytest_threadcreator.backends.mysql import backend as mysql
     from pytest_threadcreator.schema import default_schema
 
     mysql.LOCK_WAIT = 60  # the test kills the run while the move waits

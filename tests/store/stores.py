@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_threadcreator.backends.mysql import MySqlBackend
+from pytest_threadcreator.backends.mysql.backend import MySqlBackend
 from pytest_threadcreator.backends.postgresql.backend import PostgresBackend
 from pytest_threadcreator.backends.postgresql.janitor import new_run_id
 from pytest_threadcreator.backends.sqlite import SqliteBackend

@@ -114,7 +114,7 @@ def test_every_db_value_has_exactly_one_kind() -> None:
 
 
 def test_the_registry_knows_each_server_kind_as_its_module_does() -> None:
-    from pytest_threadcreator.backends import mysql
+    from pytest_threadcreator.backends.mysql import backend as mysql
     from pytest_threadcreator.backends.postgresql import backend, servers
     from pytest_threadcreator.backends.registry import MYSQL, POSTGRESQL
 

@@ -43,7 +43,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from ..store.mysql import quote
+from ...store.mysql import quote
 
 __all__ = ["Recycler", "table_shape"]
 

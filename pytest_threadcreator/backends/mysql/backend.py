@@ -1,17 +1,18 @@
 """MySQL/MariaDB backend: per-test databases on a server named by URL.
 
 ``--threadcreator-db=mysql+asyncmy://user@host:3306/`` (or ``mysql+aiomysql://``,
-``mariadb+asyncmy://``). What the plugin owns on the server, and how it tells:
+``mariadb+asyncmy://``; checked by :mod:`.urls`). What the plugin owns on the server, and how
+it tells (:mod:`.janitor`):
 
-* Names are PostgreSQL's (:func:`~.postgresql.janitor.database_name`: ``tc_<run>_<worker>_…``,
+* Names are PostgreSQL's (:func:`~..postgresql.janitor.database_name`: ``tc_<run>_<worker>_…``,
   at most 63 characters, within MySQL's 64).
-* MySQL has no database comments, so the *mark* is a row in a registry the plugin owns (the
-  database ``threadcreator_registry``, table ``owned``: name, run, worker), written in the same
-  round trip right after the ``CREATE DATABASE``. Nothing is ever dropped without its row; a
-  database whose name merely looks like the plugin's is never touched (should a process die
-  between the two, an unregistered database of the plugin's stays: the price of never dropping
-  a user's; with ``fresh`` tests the tender makes databases ahead all the time, so a SIGKILL
-  in the middle of one is the likely way to leave one). A kept database loses its row.
+* MySQL has no database comments, so the *mark* is a row in a registry the plugin owns,
+  written in the same round trip right after the ``CREATE DATABASE``. Nothing is ever dropped
+  without its row; a database whose name merely looks like the plugin's is never touched
+  (should a process die between the two, an unregistered database of the plugin's stays: the
+  price of never dropping a user's; with ``fresh`` tests the tender makes databases ahead all
+  the time, so a SIGKILL in the middle of one is the likely way to leave one). A kept database
+  loses its row.
 * Each backend holds a named lock (``GET_LOCK``) for its run and worker on its admin connection
   for its whole life; the server frees it when the process dies. At start a backend drops the
   registered databases of every (run, worker) whose lock is free (a crashed or killed run),
@@ -22,34 +23,31 @@
   hook); its DDL (``SHOW CREATE TABLE``) is captured and replayed into every new database in
   the same round trip as its ``CREATE DATABASE`` (``CREATE TABLE … LIKE`` would lose the
   foreign keys). Every database is ``utf8mb4`` with InnoDB tables.
-* ``fresh`` databases are made ahead by a :class:`~.spares.SpareTender` on connections of its
-  own (registered like any other: a killed run's spares are swept too), so a ``fresh`` test
-  takes one that is ready. MySQL cannot rename a database, so the tender moves a used one's
-  tables into a new database, empties them and checks them against the template
-  (:mod:`.mysql_recycle`): one the test changed beyond its rows is dropped. A kept ``fresh``
-  database keeps its spare's name (``…_fresh``).
+* ``fresh`` databases are made ahead by a :class:`~..spares.SpareTender` on connections of its
+  own (registered like any other: a killed run's spares are swept too), each with its store's
+  pool connected, so a ``fresh`` test takes one that is ready. MySQL cannot rename a database,
+  so the tender moves a used one's tables into a new database, empties them and checks them
+  against the template (:mod:`.recycle`): one the test changed beyond its rows is dropped. A
+  kept ``fresh`` database keeps its spare's name (``…_fresh``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import functools
-import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from .._background import BackgroundLoop
-from ..database import Database
-from ..errors import BackendUnavailableError, ConfigurationError, DatabaseError
-from ..store.mysql import (
+from ..._background import BackgroundLoop
+from ...database import Database
+from ...errors import BackendUnavailableError, ConfigurationError, DatabaseError
+from ...store.mysql import (
     ADMIN_TIMEOUT,
     MULTI_STATEMENTS,
     MySqlStore,
@@ -58,92 +56,35 @@ from ..store.mysql import (
     open_pool,
     quote,
 )
-from .base import BackendRequest
-from .mysql_recycle import LOCK_WAIT, Recycler
-from .postgresql.janitor import (
-    DB_PREFIX,
-    database_name,
-    normalise_worker_id,
-    parse_database_name,
-    template_name,
+from ..base import BackendRequest
+from ..postgresql.janitor import database_name, normalise_worker_id, template_name
+from ..postgresql.pools import PoolPlan, plan_pools, worker_count
+from ..server import ServerBackend, short_reason
+from ..spares import SpareTender
+from .janitor import (
+    CHARSET,
+    OWNED,
+    REGISTER,
+    REGISTRY,
+    create_registry,
+    drop_if_ours,
+    foreign_keys_view,
+    is_closed,
+    lock_name,
+    query,
+    remove_dead_runs,
+    results,
 )
-from .postgresql.pools import PoolPlan, plan_pools, worker_count
-from .server import ServerBackend, parse_url, short_reason
-from .spares import SpareTender
+from .recycle import LOCK_WAIT, Recycler
+from .urls import connect_kwargs, engine_driver, mysql_url
 
 if TYPE_CHECKING:
-    from ..schema import ThreadSchema
+    from ...schema import ThreadSchema
 
-__all__ = ["NAME", "REGISTRY", "MySqlBackend", "check_url", "lock_name", "make", "mysql_url"]
+__all__ = ["NAME", "MySqlBackend", "make"]
 
 #: ``Database.backend`` of its databases
 NAME = "mysql"
-
-T = TypeVar("T")
-
-#: The plugin's own database on the server: which databases it made, for which run and worker.
-REGISTRY = "threadcreator_registry"
-_OWNED = f"{quote(REGISTRY)}.`owned`"
-_DRIVERS = ("asyncmy", "aiomysql")
-_EXAMPLE = "mysql+asyncmy://root@127.0.0.1:3306/"
-_CHARSET = "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
-#: A new database and its registry row (the mark), in that order (``{name}``: quoted; the
-#: parameters: name, run, worker): should the CREATE fail, the server stops there and no row
-#: claims a database that is not the plugin's.
-_REGISTER = (
-    f"CREATE DATABASE {{name}} {_CHARSET}; "
-    f"INSERT INTO {_OWNED} (name, run_id, worker_id) VALUES (%s, %s, %s)"
-)
-
-
-def mysql_url(value: str, where: str) -> URL:
-    """``value`` as the async MySQL URL to use, or ConfigurationError saying what to write."""
-    url = parse_url(value, where, _EXAMPLE)
-    driver = url.drivername.partition("+")[2]
-    if driver in _DRIVERS:
-        return url.set(drivername=f"mysql+{driver}")
-    shown = url.render_as_string(hide_password=True)
-    fixed = url.set(drivername="mysql+asyncmy").render_as_string(hide_password=True)
-    reason = "it names no driver" if not driver else f"the {driver} driver is not async"
-    raise ConfigurationError(
-        f"{where}: {shown} is not an async MySQL URL; use {fixed} instead "
-        f"(or mysql+aiomysql://…): {reason}"
-    )
-
-
-def _engine_driver(url: URL) -> None:
-    """The driver the tests' engines use, imported now: BackendUnavailableError naming what to
-    install when it is not there (the plugin's own connections use asyncmy either way)."""
-    driver = url.get_driver_name()
-    try:
-        importlib.import_module(driver)
-    except ImportError:
-        fixed = url.set(drivername="mysql+asyncmy").render_as_string(hide_password=True)
-        raise BackendUnavailableError(
-            f"{url.render_as_string(hide_password=True)} needs the {driver} driver, which is "
-            f"not installed: pip install {driver}, or use {fixed}"
-        ) from None
-
-
-def check_url(value: str, where: str) -> str:
-    """``value`` if :func:`mysql_url` takes it (the registry's check of a ``db`` URL)."""
-    mysql_url(value, where)
-    return value.strip()
-
-
-def lock_name(run_id: str, worker_id: str) -> str:
-    """The ``GET_LOCK`` name a backend of ``run_id`` and ``worker_id`` holds for its life."""
-    return f"threadcreator_{run_id}_{worker_id}"
-
-
-def _connect_kwargs(url: URL) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "host": url.host or "localhost",
-        "port": url.port or 3306,
-        "user": url.username or "root",
-        "password": url.password or "",
-    }
-    return kwargs
 
 
 class MySqlBackend(ServerBackend):
@@ -168,7 +109,7 @@ class MySqlBackend(ServerBackend):
         self.template = template_name(run_id, self.worker_id)  # validates both ids
         self.pool_size = pool_size
         self.workers = workers if workers is not None else worker_count()
-        self._connect = _connect_kwargs(self._url)
+        self._connect = connect_kwargs(self._url)
         self._init_server(BackgroundLoop(f"threadcreator-mysql-{self.worker_id}"))
         self.plan: PoolPlan | None = None
         self.version = ""
@@ -179,7 +120,7 @@ class MySqlBackend(ServerBackend):
         self._seeded: list[str] = []
         #: whether the template holds a system-versioned table (MariaDB): never recycled
         self._versioned = False
-        #: InnoDB's list of foreign keys, if this user may read it (see :func:`_foreign_keys_view`)
+        #: InnoDB's list of foreign keys, if this user may read it (see :func:`foreign_keys_view`)
         self._foreign_keys: str | None = None
         self._counter = 0
         #: names dropped by this backend's sweep of dead runs at start
@@ -204,7 +145,7 @@ class MySqlBackend(ServerBackend):
         if self._stopped:
             raise BackendUnavailableError("this MySQL backend was stopped; make a new one")
         asyncmy_module()
-        _engine_driver(self._url)
+        engine_driver(self._url)
         try:
             self._background.run(self._open_admin(), timeout=ADMIN_TIMEOUT)
         except BaseException:
@@ -232,60 +173,24 @@ class MySqlBackend(ServerBackend):
     async def _open_admin(self) -> None:
         self._admin_lock = asyncio.Lock()
         conn = self._admin = await self._connect_admin()
-        rows = await _query(conn, "SELECT VERSION(), @@max_connections")
+        rows = await query(conn, "SELECT VERSION(), @@max_connections")
         self.version = str(rows[0][0])
         self.plan = plan_pools(
             int(rows[0][1]), reserved=1, workers=self.workers, requested=self.pool_size
         )
-        held = await _query(conn, "SELECT GET_LOCK(%s, 0)", (self._lock,))
+        held = await query(conn, "SELECT GET_LOCK(%s, 0)", (self._lock,))
         if held[0][0] != 1:
             raise BackendUnavailableError(
                 f"MySQL at {self.address}: the lock {self._lock} is held by another session; "
                 "two backends of one run and worker cannot share a server"
             )
-        registry = "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s"
-        if not await _query(conn, registry, (REGISTRY,)):
-            await _query(
-                conn,
-                f"CREATE DATABASE IF NOT EXISTS {quote(REGISTRY)} {_CHARSET}; "
-                f"CREATE TABLE IF NOT EXISTS {_OWNED} (name VARCHAR(64) PRIMARY KEY, "
-                "run_id VARCHAR(20) NOT NULL, worker_id VARCHAR(12) NOT NULL) ENGINE=InnoDB",
-            )
-        self.swept = await self._remove_dead_runs(conn)
-        self._foreign_keys = await _foreign_keys_view(conn)
+        await create_registry(conn)
+        self.swept = await remove_dead_runs(conn, self.run_id, self.worker_id)
+        self._foreign_keys = await foreign_keys_view(conn)
 
     @property
     def _lock(self) -> str:
         return lock_name(self.run_id, self.worker_id)
-
-    async def _remove_dead_runs(self, conn: Any) -> list[str]:
-        """Drop the registered databases of every other (run, worker) whose lock is free."""
-        rows = await _query(conn, f"SELECT DISTINCT run_id, worker_id FROM {_OWNED}")
-        groups = sorted({(str(run), str(worker)) for run, worker in rows})
-        removed: list[str] = []
-        for run, worker in groups:
-            if (run, worker) == (self.run_id, self.worker_id):
-                continue
-            lock = lock_name(run, worker)
-            if (await _query(conn, "SELECT GET_LOCK(%s, 0)", (lock,)))[0][0] != 1:
-                continue  # a process of that run is alive (or another sweeper has it)
-            try:
-                # The dead process's tender connections hold no lock: a statement of theirs (a
-                # clone's CREATE and registry row) may still be running on the server. Once
-                # they are gone, the registry is read again and says all there is.
-                await _wait_for_sessions_on(conn, f"{DB_PREFIX}{run}_{worker}_")
-                names = await _query(
-                    conn,
-                    f"SELECT name FROM {_OWNED} WHERE run_id = %s AND worker_id = %s ORDER BY name",
-                    (run, worker),
-                )
-                for (name,) in names:
-                    with contextlib.suppress(Exception):
-                        if await _drop_if_ours(conn, name, run):
-                            removed.append(name)
-            finally:
-                await _query(conn, "SELECT RELEASE_LOCK(%s)", (lock,))
-        return removed
 
     # -- template ------------------------------------------------------------------------------
     def prepare_template(
@@ -297,7 +202,7 @@ class MySqlBackend(ServerBackend):
         self._ddl = ""
 
         async def create(conn: Any) -> None:
-            await _drop_if_ours(conn, self.template, self.run_id)
+            await drop_if_ours(conn, self.template, self.run_id)
             await self._create_registered(conn, self.template, "")
 
         self._admin_run(create)
@@ -310,7 +215,7 @@ class MySqlBackend(ServerBackend):
                 database.close()
 
         async def capture(conn: Any) -> None:
-            tables = await _query(
+            tables = await query(
                 conn,
                 "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES "
                 "WHERE TABLE_SCHEMA = %s AND TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED') "
@@ -323,8 +228,8 @@ class MySqlBackend(ServerBackend):
             self._versioned = any(kind == "SYSTEM VERSIONED" for _, kind in tables)
             for table, _ in tables:
                 full = f"{quote(self.template)}.{quote(str(table))}"
-                created[str(table)] = str((await _query(conn, f"SHOW CREATE TABLE {full}"))[0][1])
-                if await _query(conn, f"SELECT 1 FROM {full} LIMIT 1"):
+                created[str(table)] = str((await query(conn, f"SHOW CREATE TABLE {full}"))[0][1])
+                if await query(conn, f"SELECT 1 FROM {full} LIMIT 1"):
                     seeded.append(str(table))
             # foreign key checks stay off for the seed's copy
             self._ddl = "; ".join(["SET FOREIGN_KEY_CHECKS = 0", *created.values()])
@@ -342,7 +247,7 @@ class MySqlBackend(ServerBackend):
                 names = await conn.run_sync(lambda c: sa_inspect(c).get_table_names())
                 for table in names:  # whatever the schema says, InnoDB (foreign keys) and utf8mb4
                     await conn.exec_driver_sql(
-                        f"ALTER TABLE {quote(table)} ENGINE=InnoDB, CONVERT TO {_CHARSET}"
+                        f"ALTER TABLE {quote(table)} ENGINE=InnoDB, CONVERT TO {CHARSET}"
                     )
                 for table, column, nullable in _json_columns(schema):
                     shown = await conn.exec_driver_sql(f"SHOW CREATE TABLE {quote(table)}")
@@ -360,7 +265,7 @@ class MySqlBackend(ServerBackend):
 
     async def _create_registered(self, conn: Any, name: str, then: str) -> None:
         """``CREATE DATABASE``, its registry row, then ``then``, in one round trip."""
-        if await _query(
+        if await query(
             conn, "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,)
         ):
             raise DatabaseError(
@@ -369,10 +274,10 @@ class MySqlBackend(ServerBackend):
                 f"that died while creating it, drop it by hand (DROP DATABASE `{name}`) and run "
                 "again"
             )
-        sql = _REGISTER.format(name=quote(name))
+        sql = REGISTER.format(name=quote(name))
         if then:  # sent with parameters: a % of its own (a comment's, a default's) is doubled
             sql += f"; USE {quote(name)}; {then.replace('%', '%%')}"
-        await _query(conn, sql, (name, self.run_id, self.worker_id))
+        await query(conn, sql, (name, self.run_id, self.worker_id))
 
     # -- databases -----------------------------------------------------------------------------
     def create_database(self, label: str, *, isolation: str) -> Database:
@@ -428,11 +333,11 @@ class MySqlBackend(ServerBackend):
                 await self._create_registered(conn, name, ddl)
 
             recycler = Recycler(
-                query=_results,
+                query=results,
                 drop=self._drop_owned,
                 next_name=functools.partial(self._next_name, "fresh"),
-                register=_REGISTER,
-                owned=_OWNED,
+                register=REGISTER,
+                owned=OWNED,
                 owner=(self.run_id, self.worker_id),
                 template=self.template,
                 tables=self._tables,
@@ -449,7 +354,7 @@ class MySqlBackend(ServerBackend):
                 target=self.plan.spares,
                 connect=self._connect_tender,
                 disconnect=_disconnect,
-                is_closed=_is_closed,
+                is_closed=is_closed,
                 make_name=functools.partial(self._next_name, "fresh"),
                 clone=clone,
                 drop=self._drop_owned,
@@ -465,14 +370,14 @@ class MySqlBackend(ServerBackend):
         for a metadata lock (a drop or a move that gives up is done again when the run ends)."""
         conn = await self._connect_admin()
         try:
-            await _query(conn, f"SET SESSION lock_wait_timeout = {LOCK_WAIT}")
+            await query(conn, f"SET SESSION lock_wait_timeout = {LOCK_WAIT}")
         except BaseException:
             conn.close()
             raise
         return conn
 
     async def _drop_owned(self, conn: Any, name: str) -> bool:
-        return await _drop_if_ours(conn, name, self.run_id)
+        return await drop_if_ours(conn, name, self.run_id)
 
     def _open(self, name: str, *, label: str, isolation: str, pool: Any = None) -> Database:
         assert self._schema is not None and self.plan is not None
@@ -523,7 +428,7 @@ class MySqlBackend(ServerBackend):
             self._background.run(close_pool(pool), timeout=ADMIN_TIMEOUT)
 
         async def drop(conn: Any) -> None:
-            await _drop_if_ours(conn, name, self.run_id)
+            await drop_if_ours(conn, name, self.run_id)
 
         self._admin_run(drop)
 
@@ -536,7 +441,7 @@ class MySqlBackend(ServerBackend):
         self._databases.pop(database.name, None)
 
         async def forget(conn: Any) -> None:
-            await _query(conn, f"DELETE FROM {_OWNED} WHERE name = %s", (database.name,))
+            await query(conn, f"DELETE FROM {OWNED} WHERE name = %s", (database.name,))
 
         self._admin_run(forget)
         return database.name
@@ -552,9 +457,9 @@ class MySqlBackend(ServerBackend):
             if spares is not None:
                 await spares.drained()
             stock = spares.stock() if spares is not None else set()
-            rows = await _query(
+            rows = await query(
                 conn,
-                f"SELECT o.name FROM {_OWNED} o JOIN information_schema.SCHEMATA s "
+                f"SELECT o.name FROM {OWNED} o JOIN information_schema.SCHEMATA s "
                 "ON s.SCHEMA_NAME = o.name WHERE o.run_id = %s AND o.worker_id = %s "
                 "ORDER BY o.name",
                 (self.run_id, self.worker_id),
@@ -571,20 +476,20 @@ class MySqlBackend(ServerBackend):
         spares, self._spares = self._spares, None
         if spares is not None:  # stopped first: nothing is made after the rows are read (its
             await spares.stop()  # failed drops are retried below with every other row)
-        rows = await _query(
+        rows = await query(
             conn,
-            f"SELECT name FROM {_OWNED} WHERE run_id = %s AND worker_id = %s",
+            f"SELECT name FROM {OWNED} WHERE run_id = %s AND worker_id = %s",
             (self.run_id, self.worker_id),
         )
         for (name,) in rows:
             try:
-                await _drop_if_ours(conn, str(name), self.run_id)
+                await drop_if_ours(conn, str(name), self.run_id)
             except Exception as exc:  # collected and reported
                 problems.append(f"dropping {name}: {short_reason(exc)}")
         # Released here, not left to the session's end: the server handles a closed socket
         # on its own time, and a sweeper or a check that asks just after would find it held.
         try:
-            await _query(conn, "SELECT RELEASE_LOCK(%s)", (self._lock,))
+            await query(conn, "SELECT RELEASE_LOCK(%s)", (self._lock,))
         finally:
             conn.close()
 
@@ -600,92 +505,12 @@ def _json_columns(schema: ThreadSchema) -> list[tuple[str, str, bool]]:
     ]
 
 
-async def _query(conn: Any, sql: str, params: tuple[Any, ...] | None = None) -> list[Any]:
-    """Run ``sql`` (one or more statements) in one round trip; the first result's rows."""
-    async with conn.cursor() as cursor:
-        await cursor.execute(sql, params)
-        rows = list(await cursor.fetchall() or ())
-        while await cursor.nextset():
-            pass
-    return rows
-
-
-async def _results(conn: Any, sql: str, params: tuple[Any, ...] | None) -> list[list[Any]]:
-    """Run ``sql`` (one or more statements) in one round trip; the rows of each result that
-    has rows' shape (``SELECT``, ``SHOW``), in order (``params`` None: a % in ``sql`` is sent
-    as it is)."""
-    results: list[list[Any]] = []
-    async with conn.cursor() as cursor:
-        await cursor.execute(sql, params)
-        while True:
-            if cursor.description is not None:
-                results.append(list(await cursor.fetchall() or ()))
-            if not await cursor.nextset():
-                return results
-
-
-async def _foreign_keys_view(conn: Any) -> str | None:
-    """InnoDB's list of foreign keys in ``information_schema`` (MariaDB's name, then MySQL 8's),
-    if this user may read it (it takes the PROCESS privilege); None else."""
-    for view in ("INNODB_SYS_FOREIGN", "INNODB_FOREIGN"):
-        try:
-            await _query(conn, f"SELECT 1 FROM information_schema.{view} LIMIT 0")
-        except Exception:  # not this server's name, or not readable by this user
-            if _is_closed(conn):
-                raise
-            continue
-        return view
-    return None
-
-
 async def _disconnect(conn: Any) -> None:
     """Close a tender's connection, however it went."""
     try:
         await asyncio.wait_for(conn.ensure_closed(), 5)
     except Exception:  # the server is gone: nothing to say goodbye to
         conn.close()
-
-
-def _is_closed(conn: Any) -> bool:
-    return not conn.connected
-
-
-#: Seconds a sweeper waits for a dead run's statements still running on the server to end.
-SESSION_GRACE = 5.0
-
-
-async def _wait_for_sessions_on(conn: Any, prefix: str) -> None:
-    """Wait (up to :data:`SESSION_GRACE`) until no other session runs a statement in a database
-    whose name starts with ``prefix`` or one that names such a database (idle ones, a user's
-    client looking at a kept database, say, do not count)."""
-    pattern = prefix.replace("_", "\\_") + "%"
-    deadline = asyncio.get_running_loop().time() + SESSION_GRACE
-    while asyncio.get_running_loop().time() < deadline:
-        busy = await _query(
-            conn,
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
-            "AND COMMAND <> 'Sleep' AND (DB LIKE %s OR INFO LIKE %s)",
-            (pattern, "%" + pattern),
-        )
-        if not busy[0][0]:
-            return
-        await asyncio.sleep(0.02)
-
-
-async def _drop_if_ours(conn: Any, name: str, run_id: str) -> bool:
-    """``DROP DATABASE name`` if the registry has it for ``run_id``; False (nothing done) else."""
-    parsed = parse_database_name(name)
-    if parsed is None or parsed.run_id != run_id or not name.startswith(DB_PREFIX):
-        return False
-    rows = await _query(conn, f"SELECT run_id FROM {_OWNED} WHERE name = %s", (name,))
-    if not rows or rows[0][0] != run_id:
-        return False
-    await _query(
-        conn,
-        f"DROP DATABASE IF EXISTS {quote(name)}; DELETE FROM {_OWNED} WHERE name = %s",
-        (name,),
-    )
-    return True
 
 
 def make(request: BackendRequest) -> MySqlBackend:
