@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..faults.steps import FaultDecider
 
 __all__ = [
+    "DEFAULT_STORE_POOL",
     "HeldConnections",
     "LoopFreeConnections",
     "Query",
@@ -33,6 +34,9 @@ __all__ = [
     "Store",
     "ThreadIdTaken",
 ]
+
+#: Connections of a store's pool unless the worker's pool plan gives fewer.
+DEFAULT_STORE_POOL = 10
 
 #: What a store's reads take: a SELECT, or a textual one with declared columns.
 Query = Union["Select[Any]", "TextualSelect"]

@@ -23,6 +23,7 @@ from .._background import BackgroundLoop
 from ..errors import BackendUnavailableError, ConfigurationError, DatabaseError
 from ..faults.steps import FaultDecider, apply_fault
 from .base import (
+    DEFAULT_STORE_POOL,
     Query,
     SavepointCreate,
     SavepointRunner,
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ADMIN_TIMEOUT", "MULTI_STATEMENTS", "MySqlStore", "asyncmy_module", "quote"]
 
-DEFAULT_STORE_POOL = 10
 ACQUIRE_TIMEOUT = 30.0
 ADMIN_TIMEOUT = 60.0
 #: asyncmy's CLIENT.MULTI_STATEMENTS flag: several statements in one packet.

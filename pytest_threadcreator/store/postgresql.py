@@ -24,6 +24,7 @@ from .._background import BackgroundLoop
 from ..errors import BackendUnavailableError, ConfigurationError, DatabaseError
 from ..faults.steps import FaultDecider, apply_fault
 from .base import (
+    DEFAULT_STORE_POOL,
     HeldConnections,
     Query,
     SavepointRunner,
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
     from ..schema import ThreadSchema
 
 __all__ = ["ADMIN_TIMEOUT", "DEFAULT_STORE_POOL", "PgStore", "close_pool", "open_pool"]
-
-DEFAULT_STORE_POOL = 10
 
 
 def _not_the_pool_floor(record: logging.LogRecord) -> bool:

@@ -24,12 +24,12 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from pytest_threadcreator.backends.pools import DEFAULT_SPARES
 from pytest_threadcreator.backends.postgresql.janitor import (
     marked_run,
     parse_database_name,
     run_lock_key,
 )
-from pytest_threadcreator.backends.postgresql.pools import DEFAULT_SPARES
 
 from ..helpers import (
     PG_SERVER_URL,

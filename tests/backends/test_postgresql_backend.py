@@ -32,6 +32,11 @@ from pytest_threadcreator._background import (
     BackgroundLoopClosed,
     BackgroundLoopError,
 )
+from pytest_threadcreator.backends.pools import (
+    DEFAULT_SPARES,
+    plan_pools,
+    service_connections,
+)
 from pytest_threadcreator.backends.postgresql import local as pg_local
 from pytest_threadcreator.backends.postgresql.backend import PostgresBackend
 from pytest_threadcreator.backends.postgresql.janitor import (
@@ -47,11 +52,6 @@ from pytest_threadcreator.backends.postgresql.janitor import (
 )
 from pytest_threadcreator.backends.postgresql.kind import make_postgres_backend
 from pytest_threadcreator.backends.postgresql.local import LocalCluster, remove_stale_clusters
-from pytest_threadcreator.backends.postgresql.pools import (
-    DEFAULT_SPARES,
-    plan_pools,
-    service_connections,
-)
 from pytest_threadcreator.backends.postgresql.servers import async_url as _async_url
 from pytest_threadcreator.backends.postgresql.servers import connect_kwargs as _connect_kwargs
 from pytest_threadcreator.backends.postgresql.servers import settle_ssl

@@ -123,6 +123,34 @@ def test_the_registry_knows_each_server_kind_as_its_module_does() -> None:
     assert (POSTGRESQL.name, MYSQL.name) == (backend.NAME, mysql.NAME)
 
 
+def test_the_mysql_backend_loads_nothing_of_postgresql() -> None:
+    """Names and pool sizes are shared, not borrowed from the PostgreSQL backend: a MySQL run
+    imports neither it nor asyncpg (35 ms of its start-up here)."""
+    code = (
+        "import sys, pytest_threadcreator.backends.mysql.backend\n"
+        "heavy = ('asyncpg', 'sqlalchemy.dialects.postgresql', "
+        "'pytest_threadcreator.backends.postgresql', 'pytest_threadcreator.store.postgresql')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+    )
+    # subprocess: what a fresh interpreter imports, which this one has long done already
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_pool_plan_names_the_server_kind_it_refuses() -> None:
+    from pytest_threadcreator.backends.pools import plan_pools
+
+    with pytest.raises(ConfigurationError) as info:
+        plan_pools(40, reserved=1, workers=20, server="MySQL", remedy="or use another server")
+    assert str(info.value) == (
+        "MySQL max_connections=40 is too low for 20 workers (each would get 1 connections). "
+        "Raise max_connections on the server, run fewer xdist workers (-n), or use another "
+        "server"
+    )
+
+
 def test_a_sqlite_run_loads_no_server_kind() -> None:
     """The PostgreSQL and MySQL backends, their dialects and drivers load on first use."""
     code = (

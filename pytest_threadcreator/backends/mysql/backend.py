@@ -57,8 +57,8 @@ from ...store.mysql import (
     quote,
 )
 from ..base import BackendRequest
-from ..postgresql.janitor import database_name, normalise_worker_id, template_name
-from ..postgresql.pools import PoolPlan, plan_pools, worker_count
+from ..naming import database_name, normalise_worker_id, template_name
+from ..pools import PoolPlan, plan_pools, worker_count
 from ..server import ServerBackend, short_reason
 from ..spares import SpareTender
 from .janitor import (
@@ -176,7 +176,12 @@ class MySqlBackend(ServerBackend):
         rows = await query(conn, "SELECT VERSION(), @@max_connections")
         self.version = str(rows[0][0])
         self.plan = plan_pools(
-            int(rows[0][1]), reserved=1, workers=self.workers, requested=self.pool_size
+            int(rows[0][1]),
+            reserved=1,
+            workers=self.workers,
+            requested=self.pool_size,
+            server="MySQL",
+            remedy="or use another server (SET GLOBAL max_connections raises it until a restart)",
         )
         held = await query(conn, "SELECT GET_LOCK(%s, 0)", (self._lock,))
         if held[0][0] != 1:

@@ -14,7 +14,7 @@ import contextlib
 from typing import Any
 
 from ...store.mysql import quote
-from ..postgresql.janitor import DB_PREFIX, parse_database_name
+from ..naming import DB_PREFIX, parse_database_name
 
 __all__ = [
     "CHARSET",

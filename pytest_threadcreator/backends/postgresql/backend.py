@@ -2,7 +2,7 @@
 
 Where the server comes from is :mod:`.servers` (a URL, local binaries, Docker, or the first of
 those that works); what the plugin owns on a shared server, how it tells and when it drops it
-is :mod:`.janitor`; pool sizes are :mod:`.pools`; ``fresh`` databases cloned ahead and
+is :mod:`.janitor`; pool sizes are :mod:`..pools`; ``fresh`` databases cloned ahead and
 dropped behind are :mod:`..spares`; the data path of each database is
 :class:`~pytest_threadcreator.store.postgresql.PgStore`.
 """
@@ -27,6 +27,8 @@ from ...database import Database
 from ...errors import BackendUnavailableError, ConfigurationError, DatabaseError
 from ...store.postgresql import ADMIN_TIMEOUT, PgStore, _asyncpg, close_pool, open_pool
 from ...store.postgresql_reset import _quote, copy_seed
+from ..naming import normalise_worker_id
+from ..pools import PoolPlan, plan_pools, worker_count
 from ..server import ServerBackend
 from ..server import short_reason as _short_reason
 from ..spares import SpareTender
@@ -43,14 +45,12 @@ from .janitor import (
     finished_template_seed,
     kept_note,
     marked_databases,
-    normalise_worker_id,
     ownership_mark,
     remove_dead_runs,
     run_lock_key,
     template_lock_key,
     template_name,
 )
-from .pools import PoolPlan, plan_pools, worker_count
 from .recycle import Recycler, install_watch, recycle_sql
 from .servers import (
     Mode,

@@ -50,14 +50,23 @@ import contextlib
 import hashlib
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from ..._background import BackgroundLoop
-from ...errors import BackendUnavailableError, ConfigurationError
+from ...errors import BackendUnavailableError
 from ...store.postgresql import ADMIN_TIMEOUT, _asyncpg
 from ...store.postgresql_reset import _quote
-from ..run_id import BASE36, new_run_id
+from ..naming import (
+    DB_PREFIX,
+    MAX_IDENTIFIER_BYTES,
+    MAX_RUN_ID,
+    ParsedName,
+    check_token,
+    database_name,
+    parse_database_name,
+    template_name,
+)
+from ..run_id import new_run_id
 from ..server import short_reason as _short_reason
 from .servers import address, async_url, connect_kwargs
 
@@ -87,14 +96,6 @@ __all__ = [
     "template_name",
 ]
 
-DB_PREFIX = "tc_"
-MAX_IDENTIFIER_BYTES = 63
-MAX_RUN_ID = 20
-MAX_WORKER_ID = 12
-#: Room the label must keep at the least, so the name still says which test it belongs to.
-_MIN_LABEL = 10
-_TOKEN = re.compile(r"[a-z0-9]+")
-_NAME = re.compile(r"tc_([a-z0-9]+)_([a-z0-9]+)_(template|[0-9a-z]+_[a-z0-9_]*)")
 #: Start of the comment that marks a database as made by the plugin for a run.
 _MARK = "pytest-threadcreator database of run "
 _MARKED = re.compile(re.escape(_MARK) + r"([a-z0-9]{1,20})(?:;.*)?", re.DOTALL)
@@ -102,78 +103,6 @@ _MARKED = re.compile(re.escape(_MARK) + r"([a-z0-9]{1,20})(?:;.*)?", re.DOTALL)
 _LOCK_CLASS = 0x7463_0001
 #: First half of the lock that serialises the build of one template ("tc" + 2).
 _TEMPLATE_LOCK_CLASS = 0x7463_0002
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedName:
-    """The parts of a name made by :func:`database_name` or :func:`template_name`."""
-
-    run_id: str
-    worker_id: str
-    is_template: bool
-
-
-def _check_token(value: str, what: str, limit: int) -> str:
-    if not isinstance(value, str) or not _TOKEN.fullmatch(value) or len(value) > limit:
-        raise ConfigurationError(
-            f"PostgreSQL database names: the {what} {value!r} must be 1-{limit} lowercase "
-            "letters or digits (it is part of every database name and is never shortened)"
-        )
-    return value
-
-
-def normalise_worker_id(worker_id: str) -> str:
-    """``gw3`` stays ``gw3``; anything else is lowercased with non-alphanumerics removed."""
-    cleaned = re.sub(r"[^a-z0-9]", "", str(worker_id).lower())
-    return cleaned or "master"
-
-
-def template_name(run_id: str, scope: str) -> str:
-    """Name of a template database: ``scope`` is the worker id for a worker's own template, or
-    the token that the workers of a run sharing one template agree on."""
-    run = _check_token(run_id, "run id", MAX_RUN_ID)
-    token = _check_token(scope, "worker id", MAX_WORKER_ID)
-    return f"{DB_PREFIX}{run}_{token}_template"
-
-
-def database_name(run_id: str, worker_id: str, number: int, label: str) -> str:
-    """Name of the ``number``-th database of this worker, at most 63 bytes.
-
-    Unique per (run, worker, number) whatever the label; the label is reduced to lowercase
-    letters, digits and ``_`` and cut (with an 8-hex hash of the whole label) when too long.
-    """
-    run = _check_token(run_id, "run id", MAX_RUN_ID)
-    worker = _check_token(worker_id, "worker id", MAX_WORKER_ID)
-    if number < 0:
-        raise ConfigurationError(f"database number must be >= 0, got {number}")
-    head = f"{DB_PREFIX}{run}_{worker}_{_b36(number)}_"
-    room = MAX_IDENTIFIER_BYTES - len(head)
-    if room < _MIN_LABEL:  # cannot happen with the limits above; kept as a guard
-        raise ConfigurationError(f"run id and worker id leave no room for a label in {head!r}")
-    cleaned = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_") or "db"
-    if len(cleaned) > room:
-        digest = hashlib.blake2b(label.encode(), digest_size=4).hexdigest()
-        cleaned = cleaned[: room - len(digest) - 1].rstrip("_") + "_" + digest
-    name = head + cleaned
-    assert len(name.encode()) <= MAX_IDENTIFIER_BYTES
-    return name
-
-
-def _b36(value: int) -> str:
-    out = []
-    while value:
-        value, digit = divmod(value, 36)
-        out.append(BASE36[digit])
-    return "".join(reversed(out)) or "0"
-
-
-def parse_database_name(name: str) -> ParsedName | None:
-    """The run and worker of a plugin database name, or None for any other database."""
-    match = _NAME.fullmatch(name)
-    if match is None:
-        return None
-    run, worker, rest = match.groups()
-    return ParsedName(run_id=run, worker_id=worker, is_template=rest == "template")
 
 
 def run_lock_key(run_id: str) -> tuple[int, int]:
@@ -204,7 +133,7 @@ def ownership_mark(run_id: str) -> str:
     Only a database that carries it (and a name of :func:`parse_database_name`'s form with the
     same run id) is ever dropped; more may follow after a ``;`` (a finished template's note).
     """
-    return _MARK + _check_token(run_id, "run id", MAX_RUN_ID)
+    return _MARK + check_token(run_id, "run id", MAX_RUN_ID)
 
 
 def marked_run(note: str | None) -> str | None:

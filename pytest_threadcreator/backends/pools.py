@@ -1,12 +1,13 @@
-"""Pool sizes of one worker within the server's ``max_connections`` (see :func:`plan_pools`)."""
+"""Pool sizes of one worker within the server's ``max_connections`` (see :func:`plan_pools`),
+the same rule on every server kind."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
-from ...errors import ConfigurationError
-from ...store.postgresql import DEFAULT_STORE_POOL
+from ..errors import ConfigurationError
+from ..store.base import DEFAULT_STORE_POOL
 
 __all__ = ["PoolPlan", "plan_pools", "service_connections", "worker_count"]
 
@@ -43,6 +44,8 @@ def plan_pools(
     reserved: int = 3,
     workers: int = 1,
     requested: int | None = None,
+    server: str = "PostgreSQL",
+    remedy: str = "or use --threadcreator-db=postgresql-local (its cluster allows 200)",
 ) -> PoolPlan:
     """Split the server's connections so that every xdist worker's pools fit.
 
@@ -56,6 +59,7 @@ def plan_pools(
     engine for the test's own code (``pool_size`` default 5, or ``requested``, plus overflow up
     to 10). Raises ConfigurationError when a database would get fewer than 2 connections.
     Another run sharing the server is not counted: give each CI job its own server or lower -n.
+    ``server`` and ``remedy`` name the server kind and its own way out in that error.
     """
     workers = max(1, workers)
     usable = max_connections - reserved - SERVER_HEADROOM
@@ -67,10 +71,9 @@ def plan_pools(
             break
     if per_database < 2:
         raise ConfigurationError(
-            f"PostgreSQL max_connections={max_connections} is too low for {workers} workers "
+            f"{server} max_connections={max_connections} is too low for {workers} workers "
             f"(each would get {max(per_worker, 0)} connections). Raise max_connections on the "
-            "server, run fewer xdist workers (-n), or use --threadcreator-db=postgresql-local "
-            "(its cluster allows 200)"
+            f"server, run fewer xdist workers (-n), {remedy}"
         )
     store_max = max(1, min(requested or DEFAULT_STORE_POOL, per_database // 2))
     engine_total = per_database - store_max
