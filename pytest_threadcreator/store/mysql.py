@@ -39,7 +39,15 @@ from .transient import is_mysql_transient
 if TYPE_CHECKING:
     from ..schema import ThreadSchema
 
-__all__ = ["ADMIN_TIMEOUT", "MULTI_STATEMENTS", "MySqlStore", "asyncmy_module", "quote"]
+__all__ = [
+    "ADMIN_TIMEOUT",
+    "MULTI_STATEMENTS",
+    "MySqlStore",
+    "asyncmy_module",
+    "close_pool",
+    "open_pool",
+    "quote",
+]
 
 ACQUIRE_TIMEOUT = 30.0
 ADMIN_TIMEOUT = 60.0
@@ -219,18 +227,23 @@ class MySqlStore(Store):
         if self._pool is not None:
             return self._pool
         if self._closed:
-            raise DatabaseError(
-                f"the MySQL database {self.name} was released; request threadcreator_db in this "
-                "test to get a live one"
-            )
+            raise self._released()
         if self._pool_lock is None:
             self._pool_lock = asyncio.Lock()
         async with self._pool_lock:
             if self._pool is None:
-                self._pool = await open_pool(
-                    self.connect_kwargs, name=self.name, max_size=self.max_size
-                )
+                pool = await open_pool(self.connect_kwargs, name=self.name, max_size=self.max_size)
+                if self._closed:  # closed while the pool was being made: nobody else will
+                    await close_pool(pool)
+                    raise self._released()
+                self._pool = pool
         return self._pool
+
+    def _released(self) -> DatabaseError:
+        return DatabaseError(
+            f"the MySQL database {self.name} was released; request threadcreator_db in this "
+            "test to get a live one"
+        )
 
     async def acquire(self) -> tuple[Any, Any]:
         """A store connection and its pool (on the background loop); give it back with
