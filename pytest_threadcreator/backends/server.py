@@ -75,6 +75,34 @@ class ServerBackend(Backend):
         self._stopped = False
         self._state_lock = threading.Lock()
 
+    # -- databases given back ------------------------------------------------------------------
+    def _release(
+        self,
+        database: Database,
+        drop: Callable[[Any, str], Coroutine[Any, Any, object]],
+        close_pool: Callable[[Any], Coroutine[Any, Any, None]],
+    ) -> None:
+        """Close ``database`` and ``drop(conn, name)`` it on the admin connection.
+
+        With the tender running, both happen in the background instead: the store's pool goes
+        to the tender (:meth:`~..store.base.Store.detach`), which closes it with ``close_pool``
+        and then drops or recycles the database, off the test's path."""
+        spares = self._spares
+        # the store's pool goes to whoever drops the database (closed by database.close() else)
+        pool = database.store.detach() if spares is not None else None
+        database.close()
+        self._databases.pop(database.name, None)
+        name = database.name
+        if spares is not None and spares.discard(name, pool):
+            return  # closed and dropped in the background by the tender
+        if pool is not None:
+            self._background.run(close_pool(pool), timeout=self.admin_timeout)
+
+        async def dropping(conn: Any) -> None:
+            await drop(conn, name)
+
+        self._admin_run(dropping)
+
     # -- admin jobs ----------------------------------------------------------------------------
     def _admin_run(
         self, make: Callable[[Any], Coroutine[Any, Any, T]], *, timeout: float | None = None

@@ -170,6 +170,12 @@ class Store(abc.ABC):
     def close(self) -> None:
         """Release connections and threads (synchronous, idempotent)."""
 
+    def detach(self) -> Any:
+        """Close the store, handing over its pool where it can outlive the store (a server
+        store's, for the tender to close off the test's path); None: nothing to hand over."""
+        self.close()
+        return None
+
     def checked_out(self) -> int:
         """Connections currently in use by calls still running (for leak detection)."""
         return 0

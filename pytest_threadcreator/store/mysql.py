@@ -46,6 +46,7 @@ __all__ = [
     "asyncmy_module",
     "close_pool",
     "open_pool",
+    "query",
     "quote",
 ]
 
@@ -78,7 +79,9 @@ def quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-async def _run(conn: Any, sql: str, params: tuple[Any, ...]) -> list[Any]:
+async def query(conn: Any, sql: str, params: tuple[Any, ...] | None = None) -> list[Any]:
+    """Run ``sql`` (one or more statements) in one round trip; the first result's rows
+    (``params`` None: a % in ``sql`` is sent as it is)."""
     async with conn.cursor() as cursor:
         await cursor.execute(sql, params)
         rows = list(await cursor.fetchall() or ())
@@ -289,7 +292,7 @@ class MySqlStore(Store):
         if self._watcher is not None:
             for statement in statements:
                 self._watcher(f"store {self.name}", statement)
-        return await _settled(_run(conn, "; ".join(statements), tuple(params)))
+        return await _settled(query(conn, "; ".join(statements), tuple(params)))
 
     # -- Store API ---------------------------------------------------------------------------
     async def create(

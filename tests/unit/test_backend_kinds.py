@@ -123,20 +123,32 @@ def test_the_registry_knows_each_server_kind_as_its_module_does() -> None:
     assert (POSTGRESQL.name, MYSQL.name) == (backend.NAME, mysql.NAME)
 
 
-def test_the_mysql_backend_loads_nothing_of_postgresql() -> None:
-    """Names and pool sizes are shared, not borrowed from the PostgreSQL backend: a MySQL run
-    imports neither it nor asyncpg (35 ms of its start-up here)."""
-    code = (
-        "import sys, pytest_threadcreator.backends.mysql.backend\n"
-        "heavy = ('asyncpg', 'sqlalchemy.dialects.postgresql', "
-        "'pytest_threadcreator.backends.postgresql', 'pytest_threadcreator.store.postgresql')\n"
-        "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+def _loaded_in_a_new_interpreter(code: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules starting with one of ``prefixes`` that a new interpreter has loaded after
+    running ``code``."""
+    script = (
+        f"import sys\n{code}\nprint(sorted(m for m in sys.modules if m.startswith({prefixes!r})))"
     )
     # subprocess: what a fresh interpreter imports, which this one has long done already
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout
-    assert out.strip() == "[]"
+    return list(ast.literal_eval(out.strip()))
+
+
+def test_the_mysql_backend_loads_nothing_of_postgresql() -> None:
+    """Names and pool sizes are shared, not borrowed from the PostgreSQL backend: a MySQL run
+    imports neither it nor asyncpg (35 ms of its start-up here)."""
+    heavy = (
+        "asyncpg",
+        "sqlalchemy.dialects.postgresql",
+        "pytest_threadcreator.backends.postgresql",
+        "pytest_threadcreator.store.postgresql",
+    )
+    assert (
+        _loaded_in_a_new_interpreter("import pytest_threadcreator.backends.mysql.backend", heavy)
+        == []
+    )
 
 
 def test_the_pool_plan_names_the_server_kind_it_refuses() -> None:
@@ -154,20 +166,22 @@ def test_the_pool_plan_names_the_server_kind_it_refuses() -> None:
 def test_a_sqlite_run_loads_no_server_kind() -> None:
     """The PostgreSQL and MySQL backends, their dialects and drivers load on first use."""
     code = (
-        "import sys, pytest_threadcreator.plugin\n"
+        "import pytest_threadcreator.plugin\n"
         "from pytest_threadcreator.config import resolve_settings\n"
         "from pytest_threadcreator.backends.registry import validate_environment\n"
         "resolve_settings(cli={}, ini={}, env={})\n"
-        "validate_environment({})\n"
-        "heavy = ('asyncpg', 'asyncmy', 'sqlalchemy.dialects.postgresql',\n"
-        "         'sqlalchemy.dialects.mysql', 'pytest_threadcreator.backends.postgresql',\n"
-        "         'pytest_threadcreator.backends.mysql', 'pytest_threadcreator.store.postgresql')\n"
-        "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+        "validate_environment({})"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.strip() == "[]"
+    heavy = (
+        "asyncpg",
+        "asyncmy",
+        "sqlalchemy.dialects.postgresql",
+        "sqlalchemy.dialects.mysql",
+        "pytest_threadcreator.backends.postgresql",
+        "pytest_threadcreator.backends.mysql",
+        "pytest_threadcreator.store.postgresql",
+    )
+    assert _loaded_in_a_new_interpreter(code, heavy) == []
 
 
 def test_a_bad_postgres_url_in_the_environment_is_still_refused() -> None:

@@ -420,22 +420,7 @@ class MySqlBackend(ServerBackend):
 
         With the tender running, both happen in the background: it closes the store's pool and
         then drops (or recycles) the database, off the test's path."""
-        spares = self._spares
-        store = database.store
-        # the store's pool goes to whoever drops the database (closed by database.close() else)
-        pool = store.detach() if spares is not None and isinstance(store, MySqlStore) else None
-        database.close()
-        self._databases.pop(database.name, None)
-        name = database.name
-        if spares is not None and spares.discard(name, pool):
-            return  # closed and dropped in the background by the tender
-        if pool is not None:
-            self._background.run(close_pool(pool), timeout=ADMIN_TIMEOUT)
-
-        async def drop(conn: Any) -> None:
-            await drop_if_ours(conn, name, self.run_id)
-
-        self._admin_run(drop)
+        self._release(database, self._drop_owned, close_pool)
 
     def keep_database(self, database: Database) -> str:
         """Keep a database after the run: its registry row goes, so no run drops it (drop it by

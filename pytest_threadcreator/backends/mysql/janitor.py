@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from ...store.mysql import quote
+from ...store.mysql import query, quote
 from ..naming import DB_PREFIX, parse_database_name
 
 __all__ = [
@@ -91,16 +91,6 @@ async def remove_dead_runs(conn: Any, run_id: str, worker_id: str) -> list[str]:
         finally:
             await query(conn, "SELECT RELEASE_LOCK(%s)", (lock,))
     return removed
-
-
-async def query(conn: Any, sql: str, params: tuple[Any, ...] | None = None) -> list[Any]:
-    """Run ``sql`` (one or more statements) in one round trip; the first result's rows."""
-    async with conn.cursor() as cursor:
-        await cursor.execute(sql, params)
-        rows = list(await cursor.fetchall() or ())
-        while await cursor.nextset():
-            pass
-    return rows
 
 
 async def results(conn: Any, sql: str, params: tuple[Any, ...] | None) -> list[list[Any]]:
