@@ -37,6 +37,7 @@ from pytest_threadcreator.backends.pools import (
     plan_pools,
     service_connections,
 )
+from pytest_threadcreator.backends.postgresql import cluster_dirs
 from pytest_threadcreator.backends.postgresql import local as pg_local
 from pytest_threadcreator.backends.postgresql.backend import PostgresBackend
 from pytest_threadcreator.backends.postgresql.janitor import (
@@ -1308,17 +1309,19 @@ def test_a_cache_that_cannot_be_trusted_is_not_used(cluster_parent: Path, flaw: 
 
 
 def test_clusters_live_in_memory_when_it_has_room(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not pg_local._usable(pg_local.MEMORY_PARENT) or not pg_local._roomy(pg_local.MEMORY_PARENT):
-        pytest.skip(f"{pg_local.MEMORY_PARENT} is missing or has less than 1 GiB free here")
-    assert pg_local._short_parent() == pg_local.MEMORY_PARENT
-    monkeypatch.setattr(pg_local, "MEMORY_MIN_FREE", 1 << 62)  # more than any machine has
-    assert pg_local._short_parent() == "/tmp"
+    if not cluster_dirs._usable(cluster_dirs.MEMORY_PARENT) or not cluster_dirs._roomy(
+        cluster_dirs.MEMORY_PARENT
+    ):
+        pytest.skip(f"{cluster_dirs.MEMORY_PARENT} is missing or has less than 1 GiB free here")
+    assert cluster_dirs.short_parent() == cluster_dirs.MEMORY_PARENT
+    monkeypatch.setattr(cluster_dirs, "MEMORY_MIN_FREE", 1 << 62)  # more than any machine has
+    assert cluster_dirs.short_parent() == "/tmp"
 
 
 @needs_binaries
 def test_a_dead_run_cluster_is_swept_in_every_parent_a_run_may_choose() -> None:
-    parents = pg_local._default_parents()
-    chosen = pg_local._short_parent()
+    parents = cluster_dirs.default_parents()
+    chosen = cluster_dirs.short_parent()
     other = next((p for p in parents if p != chosen), None)
     if other is None:
         pytest.skip("only one parent directory for clusters is usable here")

@@ -3,7 +3,8 @@
 * Lives in a fresh directory with a short name (``/dev/shm/tc-XXXXXXXX`` when that has room,
   else ``/tmp/tc-XXXXXXXX``): the server listens only on a unix socket there, and socket paths
   must stay under 107 bytes. In memory, because a cluster and each of its databases are
-  hundreds of files, and creating a file on a disk filesystem can cost most of a millisecond.
+  hundreds of files, and creating a file on a disk filesystem can cost most of a millisecond
+  (:mod:`.cluster_dirs`: the parent directory and the ``initdb`` cache).
 * Tuned for tests, not durability: ``fsync``, ``synchronous_commit`` and ``full_page_writes``
   off; ``max_connections`` raised so pools of several xdist workers fit.
 * Works when pytest runs as root (CI containers): ``initdb`` refuses root, so the binaries run
@@ -27,12 +28,10 @@ import atexit
 import contextlib
 import fcntl
 import glob
-import hashlib
 import os
 import pwd
 import shutil
 import signal
-import stat
 import subprocess
 import tempfile
 import threading
@@ -42,6 +41,15 @@ from pathlib import Path
 from typing import IO
 
 from ...errors import BackendUnavailableError
+from .cluster_dirs import (
+    INITDB_ARGS,
+    STAGING_PREFIX,
+    default_parents,
+    initdb_cache_path,
+    remove_stale_staging,
+    short_parent,
+    trusted_cache,
+)
 
 __all__ = ["LocalCluster", "find_pg_bindir"]
 
@@ -283,8 +291,8 @@ class LocalCluster:
         """Find the binaries and make the cluster's directory (quick; no server yet)."""
         self.bindir = find_pg_bindir(self._bindir_hint)
         self._run_as = _system_user_for_root()
-        parent = self._parent_dir or _short_parent()
-        for swept in [parent] if self._parent_dir else _default_parents():
+        parent = self._parent_dir or short_parent()
+        for swept in [parent] if self._parent_dir else default_parents():
             remove_stale_clusters(swept)
         self._create_directory(parent)
         self._parent = parent
@@ -327,7 +335,7 @@ class LocalCluster:
 
     def _copy_data_from(self, cache: Path) -> bool:
         """Copy the cached ``initdb`` output into this cluster; False when there is none usable."""
-        if not _trusted_cache(cache, self._run_as) or not (cache / "data" / "PG_VERSION").is_file():
+        if not trusted_cache(cache, self._run_as) or not (cache / "data" / "PG_VERSION").is_file():
             return False
         copied = _spawn(
             ["cp", "-a", str(cache / "data"), str(self.data_dir)],
@@ -348,8 +356,8 @@ class LocalCluster:
         """
         if os.path.lexists(cache):
             return
-        _remove_stale_staging(cache.parent)
-        staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=cache.parent))
+        remove_stale_staging(cache.parent)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=cache.parent))
         try:
             if self._run_as is not None:
                 os.chown(staging, self._run_as.pw_uid, self._run_as.pw_gid)
@@ -487,93 +495,6 @@ class LocalCluster:
             self._lock.close()
             self._lock = None
         self.directory = None
-
-
-#: initdb's arguments (after ``-D``): part of the cache key.
-INITDB_ARGS = (
-    "-A",
-    "trust",
-    "-U",
-    "postgres",
-    "-E",
-    "UTF8",
-    "--no-locale",
-    "--no-sync",
-    "--no-instructions",
-)
-_CACHE_PREFIX = "threadcreator-initdb-"
-_STAGING_PREFIX = ".threadcreator-initdb-"
-#: A staging directory older than this was left by a run killed while filling the cache.
-_STALE_STAGING_S = 600.0
-
-
-def initdb_cache_path(
-    parent: str, bindir: str, args: Sequence[str], user: pwd.struct_passwd | None
-) -> Path:
-    """Where the pristine ``initdb`` output for these binaries, arguments and user is cached."""
-    initdb = os.path.join(bindir, "initdb")
-    try:
-        info = os.stat(initdb)
-        binary = f"{os.path.realpath(initdb)}:{info.st_size}:{info.st_mtime_ns}"
-    except OSError:
-        binary = initdb
-    uid = os.geteuid() if user is None else user.pw_uid
-    key = hashlib.sha256("\0".join([binary, *args]).encode()).hexdigest()[:16]
-    return Path(parent) / f"{_CACHE_PREFIX}{uid}-{key}"
-
-
-def _trusted_cache(cache: Path, user: pwd.struct_passwd | None) -> bool:
-    """A directory (not a link) owned by the server's user that nobody else can write."""
-    try:
-        info = os.lstat(cache)
-    except OSError:
-        return False
-    uid = os.geteuid() if user is None else user.pw_uid
-    return stat.S_ISDIR(info.st_mode) and info.st_uid == uid and not info.st_mode & 0o022
-
-
-def _remove_stale_staging(parent: Path) -> None:
-    """Remove staging directories that runs killed while filling the cache left behind."""
-    for path in parent.glob(_STAGING_PREFIX + "*"):
-        with contextlib.suppress(OSError):
-            if time.time() - path.lstat().st_mtime > _STALE_STAGING_S:
-                shutil.rmtree(path, ignore_errors=True)
-
-
-#: Memory-backed and short: preferred parent of the clusters when it has room. Creating a file
-#: there costs microseconds; on a disk filesystem it can cost most of a millisecond, and
-#: ``initdb``'s output and every database hold hundreds of files.
-MEMORY_PARENT = "/dev/shm"
-#: Free space MEMORY_PARENT must have to be chosen (a container's default /dev/shm is 64 MB).
-MEMORY_MIN_FREE = 1 << 30
-
-
-def _usable(directory: str) -> bool:
-    return os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)
-
-
-def _roomy(directory: str) -> bool:
-    try:
-        info = os.statvfs(directory)
-    except OSError:
-        return False
-    return info.f_bavail * info.f_frsize >= MEMORY_MIN_FREE
-
-
-def _short_parent() -> str:
-    """Where clusters live: :data:`MEMORY_PARENT` when usable with room, else ``/tmp``, else the
-    system temp dir (all short: socket paths)."""
-    if _usable(MEMORY_PARENT) and _roomy(MEMORY_PARENT):
-        return MEMORY_PARENT
-    if _usable("/tmp"):
-        return "/tmp"
-    return tempfile.gettempdir()
-
-
-def _default_parents() -> list[str]:
-    """Every directory :func:`_short_parent` may choose (crashed runs' clusters are swept in
-    each, whichever one the next run picks)."""
-    return [d for d in dict.fromkeys((MEMORY_PARENT, "/tmp", tempfile.gettempdir())) if _usable(d)]
 
 
 def _system_user_for_root() -> pwd.struct_passwd | None:
