@@ -50,7 +50,7 @@ class ParsedName:
 def check_token(value: str, what: str, limit: int) -> str:
     if not isinstance(value, str) or not _TOKEN.fullmatch(value) or len(value) > limit:
         raise ConfigurationError(
-            f"PostgreSQL database names: the {what} {value!r} must be 1-{limit} lowercase "
+            f"database names: the {what} {value!r} must be 1-{limit} lowercase "
             "letters or digits (it is part of every database name and is never shortened)"
         )
     return value

@@ -1308,24 +1308,29 @@ def test_a_cache_that_cannot_be_trusted_is_not_used(cluster_parent: Path, flaw: 
         second.stop()
 
 
-def test_clusters_live_in_memory_when_it_has_room(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not cluster_dirs._usable(cluster_dirs.MEMORY_PARENT) or not cluster_dirs._roomy(
-        cluster_dirs.MEMORY_PARENT
-    ):
-        pytest.skip(f"{cluster_dirs.MEMORY_PARENT} is missing or has less than 1 GiB free here")
-    assert cluster_dirs.short_parent() == cluster_dirs.MEMORY_PARENT
+def test_clusters_live_in_memory_when_it_has_room(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert cluster_dirs.MEMORY_PARENT == "/dev/shm"
+    monkeypatch.setattr(cluster_dirs, "MEMORY_PARENT", str(tmp_path))  # stands in for it
+    monkeypatch.setattr(cluster_dirs, "MEMORY_MIN_FREE", 1)
+    assert cluster_dirs.short_parent() == str(tmp_path)
     monkeypatch.setattr(cluster_dirs, "MEMORY_MIN_FREE", 1 << 62)  # more than any machine has
+    assert cluster_dirs.short_parent() == "/tmp"
+    monkeypatch.setattr(cluster_dirs, "MEMORY_PARENT", str(tmp_path / "missing"))
+    monkeypatch.setattr(cluster_dirs, "MEMORY_MIN_FREE", 1)
     assert cluster_dirs.short_parent() == "/tmp"
 
 
 @needs_binaries
-def test_a_dead_run_cluster_is_swept_in_every_parent_a_run_may_choose() -> None:
-    parents = cluster_dirs.default_parents()
-    chosen = cluster_dirs.short_parent()
-    other = next((p for p in parents if p != chosen), None)
-    if other is None:
-        pytest.skip("only one parent directory for clusters is usable here")
-    dead = LocalCluster(parent_dir=other)
+def test_a_dead_run_cluster_is_swept_in_every_parent_a_run_may_choose(
+    monkeypatch: pytest.MonkeyPatch, cluster_parent: Path
+) -> None:
+    # the memory parent, stood in for: a run chooses it and sweeps /tmp too
+    monkeypatch.setattr(cluster_dirs, "MEMORY_PARENT", str(cluster_parent))
+    monkeypatch.setattr(cluster_dirs, "MEMORY_MIN_FREE", 1)
+    assert "/tmp" in cluster_dirs.default_parents()
+    dead = LocalCluster(parent_dir="/tmp")
     dead.start()
     directory = Path(dead.socket_dir)
     assert dead._lock is not None
@@ -1336,7 +1341,7 @@ def test_a_dead_run_cluster_is_swept_in_every_parent_a_run_may_choose() -> None:
         fresh = LocalCluster()
         fresh.start()  # in the chosen parent: its start sweeps the other one too
         try:
-            assert Path(fresh.socket_dir).parent == Path(chosen)
+            assert Path(fresh.socket_dir).parent == cluster_parent
             assert not directory.exists()
         finally:
             fresh.stop()

@@ -4,7 +4,7 @@
 ``mariadb+asyncmy://``; checked by :mod:`.urls`). What the plugin owns on the server, and how
 it tells (:mod:`.janitor`):
 
-* Names are PostgreSQL's (:func:`~..postgresql.janitor.database_name`: ``tc_<run>_<worker>_…``,
+* Names are shared with PostgreSQL (:func:`~..naming.database_name`: ``tc_<run>_<worker>_…``,
   at most 63 characters, within MySQL's 64).
 * MySQL has no database comments, so the *mark* is a row in a registry the plugin owns,
   written in the same round trip right after the ``CREATE DATABASE``. Nothing is ever dropped

@@ -97,14 +97,14 @@ async def results(conn: Any, sql: str, params: tuple[Any, ...] | None) -> list[l
     """Run ``sql`` (one or more statements) in one round trip; the rows of each result that
     has rows' shape (``SELECT``, ``SHOW``), in order (``params`` None: a % in ``sql`` is sent
     as it is)."""
-    results: list[list[Any]] = []
+    found: list[list[Any]] = []
     async with conn.cursor() as cursor:
         await cursor.execute(sql, params)
         while True:
             if cursor.description is not None:
-                results.append(list(await cursor.fetchall() or ()))
+                found.append(list(await cursor.fetchall() or ()))
             if not await cursor.nextset():
-                return results
+                return found
 
 
 def is_closed(conn: Any) -> bool:
