@@ -14,14 +14,16 @@ get, and the test then starts on a connection that is already there. Whatever ``
 handed out with the clone, and closed by the tender (``unwarm``) when the clone is dropped unused
 or the test is done with it.
 
-With a ``recycle`` step (a :class:`Recycler`), the dropper renames a used database instead, and a
-task beside it warms the renamed one and has it checked (and emptied): one that changed nothing
-but rows is a spare again, any other goes back to the dropper. PostgreSQL's (for a template that
-watches for schema changes) renames the database and checks and empties it on the warmed
-connection; MySQL's moves the used database's tables into a new one, checks and empties them
-in :meth:`Recycler.rename`, and its ``check`` only hands over that verdict. The cloners leave room for the used databases
-still to come back (as long as the last one tried did come back: tests that change the schema
-get clones made ahead as before).
+With a ``recycle`` step (a :class:`Recycler`), the dropper reclaims a used database instead, and
+a task beside it warms the reclaimed one and has it checked (and emptied): one that changed
+nothing but rows is a spare again, any other goes back to the dropper. PostgreSQL's (for a
+template that watches for schema changes) renames the database and checks and empties it on the
+warmed connection; MySQL's, which cannot rename a database, checks and empties it where it is,
+in :meth:`Recycler.reclaim`, and its ``check`` only says so. Spares are handed out oldest first,
+and never the database the previous test gave back while it is the only one: the next test
+waits for another, so each test's database has a name other than the one before it had. The
+cloners leave room for the used databases still to come back (as long as the last one tried
+did come back: tests that change the schema get clones made ahead as before).
 
 Should a tender's connection fail, it stops; the backend then clones on demand and drops what
 is left itself, as it would without a tender, and the same failure reaches the test there.
@@ -46,13 +48,23 @@ class Recycler(Protocol):
     """Makes a used database a spare again (PostgreSQL's :class:`~.postgresql.recycle.Recycler`,
     MySQL's :class:`~.mysql.recycle.Recycler`)."""
 
-    async def rename(self, conn: Any, name: str) -> str | None:
-        """Put ``name`` out of the test's reach under a new name (PostgreSQL: renamed; MySQL: its
-        tables moved into a new database): the new name, or None to drop ``name`` instead."""
+    #: whether a used database's warm handle stays open through :meth:`reclaim` (trimmed by
+    #: :meth:`trim`) and serves its next test, instead of being closed when the test is done
+    keeps_handles: bool
+
+    async def trim(self, name: str, handle: Any) -> bool:
+        """Make the warm handle of the used database ``name`` what a ready spare holds (MySQL:
+        one connection of its pool); False if it cannot be kept (it is closed then)."""
+
+    async def reclaim(self, conn: Any, name: str, handle: Any = None) -> str | None:
+        """Take the used database ``name`` back for a later test (PostgreSQL: renamed, out of
+        reach of the sessions the test left; MySQL: checked and emptied where it is, ``handle``
+        the warm handle kept for it, if any): the name it comes back under, or None to drop
+        ``name`` instead."""
 
     async def check(self, name: str, handle: Any) -> bool:
-        """Check and empty the renamed ``name`` (on ``handle``, if warmed), unless ``rename``
-        did: True if it is a spare again."""
+        """Check and empty the reclaimed ``name`` (on ``handle``, if warmed), unless
+        ``reclaim`` did: True if it is a spare again."""
 
 
 class SpareTender:
@@ -112,13 +124,17 @@ class SpareTender:
         #: loop, popped from any thread)
         self._ready: collections.deque[tuple[str, Any]] = collections.deque()
         #: databases to drop (or recycle), oldest first, each with the closing of its warm
-        #: handle, if any (only touched on the loop)
-        self._doomed: collections.deque[tuple[str, asyncio.Task[None] | None]] = collections.deque()
+        #: handle, or its trimming (the task's result: the handle kept, or None), if any (only
+        #: touched on the loop)
+        self._doomed: collections.deque[tuple[str, asyncio.Task[Any] | None]] = collections.deque()
         self._cloning: set[str] = set()
         #: databases handed out and not given back yet (under ``_pending_lock``)
         self._handed: set[str] = set()
         #: takers waiting for a spare (a clone is made for each, even with some to come back)
         self._waiting = 0
+        #: the database given back last, until the next test takes one: not handed to that test
+        #: (a recycled one keeps its name on MySQL), which waits for another instead
+        self._last_back: str | None = None
         self._wake_cloner = asyncio.Event()
         self._made = asyncio.Event()
         #: set once the first clone is ready (or its cloner stopped): the other cloners wait
@@ -164,6 +180,9 @@ class SpareTender:
             spare = self._ready.popleft()
         except IndexError:
             return self._background.run(self._next()) if self.running else None
+        if spare[0] == self._last_back:  # the previous test's: a later test's, not this one's
+            self._ready.appendleft(spare)
+            return self._background.run(self._next()) if self.running else None
         self._hand(spare[0])
         self._background.loop.call_soon_threadsafe(self._wake_cloner.set)
         return spare
@@ -178,6 +197,7 @@ class SpareTender:
         """Recycle or drop ``name`` in the background, closing ``handle`` (a warm handle) first;
         False when the tender is gone or already has ``target`` databases to see to (then close
         and drop them yourself: what waits for a drop stays bounded)."""
+        self._last_back = name
         if not _alive(self._dropper) or self._stopping:
             return False
         with self._pending_lock:
@@ -217,7 +237,11 @@ class SpareTender:
         if self._warming:
             await asyncio.wait(list(self._warming))
         # what was warmed for the ones left is closed before they are dropped
-        closing = [task for _, task in self._doomed if task is not None]
+        pending = [task for _, task in self._doomed if task is not None]
+        if pending:
+            await asyncio.wait(pending)
+        kept = [task.result() for task in pending if not task.cancelled()]
+        closing = [self._close_soon(handle) for handle in kept if handle is not None]
         closing += [self._close_soon(handle) for _, handle in self._ready if handle is not None]
         if closing:
             await asyncio.wait(closing)
@@ -238,7 +262,7 @@ class SpareTender:
                 if not self.running or self._stopping:
                     return None
                 try:
-                    spare = self._ready.popleft()
+                    spare = self._pop_ready()
                 except IndexError:  # none ready (or another thread took the last one)
                     self._made.clear()  # set by each clone made, and by each cloner that stops
                     self._wake_cloner.set()
@@ -250,7 +274,16 @@ class SpareTender:
         finally:
             self._waiting -= 1
 
+    def _pop_ready(self) -> tuple[str, Any]:
+        """The oldest ready spare but the one the previous test gave back (IndexError if none)."""
+        for at, spare in enumerate(self._ready):
+            if spare[0] != self._last_back:
+                del self._ready[at]
+                return spare
+        raise IndexError("no spare ready for this test")
+
     def _hand(self, name: str) -> None:
+        self._last_back = None  # kept from the next test only
         with self._pending_lock:
             self._handed.add(name)
 
@@ -270,12 +303,36 @@ class SpareTender:
             self._dropper = loop.create_task(self._keep_dropping(), name="threadcreator-dropper")
 
     def _doom(self, name: str, handle: Any) -> None:
-        # closed now, not when its turn to be dropped comes: its connections count meanwhile
-        # (a recycled database gets a new one: a test's pool may hold several)
-        closing = self._close_soon(handle) if handle is not None else None
-        self._doomed.append((name, closing))
+        # closed (or trimmed) now, not when its turn to be dropped comes: its connections count
+        # meanwhile (a test's pool may hold several)
+        task = None
+        if handle is not None:
+            recycler = self._recycle
+            if recycler is not None and recycler.keeps_handles and name not in self._unfit:
+                task = self._keep_soon(recycler, name, handle)
+            else:
+                task = self._close_soon(handle)
+        self._doomed.append((name, task))
         self._drained.clear()
         self._wake_dropper.set()
+
+    def _keep_soon(self, recycler: Recycler, name: str, handle: Any) -> asyncio.Task[Any]:
+        """Trim ``handle`` for the used database ``name``'s next test: the task's result is the
+        handle, or None when it could not be kept (then it is closed)."""
+
+        async def keep() -> Any:
+            with contextlib.suppress(Exception):
+                if await recycler.trim(name, handle):
+                    return handle
+            await self._let_go(handle)
+            return None
+
+        return asyncio.get_running_loop().create_task(keep(), name="threadcreator-trim")
+
+    async def _let_go(self, handle: Any) -> None:
+        if handle is not None:
+            assert self._unwarm is not None
+            await _quietly(self._unwarm(handle))
 
     def _close_soon(self, handle: Any) -> asyncio.Task[None]:
         assert self._unwarm is not None
@@ -293,7 +350,7 @@ class SpareTender:
             conn = await self._connect()
             while not self._stopping:
                 stock = self._stock()
-                if stock + self._returning() < self.target or self._waiting > stock:
+                if stock + self._returning() < self.target or self._waiting > self._takeable():
                     name = self._make_name()
                     self._cloning.add(name)
                     await self._clone(conn, name)
@@ -320,11 +377,13 @@ class SpareTender:
             conn = await self._connect()
             while True:
                 if self._doomed:
-                    name, closing = self._doomed[0]
+                    name, pending = self._doomed[0]
                     try:
-                        if closing is not None:
-                            await asyncio.wait((closing,))
-                        await self._recycle_or_drop(conn, name)
+                        kept = None
+                        if pending is not None:
+                            await asyncio.wait((pending,))
+                            kept = None if pending.cancelled() else pending.result()
+                        await self._recycle_or_drop(conn, name, kept)
                     except Exception as exc:  # the backend retries at stop
                         self.problems.append(f"dropping {name}: {_short_reason(exc)}")
                         if self._is_closed(conn):
@@ -350,42 +409,59 @@ class SpareTender:
     def _stock(self) -> int:
         return len(self._ready) + len(self._cloning)
 
+    def _takeable(self) -> int:
+        """Spares ready or being made that a waiting test may take (all but the previous
+        test's)."""
+        names = [*(name for name, _ in self._ready), *self._cloning]
+        return sum(name != self._last_back for name in names)
+
     def _returning(self) -> int:
         """Databases that may come back as spares, in tests or given back (the cloners leave
         room for them)."""
         coming = self.recycling and self._coming_back and _alive(self._dropper)
         return len(self._doomed) + len(self._handed) if coming else 0
 
-    async def _recycle_or_drop(self, conn: Any, name: str) -> None:
-        """Rename the used database ``name`` to have it checked, emptied and warmed beside the
-        next drop (see :meth:`_ready_up`), or drop it."""
+    async def _recycle_or_drop(self, conn: Any, name: str, kept: Any = None) -> None:
+        """Reclaim the used database ``name`` (with ``kept``, the warm handle kept for it) to
+        have it checked, emptied and warmed beside the next drop (see :meth:`_ready_up`), or
+        drop it."""
         recycler = self._recycle
         # up to one spare more than ``target`` (a clone begun while the test ran), not more
         unfit = name in self._unfit
         self._unfit.discard(name)
         if recycler is None or unfit or self._stopping or self._stock() > self.target:
+            await self._let_go(kept)
             await self._drop(conn, name)
             return
-        new = await recycler.rename(conn, name)
+        try:
+            new = await recycler.reclaim(conn, name, kept)
+        except BaseException:
+            await self._let_go(kept)
+            raise
         if new is None:
             self._coming_back = False
+            await self._let_go(kept)
             await self._drop(conn, name)
             return
         # counted meanwhile as a clone being made
         self._cloning.add(new)
         task = asyncio.get_running_loop().create_task(
-            self._ready_up(new, recycler), name="threadcreator-recycle"
+            self._ready_up(new, recycler, kept), name="threadcreator-recycle"
         )
         self._warming.add(task)
         task.add_done_callback(self._warming.discard)
 
-    async def _ready_up(self, name: str, recycler: Recycler) -> None:
-        """Warm the renamed database ``name`` and check and empty it on the connection warmed
-        for its next test; a spare again if it passed, else back to the dropper."""
-        handle = None
+    async def _ready_up(self, name: str, recycler: Recycler, kept: Any = None) -> None:
+        """Warm the reclaimed database ``name`` (unless ``kept``, its warm handle, still is) and
+        check and empty it on the connection warmed for its next test; a spare again if it
+        passed, else back to the dropper."""
+        handle = kept
         try:
             # warm within the connection budget: one connection for each of ``target`` spares
-            if len(self._ready) < self.target:
+            if len(self._ready) >= self.target:
+                handle = None
+                await self._let_go(kept)
+            elif handle is None:
                 handle = await self._warmed(name)
             ready = not self._stopping and await recycler.check(name, handle)
             self._coming_back = ready

@@ -1,18 +1,12 @@
-"""``fresh`` on MySQL/MariaDB: a used database that changed nothing but rows has its tables moved
-into a new database, emptied, and handed out to a later test; one changed beyond its rows is
-dropped. Against the real server at ``$THREADCREATOR_MYSQL_URL``; a table is followed by its
-InnoDB table id, which ``RENAME TABLE`` keeps and a new table never reuses."""
+"""``fresh`` on MySQL/MariaDB: a used database that changed nothing but rows is emptied where it is
+and handed to a later test (never the next one), with its store pool; one changed beyond its
+rows, or still used by a session, is dropped. Against the real server at
+``$THREADCREATOR_MYSQL_URL``; a table is followed by its InnoDB table id, which a new table never
+reuses."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -21,13 +15,13 @@ import asyncmy
 import pytest
 
 from pytest_threadcreator.backends.mysql.backend import MySqlBackend
-from pytest_threadcreator.backends.mysql.janitor import REGISTRY, lock_name
+from pytest_threadcreator.backends.mysql.janitor import REGISTRY
 from pytest_threadcreator.backends.mysql.recycle import Recycler, table_shape
 from pytest_threadcreator.backends.postgresql.janitor import new_run_id
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.schema import default_schema
 
-from ..helpers import MYSQL_SERVER_URL, line_from, mysql_server_missing, needs_marks
+from ..helpers import MYSQL_SERVER_URL, mysql_server_missing, needs_marks
 from .test_mysql_backend import _databases, _server, _sql
 
 pytestmark = [*needs_marks(mysql_server_missing()), pytest.mark.suite_independent]
@@ -130,25 +124,20 @@ def _take_until(backend: MySqlBackend, table_id: int) -> tuple[Database, list[Da
     raise AssertionError(f"the table {table_id} was never handed out again")
 
 
-def test_a_database_left_as_found_is_moved_emptied_and_handed_out_again(
+def test_a_database_left_as_found_is_emptied_and_handed_to_a_later_test(
     backend: MySqlBackend,
 ) -> None:
     backend.prepare_template(SCHEMA, None)
-    table_id, first_name = _used(backend)
-    moved = _where(table_id)
-    assert moved is not None, "moved, not dropped"
-    assert moved != first_name, "a fresh database's name (and URL) changes per test"
-    assert moved.startswith(f"tc_{backend.run_id}_gw5_") and moved.endswith("_fresh")
-    assert first_name not in _databases(f"tc_{backend.run_id}_"), "the used one is gone"
-    registered = _registered(backend)
-    assert moved in registered and first_name not in registered, "the mark moved with it"
+    table_id, name = _used(backend)
+    assert _where(table_id) == name, "kept where it is, not dropped"
     assert _recycler(backend).last_refusal is None
+    assert name in _registered(backend), "still marked as the run's own"
     assert backend.leftovers() == [backend.template], "a spare again, not a leftover"
     database, others = _take_until(backend, table_id)
-    assert database.name == moved and first_name not in database.url
+    assert others, "not to the next test: its name (and URL) differs from the one before"
+    assert database.name == name
     assert asyncio.run(database.count_threads()) == 0
     assert asyncio.run(database.count_messages()) == 0
-    # its foreign keys name the tables beside it, not the used database's
     targets = _sql(
         "SELECT UNIQUE_CONSTRAINT_SCHEMA, REFERENCED_TABLE_NAME FROM "
         "information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = %s",
@@ -156,6 +145,36 @@ def test_a_database_left_as_found_is_moved_emptied_and_handed_out_again(
     )
     assert [tuple(row) for row in targets] == [(database.name, "threads")]
     for other in [*others, database]:
+        backend.drop_database(other)
+
+
+def test_the_store_pool_comes_back_with_its_database_trimmed_to_one_connection(
+    backend: MySqlBackend,
+) -> None:
+    backend.prepare_template(SCHEMA, None)
+    first = backend.create_database("first", isolation="fresh")  # made on demand; starts the tender
+    database = backend.create_database("used", isolation="fresh")
+    pool = database.store._pool  # type: ignore[attr-defined]
+    assert pool is not None, "a spare comes with its store pool open"
+
+    async def grow() -> set[int]:  # as a test running creates side by side would
+        held = [await pool.acquire() for _ in range(3)]
+        for conn in held:
+            pool.release(conn)
+        return {conn.thread_id() for conn in held}
+
+    opened = backend._background.run(grow())
+    assert pool.size == 3
+    table_id = _table_id(database.name)
+    assert table_id is not None
+    backend.drop_database(database)
+    backend.leftovers()
+    again, others = _take_until(backend, table_id)
+    assert again.store._pool is pool and pool.size == 1  # type: ignore[attr-defined]
+    sessions = _sql("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s", (again.name,))
+    assert len(sessions) == 1 and sessions[0][0] in opened, "one of its own, not a new one"
+    assert asyncio.run(again.count_threads()) == 0
+    for other in [first, *others, again]:
         backend.drop_database(other)
 
 
@@ -167,21 +186,48 @@ def test_a_database_left_as_found_is_moved_emptied_and_handed_out_again(
         ("ALTER TABLE threads COMMENT = 'changed'", "the table threads differs"),
         ("DROP TABLE messages", "doesn't exist"),
         (
-            "CREATE TRIGGER no_move BEFORE INSERT ON threads FOR EACH ROW SET NEW.status = 'x'",
-            "Trigger",
+            "CREATE TRIGGER no_copy BEFORE INSERT ON threads FOR EACH ROW SET NEW.status = 'x'",
+            "it holds a trigger",
         ),
+        ("CREATE TABLE scratch (n INT)", "a table, view or sequence the template does not"),
+        ("CREATE VIEW seen AS SELECT id FROM threads", "a table, view or sequence"),
+        ("CREATE PROCEDURE noop() BEGIN END", "it holds a routine"),
+        ("CREATE FUNCTION one() RETURNS INT DETERMINISTIC RETURN 1", "it holds a routine"),
+        (
+            "CREATE EVENT later ON SCHEDULE AT CURRENT_TIMESTAMP + INTERVAL 1 DAY DO SELECT 1",
+            "it holds an event",
+        ),
+        ("ALTER DATABASE COLLATE utf8mb4_bin", "the database's own options differ"),
     ],
-    ids=["column", "index", "table-option", "table-dropped", "trigger"],
+    ids=[
+        "column",
+        "index",
+        "table-option",
+        "table-dropped",
+        "trigger",
+        "table-added",
+        "view",
+        "procedure",
+        "function",
+        "event",
+        "database-option",
+    ],
 )
+@pytest.mark.parametrize("routine_tables", [True, False], ids=["mysql-tables", "i-s-views"])
 def test_a_database_changed_beyond_its_rows_is_dropped(
-    backend: MySqlBackend, change: str, why: str
+    backend: MySqlBackend, change: str, why: str, routine_tables: bool
 ) -> None:
+    if routine_tables:  # the fast way, where the user may read mysql.proc (root may)
+        assert backend._routine_tables, "MariaDB's own tables of routines are read"
+    else:  # the way on MySQL 8, or without the privilege
+        backend._routine_tables = False
     backend.prepare_template(SCHEMA, None)
     table_id, name = _used(backend, change)
     assert _where(table_id) is None, "dropped, not handed out again"
     assert why.lower() in (_recycler(backend).last_refusal or "").lower()
-    assert backend.leftovers() == [backend.template], "nothing of it left, new or used"
+    assert backend.leftovers() == [backend.template], "nothing of it left"
     assert name not in _registered(backend)
+    assert name not in _databases(f"tc_{backend.run_id}_")
     # the next one comes back as before
     table_id, _ = _used(backend)
     assert _where(table_id) is not None and _recycler(backend).last_refusal is None
@@ -189,30 +235,6 @@ def test_a_database_changed_beyond_its_rows_is_dropped(
     _run(database.name, INSERT_THREAD.format(id="t1"), INSERT_MESSAGE.format(thread="t1"))
     with pytest.raises(asyncmy.errors.IntegrityError):  # type: ignore[attr-defined]
         _run(database.name, INSERT_MESSAGE.format(thread="no_such_thread"))
-    for other in [*others, database]:
-        backend.drop_database(other)
-
-
-def test_what_a_test_added_beside_the_tables_does_not_follow_them(backend: MySqlBackend) -> None:
-    backend.prepare_template(SCHEMA, None)
-    table_id, _ = _used(
-        backend,
-        "CREATE TABLE scratch (n INT)",
-        "CREATE VIEW seen AS SELECT id FROM threads",
-        "CREATE PROCEDURE noop() BEGIN END",
-    )
-    database, others = _take_until(backend, table_id)
-    tables = _sql(
-        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
-        "ORDER BY TABLE_NAME",
-        (database.name,),
-    )
-    assert [row[0] for row in tables] == ["messages", "threads"]
-    routines = _sql(
-        "SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = %s",
-        (database.name,),
-    )
-    assert routines == []
     for other in [*others, database]:
         backend.drop_database(other)
 
@@ -255,19 +277,26 @@ def test_seed_rows_and_counters_are_as_the_template_has_them(backend: MySqlBacke
         backend.drop_database(other)
 
 
-def test_a_session_left_in_a_transaction_on_a_table_fails_the_move_not_the_run(
-    backend: MySqlBackend,
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["idle", "in-transaction"])
+def test_a_database_a_session_is_still_on_is_not_handed_out_again(
+    backend: MySqlBackend, in_transaction: bool
 ) -> None:
+    """An app's pool left open would see the next test's rows: its database is dropped instead
+    (a session inside a transaction holds its tables' metadata locks, and the drop waits for
+    them up to LOCK_WAIT seconds: then the backend drops it when it stops)."""
     backend.prepare_template(SCHEMA, None)
     database = backend.create_database("held", isolation="fresh")
     table_id = _table_id(database.name)
     assert table_id is not None
 
     async def hold_then_give_back() -> None:
-        held = await asyncmy.connect(db=database.name, **_server())  # e.g. an app's engine
+        held = await asyncmy.connect(  # e.g. an app's engine
+            db=database.name, autocommit=not in_transaction, **_server()
+        )
         try:
             async with held.cursor() as cursor:
-                await cursor.execute("START TRANSACTION")
+                if in_transaction:
+                    await cursor.execute("START TRANSACTION")
                 await cursor.execute("SELECT COUNT(*) FROM threads")
             await asyncio.to_thread(backend.drop_database, database)
             await asyncio.to_thread(backend.leftovers)
@@ -275,9 +304,11 @@ def test_a_session_left_in_a_transaction_on_a_table_fails_the_move_not_the_run(
             held.close()
 
     asyncio.run(hold_then_give_back())
-    assert "lock wait timeout" in (_recycler(backend).last_refusal or "").lower()
-    assert _where(table_id) is None or _where(table_id) == database.name, "not moved"
-    # the drop met the same lock: the backend drops it when it stops (the fixture checks)
+    assert _recycler(backend).last_refusal == "a session still on it"
+    assert database.name not in backend._spares.stock()  # type: ignore[union-attr]
+    if not in_transaction:
+        assert _where(table_id) is None, "dropped"
+    # else the drop met the lock: the backend drops it when it stops (the fixture checks)
 
 
 def test_the_counter_is_read_from_show_create_table() -> None:
@@ -289,96 +320,6 @@ def test_the_counter_is_read_from_show_create_table() -> None:
         "CREATE TABLE `t` (`n` int) ENGINE=InnoDB",
         1,
     )
-
-
-_KILLED_MID_MOVE = textwrap.dedent(
-    """
-    import sys, time
-    from pytest_threadcreator.backends.mysql import backend as mysql
-    from pytest_threadcreator.schema import default_schema
-
-    mysql.LOCK_WAIT = 60  # the test kills the run while the move waits
-    backend = mysql.MySqlBackend(sys.argv[1], run_id=sys.argv[2], worker_id="gw0")
-    backend.start()
-    backend.prepare_template(default_schema(), None)
-    database = backend.create_database("used", isolation="fresh")
-    print(database.name, flush=True)
-    sys.stdin.readline()  # the test holds a lock on its table now
-    backend.drop_database(database)  # the move waits for that lock, and the run is killed
-    time.sleep(600)
-    """
-)
-
-
-def test_a_run_killed_in_the_middle_of_a_move_leaves_nothing_after_the_sweep() -> None:
-    """The new database is registered in the same round trip, before the tables move, and the
-    used one loses its row only once it is dropped: whatever point a kill reaches, the next
-    run's sweep drops both."""
-    dead = new_run_id()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_MID_MOVE, MYSQL_SERVER_URL, dead],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-
-    async def scenario() -> None:
-        assert proc.stdin is not None and proc.stdout is not None
-        used = line_from(proc)
-        assert used.startswith(f"tc_{dead}_")
-        holder = await asyncmy.connect(db=used, **_server())
-        watcher = await asyncmy.connect(autocommit=True, **_server())
-        try:
-            async with holder.cursor() as cursor:  # a metadata lock on the used table
-                await cursor.execute("START TRANSACTION")
-                await cursor.execute("SELECT COUNT(*) FROM threads")
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-            moving = (
-                "SELECT INFO FROM information_schema.PROCESSLIST WHERE INFO LIKE 'RENAME%%' "
-                "AND INFO LIKE %s"
-            )
-            for _ in range(3000):  # the killed run's move waits up to 60 s for the lock
-                async with watcher.cursor() as cursor:
-                    await cursor.execute(moving, (f"%{used}%",))
-                    found = await cursor.fetchone()
-                if found:
-                    break
-                await asyncio.sleep(0.005)
-            else:
-                raise AssertionError("the move never reached its RENAME")
-            # the database the tables are moving into, named by the waiting RENAME
-            new = re.findall(r" TO `(tc_[^`]+)`\.", str(found[0]))[0]
-            assert new != used and new.startswith(f"tc_{dead}_gw0_")
-            async with watcher.cursor() as cursor:
-                await cursor.execute(
-                    f"SELECT o.name FROM `{REGISTRY}`.owned o JOIN information_schema.SCHEMATA s "
-                    "ON s.SCHEMA_NAME = o.name WHERE o.run_id = %s",
-                    (dead,),
-                )
-                there = {str(row[0]) for row in await cursor.fetchall()}
-            assert {used, new} <= there, "both exist, each registered, before the tables move"
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-        finally:
-            holder.close()  # the RENAME goes on (or stops) on the server now
-            watcher.close()
-
-    try:
-        asyncio.run(scenario())
-        deadline = time.monotonic() + 15
-        while _sql("SELECT IS_FREE_LOCK(%s)", (lock_name(dead, "gw0"),))[0][0] != 1:
-            assert time.monotonic() < deadline, "the killed run's lock stayed held"
-            time.sleep(0.01)
-        sweeper = MySqlBackend(MYSQL_SERVER_URL, run_id=new_run_id(), worker_id="gw9")
-        sweeper.start()
-        sweeper.stop()
-        assert _databases(f"tc_{dead}_") == set()
-        assert _sql(f"SELECT name FROM `{REGISTRY}`.owned WHERE run_id = %s", (dead,)) == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
@@ -412,7 +353,7 @@ def test_a_database_another_databases_table_refers_to_is_not_moved(
     backend.drop_database(database)
     backend.leftovers()
     assert "foreign key of another database" in (_recycler(backend).last_refusal or "")
-    assert _where(table_id or 0) == database.name, "not moved (and, referred to, not dropped)"
+    assert _where(table_id or 0) == database.name, "not emptied (and, referred to, not dropped)"
     targets = _sql(
         "SELECT UNIQUE_CONSTRAINT_SCHEMA FROM information_schema.REFERENTIAL_CONSTRAINTS "
         "WHERE CONSTRAINT_SCHEMA = %s",
@@ -452,7 +393,7 @@ def test_a_database_the_registry_does_not_have_as_the_runs_is_not_touched(
         backend.drop_database(database)
         backend.leftovers()
         assert _recycler(backend).last_refusal == "not registered as the run's own"
-        assert _where(table_id or 0) == database.name, "neither moved nor dropped"
+        assert _where(table_id or 0) == database.name, "neither emptied nor dropped"
     finally:
         _sql(f"DROP DATABASE IF EXISTS `{database.name}`")
 
@@ -487,7 +428,7 @@ def test_a_failure_while_emptying_leaves_the_dropper_as_it_was(
     assert "no_such_database" in (recycler.last_refusal or "")
     assert during == [[(1, 0)]], "the failure came inside the transaction, checks off"
     assert after == [[(0, 1)]], "rolled back, foreign key checks on again"
-    assert _where(table_id or 0) is None, "the new database was dropped"
+    assert _where(table_id or 0) is None, "the used database was dropped"
     assert backend.leftovers() == [backend.template]
 
 

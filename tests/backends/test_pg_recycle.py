@@ -304,7 +304,7 @@ def test_the_used_database_is_renamed_before_it_is_checked_and_emptied(
         recycler = recycle.Recycler(sql, connect_to, lambda: new, backend.template)
         conn = await asyncpg.connect(**pg_connect_kwargs("postgres"))
         try:
-            renamed = await recycler.rename(conn, old)
+            renamed = await recycler.reclaim(conn, old)
         finally:
             await conn.close()
         return renamed, await recycler.check(new)

@@ -74,6 +74,7 @@ from .janitor import (
     query,
     remove_dead_runs,
     results,
+    routine_tables_readable,
 )
 from .recycle import LOCK_WAIT, Recycler
 from .urls import connect_kwargs, engine_driver, mysql_url
@@ -122,6 +123,8 @@ class MySqlBackend(ServerBackend):
         self._versioned = False
         #: InnoDB's list of foreign keys, if this user may read it (see :func:`foreign_keys_view`)
         self._foreign_keys: str | None = None
+        #: whether ``mysql.proc`` and ``mysql.event`` are readable (MariaDB; see .recycle)
+        self._routine_tables = False
         self._counter = 0
         #: names dropped by this backend's sweep of dead runs at start
         self.swept: list[str] = []
@@ -192,6 +195,7 @@ class MySqlBackend(ServerBackend):
         await create_registry(conn)
         self.swept = await remove_dead_runs(conn, self.run_id, self.worker_id)
         self._foreign_keys = await foreign_keys_view(conn)
+        self._routine_tables = await routine_tables_readable(conn)
 
     @property
     def _lock(self) -> str:
@@ -280,8 +284,10 @@ class MySqlBackend(ServerBackend):
                 "again"
             )
         sql = REGISTER.format(name=quote(name))
-        if then:  # sent with parameters: a % of its own (a comment's, a default's) is doubled
-            sql += f"; USE {quote(name)}; {then.replace('%', '%%')}"
+        if then:  # sent with parameters: a % of its own (a comment's, a default's) is doubled;
+            # back on the registry's database after: a session on the new one keeps the tender
+            # from recycling it when its test is done
+            sql += f"; USE {quote(name)}; {then.replace('%', '%%')}; USE {quote(REGISTRY)}"
         await query(conn, sql, (name, self.run_id, self.worker_id))
 
     # -- databases -----------------------------------------------------------------------------
@@ -339,15 +345,13 @@ class MySqlBackend(ServerBackend):
 
             recycler = Recycler(
                 query=results,
-                drop=self._drop_owned,
-                next_name=functools.partial(self._next_name, "fresh"),
-                register=REGISTER,
                 owned=OWNED,
-                owner=(self.run_id, self.worker_id),
+                run_id=self.run_id,
                 template=self.template,
                 tables=self._tables,
                 seeded=self._seeded,
                 foreign_keys=self._foreign_keys,
+                routine_tables=self._routine_tables,
             )
             connect, plan = self._connect, self.plan
 

@@ -30,6 +30,7 @@ __all__ = [
     "query",
     "remove_dead_runs",
     "results",
+    "routine_tables_readable",
 ]
 
 #: The plugin's own database on the server: which databases it made, for which run and worker.
@@ -124,6 +125,19 @@ async def foreign_keys_view(conn: Any) -> str | None:
             continue
         return view
     return None
+
+
+async def routine_tables_readable(conn: Any) -> bool:
+    """Whether this user may read MariaDB's own tables of routines and events (``mysql.proc``,
+    ``mysql.event``): asking them is three times faster than ``information_schema``'s views of
+    them. MySQL 8 has no such tables (its views are fast there)."""
+    try:
+        await query(conn, "SELECT 1 FROM mysql.proc LIMIT 0; SELECT 1 FROM mysql.event LIMIT 0")
+    except Exception:  # not this server's, or not readable by this user
+        if is_closed(conn):
+            raise
+        return False
+    return True
 
 
 #: Seconds a sweeper waits for a dead run's statements still running on the server to end.

@@ -1,43 +1,44 @@
-"""``fresh`` MySQL/MariaDB databases that a test left as it found them, moved into a new database
-for the next test instead of being dropped.
+"""``fresh`` MySQL/MariaDB databases that a test left as it found them, emptied where they are and
+handed to a later test.
 
-MySQL cannot rename a database, but ``RENAME TABLE a.t TO b.t`` moves a table into another
-database without copying it (InnoDB renames its file and updates the foreign keys that name it).
-Making a database per test costs the server a ``CREATE DATABASE`` with one new InnoDB file per
-table (about 9 ms here) and later a ``DROP DATABASE`` (about 3.5 ms); moving a used database's
-tables costs about 3.5 ms. So when a test is done with its ``fresh`` database, the tender's
-dropper (:class:`Recycler`):
+MySQL cannot rename a database. Giving a used database's tables a new database costs a ``CREATE
+DATABASE``, a ``RENAME TABLE`` of every table and a ``DROP DATABASE``: on MariaDB each table's
+DDL costs the server about 1 ms (its DDL log, table definition and dictionary are written and
+synced), 4–6 ms per test in all, more than a short test takes. So a used database that its test
+changed nothing but the rows of keeps its name: it is emptied and handed to a later test. The
+tender hands spares out oldest first, and never the one the previous test gave back (see
+:class:`~..spares.SpareTender`), so a test's URL differs from the one before it.
 
-1. asks whether the used database is registered as the run's own (a database the registry does
-   not have as the run's is never touched) and whether a table of another database has a
-   foreign key into it (``RENAME TABLE`` would point that key at the moved table, changing a
-   table the plugin did not make): if either, it is dropped as before (if it is the run's);
-2. sends, in one round trip: ``CREATE DATABASE`` with the next spare's name and its registry
-   row (the mark, as for any database of the plugin, so a run killed from here on leaves
-   nothing that is not swept); ``RENAME TABLE`` of every table the template has, from the used
-   database into the new one (it fails, and the used database is dropped as before, if the
-   test dropped one of them or gave one a trigger: a trigger cannot change database); ``DROP
-   DATABASE`` of the used one with whatever else the test made in it (tables, views, routines,
-   events: none of it follows), and its registry row; ``SHOW CREATE TABLE`` of each moved
-   table;
-3. compares each with the template's (columns, indexes, foreign keys, engine, charset, options;
-   the ``AUTO_INCREMENT`` counter apart): a database whose tables differ is dropped, and
-   nothing is written into it first (a ``MERGE`` or ``FEDERATED`` table's rows are another
-   table's);
-4. else, in one round trip: in one transaction with foreign key checks off, every moved table
-   is emptied and the template's seed rows are copied back; a counter that moved is set back to
-   the template's (``ALTER TABLE … AUTO_INCREMENT``).
+When a test is done with its ``fresh`` database, the tender's dropper (:class:`Recycler`)
+waits for the sessions on it to leave and, in one round trip, asks whether:
 
-A database whose move failed anywhere is dropped with the used one. The tender's statements
-wait at most :data:`LOCK_WAIT` seconds for a table's metadata lock (a session the test left
-inside a transaction on a table): the move gives up, the drop after it too, and the backend
-drops the database when the run ends. What a test changed outside its database (grants on it,
-say) is not looked at; nor is it when a new database is made. A template holding a
-system-versioned table (MariaDB: its history would survive the emptying) gets no recycler.
+1. the registry has it as the run's own (a database it does not have as the run's is never
+   touched);
+2. a session is still on it (a connection an app left open would see the next test's rows):
+   asked again every 2 ms for up to :data:`RECYCLE_POLLS` times, then it is dropped;
+3. a table of another database has a foreign key into it (emptying it with foreign key checks
+   off would leave that table's rows pointing at nothing);
+4. it holds a table, view or sequence the template does not, or a routine, trigger or event;
+
+and reads ``SHOW CREATE DATABASE`` of it and of the template, and ``SHOW CREATE TABLE`` of each
+of the template's tables in it (an error if the test dropped one). Only if nothing of that
+tells it apart from the template (a table's ``AUTO_INCREMENT`` counter apart) does it write to
+it: in a second round trip, in one transaction with foreign key checks off, every table is
+emptied and the template's seed rows are copied back, and a counter that moved is set back to
+the template's (``ALTER TABLE … AUTO_INCREMENT``). Nothing is written into a table before it is
+known to be the template's (a ``MERGE`` or ``FEDERATED`` table's rows are another table's).
+Anything else, an error included, and the database is dropped, as any used one was before.
+
+The tender's statements wait at most :data:`LOCK_WAIT` seconds for a table's metadata lock; a
+drop that gives up is done again when the run ends. What a test changed outside its database
+(grants on it, a view elsewhere reading its tables) is not looked at; nor is it when a new
+database is made. A template holding a system-versioned table (MariaDB: its history would
+survive the emptying) gets no recycler.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -45,11 +46,14 @@ from typing import Any
 
 from ...store.mysql import quote
 
-__all__ = ["Recycler", "table_shape"]
+__all__ = ["RECYCLE_POLLS", "Recycler", "table_shape"]
 
 #: Seconds the dropper's statements wait for a table's metadata lock (a session the test left
-#: inside a transaction on it) before they give up: the move fails and the database is dropped.
+#: inside a transaction on it) before they give up.
 LOCK_WAIT = 2
+
+#: Looks (2 ms apart) for the sessions on a used database to be gone before it is emptied.
+RECYCLE_POLLS = 50
 
 _COUNTER = re.compile(r" AUTO_INCREMENT=(\d+)")
 
@@ -66,99 +70,101 @@ def table_shape(create: str) -> tuple[str, int]:
 
 
 class Recycler:
-    """Moves a used ``fresh`` database's tables into a new, registered database, empties them and
-    checks them against the template (see the module's docstring)."""
+    """Checks a used ``fresh`` database against the template and empties it where it is (see the
+    module's docstring)."""
 
     def __init__(
         self,
         *,
         query: Query,
-        drop: Callable[[Any, str], Awaitable[object]],
-        next_name: Callable[[], str],
-        register: str,
         owned: str,
-        owner: tuple[str, str],
+        run_id: str,
         template: str,
         tables: Mapping[str, str],
         seeded: Sequence[str],
         foreign_keys: str | None = None,
+        routine_tables: bool = False,
     ) -> None:
-        """``register``: the SQL making a database and its registry row (``{name}`` the quoted
-        name; parameters: name, run, worker); ``owned``: the registry's table (quoted);
-        ``owner``: (run, worker); ``tables``: the template's tables, each with its ``SHOW
-        CREATE TABLE``; ``seeded``: those holding seed rows; ``drop(conn, name)`` drops a
-        database if it carries the run's mark; ``foreign_keys``: InnoDB's list of
-        foreign keys in ``information_schema`` that this connection may read
+        """``owned``: the registry's table (quoted); ``tables``: the template's tables, each
+        with its ``SHOW CREATE TABLE``; ``seeded``: those holding seed rows; ``foreign_keys``:
+        InnoDB's list of foreign keys in ``information_schema`` that this connection may read
         (``INNODB_SYS_FOREIGN`` on MariaDB, ``INNODB_FOREIGN`` on MySQL 8), or None (the much
-        slower ``REFERENTIAL_CONSTRAINTS`` is asked instead)."""
+        slower ``REFERENTIAL_CONSTRAINTS`` is asked instead); ``routine_tables``: whether
+        MariaDB's ``mysql.proc`` and ``mysql.event`` may be read (else ``information_schema``'s
+        slower views of them are asked)."""
         self._query = query
-        self._drop = drop
-        self._next_name = next_name
-        self._register = register
         self._owned = owned
+        self._run_id = run_id
         self._foreign_keys = foreign_keys
-        self._owner = owner
+        self._routines, self._events = (
+            ("mysql.proc WHERE db", "mysql.event WHERE db")
+            if routine_tables
+            else (
+                "information_schema.ROUTINES WHERE ROUTINE_SCHEMA",
+                "information_schema.EVENTS WHERE EVENT_SCHEMA",
+            )
+        )
         self._template = template
         self._shapes = {table: table_shape(create) for table, create in tables.items()}
         self._seeded = list(seeded)
-        #: verdicts of moved databases not checked yet: None if fit, else why not
-        self._verdicts: dict[str, str | None] = {}
         #: why the last used database tried was refused, None if it came back (for the tests
         #: and a debugger)
         self.last_refusal: str | None = None
+        #: the server's id of the connection :meth:`trim` kept, by database
+        self._kept: dict[str, int] = {}
 
-    def _refusal(self, used: str) -> tuple[str, tuple[Any, ...]]:
-        """Why the used database is not to be moved (or NULL), and its parameters: a database
-        the registry does not have as the run's is never touched, and a foreign key of another
-        database's table into it would follow the move."""
+    def _inspect_sql(self, used: str) -> tuple[str, tuple[Any, ...]]:
+        """One round trip: why ``used`` is not to be emptied (or NULL) and whether a session is
+        on it; ``SHOW CREATE DATABASE`` of it and of the template; ``SHOW CREATE TABLE`` of each
+        of the template's tables in it."""
         if self._foreign_keys is not None:  # InnoDB's own list: names are ``database/table``
             pattern = used.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + "/%"
             incoming = (
                 f"SELECT 1 FROM information_schema.{self._foreign_keys} "
                 "WHERE REF_NAME LIKE %s AND FOR_NAME NOT LIKE %s"
             )
-            params: tuple[Any, ...] = (pattern, pattern)
+            fk_params: tuple[Any, ...] = (pattern, pattern)
         else:  # opens every table on the server: several milliseconds
             incoming = (
                 "SELECT 1 FROM information_schema.REFERENTIAL_CONSTRAINTS "
                 "WHERE UNIQUE_CONSTRAINT_SCHEMA = %s AND CONSTRAINT_SCHEMA <> %s"
             )
-            params = (used, used)
-        sql = (
+            fk_params = (used, used)
+        why = (
             "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM "
             f"{self._owned} WHERE name = %s AND run_id = %s) "
             "THEN 'not registered as the run''s own' "
             f"WHEN EXISTS ({incoming}) "
-            "THEN 'a foreign key of another database''s table refers to it' END"
+            "THEN 'a foreign key of another database''s table refers to it' "
+            "WHEN (SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s) <> "
+            f"{len(self._shapes)} "
+            "THEN 'it holds a table, view or sequence the template does not' "
+            f"WHEN EXISTS (SELECT 1 FROM {self._routines} = %s) THEN 'it holds a routine' "
+            f"WHEN EXISTS (SELECT 1 FROM {self._events} = %s) THEN 'it holds an event' END"
         )
-        return sql, (used, self._owner[0], *params)
-
-    def _move_sql(self, used: str, new: str) -> str:
-        """Parameters: the new name, the run, the worker, the used name."""
         # sent with parameters: a % in a name is doubled
-        tables = [table.replace("%", "%%") for table in self._shapes]
-        old, fresh = (quote(n).replace("%", "%%") for n in (used, new))
-        moves = ", ".join(f"{old}.{quote(t)} TO {fresh}.{quote(t)}" for t in tables)
-        return "; ".join(
+        name, template = (quote(n).replace("%", "%%") for n in (used, self._template))
+        sql = "; ".join(
             [
-                self._register.format(name=fresh),
-                f"RENAME TABLE {moves}",
-                f"DROP DATABASE {old}",
-                f"DELETE FROM {self._owned} WHERE name = %s",
-                *(f"SHOW CREATE TABLE {fresh}.{quote(t)}" for t in tables),
+                why,
+                f"SHOW TRIGGERS FROM {name}",
+                f"SHOW CREATE DATABASE {name}",
+                f"SHOW CREATE DATABASE {template}",
+                *(f"SHOW CREATE TABLE {name}.{quote(t.replace('%', '%%'))}" for t in self._shapes),
             ]
         )
+        return sql, (used, self._run_id, *fk_params, used, used, used)
 
-    def _empty_sql(self, new: str, counters: Sequence[str]) -> str:
+    def _empty_sql(self, name: str, counters: Sequence[str]) -> str:
         """Sent without parameters."""
-        fresh, template = quote(new), quote(self._template)
+        used, template = quote(name), quote(self._template)
         return "; ".join(
             [
                 "SET FOREIGN_KEY_CHECKS = 0",
                 "START TRANSACTION",
-                *(f"DELETE FROM {fresh}.{quote(t)}" for t in self._shapes),
+                *(f"DELETE FROM {used}.{quote(t)}" for t in self._shapes),
                 *(
-                    f"INSERT INTO {fresh}.{quote(t)} SELECT * FROM {template}.{quote(t)}"
+                    f"INSERT INTO {used}.{quote(t)} SELECT * FROM {template}.{quote(t)}"
                     for t in self._seeded
                 ),
                 "COMMIT",
@@ -167,45 +173,80 @@ class Recycler:
             ]
         )
 
-    def _verdict(self, new: str, shown: Sequence[Sequence[Any]]) -> tuple[str | None, list[str]]:
-        """Why the moved tables are not the template's (None if they are), and the statements
-        setting their counters back."""
+    def _verdict(self, name: str, shown: Sequence[Sequence[Any]]) -> tuple[str | None, list[str]]:
+        """Why the database's own options or its tables are not the template's (None if they
+        are), and the statements setting the tables' counters back; ``shown``: the ``SHOW``
+        results of :meth:`_inspect_sql`."""
+        (own,), (template,), *tables = shown
+        if str(own[1]).replace(quote(name), "", 1) != str(template[1]).replace(
+            quote(self._template), "", 1
+        ):
+            return "the database's own options differ from the template's", []
         counters: list[str] = []
-        for table, rows in zip(self._shapes, shown, strict=True):
+        for table, rows in zip(self._shapes, tables, strict=True):
             shape, counter = table_shape(str(rows[0][1]))
             want, want_counter = self._shapes[table]
             if shape != want:
                 return f"the table {table} differs from the template's", []
             if counter != want_counter:
                 counters.append(
-                    f"ALTER TABLE {quote(new)}.{quote(table)} AUTO_INCREMENT = {want_counter}"
+                    f"ALTER TABLE {quote(name)}.{quote(table)} AUTO_INCREMENT = {want_counter}"
                 )
         return None, counters
 
-    async def rename(self, conn: Any, name: str) -> str | None:
-        """Move the used database ``name``'s tables into a new database and, if they are the
-        template's, empty them: the new one's name (:meth:`check` tells whether it is a spare
-        again), or None (nothing of the new one left) when the move was refused or failed;
-        ``name`` is then to be dropped if it is still there."""
+    #: the store pool of a used database stays open, trimmed to one connection, and serves its
+    #: next test: no connection closed and opened again per test
+    keeps_handles = True
+
+    async def trim(self, name: str, pool: Any) -> bool:
+        """Close every connection of the used database ``name``'s store pool but one, rolled
+        back (what a ready spare holds): False, and nothing closed, if one is still in use."""
+        if pool.size != pool.freesize:
+            return False
+        async with pool.acquire() as kept:
+            await kept.rollback()
+            await pool.clear()
+            self._kept[name] = kept.thread_id()
+        return True
+
+    async def _busy(self, conn: Any, name: str, own: set[int]) -> bool:
+        """Whether a session other than ``own`` has ``name`` as its database."""
+        [sessions] = await self._query(conn, "SHOW PROCESSLIST", None)
+        return any(row[3] == name and row[0] not in own for row in sessions)
+
+    async def reclaim(self, conn: Any, name: str, handle: Any = None) -> str | None:
+        """Check the used database ``name`` and, if it is the template's but for its rows,
+        empty it: ``name`` (a spare again), or None when it was refused or a step failed (it is
+        then to be dropped, if it is the run's: nothing was written to it, or what was is
+        rolled back). The connection :meth:`trim` kept in ``handle`` does not count as a
+        session on it."""
         self.last_refusal = None
+        kept = self._kept.pop(name, None)
+        own = {conn.thread_id(), *([kept] if handle is not None and kept is not None else [])}
         if not self._shapes:
             self.last_refusal = "the template has no table"
             return None
-        new: str | None = None
         emptying = False
         try:
-            [[(refusal,)]] = await self._query(conn, *self._refusal(name))
+            for _ in range(RECYCLE_POLLS):
+                if not await self._busy(conn, name, own):
+                    break
+                await asyncio.sleep(0.002)  # a closed session leaves the server a moment later
+            else:
+                self.last_refusal = "a session still on it"
+                return None
+            [[(refusal,)], triggers, *shown] = await self._query(conn, *self._inspect_sql(name))
+            if refusal is None and triggers:
+                refusal = "it holds a trigger"
             if refusal is not None:
                 self.last_refusal = str(refusal)
                 return None
-            new = self._next_name()
-            shown = await self._query(conn, self._move_sql(name, new), (new, *self._owner, name))
-            # nothing is written into a moved table before it is known to be the template's (a
-            # MERGE or FEDERATED table's rows are another table's)
-            verdict, counters = self._verdict(new, shown)
-            if verdict is None:
-                emptying = True
-                await self._query(conn, self._empty_sql(new, counters), None)
+            verdict, counters = self._verdict(name, shown)
+            if verdict is not None:
+                self.last_refusal = verdict
+                return None
+            emptying = True
+            await self._query(conn, self._empty_sql(name, counters), None)
         except Exception as exc:
             self.last_refusal = f"{type(exc).__name__}: {exc}"
             if not conn.connected:  # the dropper stops; the backend drops what is left
@@ -215,19 +256,11 @@ class Recycler:
                     await self._query(conn, "ROLLBACK", None)
                 with contextlib.suppress(Exception):
                     await self._query(conn, "SET FOREIGN_KEY_CHECKS = 1", None)
-            if new is not None:
-                with contextlib.suppress(Exception):  # else it is dropped when the run ends
-                    await self._drop(conn, new)
             if not conn.connected:
                 raise
             return None
-        self._verdicts[new] = verdict
-        return new
+        return name
 
     async def check(self, name: str, handle: Any = None) -> bool:
-        """Whether the moved database ``name`` has the template's tables (emptied by
-        :meth:`rename` already); False means the tender drops it."""
-        verdict = self._verdicts.pop(name, "never moved")
-        if verdict is not None:
-            self.last_refusal = verdict
-        return verdict is None
+        """True: :meth:`reclaim` checked and emptied ``name`` already."""
+        return True

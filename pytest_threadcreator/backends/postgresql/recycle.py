@@ -218,8 +218,8 @@ def _literal(value: str) -> str:
 
 
 class Recycler:
-    """Makes a used database a spare again in two steps: :meth:`rename` it once no session is on
-    it (from then on no session the test left, an app's pool say, can find it again), then
+    """Makes a used database a spare again in two steps: :meth:`reclaim` renames it once no
+    session is on it (from then on no session the test left, an app's pool say, can find it again), then
     :meth:`check` and empty it with ``sql`` (:func:`recycle_sql`), on the connection the next test
     will use when there is one, so its catalog caches are loaded once, not twice."""
 
@@ -237,7 +237,14 @@ class Recycler:
         #: why the last database refused was refused (for the tests and a debugger)
         self.last_refusal: str | None = None
 
-    async def rename(self, conn: Any, name: str) -> str | None:
+    #: a used database's pool is closed before it is renamed (no session may be on it)
+    keeps_handles = False
+
+    async def trim(self, name: str, handle: Any) -> bool:
+        """Never called (:attr:`keeps_handles` is False)."""
+        return False
+
+    async def reclaim(self, conn: Any, name: str, handle: Any = None) -> str | None:
         """The used database's new name, or None (it keeps ``name``) when a session still uses
         it or :data:`SHARED_CHECK` finds it changed; ``conn`` is on the maintenance database."""
         try:
