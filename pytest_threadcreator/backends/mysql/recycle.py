@@ -110,8 +110,6 @@ class Recycler:
         #: why the last used database tried was refused, None if it came back (for the tests
         #: and a debugger)
         self.last_refusal: str | None = None
-        #: the server's id of the connection :meth:`trim` kept, by database
-        self._kept: dict[str, int] = {}
 
     def _inspect_sql(self, used: str) -> tuple[str, tuple[Any, ...]]:
         """One round trip: why ``used`` is not to be emptied (or NULL) and whether a session is
@@ -206,7 +204,6 @@ class Recycler:
         async with pool.acquire() as kept:
             await kept.rollback()
             await pool.clear()
-            self._kept[name] = kept.thread_id()
         return True
 
     async def _busy(self, conn: Any, name: str, own: set[int]) -> bool:
@@ -218,11 +215,13 @@ class Recycler:
         """Check the used database ``name`` and, if it is the template's but for its rows,
         empty it: ``name`` (a spare again), or None when it was refused or a step failed (it is
         then to be dropped, if it is the run's: nothing was written to it, or what was is
-        rolled back). The connection :meth:`trim` kept in ``handle`` does not count as a
-        session on it."""
+        rolled back). The connection :meth:`trim` kept in ``handle`` (its store pool) does not
+        count as a session on it."""
         self.last_refusal = None
-        kept = self._kept.pop(name, None)
-        own = {conn.thread_id(), *([kept] if handle is not None and kept is not None else [])}
+        own = {conn.thread_id()}
+        if handle is not None:  # its one connection, free (no statement opens a new one)
+            async with handle.acquire() as kept:
+                own.add(kept.thread_id())
         if not self._shapes:
             self.last_refusal = "the template has no table"
             return None
