@@ -5,8 +5,9 @@ outlives the test's event loop. ThreadCreator's create is one round trip: ``STAR
 both INSERTs and ``COMMIT`` sent as one multi-statement packet (the server stops at the first
 failing statement; the store then rolls back); creates that wait at the same time share a
 packet, each still its own transaction (:mod:`.queued`, :mod:`.mysql_batch`). With a fault decider it steps
-through the same transaction one statement at a time. A reset is one round trip too (``DELETE`` of every table,
-foreign key checks off for its span, the setup hook's rows copied back from the template).
+through the same transaction one statement at a time. A reset is one round trip too (one transaction:
+``DELETE`` of every table, foreign key checks off for its span, the setup hook's rows copied back
+from the template).
 """
 
 from __future__ import annotations
@@ -196,12 +197,16 @@ class MySqlStore(Store):
         # so that the seed's copy below does not meet its own rows
         names = {t.name for t in schema.metadata.sorted_tables}
         tables += [quote(t) for t in seeded if t not in names]
-        statements = ["SET FOREIGN_KEY_CHECKS = 0"] + [f"DELETE FROM {t}" for t in tables]
+        # one transaction: one commit (one log flush) instead of one per table, and a reset
+        # that fails midway is rolled back whole (its connection, left inside the transaction
+        # with the checks off, is closed by the pool, not reused)
+        statements = ["SET FOREIGN_KEY_CHECKS = 0", "START TRANSACTION"]
+        statements += [f"DELETE FROM {t}" for t in tables]
         for table in seeded:
             statements.append(
                 f"INSERT INTO {quote(table)} SELECT * FROM {quote(template or '')}.{quote(table)}"
             )
-        statements.append("SET FOREIGN_KEY_CHECKS = 1")
+        statements += ["COMMIT", "SET FOREIGN_KEY_CHECKS = 1"]
         self._reset_sql = tuple(statements)
         thread_pk = schema.owner_column or schema.thread_id_column
         self._owner_sql = (

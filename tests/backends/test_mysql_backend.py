@@ -513,6 +513,39 @@ async def test_clean_reset_empties_every_table_with_foreign_keys_on(backend: MyS
         backend.drop_database(database)
 
 
+@pytest.mark.asyncio
+async def test_a_reset_that_fails_midway_leaves_no_connection_with_foreign_key_checks_off(
+    backend: MySqlBackend,
+) -> None:
+    database = backend.create_database("failing_reset", isolation="clean")
+    try:
+        creator = ThreadCreator(database)
+        made = await creator.create_thread_with_message(UserExecutionContext(user_id="u"), "x")
+        store = database.store
+        sql = list(store._reset_sql)  # type: ignore[attr-defined]
+        # fails after the checks are off and the messages are gone, before the threads
+        at = next(n for n, s in enumerate(sql) if s.startswith("DELETE")) + 1
+        store._reset_sql = (*sql[:at], "DELETE FROM no_such_table", *sql[at:])  # type: ignore[attr-defined]
+        with pytest.raises(Exception, match="no_such_table"):
+            store.reset()
+        store._reset_sql = tuple(sql)  # type: ignore[attr-defined]
+        assert await database.count_messages() == 1, "all or nothing: the messages are back"
+        checks = text("SELECT @@FOREIGN_KEY_CHECKS AS fk").columns(column("fk", Integer))
+        for _ in range(store.max_size):  # whichever store connection serves next
+            assert await store.fetch_all(checks) == [{"fk": 1}]
+        with pytest.raises(Exception, match="foreign key constraint"):
+            async with database.engine.begin() as conn:
+                await conn.exec_driver_sql(
+                    "INSERT INTO messages (id, object, thread_id, role, content, created_at, "
+                    "file_ids, metadata_) VALUES ('m2', 'thread.message', 'nope', 'user', '[]', "
+                    "1, '[]', '{}')"
+                )
+        assert made.thread.id
+    finally:
+        database.dispose_engines()
+        backend.drop_database(database)
+
+
 def test_a_setup_hooks_rows_are_in_every_new_database_and_survive_a_reset() -> None:
     backend = MySqlBackend(MYSQL_SERVER_URL, run_id=new_run_id(), worker_id="gw4")
     backend.start()
