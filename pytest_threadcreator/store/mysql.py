@@ -4,10 +4,10 @@ The pool lives on one private background event loop (given by the backend), so a
 outlives the test's event loop. ThreadCreator's create is one round trip: ``START TRANSACTION``,
 both INSERTs and ``COMMIT`` sent as one multi-statement packet (the server stops at the first
 failing statement; the store then rolls back); creates that wait at the same time share a
-packet, each still its own transaction (:mod:`.queued`, :mod:`.mysql_batch`). With a fault decider it steps
-through the same transaction one statement at a time. A reset is one round trip too (one transaction:
-``DELETE`` of every table, foreign key checks off for its span, the setup hook's rows copied back
-from the template).
+packet, each still its own transaction (:mod:`.queued`, :mod:`.mysql_batch`). With a fault
+decider it steps through the same transaction one statement at a time. A reset is one round trip
+too (one transaction: ``DELETE`` of every table, foreign key checks off for its span, the setup
+hook's rows copied back from the template).
 """
 
 from __future__ import annotations
