@@ -202,6 +202,8 @@ class Samples:
     failures: dict[str, list[str]] = field(default_factory=dict)
     #: CPU seconds (user + system) of each successful run, same order as ``values``
     cpu: dict[str, list[float]] = field(default_factory=dict)
+    #: the repeat each successful run belongs to, same order as ``values``
+    reps: dict[str, list[int]] = field(default_factory=dict)
 
     def ok(self, *names: str) -> bool:
         """True when every named suite has at least one successful run."""
@@ -210,6 +212,19 @@ class Samples:
     def median(self, name: str) -> float:
         """Median of the successful runs of ``name``."""
         return median(self.values[name])
+
+    def paired_difference(self, name: str, base: str, *, cpu: bool = False) -> float:
+        """Median over the repeats of ``name``'s run less ``base``'s run of the same repeat
+        (wall seconds, or CPU seconds): the two ran minutes apart at most, so a machine that
+        speeds up or slows down during the whole run moves both alike. Falls back to the
+        difference of the medians when no repeat has both."""
+        runs = self.cpu if cpu else self.values
+        mine = dict(zip(self.reps.get(name, []), runs[name], strict=False))
+        theirs = dict(zip(self.reps.get(base, []), runs[base], strict=False))
+        common = sorted(mine.keys() & theirs.keys())
+        if not common:
+            return median(runs[name]) - median(runs[base])
+        return median([mine[rep] - theirs[rep] for rep in common])
 
     def reason(self, *names: str) -> str:
         """Why one of ``names`` has no successful run."""
@@ -255,7 +270,9 @@ def run_plan(
     :data:`EXTRA_CHEAP_REPEATS` more: they are the ones whose figures sit closest to the noise.
     A failed run is retried next repeat (the package may be mid-edit), at most twice.
     """
-    samples = Samples({name: [] for name in plan}, {}, {name: [] for name in plan})
+    samples = Samples(
+        {name: [] for name in plan}, {}, {name: [] for name in plan}, {name: [] for name in plan}
+    )
     extra = EXTRA_CHEAP_REPEATS if ctx.full and cheap_s > 0 else 0
     for rep in range(ctx.repeats + extra):
         for name in ctx.repeat_order(list(plan), rep):
@@ -267,6 +284,7 @@ def run_plan(
             if run.ok(expected):
                 samples.values[name].append(run.wall_s)
                 samples.cpu[name].append(run.cpu_s)
+                samples.reps[name].append(rep)
                 log(f"{label} {name}: {run.wall_s:.2f} s (cpu {run.cpu_s:.2f} s)")
             else:
                 reason = short_reason(run.reason())

@@ -1,4 +1,5 @@
-"""Per-test overhead per backend and isolation mode: (200 one-create tests − empty suite) / 200.
+"""Per-test overhead per backend and isolation mode: (200 one-create tests − empty suite) / 200,
+the median over the repeats of each repeat's difference (the two run side by side in it).
 
 Baselines: on SQLite a hand-rolled fixture (a file per test, ``metadata.create_all``, one ORM
 insert); on PostgreSQL the pytest-postgresql peer (:mod:`figures.pytest_postgresql_peer`); on
@@ -8,7 +9,7 @@ figure run interleaved in one plan.
 
 from __future__ import annotations
 
-from benchlib import Goal, Row, RowSpec, median
+from benchlib import Goal, Row, RowSpec
 from harness import BACKEND_NAMES, Context, Plan, Samples, run_plan
 from suites import create_all_suite, empty_suite, ours_create_suite
 
@@ -71,7 +72,8 @@ def _spec(backend: str, isolation: str) -> RowSpec:
 
 
 class _PerTest:
-    """Per-test milliseconds of a suite over its empty suite, in wall and CPU time."""
+    """Per-test milliseconds of a suite over its empty suite, in wall and CPU time: the median
+    over the repeats of the suite's run less the empty suite's run of the same repeat."""
 
     def __init__(self, samples: Samples, tests: int) -> None:
         self.samples = samples
@@ -80,13 +82,12 @@ class _PerTest:
     def wall(self, name: str, empty: str) -> float | None:
         if not self.samples.ok(name, empty):
             return None
-        return (self.samples.median(name) - self.samples.median(empty)) / self.tests * 1000
+        return self.samples.paired_difference(name, empty) / self.tests * 1000
 
     def cpu(self, name: str, empty: str) -> float | None:
-        s = self.samples
-        if not s.ok(name, empty):
+        if not self.samples.ok(name, empty):
             return None
-        return (median(s.cpu[name]) - median(s.cpu[empty])) / self.tests * 1000
+        return self.samples.paired_difference(name, empty, cpu=True) / self.tests * 1000
 
 
 def _row(

@@ -267,3 +267,38 @@ def test_throughput_figure_on_mysql_against_raw_asyncmy(tmp_path: Path) -> None:
         assert row["extra"]["ratio_per_repeat"] == [row["ratio"]]
         assert row["extra"]["pool_size"] >= 1
         assert row["extra"]["server"]
+
+
+_PAIRED = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from harness import Samples
+
+def samples(suite, empty, reps_empty=(0, 1, 2)):
+    return Samples(
+        {"suite": list(suite), "empty": list(empty)},
+        {},
+        {"suite": [x / 2 for x in suite], "empty": [x / 2 for x in empty]},
+        {"suite": [0, 1, 2], "empty": list(reps_empty)},
+    )
+
+# the machine slowed down during the run: each repeat's suite is 1-2 s over its empty suite,
+# while the difference of the medians (3.1 - 3.0) says 0.1
+s = samples([3.0, 3.1, 9.0], [1.0, 3.0, 8.0])
+print(s.paired_difference("suite", "empty"), s.paired_difference("suite", "empty", cpu=True))
+# a repeat the empty suite has no run of is left out, not compared with another repeat's
+s = samples([3.0, 3.1, 9.0], [1.0, 8.0], reps_empty=(0, 2))
+print(s.paired_difference("suite", "empty"))
+"""
+
+
+def test_per_test_figures_pair_each_suite_with_the_empty_suite_of_its_repeat() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _PAIRED, str(ROOT / "benchmarks")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1.0", "0.5", "1.5"]
