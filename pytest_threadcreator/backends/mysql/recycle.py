@@ -9,13 +9,15 @@ changed nothing but the rows of keeps its name: it is emptied and handed to a la
 tender hands spares out oldest first, and never the one the previous test gave back (see
 :class:`~..spares.SpareTender`), so a test's URL differs from the one before it.
 
-When a test is done with its ``fresh`` database, the tender's dropper (:class:`Recycler`)
-waits for the sessions on it to leave and, in one round trip, asks whether:
+When a test is done with its ``fresh`` database, its store pool is trimmed to one connection
+(:meth:`Recycler.trim`; it serves the database's next test) and the tender's dropper
+(:class:`Recycler`) asks, in one round trip, whether:
 
 1. the registry has it as the run's own (a database it does not have as the run's is never
    touched);
-2. a session is still on it (a connection an app left open would see the next test's rows):
-   asked again every 2 ms for up to :data:`RECYCLE_POLLS` times, then it is dropped;
+2. a session other than that connection is still on it (one an app left open would see the
+   next test's rows): the round trip is made again every 2 ms for up to :data:`RECYCLE_POLLS`
+   times (a closed session leaves the server a moment later), then it is dropped;
 3. a table of another database has a foreign key into it (emptying it with foreign key checks
    off would leave that table's rows pointing at nothing);
 4. it holds a table, view or sequence the template does not, or a routine, trigger or event;
@@ -112,9 +114,9 @@ class Recycler:
         self.last_refusal: str | None = None
 
     def _inspect_sql(self, used: str) -> tuple[str, tuple[Any, ...]]:
-        """One round trip: why ``used`` is not to be emptied (or NULL) and whether a session is
-        on it; ``SHOW CREATE DATABASE`` of it and of the template; ``SHOW CREATE TABLE`` of each
-        of the template's tables in it."""
+        """One round trip: the server's sessions; why ``used`` is not to be emptied (or NULL);
+        its triggers; ``SHOW CREATE DATABASE`` of it and of the template; ``SHOW CREATE TABLE``
+        of each of the template's tables in it."""
         if self._foreign_keys is not None:  # InnoDB's own list: names are ``database/table``
             pattern = used.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + "/%"
             incoming = (
@@ -144,6 +146,7 @@ class Recycler:
         name, template = (quote(n).replace("%", "%%") for n in (used, self._template))
         sql = "; ".join(
             [
+                "SHOW PROCESSLIST",
                 why,
                 f"SHOW TRIGGERS FROM {name}",
                 f"SHOW CREATE DATABASE {name}",
@@ -197,19 +200,14 @@ class Recycler:
     keeps_handles = True
 
     async def trim(self, name: str, pool: Any) -> bool:
-        """Close every connection of the used database ``name``'s store pool but one, rolled
-        back (what a ready spare holds): False, and nothing closed, if one is still in use."""
+        """Close every connection of the used database ``name``'s store pool but one (what a
+        ready spare holds): False, and nothing closed, if one is still in use. (A connection
+        is free only outside a transaction: the pool closes one given back inside one.)"""
         if pool.size != pool.freesize:
             return False
-        async with pool.acquire() as kept:
-            await kept.rollback()
+        async with pool.acquire():
             await pool.clear()
         return True
-
-    async def _busy(self, conn: Any, name: str, own: set[int]) -> bool:
-        """Whether a session other than ``own`` has ``name`` as its database."""
-        [sessions] = await self._query(conn, "SHOW PROCESSLIST", None)
-        return any(row[3] == name and row[0] not in own for row in sessions)
 
     async def reclaim(self, conn: Any, name: str, handle: Any = None) -> str | None:
         """Check the used database ``name`` and, if it is the template's but for its rows,
@@ -228,13 +226,15 @@ class Recycler:
         emptying = False
         try:
             for _ in range(RECYCLE_POLLS):
-                if not await self._busy(conn, name, own):
+                sessions, [(refusal,)], triggers, *shown = await self._query(
+                    conn, *self._inspect_sql(name)
+                )
+                if not any(row[3] == name and row[0] not in own for row in sessions):
                     break
                 await asyncio.sleep(0.002)  # a closed session leaves the server a moment later
             else:
                 self.last_refusal = "a session still on it"
                 return None
-            [[(refusal,)], triggers, *shown] = await self._query(conn, *self._inspect_sql(name))
             if refusal is None and triggers:
                 refusal = "it holds a trigger"
             if refusal is not None:
