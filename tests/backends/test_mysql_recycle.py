@@ -16,7 +16,7 @@ import pytest
 
 from pytest_threadcreator.backends.mysql.backend import MySqlBackend
 from pytest_threadcreator.backends.mysql.janitor import REGISTRY
-from pytest_threadcreator.backends.mysql.recycle import Recycler, table_shape
+from pytest_threadcreator.backends.mysql.recycle import LOCK_WAIT, Recycler, table_shape
 from pytest_threadcreator.backends.postgresql.janitor import new_run_id
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.schema import default_schema
@@ -309,6 +309,25 @@ def test_a_database_a_session_is_still_on_is_not_handed_out_again(
     if not in_transaction:
         assert _where(table_id) is None, "dropped"
     # else the drop met the lock: the backend drops it when it stops (the fixture checks)
+
+
+def test_the_tenders_statements_wait_for_a_lock_at_most_lock_wait_seconds(
+    backend: MySqlBackend,
+) -> None:
+    """A row lock as well as a table's metadata lock: a transaction left holding a row of a used
+    database (from a session on another database, which the tender does not see as on it)
+    must not stall the tender for InnoDB's default 50 s."""
+
+    async def settings() -> list[Any]:
+        conn = await backend._connect_tender()
+        try:
+            async with conn.cursor() as cursor:
+                await cursor.execute("SELECT @@lock_wait_timeout, @@innodb_lock_wait_timeout")
+                return list(await cursor.fetchone())
+        finally:
+            conn.close()
+
+    assert backend._background.run(settings()) == [LOCK_WAIT, LOCK_WAIT]
 
 
 def test_the_counter_is_read_from_show_create_table() -> None:

@@ -376,10 +376,16 @@ class MySqlBackend(ServerBackend):
 
     async def _connect_tender(self) -> Any:
         """A connection of the tender's: its statements wait at most :data:`LOCK_WAIT` seconds
-        for a metadata lock (a drop or a move that gives up is done again when the run ends)."""
+        for a table's metadata lock or a row's lock (a session the test left inside a
+        transaction): an emptying that gives up drops the database instead, and a drop that
+        gives up is done again when the run ends."""
         conn = await self._connect_admin()
         try:
-            await query(conn, f"SET SESSION lock_wait_timeout = {LOCK_WAIT}")
+            await query(
+                conn,
+                f"SET SESSION lock_wait_timeout = {LOCK_WAIT}, "
+                f"innodb_lock_wait_timeout = {LOCK_WAIT}",
+            )
         except BaseException:
             conn.close()
             raise
