@@ -219,9 +219,10 @@ def _literal(value: str) -> str:
 
 class Recycler:
     """Makes a used database a spare again in two steps: :meth:`reclaim` renames it once no
-    session is on it (from then on no session the test left, an app's pool say, can find it again), then
-    :meth:`check` and empty it with ``sql`` (:func:`recycle_sql`), on the connection the next test
-    will use when there is one, so its catalog caches are loaded once, not twice."""
+    session is on it (from then on no session the test left, an app's pool say, can find it
+    again), then :meth:`check` empties it with ``sql`` (:func:`recycle_sql`), on the connection
+    the next test will use when there is one, so its catalog caches are loaded once, not
+    twice."""
 
     def __init__(
         self,
