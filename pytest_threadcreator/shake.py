@@ -31,9 +31,11 @@ __all__ = [
 ]
 
 #: Pause before each statement of the test's own engines inside a run_concurrently call. Long:
-#: it must dominate what a fresh process adds (new connections, first-time compilation), so
-#: that a seed's schedule replays in another run.
-STATEMENT_DELAYS = (0.0, 0.0, 0.0, 0.010, 0.030, 0.060)
+#: it must dominate what a fresh process adds (new connections, first-time compilation) and a
+#: stall beside another busy xdist worker, so that a seed's schedule replays in another run
+#: (with 10, 30 and 60 ms, an app's race found under -n 2 once replayed in 1 of 5 new
+#: processes: 10 ms apart was within such a stall).
+STATEMENT_DELAYS = (0.0, 0.0, 0.0, 0.025, 0.075, 0.150)
 #: Pause before a call of run_concurrently starts, in seconds (one is drawn per call). As long
 #: as the statements' pauses, for the same reason: with a 2 ms offset, whether the later call
 #: checked before the first one committed hinged on how warm the process was, and a seed found
