@@ -23,12 +23,18 @@ Raw baselines, written the way a careful hand-written loop would be:
 * asyncmy: a pool as large as the plugin's store pool on that server (``maxsize`` from the
   backend's pool plan, 10 by default; autocommit, utf8mb4, like the store's); ``START
   TRANSACTION; INSERT thread; INSERT message; COMMIT`` sent as one multi-statement packet, one
-  round trip per create, sequential and as concurrent tasks (the plugin's MySQL store sends the
-  same packet, and joins those of up to 8 creates that wait at the same time into one).
+  round trip per create, sequential and as concurrent tasks: the transaction per create a
+  hand-written loop sends. (The plugin's MySQL store sends the same packet for a create waiting
+  alone, and joins up to 8 creates that wait at the same time into one transaction.)
 
-And the SQLite ceiling (``ceiling-sqlite3``): the same transaction in plain ``sqlite3``, one
-thread, no event loop, the same pragmas and rows. Nothing that talks to SQLite from asyncio can
-beat it; the SQLite lines report ThreadCreator as a fraction of it.
+And the ceilings, which the lines report ThreadCreator as a fraction of:
+
+* SQLite (``ceiling-sqlite3``): the same transaction in plain ``sqlite3``, one thread, no event
+  loop, the same pragmas and rows. Nothing that talks to SQLite from asyncio can beat it.
+* MySQL (``ceiling-asyncmy``): the plugin's own design written bare in raw asyncmy on the same
+  pool: as many lanes as connections, each taking an even share of a gathered batch (at most
+  8) and sending it as one transaction, one multi-row ``INSERT`` per table, in one packet; no
+  per-create futures, no second event loop. What the plugin's design can reach on this server.
 
 The raw rows carry the same columns and JSON as ThreadCreator's default schema (checked: one row
 of each side is read back and compared, ids and times masked), and the same time-ordered ids.
@@ -82,6 +88,13 @@ VARIANTS: tuple[tuple[str, Side, Mode], ...] = (
 )
 #: SQLite only: plain sqlite3 in one thread, no event loop (see the module docstring).
 SQLITE_CEILING: tuple[str, Side, Mode] = ("ceiling-sqlite3", "ceiling", "sequential")
+#: MySQL only: the plugin's packets of creates in one transaction, bare (see the docstring).
+MYSQL_CEILING: tuple[str, Side, Mode] = ("ceiling-asyncmy", "ceiling", "concurrent")
+#: What each ceiling is, for the printed lines.
+CEILING_LABELS = {
+    SQLITE_CEILING[0]: "plain sqlite3, one thread, no loop",
+    MYSQL_CEILING[0]: "raw asyncmy, the plugin's grouped packets bare",
+}
 
 Call = Callable[[UserExecutionContext], Awaitable[object]]
 Log = Callable[[str], None]
@@ -133,10 +146,17 @@ class ThroughputResult:
         mid = len(values) // 2
         return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
+    def ceiling_name(self) -> str | None:
+        """The ceiling variant this backend measured (None: none)."""
+        for name in CEILING_LABELS:
+            if self.rates.get(name):
+                return name
+        return None
+
     def ceiling(self) -> float | None:
-        """Median creates/s of the plain-sqlite3 ceiling (SQLite only), else None."""
-        name = SQLITE_CEILING[0]
-        return self.median(name) if self.rates.get(name) else None
+        """Median creates/s of the backend's ceiling (SQLite, MySQL), else None."""
+        name = self.ceiling_name()
+        return None if name is None else self.median(name)
 
     def best_raw(self) -> tuple[str, float]:
         """The better raw variant and its median creates/s."""
@@ -214,7 +234,7 @@ def raw_rows(context: UserExecutionContext) -> tuple[tuple[Any, ...], tuple[Any,
 
 
 def _insert_sql(
-    table: str, columns: Sequence[str], style: Literal["qmark", "dollar", "format"]
+    table: str, columns: Sequence[str], style: Literal["qmark", "dollar", "format"], rows: int = 1
 ) -> str:
     if style == "qmark":
         marks = ", ".join("?" for _ in columns)
@@ -223,7 +243,8 @@ def _insert_sql(
     else:  # MySQL: %s, and every column name in backquotes (``role`` is a keyword there)
         marks = ", ".join("%s" for _ in columns)
         columns = [f"`{c}`" for c in columns]
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+    values = ", ".join([f"({marks})"] * rows)  # rows > 1: MySQL's ceiling only (no numbering)
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}"
 
 
 def _shape(thread: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
@@ -515,34 +536,41 @@ def _measure_server(
     readback: Callable[[dict[str, Any]], Awaitable[tuple[int, int, dict[str, Any]]]],
     repeats: int,
     log: Log | None,
+    ceiling: Callable[[dict[str, Any], Sequence[UserExecutionContext], int], Awaitable[float]]
+    | None = None,
 ) -> None:
     """Every variant ``repeats`` times on a started server backend (stopped at the end), each in
     a new database of its own, order reversed every other repeat; rates into ``result``.
 
     ``connect(database)``: the raw driver's connect kwargs; ``raw(connect, contexts, mode,
     batch)``: the raw loop's seconds; ``readback(connect)``: thread and message counts and the
-    shape of one pair, checked against every other variant's.
+    shape of one pair, checked against every other variant's; ``ceiling(connect, contexts,
+    batch)``: the seconds of the backend's ceiling (:data:`MYSQL_CEILING`), if it has one.
     """
     contexts = _contexts(result.creates + result.batch)
     shapes: dict[str, dict[str, Any]] = {}
+    variants = VARIANTS if ceiling is None else (*VARIANTS, MYSQL_CEILING)
     try:
         backend.prepare_template(default_schema(), None)
         for rep in range(repeats):
-            order = VARIANTS if rep % 2 == 0 else tuple(reversed(VARIANTS))
+            order = variants if rep % 2 == 0 else tuple(reversed(variants))
             for name, side, mode in order:
                 database = backend.create_database(name.replace("-", "_"), isolation="clean")
                 kwargs = connect(database.name)
                 try:
                     if side == "ours":
                         elapsed = _run_ours(database, contexts, mode, result.batch)
-                    else:
+                    elif side == "raw" or ceiling is None:
                         database.close()
                         elapsed = asyncio.run(raw(kwargs, contexts, mode, result.batch))
+                    else:
+                        database.close()
+                        elapsed = asyncio.run(ceiling(kwargs, contexts, result.batch))
                     threads, messages, shape = asyncio.run(readback(kwargs))
                 finally:
                     backend.drop_database(database)
                 _check_counts(result.backend, name, threads, messages, len(contexts))
-                shapes.setdefault(side, shape)
+                shapes.setdefault("raw" if side == "ceiling" else side, shape)
                 rate = result.creates / elapsed
                 result.rates[name].append(rate)
                 if log is not None:
@@ -626,6 +654,58 @@ async def _mysql_raw_run(
         await pool.wait_closed()
 
 
+async def _mysql_ceiling_run(
+    connect: dict[str, Any], pool_size: int, contexts: Sequence[UserExecutionContext], batch: int
+) -> float:
+    """Seconds for :data:`MYSQL_CEILING`: each gathered batch taken by ``pool_size`` lanes, an
+    even share (at most 8) per packet, one transaction and one multi-row INSERT per table."""
+    from pytest_threadcreator.store.mysql import MULTI_STATEMENTS
+    from pytest_threadcreator.store.mysql_batch import MAX_BATCH
+
+    pool = await _asyncmy().create_pool(
+        minsize=1,
+        maxsize=pool_size,
+        autocommit=True,
+        charset="utf8mb4",
+        client_flag=MULTI_STATEMENTS,
+        **connect,
+    )
+    sql: dict[int, str] = {}
+
+    def packet(n: int) -> str:
+        if n not in sql:
+            threads = _insert_sql("threads", THREAD_COLUMNS, "format", rows=n)
+            messages = _insert_sql("messages", MESSAGE_COLUMNS, "format", rows=n)
+            sql[n] = f"START TRANSACTION; {threads}; {messages}; COMMIT"
+        return sql[n]
+
+    async def lane(queue: list[tuple[tuple[Any, ...], tuple[Any, ...]]], lanes: int) -> None:
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            while queue:
+                take = min(MAX_BATCH, -(-len(queue) // lanes), len(queue))
+                rows, queue[:take] = queue[:take], []
+                params = tuple(v for thread, _ in rows for v in thread)
+                params += tuple(v for _, message in rows for v in message)
+                await cur.execute(packet(len(rows)), params)
+                while await cur.nextset():
+                    pass
+
+    async def run(part: Sequence[UserExecutionContext]) -> None:
+        for i in range(0, len(part), batch):
+            queue = [raw_rows(c) for c in part[i : i + batch]]
+            lanes = min(pool_size, len(queue))
+            await asyncio.gather(*(lane(queue, lanes) for _ in range(lanes)))
+
+    try:
+        await run(contexts[:batch])  # warm-up, untimed (as _drive)
+        started = time.perf_counter()
+        await run(contexts[batch:])
+        return time.perf_counter() - started
+    finally:
+        pool.close()
+        await pool.wait_closed()
+
+
 def _mysql_connect_kwargs(url: str, database: str) -> dict[str, Any]:
     from sqlalchemy.engine import make_url
 
@@ -669,6 +749,12 @@ def measure_mysql(
     ) -> float:
         return await _mysql_raw_run(connect, pool_size, contexts, mode, batch)
 
+    async def ceiling(
+        connect: dict[str, Any], contexts: Sequence[UserExecutionContext], batch: int
+    ) -> float:
+        return await _mysql_ceiling_run(connect, pool_size, contexts, batch)
+
+    result.rates[MYSQL_CEILING[0]] = []
     _measure_server(
         result,
         backend,
@@ -677,6 +763,7 @@ def measure_mysql(
         readback=_mysql_readback,
         repeats=repeats,
         log=log,
+        ceiling=ceiling,
     )
     result.extra["pool_size"] = pool_size
     result.extra["server"] = backend.version
@@ -689,15 +776,16 @@ def _print(result: ThroughputResult) -> None:
         return
     raw_name, raw_rate = result.best_raw()
     print(f"{result.backend}: {result.creates} creates per measurement, batch {result.batch}")
-    ceiling = result.ceiling()
+    ceiling = result.ceiling_name()
     for name, _, _ in VARIANTS:
         rate = result.median(name)
         line = f"  {name:16} {rate:10,.0f}/s  ({rate / raw_rate:.2f}× best raw, {raw_name}"
         if ceiling is not None:
-            line += f"; {_paired_ratio(result, name, SQLITE_CEILING[0]):.2f}× the ceiling"
+            line += f"; {_paired_ratio(result, name, ceiling):.2f}× the ceiling"
         print(line + ")")
     if ceiling is not None:
-        print(f"  {SQLITE_CEILING[0]:16} {ceiling:10,.0f}/s  (plain sqlite3, one thread, no loop)")
+        rate = result.median(ceiling)
+        print(f"  {ceiling:16} {rate:10,.0f}/s  ({CEILING_LABELS[ceiling]})")
 
 
 def _paired_ratio(result: ThroughputResult, name: str, base: str) -> float:

@@ -9,32 +9,60 @@ trips and flatter the plugin. Same rows, same ids (checked by reading one pair b
 side). Gathered creates are held to the raw concurrent loop; sequential awaits are information
 only.
 
-With both sides at one round trip per create, what is left between them is the plugin's own
-path, mostly the crossing to its background event loop and back for every create (see
-"What bounds MySQL throughput" in ``benchmarks/README.md``).
+Under gather the plugin's store sends up to 8 waiting creates in one packet and one
+transaction (one multi-row INSERT per table, one COMMIT): a hand-written loop sends a
+transaction per create. The ceiling row sets the gathered creates against that same design
+written bare in raw asyncmy (``ceiling-asyncmy``: lanes, packets, no per-create futures, no
+second event loop); it has no goal: it says how much of its design's speed the plugin keeps.
 """
 
 from __future__ import annotations
 
-from benchlib import Goal, Row
+from typing import Any
+
+from benchlib import Goal, Row, RowSpec, median
 from harness import Context, log
 
-from figures.throughput_common import BATCH, creates, server_rows
+from figures.throughput_common import BATCH, creates, paired, server_rows
 
 __all__ = ["MYSQL_THROUGHPUT_GOAL", "measure"]
 
 MYSQL_THROUGHPUT_GOAL = Goal("min_ratio", 1.0, "≥ 1.0×")
 
+CEILING = RowSpec(
+    "throughput.mysql.ceiling",
+    "throughput",
+    f"Throughput MySQL, gather ×{BATCH}, against its design bare",
+    "creates/s",
+    None,
+)
+
 
 def measure(ctx: Context) -> list[Row]:
-    """The sequential and gathered rows of MySQL/MariaDB throughput."""
+    """The sequential, gathered and ceiling rows of MySQL/MariaDB throughput."""
     import throughput
 
-    return server_rows(
-        ctx,
-        "mysql",
-        MYSQL_THROUGHPUT_GOAL,
-        "asyncmy",
-        ctx.mysql_reason,
-        lambda: throughput.measure_mysql(ctx.mysql_url, creates(ctx), ctx.repeats, BATCH, log),
-    )
+    measured: list[Any] = []
+
+    def measure() -> throughput.ThroughputResult:
+        result = throughput.measure_mysql(ctx.mysql_url, creates(ctx), ctx.repeats, BATCH, log)
+        measured.append(result)
+        return result
+
+    rows = server_rows(ctx, "mysql", MYSQL_THROUGHPUT_GOAL, "asyncmy", ctx.mysql_reason, measure)
+    name = throughput.MYSQL_CEILING[0]
+    if measured and measured[0].rates.get(name):
+        ours, ceiling = measured[0].rates["ours-concurrent"], measured[0].rates[name]
+        ratios = paired(ours, ceiling)
+        rows.append(
+            CEILING.measured(
+                median(ours),
+                baseline=median(ceiling),
+                baseline_label="raw asyncmy, the same packets",
+                ratio=median(ratios),
+                samples={"ours-concurrent": list(ours), "ceiling": list(ceiling)},
+                extra={"ratio_per_repeat": ratios},
+                warning=ctx.smoke_warning,
+            )
+        )
+    return rows

@@ -91,32 +91,48 @@ class InsertPlan:
             append(value if proc is None else proc(value))
         return tuple(out)
 
-    def render(self, first: int = 1, replace: Mapping[str, str] | None = None) -> tuple[str, int]:
+    def render(
+        self, first: int = 1, replace: Mapping[str, str] | None = None, rows: int = 1
+    ) -> tuple[str, int]:
         """The INSERT with parameters numbered from ``first``, and the next free number.
 
-        ``replace`` maps a column to SQL text used instead of its parameter (e.g. a subquery).
+        ``replace`` maps a column to SQL text used instead of its parameter (e.g. a subquery);
+        ``rows`` > 1: one INSERT of that many rows, their parameters one row after the other.
         """
         replace = replace or {}
         preparer = self.dialect.identifier_preparer
         marker = _placeholder(self.dialect)
-        names, values = [], []
+        names = [preparer.quote(name) for name in self.columns]
+        tuples = []
         n = first
-        for name, inline in zip(self.columns, self.inline, strict=True):
-            names.append(preparer.quote(name))
-            if name in replace:
-                values.append(replace[name])
-            elif inline is not None:
-                values.append(inline)
-            else:
-                values.append(marker(n))
-                n += 1
+        for _ in range(rows):
+            values = []
+            for name, inline in zip(self.columns, self.inline, strict=True):
+                if name in replace:
+                    values.append(replace[name])
+                elif inline is not None:
+                    values.append(inline)
+                else:
+                    values.append(marker(n))
+                    n += 1
+            tuples.append(f"({', '.join(values)})")
         table = preparer.format_table(self.table)
-        return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(values)})", n
+        return f"INSERT INTO {table} ({', '.join(names)}) VALUES {', '.join(tuples)}", n
+
+    def rows_sql(self, rows: int) -> str:
+        """The INSERT of ``rows`` rows (parameters numbered from 1), compiled once."""
+        key = (self.sql, rows)
+        sql = _ROWS.get(key)
+        if sql is None:
+            sql = _ROWS[key] = self.render(1, rows=rows)[0]
+        return sql
 
 
 # Plans by (table, dialect name, its JSON serializer, row keys): a database per test compiles
 # nothing.
 _PLANS: dict[tuple[Table, str, Any, tuple[str, ...]], InsertPlan] = {}
+#: Multi-row INSERTs by (the one-row INSERT, rows).
+_ROWS: dict[tuple[str, int], str] = {}
 
 
 def insert_plan(table: Table, keys: Sequence[str], dialect: Dialect) -> InsertPlan:

@@ -4,10 +4,10 @@ The pool lives on one private background event loop (given by the backend), so a
 outlives the test's event loop. ThreadCreator's create is one round trip: ``START TRANSACTION``,
 both INSERTs and ``COMMIT`` sent as one multi-statement packet (the server stops at the first
 failing statement; the store then rolls back); creates that wait at the same time share a
-packet, each still its own transaction (:mod:`.queued`, :mod:`.mysql_batch`). With a fault
-decider it steps through the same transaction one statement at a time. A reset is one round trip
-too (one transaction: ``DELETE`` of every table, foreign key checks off for its span, the setup
-hook's rows copied back from the template).
+packet and its transaction, one multi-row INSERT per table (:mod:`.queued`,
+:mod:`.mysql_batch`). With a fault decider it steps through the same transaction one statement
+at a time. A reset is one round trip too (one transaction: ``DELETE`` of every table, foreign
+key checks off for its span, the setup hook's rows copied back from the template).
 """
 
 from __future__ import annotations
@@ -318,7 +318,7 @@ class MySqlStore(Store):
             )
         if decide is None and not self.background.in_loop_thread():
             params = t_plan.params(thread_row) + m_plan.params(message_row)
-            await self._queue.create((t_plan.sql, m_plan.sql), params, thread_row, explicit_id)
+            await self._queue.create((t_plan, m_plan), params, thread_row, explicit_id)
             return
         await self.background.submit(
             self._create(

@@ -1,25 +1,36 @@
-"""MySQL's lanes send the creates queued at the same time several to a packet.
+"""MySQL's lanes send the creates queued at the same time several to a packet, in one transaction.
 
-Each create stays a transaction of its own (``START TRANSACTION; INSERT; INSERT; COMMIT``), but
-the creates a lane takes from the queue (:mod:`.queued`) travel in one multi-statement packet:
-one round trip, and one wake-up of each event loop, for all of them. The server runs a packet's
-statements in order and stops at the first that fails, so a packet's outcome is exact: the
-creates before the failing statement committed, the failing create is rolled back and gets its
-error, and the creates after it did not run and go back to the front of the queue. A create
-alone in the queue is a packet of one.
+The creates a lane takes from the queue (:mod:`.queued`) travel in one multi-statement packet
+and commit together: ``START TRANSACTION``, one ``INSERT`` of all their threads, one of all
+their messages, ``COMMIT``. That is one round trip, one wake-up of each event loop and one log
+flush for all of them, and a quarter of the statements a transaction per create would take.
+Each create is still atomic: its two rows commit together, with the others' or not at all. A
+create alone in the queue is a packet of one.
+
+When such a packet fails, nothing of it was written (an interrupted ``COMMIT`` may have taken
+effect: the lane then asks whether one of its threads exists, which tells for all). If a
+statement failed (a taken thread id, a constraint, a deadlock), the lane sends the creates
+again on the same connection, each in a transaction of its own, so that the error reaches its
+own create alone and the others commit: ``START TRANSACTION; INSERT; INSERT; COMMIT`` per
+create, still one packet. The server runs a packet's statements in order and stops at the
+first that fails, so that packet's outcome is exact: the creates before the failing statement
+committed, the failing create is rolled back and gets its error, and the creates after it did
+not run and go back to the front of the queue. Creates whose rows differ in columns (a row
+builder that leaves a column out now and then) are sent this way from the start.
 
 A create cancelled while its packet is on the wire is interrupted on the server: ``KILL QUERY``
 from a connection of its own stops the statement running (a create waiting for a lock, say), so
-the server stops the packet there and the outcome is exact as above; the create that was running
-is rolled back, and if it was not the cancelled one it goes back to the queue (its caller did
-not ask for that). A kill that fails (the server refuses its connection, say) is sent again
-until the packet's answer is in, which the caller's ``CancelledError`` waits for (up to the
-cleanup timeout, :data:`~.._background.CANCEL_CLEANUP_TIMEOUT`). A packet sent create by create
-stops at the first kill and puts the rest back in the queue. Once a packet has failed, a create
-cancelled while the lane settles it (rolls back, looks up why) is not killed: it never ran and
-goes back to its caller as withdrawn (also from a packet sent create by create), and a kill
-would only stop the lane's own statements. An interrupted ``COMMIT`` may have taken effect: the
-lane then asks whether the thread exists with the create's owner.
+the server stops the packet there. A packet sent together is then rolled back whole and its
+other creates go back to the queue (their callers did not ask for that); in a packet sent create
+by create the outcome is exact as above, and the create that was running, if it was not the
+cancelled one, goes back to the queue. A kill that fails (the server refuses its connection,
+say) is sent again until the packet's answer is in, which the caller's ``CancelledError`` waits
+for (up to the cleanup timeout, :data:`~.._background.CANCEL_CLEANUP_TIMEOUT`). A packet sent
+create by create stops at the first kill and puts the rest back in the queue. Once a packet has
+failed, a create cancelled while the lane settles it (rolls back, looks up why) is not killed:
+it never ran and goes back to its caller as withdrawn (also from a packet sent create by
+create), and a kill would only stop the lane's own statements. An interrupted ``COMMIT`` may
+have taken effect: the lane then asks whether the thread exists with the create's owner.
 
 The packet's answer is always read to its end (cutting the client off half-way would leave the
 connection out of step with the server), and a connection a kill was sent to is closed
@@ -42,7 +53,7 @@ __all__ = ["MAX_BATCH", "MySqlCreateQueue"]
 
 #: At most this many creates share one packet.
 MAX_BATCH = 8
-#: Statements of one create in a packet: START TRANSACTION, two INSERTs, COMMIT.
+#: Statements of a transaction in a packet: START TRANSACTION, two INSERTs, COMMIT.
 _PER_CREATE = 4
 #: MySQL's error for a statement stopped by ``KILL QUERY``.
 QUERY_INTERRUPTED = 1317
@@ -93,7 +104,8 @@ def _is_statement_error(exc: BaseException) -> bool:
 
 
 class MySqlCreateQueue(CreateQueue[PacketStore]):
-    """Creates of one MySQL store; ``sql`` of a job: its two INSERTs."""
+    """Creates of one MySQL store; ``sql`` of a job: the :class:`~.compile.InsertPlan` of its
+    thread and of its message (its ``params``: the thread's, then the message's)."""
 
     max_batch = MAX_BATCH
     cancel_in_flight = True
@@ -150,10 +162,88 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
     def _discard(self, conn: Any) -> None:
         conn.close()
 
+    def _watch(self, statements: Any) -> None:
+        watcher = self.store.watcher
+        if watcher is not None:
+            label = f"store {self.store.name}"
+            for statement in statements:
+                watcher(label, statement)
+
     async def _send(self, conn: Any, batch: list[CreateJob]) -> Outcomes:
-        """One packet with ``batch``'s creates; each job's outcome (jobs that did not run are
+        """``batch``'s creates in one packet; each job's outcome (jobs that did not run are
         queued again)."""
-        sql = "; ".join(f"START TRANSACTION; {job.sql[0]}; {job.sql[1]}; COMMIT" for job in batch)
+        first = batch[0].sql
+        if len(batch) > 1 and all(j.sql[0] is first[0] and j.sql[1] is first[1] for j in batch):
+            return await self._send_together(conn, batch)
+        return await self._send_each(conn, batch)
+
+    async def _send_together(self, conn: Any, batch: list[CreateJob]) -> Outcomes:
+        """One transaction for all of ``batch``: ``START TRANSACTION``, one INSERT of all their
+        threads, one of all their messages, ``COMMIT``."""
+        thread_plan, message_plan = batch[0].sql
+        inserts = (thread_plan.rows_sql(len(batch)), message_plan.rows_sql(len(batch)))
+        split = len(thread_plan.bound)  # a job's params: its thread's, then its message's
+        params = tuple(itertools.chain.from_iterable(job.params[:split] for job in batch))
+        params += tuple(itertools.chain.from_iterable(job.params[split:] for job in batch))
+        read = 0  # results read, one per statement
+        try:
+            async with conn.cursor() as cursor:
+                try:
+                    packet = cursor.mogrify(
+                        f"START TRANSACTION; {inserts[0]}; {inserts[1]}; COMMIT", params
+                    )
+                except Exception as exc:  # a value the driver cannot send: nothing was sent
+                    return await self._one_by_one(conn, batch, exc)
+                self._watch(("START TRANSACTION", *inserts, "COMMIT"))
+                await cursor.execute(packet)
+                read = 1
+                while await cursor.nextset():
+                    read += 1
+        except Exception as exc:
+            return await self._together_failed(conn, batch, exc, read)
+        return [(job, None) for job in batch]
+
+    async def _together_failed(
+        self, conn: Any, batch: list[CreateJob], exc: Exception, read: int
+    ) -> Outcomes:
+        """The transaction of :meth:`_send_together` failed: all of it was rolled back (or, if
+        its COMMIT was interrupted, perhaps all of it committed)."""
+        self._settling.add(conn)
+        try:
+            if conn in self._kills:  # the kill must not stop the ROLLBACK instead
+                await self._kill_done(conn)
+            await self.store.roll_back(conn)
+            if _code(exc) == QUERY_INTERRUPTED and read == _PER_CREATE - 1:
+                # its COMMIT was interrupted, and may have taken effect all the same
+                try:
+                    took = await self.store.committed(conn, batch[0].thread_row)
+                except Exception:  # nobody can tell: they get the error
+                    return [(job, exc) for job in batch]
+                if took:
+                    return [(job, None) for job in batch]
+        finally:
+            self._settling.discard(conn)
+        if not _is_statement_error(exc):  # the connection broke: what became of them is unknown
+            return [(job, exc) for job in batch]
+        if conn in self._kills:
+            # stopped for a cancelled create: none was written; the others go again (on another
+            # connection: a kill that came late must not stop them)
+            self._requeue(batch)
+            return []
+        # one create's statement failed and took the others with it: each in a transaction of
+        # its own, so that the error reaches its create alone (a create cancelled meanwhile,
+        # never killed, is not sent)
+        self._requeue([job for job in batch if job.cut])
+        return await self._send_each(conn, [job for job in batch if not job.cut])
+
+    async def _send_each(self, conn: Any, batch: list[CreateJob]) -> Outcomes:
+        """One packet with ``batch``'s creates, each in a transaction of its own; each job's
+        outcome (jobs that did not run are queued again)."""
+        if not batch:
+            return []
+        sql = "; ".join(
+            f"START TRANSACTION; {job.sql[0].sql}; {job.sql[1].sql}; COMMIT" for job in batch
+        )
         params = tuple(itertools.chain.from_iterable(job.params for job in batch))
         read = 0  # results read, one per statement
         try:
@@ -162,12 +252,11 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
                     packet = cursor.mogrify(sql, params)
                 except Exception as exc:  # a value the driver cannot send: nothing was sent
                     return await self._one_by_one(conn, batch, exc)
-                watcher = self.store.watcher
-                if watcher is not None:
-                    label = f"store {self.store.name}"
-                    for job in batch:
-                        for statement in ("START TRANSACTION", *job.sql, "COMMIT"):
-                            watcher(label, statement)
+                self._watch(
+                    s
+                    for job in batch
+                    for s in ("START TRANSACTION", job.sql[0].sql, job.sql[1].sql, "COMMIT")
+                )
                 await cursor.execute(packet)
                 read = 1
                 while await cursor.nextset():
@@ -185,7 +274,7 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
             if job.cut:  # cancelled while an earlier one was settled, unkilled: never sent
                 self._requeue([job])
                 continue
-            done += await self._send(conn, [job])
+            done += await self._send_each(conn, [job])
             if conn in self._kills:  # the connection is not to be used again
                 self._requeue(batch[n + 1 :])
                 break

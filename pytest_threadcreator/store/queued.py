@@ -4,9 +4,10 @@ Under ``asyncio.gather`` many creates arrive at the background loop at once. Han
 task of its own that takes a pool connection, runs one statement and gives the connection back
 spends more of the machine than the statement does. Here each create is a job in one queue per
 store; up to ``max_size`` *lanes* (one task and one connection each) take jobs from it back to
-back while any wait, then give their connection back. Each create is still its own transaction;
-a subclass says how one lane sends the jobs it took (:meth:`CreateQueue._send`): one statement
-per job on PostgreSQL, several jobs to a packet on MySQL (:mod:`.mysql_batch`).
+back while any wait, then give their connection back. A subclass says how one lane sends the
+jobs it took (:meth:`CreateQueue._send`): one statement per job on PostgreSQL, each its own
+transaction; several jobs to a packet and one transaction on MySQL (:mod:`.mysql_batch`). Either
+way each create's two rows commit together or not at all.
 
 Cancellation keeps the store's promise (SPEC: a call cancelled before its commit leaves
 nothing, ever): a job cancelled while it waits in the queue is taken out; one cancelled while

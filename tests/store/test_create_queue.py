@@ -119,6 +119,41 @@ async def test_gathered_creates_share_packets_and_each_commits(
 
 
 @pytest.mark.asyncio
+async def test_creates_that_wait_together_commit_in_one_transaction_per_packet(
+    mysql_database: Database,
+) -> None:
+    """A packet's creates share one transaction: one INSERT of their threads, one of their
+    messages and one COMMIT (one log flush) for all of them."""
+    database = mysql_database
+    store = _mysql(database)
+    seen: list[str] = []
+    await store.watch_statements(lambda label, sql: seen.append(sql))
+    held = Held(store)
+    await held.take()
+    n = 3 * store.max_size  # three creates to each lane's packet
+    creator = ThreadCreator(database)
+    tasks = [
+        asyncio.ensure_future(creator.create_thread_with_message(_user(i), f"m{i}"))
+        for i in range(n)
+    ]
+    await held.give_back()
+    made = await asyncio.gather(*tasks)
+    await store.watch_statements(None)
+
+    assert store.max_size <= store.round_trips < n
+    assert seen.count("COMMIT") == seen.count("START TRANSACTION") == store.round_trips
+    for table in ("threads", "messages"):
+        inserts = [sql for sql in seen if sql.startswith(f"INSERT INTO {table} ")]
+        assert len(inserts) == store.round_trips
+        assert sum(sql.count("), (") + 1 for sql in inserts) == n  # one row per create
+    assert await database.count_threads() == n
+    for result in made:
+        assert await database.count_messages(result.thread.id) == 1
+    await database.check_integrity()
+    assert store.checked_out() == 0
+
+
+@pytest.mark.asyncio
 async def test_a_create_failing_in_a_packet_fails_alone_and_the_ones_after_it_run(
     database: Database, held: Held
 ) -> None:
@@ -658,3 +693,94 @@ async def test_an_interrupted_commit_is_asked_about_before_its_create_is_sent_ag
     else:  # nobody can tell: it gets the error, the rest (never run) go again
         assert outcomes[1] == (jobs[1], interrupted)
         assert list(queue._queue) == jobs[2:]
+
+
+class _Background:
+    """What :meth:`MySqlCreateQueue._requeue` needs of the background loop, on this loop."""
+
+    @staticmethod
+    def post_back(caller: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
+        caller.call_soon(fn, *args)
+
+
+def _together(store: _Settling) -> tuple[MySqlCreateQueue, list[CreateJob], list[list[str]]]:
+    """A queue on ``store`` with three jobs of one packet sent together; the creates it
+    sends one by one afterwards are recorded instead of sent."""
+    queue = MySqlCreateQueue(store, background=_Background())  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    jobs = [CreateJob(("i", "i"), (), _rows(i)[0], False, loop) for i in range(3)]
+    sent: list[list[str]] = []
+
+    async def send_each(conn: Any, batch: list[CreateJob]) -> Any:
+        sent.append([job.thread_row["id"] for job in batch])
+        return [(job, None) for job in batch]
+
+    queue._send_each = send_each  # type: ignore[method-assign]
+    return queue, jobs, sent
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("exists", [True, False, OSError("lost")], ids=["took", "not", "unknown"])
+async def test_an_interrupted_commit_of_creates_sent_together_is_asked_about_once(
+    exists: bool | Exception,
+) -> None:
+    """Creates sent together commit together: an interrupted COMMIT took all of them or
+    none, which one thread tells."""
+    store = _Settling(exists)
+    queue, jobs, sent = _together(store)
+    conn = object()
+    queue._kills[conn] = asyncio.get_running_loop().create_task(asyncio.sleep(0))
+    interrupted = Exception(QUERY_INTERRUPTED, "Query execution was interrupted")
+    outcomes = await queue._together_failed(conn, jobs, interrupted, 3)  # START, two INSERTs
+    await queue._kills.pop(conn)
+
+    assert store.asked == ["t0"]
+    assert sent == []
+    if exists is True:  # all committed
+        assert outcomes == [(job, None) for job in jobs]
+        assert list(queue._queue) == []
+    elif exists is False:  # rolled back for a cancelled create: all go again
+        assert outcomes == []
+        assert list(queue._queue) == jobs
+    else:  # nobody can tell: each gets the error
+        assert outcomes == [(job, interrupted) for job in jobs]
+        assert list(queue._queue) == []
+
+
+@pytest.mark.asyncio
+async def test_creates_sent_together_that_failed_beside_a_kill_go_again_elsewhere() -> None:
+    """A statement error while a kill is under way for the connection: nothing was written,
+    and the connection may yet be interrupted, so the creates go back to the queue."""
+    store = _Settling(False)
+    queue, jobs, sent = _together(store)
+    conn = object()
+    queue._kills[conn] = asyncio.get_running_loop().create_task(asyncio.sleep(0))
+    duplicate = Exception(1062, "Duplicate entry")
+    outcomes = await queue._together_failed(conn, jobs, duplicate, 1)
+    await queue._kills.pop(conn)
+    assert outcomes == [] and sent == []
+    assert list(queue._queue) == jobs
+    assert store.asked == []
+
+
+@pytest.mark.asyncio
+async def test_creates_sent_together_that_failed_are_sent_each_alone_but_a_cancelled_one() -> None:
+    """One create's statement error rolls back the others with it: they are sent again each
+    in a transaction of its own (so the error reaches its create alone), except a create
+    cancelled meanwhile (it never took effect, and was never killed: the lane was settling)."""
+    store = _Settling(False)
+    queue, jobs, sent = _together(store)
+    loop = asyncio.get_running_loop()
+    jobs[1].ack = ack = loop.create_future()
+    jobs[1].cut = True
+    duplicate = Exception(1062, "Duplicate entry")
+    outcomes = await queue._together_failed(object(), jobs, duplicate, 1)
+    await asyncio.wait_for(ack, 1)  # acknowledged as never written
+
+    assert sent == [["t0", "t2"]]
+    assert outcomes == [(jobs[0], None), (jobs[2], None)]
+    assert list(queue._queue) == []
+    lost = OSError(2013, "Lost connection to MySQL server during query")
+    queue, jobs, sent = _together(store)
+    outcomes = await queue._together_failed(object(), jobs, lost, 1)
+    assert outcomes == [(job, lost) for job in jobs] and sent == []  # unknown: each errs
