@@ -225,9 +225,10 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
             self._settling.discard(conn)
         if not _is_statement_error(exc):  # the connection broke: what became of them is unknown
             return [(job, exc) for job in batch]
-        if conn in self._kills:
-            # stopped for a cancelled create: none was written; the others go again (on another
-            # connection: a kill that came late must not stop them)
+        if conn in self._kills or not self._usable(conn):
+            # stopped for a cancelled create (or the rollback failed and closed the
+            # connection): none was written; they go again on another connection (a kill that
+            # came late must not stop them)
             self._requeue(batch)
             return []
         # one create's statement failed and took the others with it: each in a transaction of

@@ -703,6 +703,13 @@ class _Background:
         caller.call_soon(fn, *args)
 
 
+class _Conn:
+    """A connection as the queue sees it: open or closed."""
+
+    def __init__(self, connected: bool = True) -> None:
+        self.connected = connected
+
+
 def _together(store: _Settling) -> tuple[MySqlCreateQueue, list[CreateJob], list[list[str]]]:
     """A queue on ``store`` with three jobs of one packet sent together; the creates it
     sends one by one afterwards are recorded instead of sent."""
@@ -728,7 +735,7 @@ async def test_an_interrupted_commit_of_creates_sent_together_is_asked_about_onc
     none, which one thread tells."""
     store = _Settling(exists)
     queue, jobs, sent = _together(store)
-    conn = object()
+    conn = _Conn()
     queue._kills[conn] = asyncio.get_running_loop().create_task(asyncio.sleep(0))
     interrupted = Exception(QUERY_INTERRUPTED, "Query execution was interrupted")
     outcomes = await queue._together_failed(conn, jobs, interrupted, 3)  # START, two INSERTs
@@ -753,7 +760,7 @@ async def test_creates_sent_together_that_failed_beside_a_kill_go_again_elsewher
     and the connection may yet be interrupted, so the creates go back to the queue."""
     store = _Settling(False)
     queue, jobs, sent = _together(store)
-    conn = object()
+    conn = _Conn()
     queue._kills[conn] = asyncio.get_running_loop().create_task(asyncio.sleep(0))
     duplicate = Exception(1062, "Duplicate entry")
     outcomes = await queue._together_failed(conn, jobs, duplicate, 1)
@@ -774,7 +781,7 @@ async def test_creates_sent_together_that_failed_are_sent_each_alone_but_a_cance
     jobs[1].ack = ack = loop.create_future()
     jobs[1].cut = True
     duplicate = Exception(1062, "Duplicate entry")
-    outcomes = await queue._together_failed(object(), jobs, duplicate, 1)
+    outcomes = await queue._together_failed(_Conn(), jobs, duplicate, 1)
     await asyncio.wait_for(ack, 1)  # acknowledged as never written
 
     assert sent == [["t0", "t2"]]
@@ -782,5 +789,23 @@ async def test_creates_sent_together_that_failed_are_sent_each_alone_but_a_cance
     assert list(queue._queue) == []
     lost = OSError(2013, "Lost connection to MySQL server during query")
     queue, jobs, sent = _together(store)
-    outcomes = await queue._together_failed(object(), jobs, lost, 1)
+    outcomes = await queue._together_failed(_Conn(), jobs, lost, 1)
     assert outcomes == [(job, lost) for job in jobs] and sent == []  # unknown: each errs
+
+
+@pytest.mark.asyncio
+async def test_creates_sent_together_whose_rollback_closed_the_connection_go_again() -> None:
+    """The rollback after a failed packet failed and closed the connection: nothing of the
+    packet was written (the server rolls back what a closed connection left open), so its
+    creates go back to the queue for another connection rather than fail there."""
+    store = _Settling(False)
+    queue, jobs, sent = _together(store)
+    conn = _Conn()
+
+    async def roll_back(c: Any) -> None:
+        c.connected = False  # as MySqlStore.roll_back closes a connection it cannot roll back
+
+    store.roll_back = roll_back  # type: ignore[method-assign]
+    outcomes = await queue._together_failed(conn, jobs, Exception(1062, "Duplicate entry"), 1)
+    assert outcomes == [] and sent == []
+    assert list(queue._queue) == jobs
