@@ -612,16 +612,11 @@ async def _mysql_readback(connect: dict[str, Any]) -> tuple[int, int, dict[str, 
         conn.close()
 
 
-async def _mysql_raw_run(
-    connect: dict[str, Any],
-    pool_size: int,
-    contexts: Sequence[UserExecutionContext],
-    mode: Mode,
-    batch: int,
-) -> float:
+async def _mysql_pool(connect: dict[str, Any], pool_size: int) -> Any:
+    """An asyncmy pool like the plugin's store's (autocommit, utf8mb4, multi-statement)."""
     from pytest_threadcreator.store.mysql import MULTI_STATEMENTS
 
-    pool = await _asyncmy().create_pool(
+    return await _asyncmy().create_pool(
         minsize=1,
         maxsize=pool_size,
         autocommit=True,
@@ -629,6 +624,16 @@ async def _mysql_raw_run(
         client_flag=MULTI_STATEMENTS,
         **connect,
     )
+
+
+async def _mysql_raw_run(
+    connect: dict[str, Any],
+    pool_size: int,
+    contexts: Sequence[UserExecutionContext],
+    mode: Mode,
+    batch: int,
+) -> float:
+    pool = await _mysql_pool(connect, pool_size)
     # One packet, one round trip: what the plugin's store sends for a create waiting alone.
     sql = (
         f"START TRANSACTION; {_insert_sql('threads', THREAD_COLUMNS, 'format')}; "
@@ -659,17 +664,9 @@ async def _mysql_ceiling_run(
 ) -> float:
     """Seconds for :data:`MYSQL_CEILING`: each gathered batch taken by ``pool_size`` lanes, an
     even share (at most 8) per packet, one transaction and one multi-row INSERT per table."""
-    from pytest_threadcreator.store.mysql import MULTI_STATEMENTS
     from pytest_threadcreator.store.mysql_batch import MAX_BATCH
 
-    pool = await _asyncmy().create_pool(
-        minsize=1,
-        maxsize=pool_size,
-        autocommit=True,
-        charset="utf8mb4",
-        client_flag=MULTI_STATEMENTS,
-        **connect,
-    )
+    pool = await _mysql_pool(connect, pool_size)
     sql: dict[int, str] = {}
 
     def packet(n: int) -> str:

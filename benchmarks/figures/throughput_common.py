@@ -20,6 +20,7 @@ __all__ = [
     "CREATES",
     "MODES",
     "SMOKE_CREATES",
+    "ceiling_row",
     "common_extra",
     "creates",
     "missing_all",
@@ -137,3 +138,24 @@ def server_rows(
             )
         )
     return rows
+
+
+def ceiling_row(
+    ctx: Context, spec: RowSpec, rates: dict[str, list[float]], ceiling: str, label: str
+) -> Row | None:
+    """The gathered creates against the ``ceiling`` variant's rates, paired per repeat (None
+    when it was not measured)."""
+    base = rates.get(ceiling)
+    if not base:
+        return None
+    ours = rates["ours-concurrent"]
+    ratios = paired(ours, base)
+    return spec.measured(
+        median(ours),
+        baseline=median(base),
+        baseline_label=label,
+        ratio=median(ratios),
+        samples={"ours-concurrent": list(ours), "ceiling": list(base)},
+        extra={"ratio_per_repeat": ratios},
+        warning=ctx.smoke_warning,
+    )

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchlib import Goal, Row, RowSpec, median
+from benchlib import Goal, Row, RowSpec
 from harness import Context, log
 
-from figures.throughput_common import BATCH, creates, paired, server_rows
+from figures.throughput_common import BATCH, ceiling_row, creates, server_rows
 
 __all__ = ["MYSQL_THROUGHPUT_GOAL", "measure"]
 
@@ -50,19 +50,9 @@ def measure(ctx: Context) -> list[Row]:
         return result
 
     rows = server_rows(ctx, "mysql", MYSQL_THROUGHPUT_GOAL, "asyncmy", ctx.mysql_reason, measure)
-    name = throughput.MYSQL_CEILING[0]
-    if measured and measured[0].rates.get(name):
-        ours, ceiling = measured[0].rates["ours-concurrent"], measured[0].rates[name]
-        ratios = paired(ours, ceiling)
-        rows.append(
-            CEILING.measured(
-                median(ours),
-                baseline=median(ceiling),
-                baseline_label="raw asyncmy, the same packets",
-                ratio=median(ratios),
-                samples={"ours-concurrent": list(ours), "ceiling": list(ceiling)},
-                extra={"ratio_per_repeat": ratios},
-                warning=ctx.smoke_warning,
-            )
-        )
+    if measured:
+        name, label = throughput.MYSQL_CEILING[0], "raw asyncmy, the same packets"
+        row = ceiling_row(ctx, CEILING, measured[0].rates, name, label)
+        if row is not None:
+            rows.append(row)
     return rows

@@ -13,6 +13,7 @@ from harness import EXTRA_CHEAP_REPEATS, Context, log
 from figures.throughput_common import (
     BATCH,
     MODES,
+    ceiling_row,
     common_extra,
     creates,
     missing_all,
@@ -71,19 +72,7 @@ def measure(ctx: Context) -> list[Row]:
                 warning=ctx.smoke_warning,
             )
         )
-    ceiling = rates.get("ceiling-sqlite3")
-    if ceiling:
-        ours = rates["ours-concurrent"]
-        ratios = paired(ours, ceiling)
-        rows.append(
-            CEILING.measured(
-                median(ours),
-                baseline=median(ceiling),
-                baseline_label="plain sqlite3, one thread",
-                ratio=median(ratios),
-                samples={"ours-concurrent": list(ours), "ceiling": list(ceiling)},
-                extra={"ratio_per_repeat": ratios},
-                warning=ctx.smoke_warning,
-            )
-        )
+    row = ceiling_row(ctx, CEILING, rates, "ceiling-sqlite3", "plain sqlite3, one thread")
+    if row is not None:
+        rows.append(row)
     return rows

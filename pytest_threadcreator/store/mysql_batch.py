@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from .base import StatementCallback
@@ -162,7 +162,7 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
     def _discard(self, conn: Any) -> None:
         conn.close()
 
-    def _watch(self, statements: Any) -> None:
+    def _watch(self, statements: Iterable[str]) -> None:
         watcher = self.store.watcher
         if watcher is not None:
             label = f"store {self.store.name}"
@@ -185,23 +185,9 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
         split = len(thread_plan.bound)  # a job's params: its thread's, then its message's
         params = tuple(itertools.chain.from_iterable(job.params[:split] for job in batch))
         params += tuple(itertools.chain.from_iterable(job.params[split:] for job in batch))
-        read = 0  # results read, one per statement
-        try:
-            async with conn.cursor() as cursor:
-                try:
-                    packet = cursor.mogrify(
-                        f"START TRANSACTION; {inserts[0]}; {inserts[1]}; COMMIT", params
-                    )
-                except Exception as exc:  # a value the driver cannot send: nothing was sent
-                    return await self._one_by_one(conn, batch, exc)
-                self._watch(("START TRANSACTION", *inserts, "COMMIT"))
-                await cursor.execute(packet)
-                read = 1
-                while await cursor.nextset():
-                    read += 1
-        except Exception as exc:
-            return await self._together_failed(conn, batch, exc, read)
-        return [(job, None) for job in batch]
+        sql = f"START TRANSACTION; {inserts[0]}; {inserts[1]}; COMMIT"
+        statements = ("START TRANSACTION", *inserts, "COMMIT")
+        return await self._packet(conn, batch, sql, params, statements, self._together_failed)
 
     async def _together_failed(
         self, conn: Any, batch: list[CreateJob], exc: Exception, read: int
@@ -246,24 +232,38 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
             f"START TRANSACTION; {job.sql[0].sql}; {job.sql[1].sql}; COMMIT" for job in batch
         )
         params = tuple(itertools.chain.from_iterable(job.params for job in batch))
-        read = 0  # results read, one per statement
+        statements = (
+            s
+            for job in batch
+            for s in ("START TRANSACTION", job.sql[0].sql, job.sql[1].sql, "COMMIT")
+        )
+        return await self._packet(conn, batch, sql, params, statements, self._failed)
+
+    async def _packet(
+        self,
+        conn: Any,
+        batch: list[CreateJob],
+        sql: str,
+        params: tuple[Any, ...],
+        statements: Iterable[str],
+        failed: Callable[[Any, list[CreateJob], Exception, int], Awaitable[Outcomes]],
+    ) -> Outcomes:
+        """Send ``batch``'s packet and read its answer to the end; ``failed(conn, batch, exc,
+        read)`` settles a packet that failed after ``read`` results (one per statement)."""
+        read = 0
         try:
             async with conn.cursor() as cursor:
                 try:
                     packet = cursor.mogrify(sql, params)
                 except Exception as exc:  # a value the driver cannot send: nothing was sent
                     return await self._one_by_one(conn, batch, exc)
-                self._watch(
-                    s
-                    for job in batch
-                    for s in ("START TRANSACTION", job.sql[0].sql, job.sql[1].sql, "COMMIT")
-                )
+                self._watch(statements)
                 await cursor.execute(packet)
                 read = 1
                 while await cursor.nextset():
                     read += 1
         except Exception as exc:
-            return await self._failed(conn, batch, exc, read)
+            return await failed(conn, batch, exc, read)
         return [(job, None) for job in batch]
 
     async def _one_by_one(self, conn: Any, batch: list[CreateJob], exc: Exception) -> Outcomes:
