@@ -10,9 +10,11 @@ create alone in the queue is a packet of one.
 When such a packet fails, nothing of it was written (an interrupted ``COMMIT`` may have taken
 effect: the lane then asks whether one of its threads exists, which tells for all). If a
 statement failed (a taken thread id, a constraint, a deadlock), the lane sends the creates
-again on the same connection, each in a transaction of its own, so that the error reaches its
-own create alone and the others commit: ``START TRANSACTION; INSERT; INSERT; COMMIT`` per
-create, still one packet. The server runs a packet's statements in order and stops at the
+again on the same connection (on another if the rollback closed it), each in a transaction of
+its own, so that the error reaches its own create alone and the others commit: ``START
+TRANSACTION; INSERT; INSERT; COMMIT`` per create, still one packet. They are never sent
+together again, so an error that recurs (one that closes the connection every time, say)
+ends with its create; a create whose caller gave up meanwhile is not sent at all. The server runs a packet's statements in order and stops at the
 first that fails, so that packet's outcome is exact: the creates before the failing statement
 committed, the failing create is rolled back and gets its error, and the creates after it did
 not run and go back to the front of the queue. Creates whose rows differ in columns (a row
@@ -55,6 +57,9 @@ __all__ = ["MAX_BATCH", "MySqlCreateQueue"]
 MAX_BATCH = 8
 #: Statements of a transaction in a packet: START TRANSACTION, two INSERTs, COMMIT.
 _PER_CREATE = 4
+#: Results a transaction's packet gives before its COMMIT's (START TRANSACTION, two INSERTs),
+#: whether it carries one create or several.
+_COMMIT_AT = _PER_CREATE - 1
 #: MySQL's error for a statement stopped by ``KILL QUERY``.
 QUERY_INTERRUPTED = 1317
 #: MySQL's error for a ``KILL`` of a connection that no longer exists.
@@ -173,7 +178,9 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
         """``batch``'s creates in one packet; each job's outcome (jobs that did not run are
         queued again)."""
         first = batch[0].sql
-        if len(batch) > 1 and all(j.sql[0] is first[0] and j.sql[1] is first[1] for j in batch):
+        if len(batch) > 1 and all(
+            j.sql[0] is first[0] and j.sql[1] is first[1] and not j.alone for j in batch
+        ):
             return await self._send_together(conn, batch)
         return await self._send_each(conn, batch)
 
@@ -199,7 +206,7 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
             if conn in self._kills:  # the kill must not stop the ROLLBACK instead
                 await self._kill_done(conn)
             await self.store.roll_back(conn)
-            if _code(exc) == QUERY_INTERRUPTED and read == _PER_CREATE - 1:
+            if _code(exc) == QUERY_INTERRUPTED and read == _COMMIT_AT:
                 # its COMMIT was interrupted, and may have taken effect all the same
                 try:
                     took = await self.store.committed(conn, batch[0].thread_row)
@@ -211,17 +218,23 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
             self._settling.discard(conn)
         if not _is_statement_error(exc):  # the connection broke: what became of them is unknown
             return [(job, exc) for job in batch]
-        if conn in self._kills or not self._usable(conn):
-            # stopped for a cancelled create (or the rollback failed and closed the
-            # connection): none was written; they go again on another connection (a kill that
-            # came late must not stop them)
+        if conn in self._kills:
+            # stopped for a cancelled create: none was written; the others go again on another
+            # connection (a kill that came late must not stop them)
             self._requeue(batch)
             return []
-        # one create's statement failed and took the others with it: each in a transaction of
-        # its own, so that the error reaches its create alone (a create cancelled meanwhile,
-        # never killed, is not sent)
-        self._requeue([job for job in batch if job.cut])
-        return await self._send_each(conn, [job for job in batch if not job.cut])
+        # one create's statement failed and took the others with it: each goes again in a
+        # transaction of its own, so that the error reaches its create alone (a create whose
+        # caller gave up meanwhile is not sent: it never ran)
+        gone = [job for job in batch if job.cut or job.ack is not None]
+        left = [job for job in batch if not (job.cut or job.ack is not None)]
+        for job in left:
+            job.alone = True
+        self._requeue(gone)
+        if not self._usable(conn):  # the rollback failed and closed it: on another connection
+            self._requeue(left)
+            return []
+        return await self._send_each(conn, left)
 
     async def _send_each(self, conn: Any, batch: list[CreateJob]) -> Outcomes:
         """One packet with ``batch``'s creates, each in a transaction of its own; each job's
@@ -295,7 +308,7 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
             await self.store.roll_back(conn)
             interrupted = _code(exc) == QUERY_INTERRUPTED
             took: bool | None = False  # whether it committed all the same (None: unknown)
-            if interrupted and read % _PER_CREATE == _PER_CREATE - 1:
+            if interrupted and read % _PER_CREATE == _COMMIT_AT:
                 # its COMMIT was interrupted, and may have taken effect all the same
                 try:
                     took = await self.store.committed(conn, failing.thread_row)

@@ -54,6 +54,7 @@ class CreateJob:
 
     __slots__ = (
         "ack",
+        "alone",
         "caller",
         "conn",
         "cut",
@@ -88,6 +89,8 @@ class CreateJob:
         self.conn: Any = None
         #: its lane's statement was cancelled for it
         self.cut = False
+        #: to be sent in a transaction of its own (a transaction it shared failed; MySQL)
+        self.alone = False
 
 
 #: Each job a lane sent, with its error (None: committed).

@@ -133,7 +133,9 @@ async def test_creates_that_wait_together_commit_in_one_transaction_per_packet(
     n = 3 * store.max_size  # three creates to each lane's packet
     creator = ThreadCreator(database)
     tasks = [
-        asyncio.ensure_future(creator.create_thread_with_message(_user(i), f"m{i}"))
+        asyncio.ensure_future(
+            creator.create_thread_with_message(_user(i), f"message {i}", f"title {i}")
+        )
         for i in range(n)
     ]
     await held.give_back()
@@ -147,8 +149,12 @@ async def test_creates_that_wait_together_commit_in_one_transaction_per_packet(
         assert len(inserts) == store.round_trips
         assert sum(sql.count("), (") + 1 for sql in inserts) == n  # one row per create
     assert await database.count_threads() == n
-    for result in made:
-        assert await database.count_messages(result.thread.id) == 1
+    for i, result in enumerate(made):  # each create's own values, in its own rows
+        thread = await creator.get_thread(result.thread.id, user_id=f"user-{i}")
+        assert thread.title == f"title {i}"
+        messages = await creator.list_messages(result.thread.id)
+        assert [m.text for m in messages] == [f"message {i}"]
+        assert [m.id for m in messages] == [result.message.id]
     await database.check_integrity()
     assert store.checked_out() == 0
 
@@ -778,11 +784,15 @@ async def test_creates_sent_together_that_failed_are_sent_each_alone_but_a_cance
     store = _Settling(False)
     queue, jobs, sent = _together(store)
     loop = asyncio.get_running_loop()
+    jobs.append(CreateJob(("i", "i"), (), _rows(3)[0], False, loop))
     jobs[1].ack = ack = loop.create_future()
     jobs[1].cut = True
+    # its caller gave up, and the lane has not heard yet (no cut): not sent either
+    jobs[3].ack = unheard = loop.create_future()
     duplicate = Exception(1062, "Duplicate entry")
     outcomes = await queue._together_failed(_Conn(), jobs, duplicate, 1)
     await asyncio.wait_for(ack, 1)  # acknowledged as never written
+    await asyncio.wait_for(unheard, 1)
 
     assert sent == [["t0", "t2"]]
     assert outcomes == [(jobs[0], None), (jobs[2], None)]
@@ -809,3 +819,13 @@ async def test_creates_sent_together_whose_rollback_closed_the_connection_go_aga
     outcomes = await queue._together_failed(conn, jobs, Exception(1062, "Duplicate entry"), 1)
     assert outcomes == [] and sent == []
     assert list(queue._queue) == jobs
+    # sent again each in a transaction of its own, never together: an error that closes the
+    # connection every time (a packet over max_allowed_packet) must not send them for ever
+    assert all(job.alone for job in jobs)
+
+    async def together(conn: Any, batch: list[CreateJob]) -> Any:
+        raise AssertionError("sent together again")
+
+    queue._send_together = together  # type: ignore[method-assign]
+    assert await queue._send(_Conn(), jobs) == [(job, None) for job in jobs]
+    assert sent == [["t0", "t1", "t2"]]

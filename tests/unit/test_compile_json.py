@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from sqlalchemy import JSON, Column, MetaData, String, Table, TypeDecorator, null
+from sqlalchemy import JSON, Column, MetaData, String, Table, TypeDecorator, func, null
 from sqlalchemy.dialects.mysql import asyncmy
 from sqlalchemy.dialects.postgresql import asyncpg
 from sqlalchemy.dialects.sqlite import aiosqlite
@@ -91,3 +91,44 @@ def test_a_team_type_and_an_engine_serializer_keep_sqlalchemys_processor() -> No
     assert ours["body"]({"b": 1, "a": 2}) == '{"a": 2, "b": 1}'
     plain, _ = _processors(aiosqlite.dialect())
     assert plain["team"]({"a": 1}) == '{"A": 1}'
+
+
+ROWS_TABLE = Table(
+    "rows",
+    MetaData(),
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(8), default="plain"),
+    Column("at", String(32), default=func.now()),
+    Column("body", String(32)),
+)
+
+
+@pytest.mark.parametrize(
+    ("dialect", "expected"),
+    [
+        (
+            asyncmy.dialect(),
+            "INSERT INTO `rows` (id, kind, at, body) VALUES "
+            "(%s, %s, (now()), %s), (%s, %s, (now()), %s), (%s, %s, (now()), %s)",
+        ),
+        (
+            asyncpg.dialect(),
+            "INSERT INTO rows (id, kind, at, body) VALUES "
+            "($1, $2, (now()), $3), ($4, $5, (now()), $6), ($7, $8, (now()), $9)",
+        ),
+    ],
+    ids=["format", "numbered"],
+)
+def test_an_insert_of_several_rows_repeats_the_row_and_numbers_on(
+    dialect: Dialect, expected: str
+) -> None:
+    """MySQL sends the creates of a packet as one multi-row INSERT per table: every row's
+    values in the one-row INSERT's order, a SQL default inlined in each, parameters numbered
+    on from row to row where the dialect numbers them."""
+    plan = insert_plan(ROWS_TABLE, ("id", "body"), dialect)
+    assert plan.rows_sql(3) == expected
+    assert plan.rows_sql(3) is plan.rows_sql(3)  # compiled once
+    assert plan.rows_sql(1) == plan.sql
+    # a row's parameters are the one-row INSERT's: laid end to end they fill the three rows
+    assert [name for name, _ in plan.bound] == ["id", "kind", "body"]
+    assert plan.params({"id": "a", "body": "x"}) == ("a", "plain", "x")
