@@ -5,7 +5,8 @@ and commit together: ``START TRANSACTION``, one ``INSERT`` of all their threads,
 their messages, ``COMMIT``. That is one round trip, one wake-up of each event loop and one log
 flush for all of them, and a quarter of the statements a transaction per create would take.
 Each create is still atomic: its two rows commit together, with the others' or not at all. A
-create alone in the queue is a packet of one.
+create alone in the queue is a packet of one, and so is a big one (:data:`PACKET_CHARS`): a
+packet over the server's ``max_allowed_packet`` would be refused whole.
 
 When such a packet fails, nothing of it was written (an interrupted ``COMMIT`` may have taken
 effect: the lane then asks whether one of its threads exists, which tells for all). If a
@@ -51,10 +52,15 @@ from typing import Any, Protocol
 from .base import StatementCallback
 from .queued import CreateJob, CreateQueue, Outcomes
 
-__all__ = ["MAX_BATCH", "MySqlCreateQueue"]
+__all__ = ["MAX_BATCH", "PACKET_CHARS", "MySqlCreateQueue"]
 
 #: At most this many creates share one packet.
 MAX_BATCH = 8
+#: Creates share a packet only while their text values come to at most this many characters
+#: together (a create bigger than that goes alone): a packet over the server's
+#: ``max_allowed_packet`` (4 MiB by default on MySQL 5.7, 16 MiB on MariaDB) is refused, and the
+#: connection closed, even when each of its creates alone would fit.
+PACKET_CHARS = 256 * 1024
 #: Statements of a transaction in a packet: START TRANSACTION, two INSERTs, COMMIT.
 _PER_CREATE = 4
 #: Results a transaction's packet gives before its COMMIT's (START TRANSACTION, two INSERTs),
@@ -121,6 +127,14 @@ class MySqlCreateQueue(CreateQueue[PacketStore]):
         self._kills: dict[Any, asyncio.Task[None]] = {}
         #: connections whose failed packet is being settled: no kill for them
         self._settling: set[Any] = set()
+
+    def _fit(self, n: int) -> int:
+        size = 0
+        for taken, job in enumerate(itertools.islice(self._queue, n)):
+            size += sum(len(value) for value in job.params if isinstance(value, (str, bytes)))
+            if taken and size > PACKET_CHARS:
+                return taken
+        return n
 
     def _cut(self, job: CreateJob) -> None:
         conn = job.conn

@@ -191,12 +191,17 @@ class CreateQueue(abc.ABC, Generic[S]):
             return
         self.background.post_back(job.caller, _acknowledge, ack)
 
+    def _fit(self, n: int) -> int:
+        """How many of the queue's first ``n`` jobs one send may carry (at least one)."""
+        return n
+
     def _take(self, conn: Any = None) -> list[CreateJob]:
         """The next jobs of a lane (to send on ``conn``): an even share of the queue, at most
-        :attr:`max_batch`."""
+        :attr:`max_batch` (and what :meth:`_fit` allows)."""
         queue = self._queue
         share = -(-len(queue) // max(self._lanes, 1))
-        batch = [queue.popleft() for _ in range(min(self.max_batch, share, len(queue)))]
+        n = self._fit(min(self.max_batch, share, len(queue)))
+        batch = [queue.popleft() for _ in range(n)]
         lane = asyncio.current_task()
         for job in batch:
             job.state = _SENT

@@ -27,7 +27,12 @@ from pytest_threadcreator.errors import DatabaseError, ThreadExistsError
 from pytest_threadcreator.schema import NewThread, default_schema
 from pytest_threadcreator.store.base import ThreadIdTaken
 from pytest_threadcreator.store.mysql import MySqlStore
-from pytest_threadcreator.store.mysql_batch import MAX_BATCH, QUERY_INTERRUPTED, MySqlCreateQueue
+from pytest_threadcreator.store.mysql_batch import (
+    MAX_BATCH,
+    PACKET_CHARS,
+    QUERY_INTERRUPTED,
+    MySqlCreateQueue,
+)
 from pytest_threadcreator.store.postgresql import PgStore
 from pytest_threadcreator.store.queued import CreateJob
 
@@ -155,6 +160,40 @@ async def test_creates_that_wait_together_commit_in_one_transaction_per_packet(
         messages = await creator.list_messages(result.thread.id)
         assert [m.text for m in messages] == [f"message {i}"]
         assert [m.id for m in messages] == [result.message.id]
+    await database.check_integrity()
+    assert store.checked_out() == 0
+
+
+@pytest.mark.asyncio
+async def test_big_creates_do_not_share_a_packet(mysql_database: Database) -> None:
+    """Creates whose text comes to more than PACKET_CHARS together go in packets of their
+    own: a packet over the server's max_allowed_packet is refused whole (and its connection
+    closed), although each of its creates alone would fit."""
+    database = mysql_database
+    store = _mysql(database)
+    held = Held(store)
+    await held.take()
+    big = "x" * (PACKET_CHARS // 2 + 1)  # two of them are over the line together
+    queue, sizes = store._queue, []
+    real_send = queue._send
+
+    async def send(conn: Any, batch: list[CreateJob]) -> Any:
+        sizes.append([any(big in str(value) for value in job.params) for job in batch])
+        return await real_send(conn, batch)
+
+    queue._send = send  # type: ignore[method-assign]
+    n = 2 * store.max_size
+    creator = ThreadCreator(database)
+    tasks = [
+        asyncio.ensure_future(creator.create_thread_with_message(_user(i), big if i < n else "s"))
+        for i in range(n + 3 * store.max_size)  # then small ones: those still share packets
+    ]
+    await held.give_back()
+    await asyncio.gather(*tasks)
+    assert sum(len(packet) for packet in sizes) == len(tasks)
+    assert max(sum(packet) for packet in sizes) == 1  # never two big ones in a packet
+    assert max(len(packet) for packet in sizes) > 1  # small ones still share
+    assert await database.count_threads() == len(tasks)
     await database.check_integrity()
     assert store.checked_out() == 0
 
