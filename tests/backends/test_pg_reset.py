@@ -28,7 +28,7 @@ from pytest_threadcreator.errors import DatabaseError
 from pytest_threadcreator.ids import new_message_id, new_thread_id
 from pytest_threadcreator.schema import NewThread, default_schema
 
-from ..helpers import PG_SERVER_URL, needs_marks, pg_connect_kwargs, pg_server_missing
+from ..helpers import PG_SERVER_URL, needs_marks, pg_connect_kwargs, pg_fetch, pg_server_missing
 
 pytestmark = [*needs_marks(pg_server_missing()), pytest.mark.suite_independent]
 SCHEMA = default_schema()
@@ -59,6 +59,15 @@ async def _alive(conn: Any) -> bool:
         return bool(await conn.fetchval("SELECT true"))
     except (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError):
         return False
+
+
+async def _gone(pid: int, timeout: float = 10.0) -> None:
+    """Wait until the server has ended backend ``pid``: a closed client socket does not mean
+    its backend has left ``pg_stat_activity`` yet."""
+    deadline = time.monotonic() + timeout
+    while await pg_fetch("SELECT 1 FROM pg_stat_activity WHERE pid = $1", pid):
+        assert time.monotonic() < deadline, f"backend {pid} still there after {timeout} s"
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -179,7 +188,8 @@ def test_a_blocker_that_cannot_be_ended_fails_the_reset_once_naming_it(
             assert await _alive(blocker), "the plugin could not end it, and did not"
             return pid, str(failure.value)
         finally:
-            blocker.terminate()
+            await blocker.close()
+            await _gone(pid)
 
     pid, message = asyncio.run(scenario())
     assert message == (
