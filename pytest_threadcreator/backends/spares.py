@@ -16,10 +16,12 @@ or the test is done with it.
 
 With a ``recycle`` step (a :class:`Recycler`), the dropper reclaims a used database instead, and
 a task beside it warms the reclaimed one and has it checked (and emptied): one that changed
-nothing but rows is a spare again, any other goes back to the dropper. PostgreSQL's (for a
-template that watches for schema changes) renames the database and checks and empties it on the
-warmed connection; MySQL's, which cannot rename a database, checks and empties it where it is,
-in :meth:`Recycler.reclaim`, and its ``check`` only says so. Spares are handed out oldest first,
+nothing but rows is a spare again, any other goes back to the dropper. Both keep the
+used database's name and one connection of its store pool (``keeps_handles``), which serves its
+next test. PostgreSQL's (for a template that watches for schema changes) makes sure no other
+session is on it in :meth:`Recycler.reclaim` and checks and empties it on the kept connection
+in ``check``; MySQL's checks and empties it in :meth:`Recycler.reclaim`, and its ``check`` only
+says so. Spares are handed out oldest first,
 and never the database the previous test gave back while it is the only one: the next test
 waits for another, so each test's database has a name other than the one before it had. The
 cloners leave room for the used databases still to come back (as long as the last one tried
@@ -57,10 +59,9 @@ class Recycler(Protocol):
         one connection of its pool); False if it cannot be kept (it is closed then)."""
 
     async def reclaim(self, conn: Any, name: str, handle: Any = None) -> str | None:
-        """Take the used database ``name`` back for a later test (PostgreSQL: renamed, out of
-        reach of the sessions the test left; MySQL: checked and emptied where it is, ``handle``
-        the warm handle kept for it, if any): the name it comes back under, or None to drop
-        ``name`` instead."""
+        """Take the used database ``name`` back for a later test (``handle``: the warm handle
+        kept for it, if any; PostgreSQL: no other session is on it; MySQL: checked and emptied
+        where it is): the name it comes back under, or None to drop ``name`` instead."""
 
     async def check(self, name: str, handle: Any) -> bool:
         """Check and empty the reclaimed ``name`` (on ``handle``, if warmed), unless

@@ -1,7 +1,8 @@
-"""``fresh`` on PostgreSQL: a used clone that changed nothing but rows comes back as the next
-test's database, emptied and renamed; one that changed anything else is dropped. Against the
-real server at ``$THREADCREATOR_POSTGRES_URL``; a database is followed by its ``pg_database``
-oid, which a rename keeps and a new clone never reuses while the old one exists."""
+"""``fresh`` on PostgreSQL: a used clone that changed nothing but rows comes back as a later
+test's database, emptied, under its name and with one connection of its store pool; one that
+changed anything else is dropped. Against the real server at ``$THREADCREATOR_POSTGRES_URL``; a
+database is followed by its ``pg_database`` oid, which a new clone never reuses while the old
+one exists."""
 
 from __future__ import annotations
 
@@ -100,22 +101,50 @@ def _take_until(backend: PostgresBackend, oid: int) -> tuple[Database, list[Data
     raise AssertionError(f"database {oid} was never handed out again")
 
 
-def test_a_clone_left_as_found_is_emptied_renamed_and_handed_out_again(
+def test_a_clone_left_as_found_is_emptied_and_handed_to_a_later_test(
     backend: PostgresBackend,
 ) -> None:
     backend.prepare_template(SCHEMA, None)
-    oid, first_name = _used(backend)
-    renamed = _name_of(oid)
-    assert renamed is not None, "recycled, not dropped"
-    assert renamed != first_name, "a fresh database's name (and URL) changes per test"
-    assert renamed.startswith(f"tc_{backend.run_id}_gw6_") and renamed.endswith("_fresh")
-    assert marked_run(_note(renamed)) == backend.run_id, "still marked as the run's own"
+    oid, name = _used(backend)
+    assert _name_of(oid) == name, "kept where it is, under its name, not dropped"
+    assert marked_run(_note(name)) == backend.run_id, "still marked as the run's own"
     assert backend.leftovers() == [backend.template], "a spare again, not a leftover"
     database, others = _take_until(backend, oid)
-    assert database.name == renamed and first_name not in database.url
+    assert others, "not to the next test: its name (and URL) differs from the one before"
+    assert database.name == name
     assert asyncio.run(database.count_threads()) == 0
     assert asyncio.run(database.count_messages()) == 0
     for other in [*others, database]:
+        backend.drop_database(other)
+
+
+def test_the_store_pool_comes_back_with_its_database_trimmed_to_one_connection(
+    backend: PostgresBackend,
+) -> None:
+    backend.prepare_template(SCHEMA, None)
+    first = backend.create_database("first", isolation="fresh")  # made on demand; starts the tender
+    database = backend.create_database("used", isolation="fresh")
+    pool = database.store._pool  # type: ignore[attr-defined]
+    assert pool is not None, "a spare comes with its store pool open"
+
+    async def grow() -> set[int]:  # as a test running creates side by side would
+        held = [await pool.acquire() for _ in range(3)]
+        pids = {conn.get_server_pid() for conn in held}
+        for conn in held:
+            await pool.release(conn)
+        return pids
+
+    opened = backend._background.run(grow())
+    assert pool.get_size() == 3
+    oid = _oid(database.name)
+    backend.drop_database(database)
+    backend.leftovers()
+    again, others = _take_until(backend, oid)
+    assert again.store._pool is pool and pool.get_size() == 1  # type: ignore[attr-defined]
+    sessions = _fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", again.name)
+    assert len(sessions) == 1 and sessions[0]["pid"] in opened, "one of its own, not a new one"
+    assert asyncio.run(again.count_threads()) == 0
+    for other in [first, *others, again]:
         backend.drop_database(other)
 
 
@@ -166,7 +195,7 @@ def _refusal(backend: PostgresBackend, name: str, seeded: list[str] | None = Non
     async def check() -> str:
         conn = await asyncpg.connect(**pg_connect_kwargs("postgres"))
         try:
-            row = await conn.fetchrow(recycle.SHARED_CHECK, name, backend.template)
+            row = await conn.fetchrow(recycle.SHARED_CHECK, name, backend.template, [])
         finally:
             await conn.close()
         if row["why"] is not None:
@@ -283,41 +312,42 @@ def test_a_table_outside_the_schema_too_big_to_digest_is_never_recycled(
     assert _name_of(oid) is None
 
 
-def test_the_used_database_is_renamed_before_it_is_checked_and_emptied(
+def test_a_session_that_comes_after_the_look_for_sessions_drops_the_database(
     backend: PostgresBackend,
 ) -> None:
-    """A session the test left (an app's pool) could otherwise reconnect by the old name and
-    commit rows after the check: the check must find the old name gone (and, without a pool
-    warmed for the next test, check on a connection of its own)."""
+    """An app's pool that connects again by the database's name between the tender's look for
+    sessions and the emptying would see a later test's rows: the emptying looks again, inside
+    its transaction, and refuses."""
     backend.prepare_template(SCHEMA, None)
-    old, new = (f"recycle_probe_{uuid.uuid4().hex[:12]}" for _ in range(2))
-    _fetch(f'CREATE DATABASE "{old}" TEMPLATE "{backend.template}"')
-    old_name_there: list[bool] = []
+    name = f"recycle_probe_{uuid.uuid4().hex[:12]}"
+    _fetch(f'CREATE DATABASE "{name}" TEMPLATE "{backend.template}"')
 
-    async def connect_to(name: str) -> Any:
-        rows = await pg_fetch("SELECT 1 FROM pg_database WHERE datname = $1", old)
-        old_name_there.append(bool(rows))
-        return await asyncpg.connect(**pg_connect_kwargs(name))
-
-    async def run() -> tuple[str | None, bool]:
-        sql = recycle_sql(SCHEMA, [])
-        recycler = recycle.Recycler(sql, connect_to, lambda: new, backend.template)
+    async def run() -> tuple[str | None, bool, str | None]:
+        recycler = recycle.Recycler(recycle_sql(SCHEMA, []), _connect_to, backend.template)
         conn = await asyncpg.connect(**pg_connect_kwargs("postgres"))
         try:
-            renamed = await recycler.reclaim(conn, old)
+            reclaimed = await recycler.reclaim(conn, name)
         finally:
             await conn.close()
-        return renamed, await recycler.check(new)
+        late = await asyncpg.connect(**pg_connect_kwargs(name))  # after the look
+        try:
+            return reclaimed, await recycler.check(name), recycler.last_refusal
+        finally:
+            await late.close()
 
     try:
-        assert asyncio.run(run()) == (new, True)
-        assert old_name_there == [False]
+        reclaimed, checked, refusal = asyncio.run(run())
+        assert reclaimed == name, "nobody was on it when the tender looked"
+        assert not checked and "another session came on it" in (refusal or "")
     finally:
-        for name in (old, new):
-            _fetch(f'DROP DATABASE IF EXISTS "{name}"')
+        _fetch(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_a_clone_a_session_still_uses_is_dropped_not_renamed(backend: PostgresBackend) -> None:
+async def _connect_to(name: str) -> Any:
+    return await asyncpg.connect(**pg_connect_kwargs(name))
+
+
+def test_a_clone_a_session_still_uses_is_dropped(backend: PostgresBackend) -> None:
     backend.prepare_template(SCHEMA, None)
     database = backend.create_database("held", isolation="fresh")
     oid = _oid(database.name)

@@ -679,7 +679,11 @@ def test_spares_are_marked_empty_schema_ready_and_take_no_schema_change_along() 
             assert len(stock) <= backend.plan.spares + backend.plan.spares, stock
             backend.drop_database(database)
             assert backend.leftovers() == [backend.template]  # waits for the background drops
-            assert _sessions_on(database.name) == 0, "its connections closed before the drop"
+            if _databases_like(database.name):  # left as found: a spare again, with at most
+                # one of its connections (none when enough spares are ready with theirs)
+                assert _sessions_on(database.name) <= 1, "one connection kept, the others closed"
+            else:
+                assert _sessions_on(database.name) == 0, "its connections closed before the drop"
     finally:
         backend.stop()
     assert _databases_like(f"tc_{backend.run_id}_") == [], "the spares go at stop"
@@ -736,7 +740,7 @@ def test_without_room_for_a_tender_fresh_databases_are_cloned_on_demand() -> Non
             names.append(database.name)
             backend.drop_database(database)
             assert backend.leftovers() == [backend.template]
-        assert [name.rsplit("_", 1)[1] for name in names] == ["one", "two"]
+        assert len(set(names)) == 2 and all(name.endswith("_fresh") for name in names)
     finally:
         backend.stop()
     assert _databases_like(f"tc_{backend.run_id}_") == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import re
 import subprocess
 import sys
@@ -209,7 +210,16 @@ def test_fresh_isolation_gives_every_test_its_own_database(
     result.assert_outcomes(passed=12)
     by_worker = seen(pytester.path)
     names = [name for rows in by_worker.values() for name, _ in rows]
-    assert len(names) == len(set(names)) == 12
+    assert len(names) == 12
+    workers_of: dict[str, set[str]] = {}
+    for worker, rows in by_worker.items():
+        for (before, _), (after, _) in itertools.pairwise(rows):
+            assert before != after, f"{worker}: a test got the database of the test before it"
+        for name, _ in rows:
+            workers_of.setdefault(name, set()).add(worker)
+    assert all(len(workers) == 1 for workers in workers_of.values()), "no two workers share one"
+    if db == "sqlite":  # a new file each; a server hands a database left as found to a later test
+        assert len(set(names)) == 12
     assert len(hook_calls(pytester.path)) == 1
     assert_nothing_left(pytester.path, db, by_worker)
 

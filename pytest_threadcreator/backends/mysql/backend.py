@@ -296,7 +296,7 @@ class MySqlBackend(ServerBackend):
 
         A ``fresh`` database is one the tender made ahead (named ``…_<n>_fresh``), with its
         store's pool already connected, when one is ready or being made; it is made on demand
-        otherwise."""
+        otherwise (named ``…_<n>_fresh`` too: it may serve a later test)."""
         if self._schema is None:
             raise ConfigurationError("prepare_template() must run before create_database()")
         spares = self._tender() if isolation == "fresh" else None
@@ -305,7 +305,7 @@ class MySqlBackend(ServerBackend):
         if spare is not None:
             name, pool = spare
         else:
-            name = self._next_name(label)
+            name = self._next_name("fresh" if isolation == "fresh" else label)
             ddl = self._copy_ddl()
 
             async def create(conn: Any) -> None:

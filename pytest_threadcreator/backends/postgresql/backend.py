@@ -147,7 +147,7 @@ class PostgresBackend(ServerBackend):
         self._keep_container = False
         #: the test label of each database handed out from the spares (named ``…_fresh``)
         self._labels: dict[str, str] = {}
-        #: clone with STRATEGY FILE_COPY (PostgreSQL 15+; see janitor.create_marked)
+        #: the tender clones with STRATEGY FILE_COPY (PostgreSQL 15+; see janitor.create_marked)
         self._file_copy = False
         self._counter = 0
 
@@ -397,7 +397,7 @@ class PostgresBackend(ServerBackend):
 
         A ``fresh`` database comes from the spares the tender cloned ahead (named
         ``…_<n>_fresh``), with its store's pool already connected, when one is ready; it is
-        cloned on demand otherwise.
+        cloned on demand otherwise (named ``…_<n>_fresh`` too: it may serve a later test).
         """
         if not self._template_ready:
             raise ConfigurationError("prepare_template() must run before create_database()")
@@ -410,11 +410,14 @@ class PostgresBackend(ServerBackend):
         if name is not None:
             self._labels[name] = label
         else:
-            name = self._next_name(label)
-            template, file_copy = self.template, self._file_copy
+            # a fresh one may be handed to a later test: named like the spares, not after its test
+            name = self._next_name("fresh" if isolation == "fresh" else label)
+            if isolation == "fresh":
+                self._labels[name] = label
+            template = self.template
 
-            async def create(conn: Any) -> None:
-                await create_marked(conn, name, self.run_id, template=template, file_copy=file_copy)
+            async def create(conn: Any) -> None:  # the test waits: the quicker one alone
+                await create_marked(conn, name, self.run_id, template=template)
 
             self._admin_run(create)
         try:
@@ -453,7 +456,7 @@ class PostgresBackend(ServerBackend):
 
             next_name = functools.partial(self._next_name, "fresh")
             sql = recycle_sql(schema, self._seeded)  # see recycle.py
-            recycle = Recycler(sql, self._connect_to, next_name, self.template)
+            recycle = Recycler(sql, self._connect_to, self.template)
             spares = self._spares = SpareTender(
                 background=self._background,
                 target=self.plan.spares,
