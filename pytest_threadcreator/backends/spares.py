@@ -163,6 +163,12 @@ class SpareTender:
         return f"<SpareTender {state} ready={len(self._ready)} doomed={len(self._doomed)}>"
 
     @property
+    def coming_back(self) -> bool:
+        """Whether used databases come back as spares (a recycler, and the last one tried came
+        back): then few clones are made, else one per test."""
+        return self.recycling and self._coming_back
+
+    @property
     def running(self) -> bool:
         """True while a cloner lives."""
         return any(not task.done() for task in self._cloners)

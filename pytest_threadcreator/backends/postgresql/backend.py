@@ -26,7 +26,7 @@ from ..._background import BackgroundLoop
 from ...database import Database
 from ...errors import BackendUnavailableError, ConfigurationError, DatabaseError
 from ...store.postgresql import ADMIN_TIMEOUT, PgStore, _asyncpg, close_pool, open_pool
-from ...store.postgresql_reset import _quote, copy_seed
+from ...store.postgresql_reset import _quote, copy_seed, reset_function_sql
 from ..naming import normalise_worker_id
 from ..pools import PoolPlan, plan_pools, worker_count
 from ..server import ServerBackend
@@ -351,11 +351,8 @@ class PostgresBackend(ServerBackend):
                 setup(database)
             finally:
                 database.close()
-            self._seeded = self._background.run(self._copy_seed(schema), timeout=ADMIN_TIMEOUT)
-
-        # last: from here on every schema change in a clone is seen (see recycle.py)
-        watch = install_watch(self._connect_to, self.template, schema)
-        self._watched = self._background.run(watch, timeout=ADMIN_TIMEOUT)
+        finish = self._finish_template(schema, seeded=setup is not None)
+        self._seeded, self._watched = self._background.run(finish, timeout=ADMIN_TIMEOUT)
         note = ownership_mark(self.run_id) + TEMPLATE_NOTE + json.dumps(self._seeded)
         note += WATCHED_NOTE if self._watched else ""
 
@@ -373,11 +370,20 @@ class PostgresBackend(ServerBackend):
 
         self._admin_run(seal)
 
-    async def _copy_seed(self, schema: ThreadSchema) -> list[str]:
-        """Keep the rows the setup hook left in the template; returns their tables."""
+    async def _finish_template(
+        self, schema: ThreadSchema, *, seeded: bool
+    ) -> tuple[list[str], bool]:
+        """On one connection to the template: keep the rows the setup hook left in it (if it
+        ``seeded`` any), add the reset function, and last install the watch for schema changes
+        (from then on every schema change in a clone is seen, see recycle.py). Returns the
+        seeded tables and whether the watch is installed."""
         conn = await self._connect_to(self.template)
         try:
-            return await copy_seed(conn, schema)
+            tables = await copy_seed(conn, schema) if seeded else []
+            function = reset_function_sql(schema, tables)
+            if function is not None:
+                await conn.execute(function)
+            return tables, await install_watch(conn, schema)
         finally:
             await conn.close()
 
@@ -445,7 +451,14 @@ class PostgresBackend(ServerBackend):
             template, file_copy = self.template, self._file_copy
 
             async def clone(conn: Any, name: str) -> None:
-                await create_marked(conn, name, self.run_id, template=template, file_copy=file_copy)
+                # While used databases come back, clones are few and a test may wait for one:
+                # the quicker one alone (WAL_LOG); once they stop coming back (the tests change
+                # the schema), clones are made back to back: FILE_COPY (see create_marked).
+                tender = self._spares
+                one_off = tender is not None and tender.coming_back
+                await create_marked(
+                    conn, name, self.run_id, template=template, file_copy=file_copy and not one_off
+                )
 
             schema, connect, plan = self._schema, self._connect, self.plan
             assert schema is not None
@@ -488,6 +501,7 @@ class PostgresBackend(ServerBackend):
             name=name,
             seeded=self._seeded,
             pool=pool,
+            reset_function=True,  # every template holds it (see _finish_template)
         )
 
         # SSL as the run decided it (asyncpg only: a psycopg URL's engines keep their own)

@@ -133,19 +133,13 @@ SELECT setval('{WATCH_SCHEMA}.ddl', 0, false);
 """
 
 
-async def install_watch(
-    connect_to: Callable[[str], Awaitable[Any]], template: str, schema: ThreadSchema
-) -> bool:
-    """Install the DDL watch in ``template`` (on a connection of ``connect_to(template)``);
-    False (nothing done) when the role may not create event triggers."""
-    conn = await connect_to(template)
-    try:
-        if not await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
-            return False
-        await conn.execute(_install_sql(_emptied(schema)))
-        return True
-    finally:
-        await conn.close()
+async def install_watch(conn: Any, schema: ThreadSchema) -> bool:
+    """Install the DDL watch in the template ``conn`` is on; False (nothing done) when the role
+    may not create event triggers."""
+    if not await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+        return False
+    await conn.execute(_install_sql(_emptied(schema)))
+    return True
 
 
 def recycle_sql(schema: ThreadSchema, seeded: Sequence[str]) -> str:
