@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from pytest_threadcreator.backends.postgresql import recycle
 from pytest_threadcreator.backends.postgresql.backend import PostgresBackend
 from pytest_threadcreator.backends.postgresql.janitor import marked_run, new_run_id
-from pytest_threadcreator.backends.postgresql.recycle import recycle_sql
+from pytest_threadcreator.backends.postgresql.recycle import recycle_call, recycle_sql
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.schema import default_schema
 
@@ -202,12 +202,22 @@ def _refusal(backend: PostgresBackend, name: str, seeded: list[str] | None = Non
             return str(row["why"])
         conn = await asyncpg.connect(**pg_connect_kwargs(name))
         try:
-            await conn.execute(recycle_sql(SCHEMA, seeded or []))
-        except asyncpg.PostgresError as exc:
-            return str(exc)
+            try:
+                await conn.execute(recycle_sql(SCHEMA, seeded or []))
+            except asyncpg.PostgresError as exc:
+                reason = str(exc)
+            else:
+                raise AssertionError(f"{name} passed the recycle checks")
+            # the same from the template's function, as the tender calls it
+            try:
+                changed = await conn.fetchval(recycle_call(SCHEMA))
+            except asyncpg.PostgresError as exc:
+                assert str(exc) == reason
+            else:
+                assert f"threadcreator: changed since it was cloned: {changed}" == reason
+            return reason
         finally:
             await conn.close()
-        raise AssertionError(f"{name} passed the recycle checks")
 
     return asyncio.run(check())
 

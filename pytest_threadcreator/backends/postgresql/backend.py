@@ -51,7 +51,7 @@ from .janitor import (
     template_lock_key,
     template_name,
 )
-from .recycle import Recycler, install_watch, recycle_sql
+from .recycle import Recycler, install_watch, recycle_call
 from .servers import (
     Mode,
     ServerOptions,
@@ -383,7 +383,7 @@ class PostgresBackend(ServerBackend):
             function = reset_function_sql(schema, tables)
             if function is not None:
                 await conn.execute(function)
-            return tables, await install_watch(conn, schema)
+            return tables, await install_watch(conn, schema, tables)
         finally:
             await conn.close()
 
@@ -468,8 +468,7 @@ class PostgresBackend(ServerBackend):
                 return await open_pool(kwargs, max_size=plan.store_max, schema=schema)
 
             next_name = functools.partial(self._next_name, "fresh")
-            sql = recycle_sql(schema, self._seeded)  # see recycle.py
-            recycle = Recycler(sql, self._connect_to, self.template)
+            recycle = Recycler(recycle_call(schema), self._connect_to, self.template)
             spares = self._spares = SpareTender(
                 background=self._background,
                 target=self.plan.spares,

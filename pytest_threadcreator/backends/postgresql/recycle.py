@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
     from ...schema import ThreadSchema
 
-__all__ = ["WATCH_SCHEMA", "Recycler", "install_watch", "recycle_sql"]
+__all__ = ["WATCH_SCHEMA", "Recycler", "install_watch", "recycle_call", "recycle_sql"]
 
 #: Looks (2 ms apart) for the sessions on a used database to be gone before it is checked.
 RECYCLE_POLLS = 50
@@ -95,12 +95,14 @@ _SEED_COPIES = (
 _DIGEST = "SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM %s t"
 
 
-def _install_sql(emptied: str) -> str:
+def _install_sql(emptied: str, function: str) -> str:
     """Run on the template (superuser), after everything else was put into it; ``emptied``
-    lists the schema's tables (``regclass`` literals), which get no digest."""
+    lists the schema's tables (``regclass`` literals), which get no digest; ``function``
+    creates the recycle function."""
     not_emptied = f"AND c.oid NOT IN ({emptied})" if emptied else ""
     return f"""
 CREATE SCHEMA {WATCH_SCHEMA};
+{function}
 CREATE SEQUENCE {WATCH_SCHEMA}.ddl MINVALUE 0 START 0;
 CREATE TABLE {WATCH_SCHEMA}.sequences (seq oid PRIMARY KEY, last_value bigint, is_called bool);
 CREATE TABLE {WATCH_SCHEMA}.triggers (name name PRIMARY KEY, row_xmin text NOT NULL);
@@ -133,12 +135,13 @@ SELECT setval('{WATCH_SCHEMA}.ddl', 0, false);
 """
 
 
-async def install_watch(conn: Any, schema: ThreadSchema) -> bool:
-    """Install the DDL watch in the template ``conn`` is on; False (nothing done) when the role
-    may not create event triggers."""
+async def install_watch(conn: Any, schema: ThreadSchema, seeded: Sequence[str]) -> bool:
+    """Install the DDL watch, and the recycle function :func:`recycle_call` calls, in the
+    template ``conn`` is on; False (nothing done) when the role may not create event
+    triggers."""
     if not await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
         return False
-    await conn.execute(_install_sql(_emptied(schema)))
+    await conn.execute(_install_sql(_emptied(schema), _recycle_function_sql(schema, seeded)))
     return True
 
 
@@ -146,7 +149,38 @@ def recycle_sql(schema: ThreadSchema, seeded: Sequence[str]) -> str:
     """One DO block, run on the used database: raise, naming the first change found, unless the
     database is unchanged but for the schema's rows (see the module's docstring; the database's
     own row is :data:`SHARED_CHECK`'s) and no other session is on it, else empty it and set its
-    sequences back (one transaction)."""
+    sequences back (one transaction). A watched template holds the same as a function (see
+    :func:`recycle_call`)."""
+    return (
+        "DO $threadcreator_recycle$ DECLARE why text; BEGIN "
+        f"SELECT CASE {_checks(schema)} END INTO why; "
+        f"IF why IS NULL THEN {_recycle_body(schema, seeded)} END IF; "
+        "IF why IS NOT NULL THEN "
+        "RAISE EXCEPTION 'threadcreator: changed since it was cloned: %', why; END IF; "
+        "END $threadcreator_recycle$;"
+    )
+
+
+def recycle_call(schema: ThreadSchema) -> str:
+    """:func:`recycle_sql` as one statement calling the template's function (made by
+    :func:`install_watch`), which a session compiles once: what changed (text), or NULL when
+    the database is emptied; the function raises for what only the emptying can find. The
+    first checks stay outside the function, so that a test cannot replace them."""
+    return f"SELECT CASE {_checks(schema)} ELSE {WATCH_SCHEMA}.recycle() END"
+
+
+def _recycle_function_sql(schema: ThreadSchema, seeded: Sequence[str]) -> str:
+    return (
+        f"CREATE FUNCTION {WATCH_SCHEMA}.recycle() RETURNS text LANGUAGE plpgsql AS "
+        f"$threadcreator_recycle$ DECLARE why text; BEGIN {_recycle_body(schema, seeded)} "
+        "IF why IS NOT NULL THEN "
+        "RAISE EXCEPTION 'threadcreator: changed since it was cloned: %', why; END IF; "
+        "RETURN NULL; END $threadcreator_recycle$;"
+    )
+
+
+def _checks(schema: ThreadSchema) -> str:
+    """``WHEN … THEN 'what changed'`` for each check made before the emptying, first first."""
     emptied = _emptied(schema)
     not_emptied = f" AND c.oid NOT IN ({emptied})" if emptied else ""
     triggers = ", ".join(f"'{name}'" for name in _TRIGGERS)
@@ -168,12 +202,15 @@ def recycle_sql(schema: ThreadSchema, seeded: Sequence[str]) -> str:
             f"AND c.oid NOT IN (SELECT rel FROM {WATCH_SCHEMA}.tables))"
         ),
     }
-    first = " ".join(f"WHEN {sql} THEN {_literal(why)}" for why, sql in checks.items())
+    return " ".join(f"WHEN {sql} THEN {_literal(why)}" for why, sql in checks.items())
+
+
+def _recycle_body(schema: ThreadSchema, seeded: Sequence[str]) -> str:
+    """PL/pgSQL (``why`` declared) that empties the database and sets its sequences back, then
+    sets ``why`` if a digest differs or another session is on it."""
     # the digests last: the emptying may reach outside the schema (a cascading foreign key)
     return (
-        "DO $threadcreator_recycle$ DECLARE why text; r record; d text; BEGIN "
-        f"SELECT CASE {first} END INTO why; "
-        "IF why IS NULL THEN "
+        "DECLARE r record; d text; BEGIN "
         f"{plain_reset_body(schema, seeded)} "
         f"PERFORM setval(s.seq::regclass, s.last_value, s.is_called) "
         f"FROM {WATCH_SCHEMA}.sequences s; "
@@ -183,15 +220,12 @@ def recycle_sql(schema: ThreadSchema, seeded: Sequence[str]) -> str:
         "IF d IS DISTINCT FROM r.digest THEN "
         "why := format('the rows of %s (outside the schema) differ from the template''s', "
         "r.rel::regclass); EXIT; END IF; "
-        "END LOOP; END IF; "
+        "END LOOP; "
         # one that came after SHARED_CHECK looked (it is dropped, with its sessions, instead)
         "IF why IS NULL AND EXISTS (SELECT 1 FROM pg_stat_activity "
         "WHERE datname = current_database() AND pid <> pg_backend_pid() "
         "AND backend_type = 'client backend') THEN "
-        "why := 'another session came on it'; END IF; "
-        "IF why IS NOT NULL THEN "
-        "RAISE EXCEPTION 'threadcreator: changed since it was cloned: %', why; END IF; "
-        "END $threadcreator_recycle$;"
+        "why := 'another session came on it'; END IF; END;"
     )
 
 
@@ -231,8 +265,8 @@ class Recycler:
     """Makes a used database a spare again where it is, under the name it has: :meth:`trim`
     keeps one connection of its store pool open for its next test, :meth:`reclaim` makes sure
     no other session is on it and nothing the shared catalogs hold of it changed, and
-    :meth:`check` empties it with ``sql`` (:func:`recycle_sql`) on that kept connection, whose
-    catalog caches and prepared statements are warm already."""
+    :meth:`check` empties it with ``sql`` (:func:`recycle_call`, or :func:`recycle_sql`) on
+    that kept connection, whose catalog caches and prepared statements are warm already."""
 
     def __init__(
         self, sql: str, connect_to: Callable[[str], Awaitable[Any]], template: str
@@ -296,14 +330,17 @@ class Recycler:
         try:
             if pool is not None:
                 async with pool.acquire(timeout=CHECK_TIMEOUT) as conn:
-                    await conn.execute(self.sql, timeout=CHECK_TIMEOUT)
-                return True
-            conn = await self._connect_to(name)
-            try:
-                await conn.execute(self.sql, timeout=CHECK_TIMEOUT)
-            finally:
-                await conn.close(timeout=CHECK_TIMEOUT)
+                    changed = await conn.fetchval(self.sql, timeout=CHECK_TIMEOUT)
+            else:
+                conn = await self._connect_to(name)
+                try:
+                    changed = await conn.fetchval(self.sql, timeout=CHECK_TIMEOUT)
+                finally:
+                    await conn.close(timeout=CHECK_TIMEOUT)
         except Exception as exc:  # changed, or not to be trusted
             self.last_refusal = str(exc)
+            return False
+        if changed is not None:  # the first checks found it, before the emptying
+            self.last_refusal = f"threadcreator: changed since it was cloned: {changed}"
             return False
         return True
