@@ -10,7 +10,8 @@ for the database's next test, and the tender (:class:`Recycler`) asks the mainte
 (:data:`SHARED_CHECK`) whether a session other than that one is still on it and whether what
 the shared catalogs hold of it changed: a per-database setting, a prepared transaction, its
 ``pg_database`` row (owner, ACL, connection limit, tablespace). If not, it runs
-:func:`recycle_sql`'s DO block on the kept connection:
+:func:`recycle_call` on the kept connection (:func:`recycle_sql`'s DO block, as a function
+of the template that a session compiles once):
 
 * the sequence never moved, the two event triggers are the template's own and enabled and no
   other came, and the plugin's record of the template's sequences is whole;
