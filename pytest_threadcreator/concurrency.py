@@ -275,6 +275,7 @@ class _Run(Generic[T]):
         self._arrived = 0
         self._remaining = count
         self._released_at = 0.0
+        self._shake_anchor = 0.0
         self._last_end: float | None = None
         self._stopping = False
         self._fatal: BaseException | None = None
@@ -294,10 +295,12 @@ class _Run(Generic[T]):
                 self._all_waiting.set_result(None)
             await self._barrier.wait()
             if self._shaker is not None:  # shake mode: a seeded start offset for this call
-                shake.call_key.set(f"run{self._shake_run}/call{index}")
-                delay = self._shaker.start_delay(self._shake_run, index)
-                if delay:
-                    await asyncio.sleep(delay)
+                key = f"run{self._shake_run}/call{index}"
+                shake.call_key.set(key)
+                at = self._shake_anchor + self._shaker.start_delay(self._shake_run, index)
+                self._shaker.begin_call(key, at)
+                if at > time.monotonic():
+                    await asyncio.sleep(at - time.monotonic())
             if self._slots is not None:
                 await self._slots.acquire()
             try:
@@ -394,6 +397,7 @@ class _Run(Generic[T]):
             # Read after set(): waking 10,000 waiters takes milliseconds that belong to the
             # runner, not to the calls. No call runs before this task awaits.
             self._released_at = self._clock()
+            self._shake_anchor = time.monotonic()  # where each call's shaken schedule starts
             if deadline is not None:
                 timer = loop.call_at(deadline, on_deadline)
             await self._finished

@@ -8,7 +8,11 @@ and by *which* call and step asks — not by the order the asks happen to arrive
 seed gives the same perturbations every time, and a failing schedule replays.
 
 Delays come from a small set of values, far apart compared with a database round trip (well
-under a millisecond here), so that the schedule a seed produces does not hinge on jitter.
+under a millisecond here), so that the schedule a seed produces does not hinge on jitter. The
+pauses before a call's start and before the statements of the test's engines are kept as a
+timetable: each statement waits until the call's start plus the pauses drawn so far, so time
+that one statement lost (a new process's first connection, a stall beside another busy xdist
+worker) is taken off the next pause instead of pushing the rest of the call later.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import hashlib
 import itertools
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 
 from .faults.steps import FaultAction, FaultDecider
@@ -67,6 +72,8 @@ class Shaker:
     _counters: dict[str, itertools.count[int]] = field(default_factory=dict, repr=False)
     _runs: itertools.count[int] = field(default_factory=itertools.count, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: each run_concurrently call's timetable: when (time.monotonic()) its next statement is due
+    _due: dict[str, float] = field(default_factory=dict, repr=False)
 
     def _record(self, key: str, seconds: float) -> float:
         if seconds:
@@ -84,6 +91,12 @@ class Shaker:
         key = f"run{run}/call{index}/start"
         return self._record(key, _draw(self.seed, key, START_DELAYS))
 
+    def begin_call(self, key: str, at: float) -> None:
+        """The call ``key`` starts at ``at`` (``time.monotonic()``): its statements are due at
+        that time plus the pauses drawn before them."""
+        with self._lock:
+            self._due[key] = at
+
     def _creation_key(self) -> str:
         base = call_key.get() or "outside"
         with self._lock:
@@ -98,7 +111,9 @@ class Shaker:
     def statement_delay(self) -> float:
         """Seconds to pause before the next statement of the test's engines in this call (0 outside one).
 
-        Keyed by the ``run_concurrently`` call and the statement's ordinal within it.
+        The pause drawn is keyed by the ``run_concurrently`` call and the statement's ordinal
+        within it; the seconds returned are what is left of it on the call's timetable (see
+        :meth:`begin_call`).
         """
         base = call_key.get()
         if base is None:
@@ -106,7 +121,13 @@ class Shaker:
         with self._lock:
             counter = self._counters.setdefault(base + "#sql", itertools.count())
             key = f"{base}/sql{next(counter)}"
-        return self._record(key, _draw(self.seed, key, STATEMENT_DELAYS))
+        pause = self._record(key, _draw(self.seed, key, STATEMENT_DELAYS))
+        with self._lock:
+            due = self._due.get(base)
+            if due is None:
+                return pause
+            due = self._due[base] = due + pause
+        return max(0.0, due - time.monotonic())
 
     def step_decider(self, creation: str, inner: FaultDecider | None) -> FaultDecider:
         """A fault decider adding in-transaction pauses; ``inner`` (the fault injector) wins."""

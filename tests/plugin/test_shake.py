@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from pytest_threadcreator.shake import Shaker, repetition_seeds
+from pytest_threadcreator import shake as shake_module
+from pytest_threadcreator.shake import Shaker, call_key, repetition_seeds
 
 INI = """
 [pytest]
@@ -137,6 +138,38 @@ def test_a_calls_start_offset_is_never_thinner_than_a_statements_pause() -> None
         offsets.add(shaker.start_delay(0, call))
     assert 0.0 in offsets
     assert min(offsets - {0.0}) >= 0.010, sorted(offsets)
+
+
+def test_a_statement_that_started_late_waits_only_what_is_left_of_its_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pauses are a timetable from the call's start: 100 ms a new process lost on the way
+    (a first connection, a stall) come off the next pause, so the calls' statements keep their
+    order, instead of all the call's later statements coming 100 ms late."""
+    seed = next(s for s in range(10_000) if _first_pauses(s) == (0.150, 0.075))
+    now = [1000.0]
+    monkeypatch.setattr(shake_module.time, "monotonic", lambda: now[0])
+    shaker = Shaker(seed)
+    token = call_key.set("run0/call0")
+    try:
+        shaker.begin_call("run0/call0", 999.9)  # the call is 100 ms behind already
+        assert shaker.statement_delay() == pytest.approx(0.050)  # 150 ms drawn, 100 ms gone
+        now[0] = 1000.070  # 20 ms late again
+        assert shaker.statement_delay() == pytest.approx(0.055)  # due 225 ms after the start
+        now[0] = 1000.400  # further behind than any pause drawn next: none at all
+        assert shaker.statement_delay() == 0.0
+    finally:
+        call_key.reset(token)
+    assert shaker.trace[:2] == [("run0/call0/sql0", 0.150), ("run0/call0/sql1", 0.075)]
+
+
+def _first_pauses(seed: int) -> tuple[float, float]:
+    shaker = Shaker(seed)
+    token = call_key.set("run0/call0")
+    try:  # without begin_call, a pause is the whole drawn one
+        return shaker.statement_delay(), shaker.statement_delay()
+    finally:
+        call_key.reset(token)
 
 
 def test_the_same_seed_replays_the_same_trace_through_the_plugin(pytester: pytest.Pytester) -> None:
