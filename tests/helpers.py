@@ -478,3 +478,25 @@ def _count_in_kept_cluster(url: str, cluster_dir: Path) -> int:
     finally:
         subprocess.run([*pg_ctl, "stop", "-m", "immediate", "-w", "-s"], check=False)
         shutil.rmtree(cluster_dir, ignore_errors=True)
+
+
+def default_rows(user_id: str = "user_a") -> tuple[dict[str, Any], dict[str, Any]]:
+    """A new thread's row and its first message's, in the default schema, for a store's
+    ``create``."""
+    from pytest_threadcreator.ids import new_message_id, new_thread_id
+    from pytest_threadcreator.schema import NewThread, default_schema
+
+    new = NewThread(
+        thread_id=new_thread_id(),
+        message_id=new_message_id(),
+        user_id=user_id,
+        run_id="run_test",
+        message="hello",
+        title="a title",
+        role="user",
+        metadata={},
+        created_at=int(time.time()),
+        context=None,
+    )
+    schema = default_schema()
+    return schema.thread_row(new), schema.message_row(new)

@@ -222,8 +222,17 @@ async def open_pool(
     return pool
 
 
+#: (id of a store pool, server pid) -> (the statement watcher, the query logger attached for it)
+#: of each store connection that has one. A ``fresh`` database's pool outlives its store (a
+#: later test's store gets it, connection and all), so this is kept per connection, not per
+#: store; :func:`close_pool` forgets a pool's. Touched on the background loop only.
+_LOGGERS: dict[tuple[int, int], tuple[StatementCallback, Callable[[Any], None]]] = {}
+
+
 async def close_pool(pool: Any) -> None:
     """Close a store pool (waits up to 5 s for connections in use, then terminates them)."""
+    for key in [key for key in _LOGGERS if key[0] == id(pool)]:
+        del _LOGGERS[key]
     try:
         await asyncio.wait_for(pool.close(), 5.0)
     except (asyncio.TimeoutError, Exception):  # terminate whatever is left
@@ -277,8 +286,6 @@ class PgStore(Store):
         #: The last reset's failure while its blockers live: the next one fails without waiting.
         self._reset_blocked: tuple[list[int], str] | None = None
         self._watcher: StatementCallback | None = None
-        #: server pid -> (watcher, the query logger attached to that connection for it)
-        self._loggers: dict[int, tuple[StatementCallback, Callable[[Any], None]]] = {}
         self._queue = PgCreateQueue(self, background)
 
     def __repr__(self) -> str:
@@ -341,27 +348,30 @@ class PgStore(Store):
                 "for tasks a test leaked that still hold connections"
             ) from None
         self._checked_out += 1
-        if self._watcher is not None or self._loggers:
-            self._sync_logger(conn)
+        if self._watcher is not None or _LOGGERS:
+            self._sync_logger(pool, conn)
         return pool, conn
 
-    def _sync_logger(self, conn: Any) -> None:
-        """Attach the current statement watcher to ``conn`` (or detach an old one)."""
+    def _sync_logger(self, pool: Any, conn: Any) -> None:
+        """Attach the current statement watcher to ``conn`` (or detach an old one, this store's
+        or an earlier store's of the same pool)."""
         pid = int(conn.get_server_pid())
-        watcher, current = self._watcher, self._loggers.get(pid)
+        key = (id(pool), pid)
+        watcher, current = self._watcher, _LOGGERS.get(key)
         if current is not None and current[0] is watcher:
             return
         if current is not None:
             conn.remove_query_logger(current[1])
-            del self._loggers[pid]
+            del _LOGGERS[key]
         if watcher is not None:
             label = f"store {self.name} (pid {pid})"
 
             def log(record: Any) -> None:
-                watcher(label, record.query)
+                if self._watcher is watcher:  # not once the store is done (its pool lives on)
+                    watcher(label, record.query)
 
             conn.add_query_logger(log)
-            self._loggers[pid] = (watcher, log)
+            _LOGGERS[key] = (watcher, log)
 
     async def put_back(self, pool: Any, conn: Any) -> None:
         self._checked_out -= 1
@@ -584,6 +594,7 @@ class PgStore(Store):
         """Close the store and hand its pool over (None if it has none yet): whoever takes it
         closes it, on the background loop (see :func:`close_pool`). A pool still being made is
         closed here instead."""
+        self._watcher = None
         if self._closed or (self._pool_task is not None and not self._pool_task.done()):
             self.close()
             return None

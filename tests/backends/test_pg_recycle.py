@@ -22,7 +22,14 @@ from pytest_threadcreator.backends.postgresql.recycle import recycle_call, recyc
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.schema import default_schema
 
-from ..helpers import PG_SERVER_URL, needs_marks, pg_connect_kwargs, pg_fetch, pg_server_missing
+from ..helpers import (
+    PG_SERVER_URL,
+    default_rows,
+    needs_marks,
+    pg_connect_kwargs,
+    pg_fetch,
+    pg_server_missing,
+)
 
 pytestmark = [*needs_marks(pg_server_missing()), pytest.mark.suite_independent]
 
@@ -144,6 +151,36 @@ def test_the_store_pool_comes_back_with_its_database_trimmed_to_one_connection(
     sessions = _fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", again.name)
     assert len(sessions) == 1 and sessions[0]["pid"] in opened, "one of its own, not a new one"
     assert asyncio.run(again.count_threads()) == 0
+    for other in [first, *others, again]:
+        backend.drop_database(other)
+
+
+def test_a_watcher_of_the_test_that_gave_a_database_back_sees_nothing_of_a_later_test(
+    backend: PostgresBackend,
+) -> None:
+    """The store pool (with its connection) outlives its store: the query logger an earlier
+    test's count_queries attached to that connection must not report a later test's
+    statements, nor come back beside the later test's own."""
+    backend.prepare_template(SCHEMA, None)
+    first = backend.create_database("first", isolation="fresh")  # made on demand; starts the tender
+    database = backend.create_database("used", isolation="fresh")
+    earlier: list[str] = []
+    store: Any = database.store
+    run = backend._background.run
+    run(store.watch_statements(lambda _label, sql: earlier.append(sql)))
+    asyncio.run(database.store.create(*default_rows(), explicit_id=False))
+    run(store.watch_statements(None))  # the test's count_queries() ended
+    assert earlier, "it saw the earlier test's create"
+    seen = len(earlier)
+    oid = _oid(database.name)
+    backend.drop_database(database)
+    backend.leftovers()
+    again, others = _take_until(backend, oid)
+    later: list[str] = []
+    run(again.store.watch_statements(lambda _label, sql: later.append(sql)))  # type: ignore[attr-defined]
+    asyncio.run(again.store.create(*default_rows(), explicit_id=False))
+    assert len(earlier) == seen, earlier[seen:]
+    assert len(later) == 1, later  # the create's one statement, once
     for other in [first, *others, again]:
         backend.drop_database(other)
 

@@ -25,33 +25,23 @@ from pytest_threadcreator.backends.postgresql.backend import PostgresBackend
 from pytest_threadcreator.backends.postgresql.janitor import new_run_id
 from pytest_threadcreator.database import Database
 from pytest_threadcreator.errors import DatabaseError
-from pytest_threadcreator.ids import new_message_id, new_thread_id
-from pytest_threadcreator.schema import NewThread, default_schema
+from pytest_threadcreator.schema import default_schema
 
-from ..helpers import PG_SERVER_URL, needs_marks, pg_connect_kwargs, pg_fetch, pg_server_missing
+from ..helpers import (
+    PG_SERVER_URL,
+    default_rows,
+    needs_marks,
+    pg_connect_kwargs,
+    pg_fetch,
+    pg_server_missing,
+)
 
 pytestmark = [*needs_marks(pg_server_missing()), pytest.mark.suite_independent]
 SCHEMA = default_schema()
 
 
-def _rows(user_id: str = "user_a") -> tuple[dict[str, Any], dict[str, Any]]:
-    new = NewThread(
-        thread_id=new_thread_id(),
-        message_id=new_message_id(),
-        user_id=user_id,
-        run_id="run_test",
-        message="hello",
-        title="a title",
-        role="user",
-        metadata={},
-        created_at=int(time.time()),
-        context=None,
-    )
-    return SCHEMA.thread_row(new), SCHEMA.message_row(new)
-
-
 async def _fill(db: Database, n: int) -> None:
-    await asyncio.gather(*(db.store.create(*_rows(), explicit_id=False) for _ in range(n)))
+    await asyncio.gather(*(db.store.create(*default_rows(), explicit_id=False) for _ in range(n)))
 
 
 async def _alive(conn: Any) -> bool:
