@@ -294,15 +294,17 @@ class _Run(Generic[T]):
             if self._arrived == len(self._items) and not self._all_waiting.done():
                 self._all_waiting.set_result(None)
             await self._barrier.wait()
-            if self._shaker is not None:  # shake mode: a seeded start offset for this call
+            shaker = self._shaker
+            if shaker is not None:  # shake mode: a seeded start offset for this call
                 key = f"run{self._shake_run}/call{index}"
                 shake.call_key.set(key)
-                at = self._shake_anchor + self._shaker.start_delay(self._shake_run, index)
-                self._shaker.begin_call(key, at)
-                if at > time.monotonic():
-                    await asyncio.sleep(at - time.monotonic())
+                at = self._shake_anchor + shaker.start_delay(self._shake_run, index)
+                if at > shaker.clock():
+                    await asyncio.sleep(at - shaker.clock())
             if self._slots is not None:
                 await self._slots.acquire()
+            if shaker is not None:  # its statements' timetable starts once it runs
+                shaker.begin_call(key, max(at, shaker.clock()))
             try:
                 self._starts[index] = self._clock()
                 ok, outcome = await _call_one(self._fn, item)
@@ -397,7 +399,8 @@ class _Run(Generic[T]):
             # Read after set(): waking 10,000 waiters takes milliseconds that belong to the
             # runner, not to the calls. No call runs before this task awaits.
             self._released_at = self._clock()
-            self._shake_anchor = time.monotonic()  # where each call's shaken schedule starts
+            if self._shaker is not None:  # where each call's shaken schedule starts
+                self._shake_anchor = self._shaker.clock()
             if deadline is not None:
                 timer = loop.call_at(deadline, on_deadline)
             await self._finished

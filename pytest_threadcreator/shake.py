@@ -17,12 +17,14 @@ worker) is taken off the next pause instead of pushing the rest of the call late
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hashlib
 import itertools
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .faults.steps import FaultAction, FaultDecider
@@ -57,6 +59,15 @@ call_key: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
+def _runner() -> int:
+    """The task running this code, else the thread."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop in this thread
+        task = None
+    return id(task) if task is not None else threading.get_ident()
+
+
 def _draw(seed: int, key: str, choices: tuple[float, ...]) -> float:
     digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
     return random.Random(int.from_bytes(digest, "big")).choice(choices)
@@ -67,13 +78,17 @@ class Shaker:
     """The perturbations of one seed. Thread-safe: the SQLite writer thread asks too."""
 
     seed: int
-    #: Every non-zero perturbation applied, as ``(decision key, seconds)``, in order applied.
+    #: Every non-zero perturbation drawn, as ``(decision key, seconds)``, in order drawn (a
+    #: statement's pause is then shortened by what its call is behind its timetable).
     trace: list[tuple[str, float]] = field(default_factory=list)
     _counters: dict[str, itertools.count[int]] = field(default_factory=dict, repr=False)
     _runs: itertools.count[int] = field(default_factory=itertools.count, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    #: each run_concurrently call's timetable: when (time.monotonic()) its next statement is due
-    _due: dict[str, float] = field(default_factory=dict, repr=False)
+    #: the clock of the calls' timetables
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    #: each run_concurrently call's timetable: when (``clock()``) its next statement is due, and
+    #: the task (or thread) that runs the call; tasks it spawns get plain pauses
+    _due: dict[str, tuple[float, int]] = field(default_factory=dict, repr=False)
 
     def _record(self, key: str, seconds: float) -> float:
         if seconds:
@@ -92,10 +107,10 @@ class Shaker:
         return self._record(key, _draw(self.seed, key, START_DELAYS))
 
     def begin_call(self, key: str, at: float) -> None:
-        """The call ``key`` starts at ``at`` (``time.monotonic()``): its statements are due at
-        that time plus the pauses drawn before them."""
+        """The call ``key``, run by the current task, starts at ``at`` (``clock()``): its
+        statements are due at that time plus the pauses drawn before them."""
         with self._lock:
-            self._due[key] = at
+            self._due[key] = (at, _runner())
 
     def _creation_key(self) -> str:
         base = call_key.get() or "outside"
@@ -122,12 +137,14 @@ class Shaker:
             counter = self._counters.setdefault(base + "#sql", itertools.count())
             key = f"{base}/sql{next(counter)}"
         pause = self._record(key, _draw(self.seed, key, STATEMENT_DELAYS))
+        runner = _runner()
         with self._lock:
-            due = self._due.get(base)
-            if due is None:
+            timetable = self._due.get(base)
+            if timetable is None or timetable[1] != runner:
                 return pause
-            due = self._due[base] = due + pause
-        return max(0.0, due - time.monotonic())
+            due = timetable[0] + pause
+            self._due[base] = (due, runner)
+        return max(0.0, due - self.clock())
 
     def step_decider(self, creation: str, inner: FaultDecider | None) -> FaultDecider:
         """A fault decider adding in-transaction pauses; ``inner`` (the fault injector) wins."""

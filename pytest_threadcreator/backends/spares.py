@@ -129,12 +129,14 @@ class SpareTender:
         #: touched on the loop)
         self._doomed: collections.deque[tuple[str, asyncio.Task[Any] | None]] = collections.deque()
         self._cloning: set[str] = set()
+        #: databases to recycle whose warm handle is being kept for them (counted in the budget)
+        self._keeping: set[str] = set()
         #: databases handed out and not given back yet (under ``_pending_lock``)
         self._handed: set[str] = set()
         #: takers waiting for a spare (a clone is made for each, even with some to come back)
         self._waiting = 0
         #: the database given back last, until the next test takes one: not handed to that test
-        #: (a recycled one keeps its name on MySQL), which waits for another instead
+        #: (a recycled one keeps its name), which waits for another instead
         self._last_back: str | None = None
         self._wake_cloner = asyncio.Event()
         self._made = asyncio.Event()
@@ -315,7 +317,16 @@ class SpareTender:
         task = None
         if handle is not None:
             recycler = self._recycle
-            if recycler is not None and recycler.keeps_handles and name not in self._unfit:
+            # within the connection budget (see _ready_up): one connection for each of
+            # ``target`` spares, ready or coming back, and none where spares are planned cold
+            if (
+                recycler is not None
+                and recycler.keeps_handles
+                and self._warm is not None
+                and name not in self._unfit
+                and len(self._ready) + len(self._keeping) < self.target
+            ):
+                self._keeping.add(name)
                 task = self._keep_soon(recycler, name, handle)
             else:
                 task = self._close_soon(handle)
@@ -397,6 +408,7 @@ class SpareTender:
                             raise
                     finally:
                         self._doomed.popleft()
+                        self._keeping.discard(name)
                         with self._pending_lock:
                             self._pending -= 1
                         self._wake_cloner.set()  # one fewer coming back

@@ -359,8 +359,9 @@ def test_a_table_outside_the_schema_too_big_to_digest_is_never_recycled(
     assert _name_of(oid) is None
 
 
+@pytest.mark.parametrize("as_function", [True, False], ids=["function", "do-block"])
 def test_a_session_that_comes_after_the_look_for_sessions_drops_the_database(
-    backend: PostgresBackend,
+    backend: PostgresBackend, as_function: bool
 ) -> None:
     """An app's pool that connects again by the database's name between the tender's look for
     sessions and the emptying would see a later test's rows: the emptying looks again, inside
@@ -370,7 +371,8 @@ def test_a_session_that_comes_after_the_look_for_sessions_drops_the_database(
     _fetch(f'CREATE DATABASE "{name}" TEMPLATE "{backend.template}"')
 
     async def run() -> tuple[str | None, bool, str | None]:
-        recycler = recycle.Recycler(recycle_sql(SCHEMA, []), _connect_to, backend.template)
+        sql = recycle_call(SCHEMA) if as_function else recycle_sql(SCHEMA, [])
+        recycler = recycle.Recycler(sql, _connect_to, backend.template)
         conn = await asyncpg.connect(**pg_connect_kwargs("postgres"))
         try:
             reclaimed = await recycler.reclaim(conn, name)

@@ -132,6 +132,34 @@ def test_the_reset_calls_the_templates_function_and_without_it_runs_the_same_as_
     assert not store._reset_function
 
 
+def test_an_undefined_function_inside_the_reset_is_the_tests_error_not_a_missing_reset(
+    db: Database,
+) -> None:
+    """A trigger of the test's that calls a function that does not exist fails the reset with
+    that error; the store keeps its reset function."""
+    asyncio.run(_fill(db, 1))
+    asyncio.run(
+        pg_fetch(
+            "CREATE FUNCTION broken() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM no_such_function(); RETURN OLD; END $$",
+            database=db.name,
+        )
+    )
+    asyncio.run(
+        pg_fetch(
+            "CREATE TRIGGER broken BEFORE DELETE ON messages FOR EACH ROW EXECUTE FUNCTION broken()",
+            database=db.name,
+        )
+    )
+    store: Any = db.store
+    with pytest.raises(asyncpg.UndefinedFunctionError, match="no_such_function"):
+        store.reset()
+    assert store._reset_function
+    asyncio.run(pg_fetch("DROP TRIGGER broken ON messages", database=db.name))
+    store.reset()
+    assert asyncio.run(db.count_messages()) == 0
+
+
 def test_the_reset_leaves_the_test_engines_pooled_connections_usable(db: Database) -> None:
     async def scenario() -> int:
         await _fill(db, 3)

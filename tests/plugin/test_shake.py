@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
 
-from pytest_threadcreator import shake as shake_module
 from pytest_threadcreator.shake import Shaker, call_key, repetition_seeds
 
 INI = """
@@ -140,16 +140,13 @@ def test_a_calls_start_offset_is_never_thinner_than_a_statements_pause() -> None
     assert min(offsets - {0.0}) >= 0.010, sorted(offsets)
 
 
-def test_a_statement_that_started_late_waits_only_what_is_left_of_its_pause(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_statement_that_started_late_waits_only_what_is_left_of_its_pause() -> None:
     """The pauses are a timetable from the call's start: 100 ms a new process lost on the way
     (a first connection, a stall) come off the next pause, so the calls' statements keep their
     order, instead of all the call's later statements coming 100 ms late."""
     seed = next(s for s in range(10_000) if _first_pauses(s) == (0.150, 0.075))
     now = [1000.0]
-    monkeypatch.setattr(shake_module.time, "monotonic", lambda: now[0])
-    shaker = Shaker(seed)
+    shaker = Shaker(seed, clock=lambda: now[0])
     token = call_key.set("run0/call0")
     try:
         shaker.begin_call("run0/call0", 999.9)  # the call is 100 ms behind already
@@ -161,6 +158,25 @@ def test_a_statement_that_started_late_waits_only_what_is_left_of_its_pause(
     finally:
         call_key.reset(token)
     assert shaker.trace[:2] == [("run0/call0/sql0", 0.150), ("run0/call0/sql1", 0.075)]
+
+
+def test_a_task_the_call_spawns_gets_its_pauses_whole() -> None:
+    """Statements of tasks (or threads) a call starts itself overlap each other: one timetable
+    for all of them would put their pauses end to end."""
+    seed = next(s for s in range(10_000) if _first_pauses(s) == (0.150, 0.075))
+    shaker = Shaker(seed, clock=lambda: 1000.0)
+
+    async def call() -> tuple[float, float]:
+        call_key.set("run0/call0")
+        shaker.begin_call("run0/call0", 1000.0)
+
+        async def spawned() -> float:
+            return shaker.statement_delay()
+
+        mine = shaker.statement_delay()
+        return mine, await asyncio.create_task(spawned())
+
+    assert asyncio.run(call()) == (pytest.approx(0.150), 0.075)
 
 
 def _first_pauses(seed: int) -> tuple[float, float]:

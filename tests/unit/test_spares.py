@@ -66,7 +66,12 @@ class _Server:
         self.events.append(("unwarm", handle.name))
 
     def tender(
-        self, background: BackgroundLoop, target: int = 2, recycle: Any = None
+        self,
+        background: BackgroundLoop,
+        target: int = 2,
+        recycle: Any = None,
+        *,
+        cold: bool = False,
     ) -> SpareTender:
         return SpareTender(
             background=background,
@@ -77,7 +82,7 @@ class _Server:
             make_name=self.make_name,
             clone=self.clone,
             drop=self.drop,
-            warm=self.warm,
+            warm=None if cold else self.warm,
             unwarm=self.unwarm,
             recycle=recycle,
         )
@@ -105,6 +110,21 @@ class _Recycler:
         warmed = isinstance(pool, _Warm) and pool.name == name
         self.server.events.append(("check" if warmed else "check-cold", name))
         return self.passes
+
+
+class _KeepingRecycler(_Recycler):
+    """Takes a used database back under its name with its warm handle, as PostgreSQL's and
+    MySQL's do."""
+
+    keeps_handles = True
+
+    def __init__(self, server: _Server) -> None:
+        super().__init__(server, same_name=True)
+        self.trimmed: list[str] = []
+
+    async def trim(self, name: str, handle: Any) -> bool:
+        self.trimmed.append(name)
+        return True
 
 
 async def _nothing() -> None:
@@ -197,6 +217,36 @@ def test_coming_back_says_whether_used_databases_return_as_spares(
         assert spare is not None and tender.discard(*spare)
         background.run(tender.drained())
         assert tender.coming_back is passes
+    background.run(tender.stop())
+
+
+def test_kept_handles_stay_within_one_connection_per_spare(background: BackgroundLoop) -> None:
+    """A used database keeps its warm handle only while ready spares and those coming back hold
+    fewer than ``target`` connections, and never where the spares are planned cold."""
+    server = _Server()
+    recycler = _KeepingRecycler(server)
+    tender = _started(server.tender(background, target=2, recycle=recycler), background)
+    first, second = tender.take(), tender.take()
+    assert first is not None and second is not None
+    assert tender.discard(*first)
+    background.run(tender.drained())
+    assert recycler.trimmed == [first[0]], "kept: one spare's connection, one coming back"
+    # a clone begun while the test ran: two spares ready with their connections already
+    extra = _Warm("db_extra_fresh")
+    tender._ready.append((extra.name, extra))
+    assert tender.discard(*second)
+    background.run(tender.drained())
+    assert recycler.trimmed == [first[0]], "not kept: the budget is full"
+    assert second[1].closed
+    background.run(tender.stop())
+
+    server = _Server()
+    recycler = _KeepingRecycler(server)
+    tender = _started(server.tender(background, recycle=recycler, cold=True), background)
+    spare = tender.take()
+    assert spare is not None and tender.discard(spare[0], _Warm(spare[0]))
+    background.run(tender.drained())
+    assert recycler.trimmed == [], "no connection kept where spares are planned cold"
     background.run(tender.stop())
 
 

@@ -147,7 +147,7 @@ class PostgresBackend(ServerBackend):
         self._keep_container = False
         #: the test label of each database handed out from the spares (named ``…_fresh``)
         self._labels: dict[str, str] = {}
-        #: the tender clones with STRATEGY FILE_COPY (PostgreSQL 15+; see janitor.create_marked)
+        #: the tender may clone with STRATEGY FILE_COPY (PostgreSQL 15+; see the tender's clone)
         self._file_copy = False
         self._counter = 0
 

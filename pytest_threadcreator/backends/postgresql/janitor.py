@@ -188,7 +188,7 @@ async def create_marked(
     twice. Which is quicker depends on the server. Measured on a server with ``fsync`` on: one
     clone at a time, the default ``WAL_LOG`` took 17 ms and ``FILE_COPY`` 57 ms (so a clone a
     test waits for uses ``WAL_LOG``); a clone per test for 100 tests that each change the schema
-    took 7.4–8.7 s with ``FILE_COPY`` and 9.5–10.4 s with ``WAL_LOG`` (so the tender's clones use
+    took 7.4–8.9 s with ``FILE_COPY`` and 9.5–10.4 s with ``WAL_LOG`` (so the tender's clones use
     ``FILE_COPY``). With ``fsync`` off both took 12 ms.
     """
     clone = f" TEMPLATE {_quote(template)}" if template is not None else ""

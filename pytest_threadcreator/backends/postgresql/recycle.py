@@ -59,6 +59,10 @@ __all__ = ["WATCH_SCHEMA", "Recycler", "install_watch", "recycle_call", "recycle
 
 #: Looks (2 ms apart) for the sessions on a used database to be gone before it is checked.
 RECYCLE_POLLS = 50
+#: Looks (2 ms apart) for the sessions a trim closed to have left the server.
+GONE_POLLS = 1000
+#: Whether any of the sessions ``$1`` is still on the server.
+_STILL_ON = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = ANY ($1::int[]))"
 #: Seconds the check and emptying of a used database may take (a big table, a slow server).
 CHECK_TIMEOUT = 5.0
 
@@ -226,7 +230,10 @@ def _recycle_body(schema: ThreadSchema, seeded: Sequence[str]) -> str:
         "IF why IS NULL AND EXISTS (SELECT 1 FROM pg_stat_activity "
         "WHERE datname = current_database() AND pid <> pg_backend_pid() "
         "AND backend_type = 'client backend') THEN "
-        "why := 'another session came on it'; END IF; END;"
+        "why := 'another session came on it'; END IF; "
+        "IF why IS NULL AND EXISTS (SELECT 1 FROM pg_prepared_xacts "
+        "WHERE database = current_database()) THEN "
+        "why := 'a prepared transaction came on it'; END IF; END;"
     )
 
 
@@ -289,9 +296,17 @@ class Recycler:
         if size < 1 or size != pool.get_idle_size():
             return False
         taken = [await pool.acquire() for _ in range(size)]
-        for conn in taken[1:]:
-            await conn.close(timeout=CHECK_TIMEOUT)
-        await pool.release(taken[0])
+        closed = [conn.get_server_pid() for conn in taken[1:]]
+        try:
+            for conn in taken[1:]:
+                await conn.close(timeout=CHECK_TIMEOUT)
+            # their server processes must have left before anyone looks for other sessions
+            for _ in range(GONE_POLLS):
+                if not closed or not await taken[0].fetchval(_STILL_ON, closed):
+                    break
+                await asyncio.sleep(0.002)
+        finally:
+            await pool.release(taken[0])
         return bool(pool.get_size() == 1)
 
     async def reclaim(self, conn: Any, name: str, handle: Any = None) -> str | None:
