@@ -413,19 +413,17 @@ class PostgresBackend(ServerBackend):
             spare = spares.take() if spares is not None else None
             if spare is not None:
                 name, pool = spare
-        if name is not None:
-            self._labels[name] = label
-        else:
+        if name is None:
             # a fresh one may be handed to a later test: named like the spares, not after its test
             name = self._next_name("fresh" if isolation == "fresh" else label)
-            if isolation == "fresh":
-                self._labels[name] = label
             template = self.template
 
             async def create(conn: Any) -> None:  # the test waits: the quicker one alone
                 await create_marked(conn, name, self.run_id, template=template)
 
             self._admin_run(create)
+        if isolation == "fresh":
+            self._labels[name] = label  # what a kept copy is named after
         try:
             database = self._open(name, label=label, isolation=isolation, pool=pool)
         except BaseException:
